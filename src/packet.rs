@@ -1,0 +1,512 @@
+//! `Packet`: one frame in flight — its bytes (with headroom, so an encapsulation
+//! prepends without copying the payload) and the metadata parsed from them once at
+//! ingress ([`Meta`]). Every rewrite goes through a method here that keeps the bytes,
+//! the metadata and every checksum in step (RFC 1624 incremental updates).
+//!
+//! Owns byte layout of Ethernet/IPv4/L4 in a frame; must not know about devices.
+
+use crate::wire::{checksum, Mac, WireError, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
+use std::net::Ipv4Addr;
+
+/// Headroom reserved in front of every frame: room for one Geneve encapsulation
+/// (outer Ethernet 14 + IPv4 20 + UDP 8 + Geneve 8) with space to spare.
+pub const HEADROOM: usize = 64;
+
+/// The 5-tuple of a flow as it is on the wire at this point. For ICMP echo the
+/// identifier stands in for both ports (as conntrack does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub protocol: u8,
+    pub source: Ipv4Addr,
+    pub destination: Ipv4Addr,
+    pub source_port: u16,
+    pub destination_port: u16,
+}
+
+impl FlowKey {
+    /// The tuple a reply to this flow carries.
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            protocol: self.protocol,
+            source: self.destination,
+            destination: self.source,
+            source_port: self.destination_port,
+            destination_port: self.source_port,
+        }
+    }
+
+    /// Protocol name for reports and traces.
+    pub fn protocol_name(&self) -> &'static str {
+        protocol_name(self.protocol)
+    }
+}
+
+impl std::fmt::Display for FlowKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "{} {}:{} -> {}:{}",
+            self.protocol_name(),
+            self.source,
+            self.source_port,
+            self.destination,
+            self.destination_port
+        )
+    }
+}
+
+/// Name of an IP protocol number.
+pub fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        PROTOCOL_TCP => "tcp",
+        PROTOCOL_UDP => "udp",
+        PROTOCOL_ICMP => "icmp",
+        _ => "ip",
+    }
+}
+
+/// What kind of ICMP message a packet is, when it is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IcmpKind {
+    #[default]
+    None,
+    EchoRequest,
+    EchoReply,
+    /// An error (destination unreachable, time exceeded, …) quoting another packet.
+    Error { icmp_type: u8, code: u8 },
+    Other,
+}
+
+/// A simulation-side label carried with a packet (like an skb mark): which flow of
+/// the topology it belongs to. Never on the wire.
+pub type FlowTag = u32;
+/// A packet that belongs to no configured flow.
+pub const NO_FLOW: FlowTag = u32::MAX;
+
+/// Metadata parsed from the frame at ingress. Offsets are from the frame start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub source_mac: Mac,
+    pub destination_mac: Mac,
+    pub ethertype: u16,
+    /// Offset of the L4 header (the IPv4 header is at `ETHERNET_HEADER_LEN`).
+    pub l4_offset: usize,
+    pub key: FlowKey,
+    pub ttl: u8,
+    pub dont_fragment: bool,
+    /// Fragment offset != 0: no L4 header in this packet.
+    pub is_later_fragment: bool,
+    pub ip_total_len: u16,
+    pub tcp_flags: u8,
+    pub icmp: IcmpKind,
+    pub flow: FlowTag,
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta {
+            source_mac: Mac::default(),
+            destination_mac: Mac::default(),
+            ethertype: 0,
+            l4_offset: 0,
+            key: FlowKey {
+                protocol: 0,
+                source: Ipv4Addr::UNSPECIFIED,
+                destination: Ipv4Addr::UNSPECIFIED,
+                source_port: 0,
+                destination_port: 0,
+            },
+            ttl: 0,
+            dont_fragment: false,
+            is_later_fragment: false,
+            ip_total_len: 0,
+            tcp_flags: 0,
+            icmp: IcmpKind::None,
+            flow: NO_FLOW,
+        }
+    }
+}
+
+/// TCP flag bits (RFC 9293 §3.1).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+const IP: usize = ETHERNET_HEADER_LEN;
+
+/// A frame and its parsed metadata.
+#[derive(Debug, Clone)]
+pub struct Packet {
+    buffer: Vec<u8>,
+    start: usize,
+    pub meta: Meta,
+}
+
+impl Packet {
+    /// Copies `frame` into a new buffer with headroom and parses it.
+    pub fn from_frame(frame: &[u8], flow: FlowTag) -> Result<Packet, WireError> {
+        let mut buffer = Vec::with_capacity(HEADROOM + frame.len());
+        buffer.resize(HEADROOM, 0);
+        buffer.extend_from_slice(frame);
+        let mut packet = Packet { buffer, start: HEADROOM, meta: Meta::default() };
+        packet.meta.flow = flow;
+        packet.parse()?;
+        Ok(packet)
+    }
+
+    /// Replaces this packet's bytes with `frame`, reusing the buffer (no allocation
+    /// once the buffer is large enough), and parses it.
+    pub fn reset_from(&mut self, frame: &[u8], flow: FlowTag) -> Result<(), WireError> {
+        self.buffer.clear();
+        self.buffer.resize(HEADROOM, 0);
+        self.buffer.extend_from_slice(frame);
+        self.start = HEADROOM;
+        self.meta = Meta { flow, ..Meta::default() };
+        self.parse()
+    }
+
+    /// The frame as it is on the wire.
+    pub fn frame(&self) -> &[u8] {
+        &self.buffer[self.start..]
+    }
+
+    /// The frame, writable. A caller that changes headers must call [`Packet::parse`].
+    pub fn frame_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer[self.start..]
+    }
+
+    /// Frame length in bytes.
+    pub fn len(&self) -> usize {
+        self.buffer.len() - self.start
+    }
+
+    /// True for an empty frame.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Length of the IP packet (what an MTU limits).
+    pub fn ip_len(&self) -> usize {
+        self.len().saturating_sub(ETHERNET_HEADER_LEN)
+    }
+
+    /// Grows the frame at the front by `count` bytes and returns them for writing.
+    /// Uses the headroom; only a frame already encapsulated twice reallocates.
+    pub fn push_front(&mut self, count: usize) -> &mut [u8] {
+        if self.start < count {
+            let mut grown = vec![0; HEADROOM + count];
+            grown.extend_from_slice(&self.buffer[self.start..]);
+            self.buffer = grown;
+            self.start = HEADROOM + count;
+        }
+        self.start -= count;
+        let start = self.start;
+        &mut self.buffer[start..start + count]
+    }
+
+    /// Drops `count` bytes from the front (decapsulation), without copying.
+    pub fn pull_front(&mut self, count: usize) {
+        self.start = (self.start + count).min(self.buffer.len());
+    }
+
+    /// Parses Ethernet, IPv4 and the L4 ports into `meta`. Non-IPv4 frames parse with
+    /// only the Ethernet fields set.
+    pub fn parse(&mut self) -> Result<(), WireError> {
+        let flow = self.meta.flow;
+        self.meta = parse_meta(self.frame())?;
+        self.meta.flow = flow;
+        Ok(())
+    }
+
+    /// Sets the Ethernet addresses.
+    pub fn set_macs(&mut self, source: Mac, destination: Mac) {
+        let frame = self.frame_mut();
+        frame[0..6].copy_from_slice(&destination.0);
+        frame[6..12].copy_from_slice(&source.0);
+        self.meta.source_mac = source;
+        self.meta.destination_mac = destination;
+    }
+
+    /// Decrements the IPv4 TTL with an incremental header-checksum update
+    /// (RFC 1624, RFC 1812 §5.3.1). Returns false, changing nothing, when the TTL is
+    /// already 1 or 0 and the packet must not be forwarded.
+    pub fn decrement_ttl(&mut self) -> bool {
+        if self.meta.ttl <= 1 {
+            return false;
+        }
+        let frame = self.frame_mut();
+        let old_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
+        frame[IP + 8] -= 1;
+        let new_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
+        let old_sum = u16::from_be_bytes([frame[IP + 10], frame[IP + 11]]);
+        let new_sum = checksum::update_word(old_sum, old_word, new_word);
+        frame[IP + 10..IP + 12].copy_from_slice(&new_sum.to_be_bytes());
+        self.meta.ttl -= 1;
+        true
+    }
+
+    /// Clears the IPv4 Don't Fragment flag (with checksum update).
+    pub fn clear_dont_fragment(&mut self) {
+        let frame = self.frame_mut();
+        let old_word = u16::from_be_bytes([frame[IP + 6], frame[IP + 7]]);
+        let new_word = old_word & !0x4000;
+        frame[IP + 6..IP + 8].copy_from_slice(&new_word.to_be_bytes());
+        let old_sum = u16::from_be_bytes([frame[IP + 10], frame[IP + 11]]);
+        let new_sum = checksum::update_word(old_sum, old_word, new_word);
+        frame[IP + 10..IP + 12].copy_from_slice(&new_sum.to_be_bytes());
+        self.meta.dont_fragment = false;
+    }
+
+    /// Rewrites the source address and port (SNAT, or un-DNAT on a reply).
+    pub fn set_source(&mut self, address: Ipv4Addr, port: u16) {
+        self.rewrite_endpoint(Side::Source, address, port);
+    }
+
+    /// Rewrites the destination address and port (DNAT, or un-SNAT on a reply).
+    pub fn set_destination(&mut self, address: Ipv4Addr, port: u16) {
+        self.rewrite_endpoint(Side::Destination, address, port);
+    }
+
+    fn rewrite_endpoint(&mut self, side: Side, address: Ipv4Addr, port: u16) {
+        let meta = self.meta;
+        let (address_offset, old_address, old_port) = match side {
+            Side::Source => (IP + 12, meta.key.source, meta.key.source_port),
+            Side::Destination => (IP + 16, meta.key.destination, meta.key.destination_port),
+        };
+        let l4 = meta.l4_offset;
+        let has_l4 = !meta.is_later_fragment;
+        let frame = self.frame_mut();
+        // IPv4 header checksum covers the addresses.
+        frame[address_offset..address_offset + 4].copy_from_slice(&address.octets());
+        let ip_sum = u16::from_be_bytes([frame[IP + 10], frame[IP + 11]]);
+        let ip_sum = checksum::update_address(ip_sum, old_address, address);
+        frame[IP + 10..IP + 12].copy_from_slice(&ip_sum.to_be_bytes());
+        if has_l4 {
+            rewrite_l4(frame, &meta, side, old_address, address, old_port, port, l4);
+        }
+        match side {
+            Side::Source => {
+                self.meta.key.source = address;
+                self.meta.key.source_port = port;
+            }
+            Side::Destination => {
+                self.meta.key.destination = address;
+                self.meta.key.destination_port = port;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Rewrites the L4 port (or ICMP echo id) and patches the L4 checksum for the address
+/// change (pseudo-header) and the port change.
+#[allow(clippy::too_many_arguments)]
+fn rewrite_l4(
+    frame: &mut [u8],
+    meta: &Meta,
+    side: Side,
+    old_address: Ipv4Addr,
+    new_address: Ipv4Addr,
+    old_port: u16,
+    new_port: u16,
+    l4: usize,
+) {
+    let (port_offset, checksum_offset, pseudo_header) = match meta.key.protocol {
+        PROTOCOL_TCP => (if side == Side::Source { l4 } else { l4 + 2 }, l4 + 16, true),
+        PROTOCOL_UDP => (if side == Side::Source { l4 } else { l4 + 2 }, l4 + 6, true),
+        PROTOCOL_ICMP => match meta.icmp {
+            // The echo identifier is NATed like a port (reference §g); requests carry
+            // it as the "source port", replies as the "destination port".
+            IcmpKind::EchoRequest if side == Side::Source => (l4 + 4, l4 + 2, false),
+            IcmpKind::EchoReply if side == Side::Destination => (l4 + 4, l4 + 2, false),
+            _ => return,
+        },
+        _ => return,
+    };
+    if frame.len() < checksum_offset + 2 {
+        return;
+    }
+    let mut sum = u16::from_be_bytes([frame[checksum_offset], frame[checksum_offset + 1]]);
+    let udp_without_checksum = meta.key.protocol == PROTOCOL_UDP && sum == 0;
+    if pseudo_header && !udp_without_checksum {
+        sum = checksum::update_address(sum, old_address, new_address);
+    }
+    if old_port != new_port {
+        frame[port_offset..port_offset + 2].copy_from_slice(&new_port.to_be_bytes());
+        if !udp_without_checksum {
+            sum = checksum::update_word(sum, old_port, new_port);
+        }
+    }
+    if meta.key.protocol == PROTOCOL_UDP && !udp_without_checksum && sum == 0 {
+        // RFC 768: a computed zero is sent as all ones.
+        sum = 0xffff;
+    }
+    frame[checksum_offset..checksum_offset + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// Parses the metadata of an Ethernet frame.
+pub fn parse_meta(frame: &[u8]) -> Result<Meta, WireError> {
+    if frame.len() < ETHERNET_HEADER_LEN {
+        return Err(WireError::Truncated);
+    }
+    let mut meta = Meta {
+        destination_mac: Mac(frame[0..6].try_into().map_err(|_| WireError::Truncated)?),
+        source_mac: Mac(frame[6..12].try_into().map_err(|_| WireError::Truncated)?),
+        ethertype: u16::from_be_bytes([frame[12], frame[13]]),
+        ..Meta::default()
+    };
+    if meta.ethertype != ETHERTYPE_IPV4 {
+        return Ok(meta);
+    }
+    let ip = &frame[IP..];
+    if ip.len() < 20 {
+        return Err(WireError::Truncated);
+    }
+    if ip[0] >> 4 != 4 {
+        return Err(WireError::Malformed);
+    }
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]);
+    if header_len < 20 || usize::from(total_len) < header_len || ip.len() < usize::from(total_len) {
+        return Err(WireError::Truncated);
+    }
+    let flags_fragment = u16::from_be_bytes([ip[6], ip[7]]);
+    meta.dont_fragment = flags_fragment & 0x4000 != 0;
+    meta.is_later_fragment = flags_fragment & 0x1fff != 0;
+    meta.ttl = ip[8];
+    meta.ip_total_len = total_len;
+    meta.key.protocol = ip[9];
+    meta.key.source = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    meta.key.destination = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    meta.l4_offset = IP + header_len;
+    if meta.is_later_fragment {
+        return Ok(meta);
+    }
+    let l4 = &ip[header_len..usize::from(total_len)];
+    match meta.key.protocol {
+        PROTOCOL_TCP if l4.len() >= 20 => {
+            meta.key.source_port = u16::from_be_bytes([l4[0], l4[1]]);
+            meta.key.destination_port = u16::from_be_bytes([l4[2], l4[3]]);
+            meta.tcp_flags = l4[13];
+        }
+        PROTOCOL_UDP if l4.len() >= 8 => {
+            meta.key.source_port = u16::from_be_bytes([l4[0], l4[1]]);
+            meta.key.destination_port = u16::from_be_bytes([l4[2], l4[3]]);
+        }
+        PROTOCOL_ICMP if l4.len() >= 8 => {
+            let identifier = u16::from_be_bytes([l4[4], l4[5]]);
+            meta.icmp = match l4[0] {
+                8 => IcmpKind::EchoRequest,
+                0 => IcmpKind::EchoReply,
+                3 | 4 | 5 | 11 | 12 => IcmpKind::Error { icmp_type: l4[0], code: l4[1] },
+                _ => IcmpKind::Other,
+            };
+            if matches!(meta.icmp, IcmpKind::EchoRequest | IcmpKind::EchoReply) {
+                meta.key.source_port = identifier;
+                meta.key.destination_port = identifier;
+            }
+        }
+        PROTOCOL_TCP | PROTOCOL_UDP | PROTOCOL_ICMP => return Err(WireError::Truncated),
+        _ => {}
+    }
+    Ok(meta)
+}
+
+/// The flow key of the packet an ICMP error quotes (RFC 792: the original IP header
+/// and at least the first 8 bytes of its payload), as that packet was sent.
+pub fn quoted_flow_key(packet: &Packet) -> Option<FlowKey> {
+    if !matches!(packet.meta.icmp, IcmpKind::Error { .. }) {
+        return None;
+    }
+    let frame = packet.frame();
+    let quoted = frame.get(packet.meta.l4_offset + 8..)?;
+    if quoted.len() < 28 || quoted[0] >> 4 != 4 {
+        return None;
+    }
+    let header_len = usize::from(quoted[0] & 0x0f) * 4;
+    let l4 = quoted.get(header_len..header_len + 8)?;
+    let protocol = quoted[9];
+    let (source_port, destination_port) = match protocol {
+        PROTOCOL_TCP | PROTOCOL_UDP => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+        PROTOCOL_ICMP => {
+            let identifier = u16::from_be_bytes([l4[4], l4[5]]);
+            (identifier, identifier)
+        }
+        _ => (0, 0),
+    };
+    Some(FlowKey {
+        protocol,
+        source: Ipv4Addr::new(quoted[12], quoted[13], quoted[14], quoted[15]),
+        destination: Ipv4Addr::new(quoted[16], quoted[17], quoted[18], quoted[19]),
+        source_port,
+        destination_port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{emit_ethernet, emit_ipv4, IPV4_HEADER_LEN};
+
+    pub(crate) fn udp_frame(source: Ipv4Addr, destination: Ipv4Addr, ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + 8 + payload.len()];
+        emit_ethernet(&mut frame, Mac::local(1, 2), Mac::local(1, 1), ETHERTYPE_IPV4);
+        emit_ipv4(&mut frame[IP..], source, destination, PROTOCOL_UDP, 8 + payload.len(), 64, 7, true);
+        let udp = &mut frame[IP + IPV4_HEADER_LEN..];
+        udp[0..2].copy_from_slice(&ports.0.to_be_bytes());
+        udp[2..4].copy_from_slice(&ports.1.to_be_bytes());
+        udp[4..6].copy_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
+        udp[8..].copy_from_slice(payload);
+        let sum = checksum::transport_checksum(source, destination, PROTOCOL_UDP, udp);
+        udp[6..8].copy_from_slice(&sum.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn snat_keeps_checksums_right() {
+        let frame = udp_frame(Ipv4Addr::new(172, 20, 1, 10), Ipv4Addr::new(192, 168, 50, 10), (40312, 53), b"hello");
+        let mut packet = Packet::from_frame(&frame, 0).unwrap();
+        packet.set_source(Ipv4Addr::new(10, 20, 0, 11), 61002);
+        assert!(packet.decrement_ttl());
+        let expected = {
+            let mut rebuilt = udp_frame(Ipv4Addr::new(10, 20, 0, 11), Ipv4Addr::new(192, 168, 50, 10), (61002, 53), b"hello");
+            rebuilt[IP + 8] = 63;
+            rebuilt[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+            let sum = checksum::checksum(&rebuilt[IP..IP + 20]);
+            rebuilt[IP + 10..IP + 12].copy_from_slice(&sum.to_be_bytes());
+            rebuilt
+        };
+        assert_eq!(packet.frame(), &expected[..]);
+        assert_eq!(packet.meta.key.source_port, 61002);
+        assert_eq!(packet.meta.ttl, 63);
+    }
+
+    #[test]
+    fn push_and_pull_front() {
+        let frame = udp_frame(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(2, 2, 2, 2), (1, 2), b"x");
+        let mut packet = Packet::from_frame(&frame, 0).unwrap();
+        packet.push_front(50).fill(0xee);
+        assert_eq!(packet.len(), frame.len() + 50);
+        packet.pull_front(50);
+        assert_eq!(packet.frame(), &frame[..]);
+        packet.push_front(200);
+        assert_eq!(packet.len(), frame.len() + 200);
+        packet.pull_front(200);
+        assert_eq!(packet.frame(), &frame[..]);
+    }
+
+    #[test]
+    fn truncated_ipv4_is_an_error() {
+        let frame = udp_frame(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(2, 2, 2, 2), (1, 2), b"abc");
+        assert_eq!(parse_meta(&frame[..30]).unwrap_err(), WireError::Truncated);
+    }
+}

@@ -1,0 +1,100 @@
+//! Bytes <-> headers, no state.
+//!
+//! Ethernet, IPv4, TCP, UDP and ICMPv4 views and `Repr`s come from `smoltcp::wire`
+//! (re-exported here so the rest of the crate names one place); Geneve is ours
+//! ([`geneve`], RFC 8926), as is the checksum arithmetic ([`checksum`], RFC 1071 and
+//! RFC 1624). This module must not know about devices, flows or Kubernetes.
+
+pub mod checksum;
+pub mod geneve;
+
+pub use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Message, Icmpv4Packet, IpProtocol,
+    Ipv4Packet, TcpPacket, UdpPacket,
+};
+
+/// Ethernet header length (no VLAN tag).
+pub const ETHERNET_HEADER_LEN: usize = 14;
+/// IPv4 header length without options.
+pub const IPV4_HEADER_LEN: usize = 20;
+/// UDP header length.
+pub const UDP_HEADER_LEN: usize = 8;
+/// EtherType of IPv4.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// IP protocol numbers (IANA).
+pub const PROTOCOL_ICMP: u8 = 1;
+pub const PROTOCOL_TCP: u8 = 6;
+pub const PROTOCOL_UDP: u8 = 17;
+
+/// Why bytes could not be read as a header. Small and `Copy`: wire errors are data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("truncated header")]
+    Truncated,
+    #[error("malformed header")]
+    Malformed,
+    #[error("unsupported protocol or version")]
+    Unsupported,
+}
+
+/// A 48-bit MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    pub const BROADCAST: Mac = Mac([0xff; 6]);
+    /// Antrea's "Global Virtual MAC", the inner destination MAC of every tunnelled
+    /// packet (antrea docs/design/ovs-pipeline.md, L3Forwarding).
+    pub const ANTREA_GLOBAL_VIRTUAL: Mac = Mac([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
+
+    /// A locally administered unicast address derived from a device kind and index,
+    /// so every run gives every interface the same MAC.
+    pub fn local(kind: u8, index: u32) -> Mac {
+        let index = index.to_be_bytes();
+        Mac([0x02, kind, index[0], index[1], index[2], index[3]])
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        write!(formatter, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+/// Writes an Ethernet II header (RFC 894) at the start of `buffer`.
+pub fn emit_ethernet(buffer: &mut [u8], destination: Mac, source: Mac, ethertype: u16) {
+    buffer[0..6].copy_from_slice(&destination.0);
+    buffer[6..12].copy_from_slice(&source.0);
+    buffer[12..14].copy_from_slice(&ethertype.to_be_bytes());
+}
+
+/// Writes a 20-byte IPv4 header (RFC 791) with a correct checksum.
+#[allow(clippy::too_many_arguments)]
+pub fn emit_ipv4(
+    buffer: &mut [u8],
+    source: std::net::Ipv4Addr,
+    destination: std::net::Ipv4Addr,
+    protocol: u8,
+    payload_len: usize,
+    ttl: u8,
+    identification: u16,
+    dont_fragment: bool,
+) {
+    let total = u16::try_from(IPV4_HEADER_LEN + payload_len).unwrap_or(u16::MAX);
+    buffer[0] = 0x45;
+    buffer[1] = 0;
+    buffer[2..4].copy_from_slice(&total.to_be_bytes());
+    buffer[4..6].copy_from_slice(&identification.to_be_bytes());
+    buffer[6..8].copy_from_slice(&(if dont_fragment { 0x4000u16 } else { 0 }).to_be_bytes());
+    buffer[8] = ttl;
+    buffer[9] = protocol;
+    buffer[10..12].copy_from_slice(&[0, 0]);
+    buffer[12..16].copy_from_slice(&source.octets());
+    buffer[16..20].copy_from_slice(&destination.octets());
+    let sum = checksum::checksum(&buffer[..IPV4_HEADER_LEN]);
+    buffer[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,3 +1,4 @@
 //! netsim: a userspace packet-path emulator for Kubernetes CNI networking.
+pub mod engine;
 pub mod packet;
 pub mod wire;

@@ -1,0 +1,291 @@
+//! Connection tracking with NAT bindings, as netfilter does it (reference §g).
+//!
+//! One table per node (and per stateful device), shared by DNAT and SNAT: an entry
+//! holds the original tuple and the reply tuple, and the difference between the two
+//! *is* the NAT binding, chosen on the first packet and applied to every later packet
+//! in both directions. Lookups are by either tuple. Timeouts follow the kernel's
+//! defaults (nf_conntrack-sysctl.rst) and are checked lazily on lookup, against the
+//! simulated clock the caller passes in.
+
+use crate::engine::hash::flow_hash;
+use crate::packet::FlowKey;
+use crate::wire::{PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
+use rustc_hash::FxHashMap;
+use std::net::Ipv4Addr;
+
+/// Which tuple of an entry a packet matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The packet travels the way the connection's first packet did.
+    Original,
+    /// The packet is a reply.
+    Reply,
+}
+
+/// Index of an entry in its table.
+pub type EntryId = u32;
+
+/// Conntrack state as iptables `-m conntrack --ctstate` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    New,
+    Established,
+}
+
+/// One tracked connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub original: FlowKey,
+    /// The tuple replies carry, after NAT.
+    pub reply: FlowKey,
+    pub state: State,
+    pub last_seen_ns: u64,
+}
+
+impl Entry {
+    /// True when the entry rewrites the source (SNAT/MASQUERADE).
+    pub fn has_snat(&self) -> bool {
+        self.original.source != self.reply.destination || self.original.source_port != self.reply.destination_port
+    }
+
+    /// True when the entry rewrites the destination (DNAT).
+    pub fn has_dnat(&self) -> bool {
+        self.original.destination != self.reply.source || self.original.destination_port != self.reply.source_port
+    }
+
+    /// The (address, port) a packet in `direction` must carry as its destination
+    /// after translation (DNAT on the original direction, un-SNAT on replies).
+    pub fn translated_destination(&self, direction: Direction) -> (Ipv4Addr, u16) {
+        match direction {
+            Direction::Original => (self.reply.source, self.reply.source_port),
+            Direction::Reply => (self.original.source, self.original.source_port),
+        }
+    }
+
+    /// The (address, port) a packet in `direction` must carry as its source after
+    /// translation (SNAT on the original direction, un-DNAT on replies).
+    pub fn translated_source(&self, direction: Direction) -> (Ipv4Addr, u16) {
+        match direction {
+            Direction::Original => (self.reply.destination, self.reply.destination_port),
+            Direction::Reply => (self.original.destination, self.original.destination_port),
+        }
+    }
+}
+
+/// Why a new entry could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConntrackError {
+    /// The table holds `conntrack_max` entries (drop reason `conntrack-full`).
+    Full,
+    /// No source port gave a unique reply tuple (drop reason `snat-ports-exhausted`).
+    PortsExhausted,
+}
+
+/// A conntrack table.
+#[derive(Debug, Clone)]
+pub struct Conntrack {
+    entries: Vec<Option<Entry>>,
+    free: Vec<EntryId>,
+    index: FxHashMap<FlowKey, (EntryId, Direction)>,
+    max_entries: usize,
+    seed: u64,
+}
+
+/// Kernel default timeouts in nanoseconds (nf_conntrack-sysctl.rst; reference §g).
+fn timeout_ns(entry: &Entry) -> u64 {
+    const SECOND: u64 = 1_000_000_000;
+    let seconds = match (entry.original.protocol, entry.state) {
+        (PROTOCOL_TCP, State::New) => 120,
+        (PROTOCOL_TCP, State::Established) => 432_000,
+        (PROTOCOL_UDP, State::New) => 30,
+        (PROTOCOL_UDP, State::Established) => 120,
+        (PROTOCOL_ICMP, _) => 30,
+        _ => 600,
+    };
+    seconds * SECOND
+}
+
+impl Conntrack {
+    pub fn new(max_entries: usize, seed: u64) -> Self {
+        Conntrack { entries: Vec::new(), free: Vec::new(), index: FxHashMap::default(), max_entries, seed }
+    }
+
+    /// Entries in the table.
+    pub fn len(&self) -> usize {
+        self.index.len() / 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Finds the entry `key` belongs to and refreshes it; a reply moves it to
+    /// Established. Expired entries are removed and not returned.
+    pub fn lookup(&mut self, key: &FlowKey, now_ns: u64) -> Option<(EntryId, Direction)> {
+        let (id, direction) = *self.index.get(key)?;
+        let entry = self.entries[id as usize].as_mut()?;
+        if now_ns.saturating_sub(entry.last_seen_ns) > timeout_ns(entry) {
+            self.remove(id);
+            return None;
+        }
+        entry.last_seen_ns = now_ns;
+        if direction == Direction::Reply {
+            entry.state = State::Established;
+        }
+        Some((id, direction))
+    }
+
+    /// The entry with this id.
+    pub fn entry(&self, id: EntryId) -> Option<&Entry> {
+        self.entries.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// True when some entry already expects replies with tuple `reply`.
+    pub fn reply_tuple_in_use(&self, reply: &FlowKey) -> bool {
+        self.index.contains_key(reply)
+    }
+
+    /// Commits a new entry for `original` whose replies will carry `reply`.
+    pub fn insert(&mut self, original: FlowKey, reply: FlowKey, now_ns: u64) -> Result<EntryId, ConntrackError> {
+        if self.len() >= self.max_entries {
+            return Err(ConntrackError::Full);
+        }
+        let entry = Entry { original, reply, state: State::New, last_seen_ns: now_ns };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize] = Some(entry);
+                id
+            }
+            None => {
+                self.entries.push(Some(entry));
+                EntryId::try_from(self.entries.len() - 1).map_err(|_| ConntrackError::Full)?
+            }
+        };
+        self.index.insert(original, (id, Direction::Original));
+        self.index.insert(reply, (id, Direction::Reply));
+        Ok(id)
+    }
+
+    /// Commits an entry with no translation.
+    pub fn insert_untranslated(&mut self, original: FlowKey, now_ns: u64) -> Result<EntryId, ConntrackError> {
+        self.insert(original, original.reversed(), now_ns)
+    }
+
+    /// Commits an entry that SNATs `original` to `address`, choosing the port the way
+    /// the kernel's `nf_nat_l4proto_unique_tuple` does (reference §g): keep the original
+    /// port when the reply tuple is unique; otherwise search the port's class
+    /// (1-511, 600-1023, 1024-65535) from a hash-derived offset. Uniqueness is over the
+    /// whole reply tuple, so one port serves many destinations.
+    pub fn insert_snat(&mut self, original: FlowKey, address: Ipv4Addr, now_ns: u64) -> Result<EntryId, ConntrackError> {
+        let port = self.choose_snat_port(&original, address)?;
+        let reply = FlowKey { source_port: original.destination_port, destination: address, destination_port: port, ..original.reversed() };
+        self.insert(original, reply, now_ns)
+    }
+
+    fn choose_snat_port(&self, original: &FlowKey, address: Ipv4Addr) -> Result<u16, ConntrackError> {
+        let candidate = |port: u16| FlowKey {
+            protocol: original.protocol,
+            source: original.destination,
+            destination: address,
+            source_port: original.destination_port,
+            destination_port: port,
+        };
+        if !self.reply_tuple_in_use(&candidate(original.source_port)) {
+            return Ok(original.source_port);
+        }
+        let (low, high): (u32, u32) = match original.source_port {
+            0..=511 if original.protocol != PROTOCOL_ICMP => (1, 511),
+            512..=1023 if original.protocol != PROTOCOL_ICMP => (600, 1023),
+            _ if original.protocol == PROTOCOL_ICMP => (0, 65535),
+            _ => (1024, 65535),
+        };
+        let span = high - low + 1;
+        let offset = flow_hash(original, self.seed) % span;
+        for step in 0..span {
+            let port = u16::try_from(low + (offset + step) % span).unwrap_or(0);
+            if !self.reply_tuple_in_use(&candidate(port)) {
+                return Ok(port);
+            }
+        }
+        Err(ConntrackError::PortsExhausted)
+    }
+
+    fn remove(&mut self, id: EntryId) {
+        if let Some(entry) = self.entries[id as usize].take() {
+            self.index.remove(&entry.original);
+            self.index.remove(&entry.reply);
+            self.free.push(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(source: [u8; 4], source_port: u16) -> FlowKey {
+        FlowKey {
+            protocol: PROTOCOL_TCP,
+            source: Ipv4Addr::from(source),
+            destination: Ipv4Addr::new(192, 168, 50, 10),
+            source_port,
+            destination_port: 443,
+        }
+    }
+
+    #[test]
+    fn snat_keeps_the_port_then_remaps_on_clash() {
+        let mut table = Conntrack::new(16, 1);
+        let node = Ipv4Addr::new(10, 20, 0, 11);
+        let first = table.insert_snat(key([172, 20, 1, 10], 40000), node, 0).unwrap();
+        assert_eq!(table.entry(first).unwrap().reply.destination_port, 40000);
+        // A second pod using the same source port towards the same server clashes.
+        let second = table.insert_snat(key([172, 20, 1, 11], 40000), node, 0).unwrap();
+        let port = table.entry(second).unwrap().reply.destination_port;
+        assert_ne!(port, 40000);
+        assert!(port >= 1024);
+        // The reply to the second finds the entry in the reply direction.
+        let reply = table.entry(second).unwrap().reply;
+        assert_eq!(table.lookup(&reply, 1), Some((second, Direction::Reply)));
+        assert_eq!(table.entry(second).unwrap().translated_destination(Direction::Reply), (Ipv4Addr::new(172, 20, 1, 11), 40000));
+    }
+
+    #[test]
+    fn full_table_refuses() {
+        let mut table = Conntrack::new(1, 1);
+        table.insert_untranslated(key([1, 1, 1, 1], 1), 0).unwrap();
+        assert_eq!(table.insert_untranslated(key([1, 1, 1, 2], 1), 0), Err(ConntrackError::Full));
+    }
+
+    #[test]
+    fn entries_expire() {
+        let mut table = Conntrack::new(4, 1);
+        let original = FlowKey { protocol: PROTOCOL_UDP, ..key([1, 1, 1, 1], 5000) };
+        table.insert_untranslated(original, 0).unwrap();
+        assert!(table.lookup(&original, 29_000_000_000).is_some());
+        assert!(table.lookup(&original, 60_000_000_000).is_none());
+        assert!(table.is_empty());
+    }
+
+    proptest! {
+        /// NAT then reverse NAT restores the tuple.
+        #[test]
+        fn snat_round_trip(source in any::<u32>(), port in 1u16.., others in 0usize..8) {
+            let mut table = Conntrack::new(64, 9);
+            let node = Ipv4Addr::new(10, 20, 0, 11);
+            for other in 0..others {
+                table.insert_snat(key([172, 20, 9, u8::try_from(other).unwrap()], port), node, 0).unwrap();
+            }
+            let original = key(Ipv4Addr::from(source).octets(), port);
+            let id = table.insert_snat(original, node, 0).unwrap();
+            let entry = *table.entry(id).unwrap();
+            let (translated_source, translated_port) = entry.translated_source(Direction::Original);
+            prop_assert_eq!(translated_source, node);
+            let reply = FlowKey { source: original.destination, source_port: original.destination_port, destination: translated_source, destination_port: translated_port, protocol: original.protocol };
+            let (found, direction) = table.lookup(&reply, 1).unwrap();
+            prop_assert_eq!(found, id);
+            prop_assert_eq!(table.entry(found).unwrap().translated_destination(direction), (original.source, original.source_port));
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Seeded, stable flow hashing: the same 5-tuple and seed give the same value on every
+//! run and every machine (no `RandomState`), which is what keeps outputs deterministic.
+
+use crate::packet::FlowKey;
+
+/// murmur3's 64-bit finalizer: full avalanche of every input bit.
+fn mix64(mut value: u64) -> u64 {
+    value ^= value >> 33;
+    value = value.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    value ^= value >> 33;
+    value = value.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    value ^ (value >> 33)
+}
+
+/// A 32-bit hash of a flow's 5-tuple, salted with `seed`.
+pub fn flow_hash(key: &FlowKey, seed: u64) -> u32 {
+    let addresses = (u64::from(u32::from(key.source)) << 32) | u64::from(u32::from(key.destination));
+    let ports = (u64::from(key.source_port) << 32) | (u64::from(key.destination_port) << 16) | u64::from(key.protocol);
+    let value = mix64(mix64(addresses ^ seed) ^ ports.rotate_left(17));
+    u32::try_from(value >> 32).unwrap_or(u32::MAX)
+}
+
+/// Scales a 32-bit hash into `[low, high)` the way Linux `udp_flow_src_port` and
+/// `reciprocal_scale` do: `((hash * (high - low)) >> 32) + low`.
+pub fn scale(hash: u32, low: u16, high: u16) -> u16 {
+    let span = u64::from(high - low);
+    let scaled = (u64::from(hash) * span) >> 32;
+    low + u16::try_from(scaled).unwrap_or(0)
+}
+
+/// Outer UDP source port for a tunnelled flow: a stable hash of the inner 5-tuple in
+/// 1..=65534 (Linux geneve_xmit_skb: `udp_flow_src_port(net, skb, 1, USHRT_MAX, true)`;
+/// reference §a).
+pub fn tunnel_source_port(inner: &FlowKey, seed: u64) -> u16 {
+    scale(flow_hash(inner, seed), 1, u16::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn key(source_port: u16) -> FlowKey {
+        FlowKey {
+            protocol: 6,
+            source: Ipv4Addr::new(172, 20, 1, 10),
+            destination: Ipv4Addr::new(172, 20, 2, 10),
+            source_port,
+            destination_port: 8080,
+        }
+    }
+
+    #[test]
+    fn tunnel_port_is_stable_in_range_and_differs_by_direction() {
+        let forward = tunnel_source_port(&key(40000), 7);
+        assert_eq!(forward, tunnel_source_port(&key(40000), 7));
+        assert!((1..=65534).contains(&forward));
+        assert_ne!(forward, tunnel_source_port(&key(40000).reversed(), 7));
+        assert_ne!(forward, tunnel_source_port(&key(40001), 7));
+    }
+
+    #[test]
+    fn scale_covers_the_range_ends() {
+        assert_eq!(scale(0, 1, 65535), 1);
+        assert_eq!(scale(u32::MAX, 1, 65535), 65534);
+    }
+}

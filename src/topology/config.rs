@@ -1,0 +1,311 @@
+//! The serde mirror of the TOML topology file (SPEC §2): names as strings, every
+//! default a real deployment has, and `Spanned` wherever a later check must point at
+//! the offending text. Unknown keys are refused (`deny_unknown_fields`).
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use toml::Spanned;
+
+pub type Text = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    pub topology: TopologySection,
+    #[serde(default)]
+    pub segment: Vec<Spanned<SegmentConfig>>,
+    #[serde(default)]
+    pub router: Vec<Spanned<RouterConfig>>,
+    #[serde(default)]
+    pub host: Vec<Spanned<HostConfig>>,
+    #[serde(default)]
+    pub cluster: Vec<Spanned<ClusterConfig>>,
+    /// NSX distributed firewall: accepted by the schema, refused until modelled.
+    #[serde(default)]
+    pub dfw: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub flow: Vec<Spanned<FlowConfig>>,
+    #[serde(default)]
+    pub expect: Vec<Spanned<ExpectConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySection {
+    pub name: Text,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_conntrack_max")]
+    pub conntrack_max: usize,
+    /// Kubernetes manifests to load: refused until modelled.
+    #[serde(default)]
+    pub include: Option<Spanned<toml::Value>>,
+}
+
+/// nf_conntrack_max's usual value on a node (reference §g; SPEC §2 example).
+fn default_conntrack_max() -> usize {
+    262_144
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    pub name: Text,
+    pub cidr: Spanned<Ipv4Net>,
+    #[serde(default)]
+    pub gateway: Option<Text>,
+    #[serde(default)]
+    pub gateway_ip: Option<Spanned<Ipv4Addr>>,
+    #[serde(default = "default_mtu")]
+    pub mtu: Spanned<u16>,
+    /// One-way latency of the segment, e.g. "50us", "0.2ms".
+    #[serde(default)]
+    pub latency: Option<Text>,
+}
+
+fn default_mtu() -> Spanned<u16> {
+    Spanned::new(0..0, 1500)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub kind: Option<Text>,
+    #[serde(default)]
+    pub interfaces: Vec<Spanned<RouterInterfaceConfig>>,
+    #[serde(default)]
+    pub static_routes: Vec<Spanned<StaticRouteConfig>>,
+    // Capabilities of later issues, accepted by the schema and refused when used.
+    #[serde(default)]
+    pub uplink: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub advertise: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub snat: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub ecmp: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub urpf: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub aggregate: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub route_map_out: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub bgp: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterInterfaceConfig {
+    pub segment: Text,
+    /// Address with prefix length, e.g. "192.168.100.2/24".
+    pub ip: Spanned<Ipv4Net>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRouteConfig {
+    pub prefix: Spanned<Ipv4Net>,
+    pub next_hop: Spanned<Ipv4Addr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub ip: Option<Spanned<Ipv4Addr>>,
+    pub segment: Text,
+    #[serde(default)]
+    pub listen: Vec<Spanned<ListenConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    #[serde(default = "default_protocol")]
+    pub protocol: Text,
+    pub port: Spanned<u16>,
+}
+
+fn default_protocol() -> Text {
+    Spanned::new(0..0, "tcp".to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub cni: Option<Text>,
+    #[serde(default)]
+    pub pod_cidr: Option<Spanned<Ipv4Net>>,
+    #[serde(default)]
+    pub service_cidr: Option<Spanned<Ipv4Net>>,
+    #[serde(default)]
+    pub node_segment: Option<Text>,
+    #[serde(default)]
+    pub antrea: Option<Spanned<AntreaConfig>>,
+    #[serde(default)]
+    pub calico: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub node: Vec<Spanned<NodeConfig>>,
+    #[serde(default)]
+    pub namespace: Vec<Spanned<NamespaceConfig>>,
+    #[serde(default)]
+    pub pod: Vec<Spanned<PodConfig>>,
+    #[serde(default)]
+    pub deployment: Vec<Spanned<DeploymentConfig>>,
+    #[serde(default)]
+    pub service: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub network_policy: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub cluster_network_policy: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub egress: Vec<Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntreaConfig {
+    #[serde(default)]
+    pub traffic_encap_mode: Option<Text>,
+    #[serde(default)]
+    pub tunnel_type: Option<Text>,
+    #[serde(default)]
+    pub no_snat: bool,
+    /// Pod MTU; 0 (the default) = the node segment's MTU minus the tunnel overhead.
+    #[serde(default = "zero_mtu")]
+    pub mtu: Spanned<u16>,
+    #[serde(default)]
+    pub node_port_local: Option<Spanned<toml::Value>>,
+}
+
+fn zero_mtu() -> Spanned<u16> {
+    Spanned::new(0..0, 0)
+}
+
+impl Default for AntreaConfig {
+    fn default() -> Self {
+        AntreaConfig { traffic_encap_mode: None, tunnel_type: None, no_snat: false, mtu: zero_mtu(), node_port_local: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub ip: Option<Spanned<Ipv4Addr>>,
+    #[serde(default)]
+    pub pod_cidr: Option<Spanned<Ipv4Net>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub namespace: Option<Text>,
+    #[serde(default)]
+    pub node: Option<Text>,
+    #[serde(default)]
+    pub ip: Option<Spanned<Ipv4Addr>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<ContainerPortConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerPortConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: Spanned<u16>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub namespace: Option<Text>,
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<ContainerPortConfig>>,
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    pub name: Text,
+    pub from: Text,
+    pub to: Text,
+    #[serde(default)]
+    pub protocol: Option<Text>,
+    #[serde(default)]
+    pub exchange: Option<Text>,
+    #[serde(default)]
+    pub requests: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub bytes: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub start: Option<Text>,
+    #[serde(default)]
+    pub dont_fragment: Option<bool>,
+    #[serde(default)]
+    pub connections: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectConfig {
+    #[serde(default)]
+    pub flow: Option<Text>,
+    #[serde(default)]
+    pub verdict: Option<Text>,
+    #[serde(default)]
+    pub dropped_by: Option<Text>,
+    #[serde(default)]
+    pub via: Option<Vec<Text>>,
+    #[serde(default)]
+    pub seen_source: Option<Spanned<Ipv4Addr>>,
+    #[serde(default)]
+    pub router: Option<Text>,
+    #[serde(default)]
+    pub prefix: Option<Spanned<Ipv4Net>>,
+    #[serde(default)]
+    pub present: Option<bool>,
+    // The from/to/protocol/port form of an expectation.
+    #[serde(default)]
+    pub from: Option<Text>,
+    #[serde(default)]
+    pub to: Option<Text>,
+    #[serde(default)]
+    pub protocol: Option<Text>,
+    #[serde(default)]
+    pub port: Option<Spanned<u16>>,
+}

@@ -1,0 +1,275 @@
+//! The validated, resolved topology: every name turned into a dense index, every
+//! address allocated, every default applied. This is what the datapath is built from;
+//! nothing downstream re-reads strings from the file.
+
+use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+pub type SegmentId = usize;
+pub type RouterId = usize;
+pub type HostId = usize;
+pub type ClusterId = usize;
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub name: String,
+    pub seed: u64,
+    pub conntrack_max: usize,
+    pub segments: Vec<Segment>,
+    pub routers: Vec<Router>,
+    pub hosts: Vec<Host>,
+    pub clusters: Vec<Cluster>,
+    pub flows: Vec<Flow>,
+    pub expectations: Vec<Expectation>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub name: String,
+    pub cidr: Ipv4Net,
+    /// The router that owns `gateway_ip`, if any.
+    pub gateway: Option<RouterId>,
+    pub gateway_ip: Option<Ipv4Addr>,
+    pub mtu: u16,
+    pub latency_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterKind {
+    /// A plain IP router: connected and static routes.
+    Router,
+}
+
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub name: String,
+    pub kind: RouterKind,
+    pub interfaces: Vec<RouterInterface>,
+    pub static_routes: Vec<StaticRoute>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RouterInterface {
+    pub segment: SegmentId,
+    /// The interface address and the segment's prefix length.
+    pub address: Ipv4Net,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StaticRoute {
+    pub prefix: Ipv4Net,
+    pub next_hop: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => crate::wire::PROTOCOL_TCP,
+            Protocol::Udp => crate::wire::PROTOCOL_UDP,
+            Protocol::Icmp => crate::wire::PROTOCOL_ICMP,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenPort {
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub segment: SegmentId,
+    pub listen: Vec<ListenPort>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficEncapMode {
+    Encap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelType {
+    Geneve,
+}
+
+#[derive(Debug, Clone)]
+pub struct AntreaSettings {
+    pub traffic_encap_mode: TrafficEncapMode,
+    pub tunnel_type: TunnelType,
+    pub no_snat: bool,
+    /// The MTU of every pod interface and of antrea-gw0.
+    pub pod_mtu: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub pod_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub node_segment: SegmentId,
+    pub antrea: AntreaSettings,
+    pub nodes: Vec<Node>,
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+}
+
+impl Node {
+    /// antrea-gw0's address: the first address of the node's pod CIDR (Antrea
+    /// host-local IPAM reserves it for the gateway).
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.pod_cidr.network()) + 1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub node: usize,
+    pub ip: Ipv4Addr,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    /// `NS/NAME`, as endpoints and reports write a pod.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Something a flow starts or ends at, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointRef {
+    Pod { cluster: ClusterId, pod: usize },
+    Host(HostId),
+    Node { cluster: ClusterId, node: usize },
+    Address(Ipv4Addr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// TCP: handshake, `requests` requests of `bytes` answered by equal responses,
+    /// FIN close. UDP: `requests` datagrams each answered by one of equal size.
+    RequestResponse,
+    /// ICMP echo, `requests` times.
+    Ping,
+}
+
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub name: String,
+    /// As written in the file (`pod:app01/web-1`), for reports.
+    pub from_text: String,
+    pub to_text: String,
+    pub from: EndpointRef,
+    pub to: EndpointRef,
+    pub destination_ip: Ipv4Addr,
+    /// Destination port (0 for ICMP).
+    pub destination_port: u16,
+    pub protocol: Protocol,
+    pub exchange: Exchange,
+    pub requests: u32,
+    pub bytes: u32,
+    pub start_ns: u64,
+    pub dont_fragment: bool,
+    pub connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    Dropped,
+    NoReply,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Delivered => "delivered",
+            Verdict::Dropped => "dropped",
+            Verdict::NoReply => "no-reply",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Expectation {
+    Flow {
+        /// How the expectation reads in the file, for the report.
+        text: String,
+        flow: usize,
+        verdict: Option<Verdict>,
+        dropped_by: Option<String>,
+        via: Vec<String>,
+        seen_source: Option<Ipv4Addr>,
+    },
+    Route {
+        text: String,
+        router: RouterId,
+        prefix: Ipv4Net,
+        present: bool,
+    },
+}
+
+impl Topology {
+    /// The pod an endpoint names, if it names one.
+    pub fn pod(&self, cluster: ClusterId, pod: usize) -> &Pod {
+        &self.clusters[cluster].pods[pod]
+    }
+
+    /// The node a pod runs on.
+    pub fn pod_node(&self, cluster: ClusterId, pod: usize) -> &Node {
+        let cluster = &self.clusters[cluster];
+        &cluster.nodes[cluster.pods[pod].node]
+    }
+
+    /// The address an endpoint is reached at.
+    pub fn endpoint_ip(&self, endpoint: EndpointRef) -> Ipv4Addr {
+        match endpoint {
+            EndpointRef::Pod { cluster, pod } => self.pod(cluster, pod).ip,
+            EndpointRef::Host(host) => self.hosts[host].ip,
+            EndpointRef::Node { cluster, node } => self.clusters[cluster].nodes[node].ip,
+            EndpointRef::Address(address) => address,
+        }
+    }
+}

@@ -452,8 +452,9 @@ pub fn quoted_flow_key(packet: &Packet) -> Option<FlowKey> {
     })
 }
 
+/// Frame builders shared by unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests_support {
     use super::*;
     use crate::wire::{emit_ethernet, emit_ipv4, IPV4_HEADER_LEN};
 
@@ -470,6 +471,12 @@ mod tests {
         udp[6..8].copy_from_slice(&sum.to_be_bytes());
         frame
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::udp_frame;
+    use super::*;
 
     #[test]
     fn snat_keeps_checksums_right() {

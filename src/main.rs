@@ -1,3 +1,188 @@
-fn main() {
-    println!("Hello, world!");
+//! The `netsim` command line (SPEC §1). Exit codes: 0 success, 1 an expectation
+//! failed, 2 the input is invalid.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use netsim::capture::CaptureMode;
+use netsim::topology::{self, ConfigError, Topology};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "netsim", version, about = "Packet-path emulator for Kubernetes CNI networking on Tanzu / vSphere Kubernetes Service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CaptureArg {
+    All,
+    Edges,
+    None,
+}
+
+impl From<CaptureArg> for CaptureMode {
+    fn from(value: CaptureArg) -> Self {
+        match value {
+            CaptureArg::All => CaptureMode::All,
+            CaptureArg::Edges => CaptureMode::Edges,
+            CaptureArg::None => CaptureMode::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl ProtocolArg {
+    fn name(self) -> &'static str {
+        match self {
+            ProtocolArg::Tcp => "tcp",
+            ProtocolArg::Udp => "udp",
+            ProtocolArg::Icmp => "icmp",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every [[flow]]; write report.json, capture.pcapng and flows/*.pcapng.
+    Run {
+        topology: PathBuf,
+        /// Output directory (default: pcaps/<topology name>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "all")]
+        capture: CaptureArg,
+        /// Threads used to write per-flow captures (results do not depend on it).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Overrides [topology] seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Validate the file and evaluate every [[expect]]; exit 1 if one fails.
+    Check { topology: PathBuf },
+    /// Send one exchange and print every hop: device, interface, lookup, match, rewrite.
+    Trace {
+        topology: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum)]
+        protocol: Option<ProtocolArg>,
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Measure the forwarding core: packets/s, bits/s and ns/packet per thread count.
+    Bench {
+        topology: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        flows: usize,
+        #[arg(long, default_value_t = 200_000)]
+        packets: usize,
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        /// Thread counts to measure (default: 1 and every count up to the cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, value_enum, default_value = "none")]
+        capture: CaptureArg,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+fn load(path: &Path, seed: Option<u64>) -> Result<Topology, ConfigError> {
+    let mut topology = topology::load(path)?;
+    if let Some(seed) = seed {
+        topology.seed = seed;
+    }
+    Ok(topology)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            if let Some(config) = error.downcast_ref::<ConfigError>() {
+                eprintln!("{config}");
+                return ExitCode::from(2);
+            }
+            eprintln!("netsim: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { topology: path, out, capture, threads, seed, format } => {
+            let topology = load(&path, seed)?;
+            let result = netsim::sim::runner::run(&topology);
+            let report = netsim::report::build(&topology, &result);
+            let out = out.unwrap_or_else(|| PathBuf::from("pcaps").join(&topology.name));
+            netsim::output::write_run(&out, &topology, &result, &report, capture.into(), threads).context("writing outputs")?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text => {
+                    print!("{}", netsim::report::text_summary(&report));
+                    println!("wrote {}", out.display());
+                }
+            }
+            Ok(exit_for(&report))
+        }
+        Command::Check { topology: path } => {
+            let topology = load(&path, None)?;
+            let result = netsim::sim::runner::run(&topology);
+            let report = netsim::report::build(&topology, &result);
+            print!("{}", netsim::report::text_summary(&report));
+            Ok(exit_for(&report))
+        }
+        Command::Trace { topology: path, from, to, protocol, port } => {
+            let mut topology = load(&path, None)?;
+            let flow = topology::endpoint::command_line_flow(&topology, &from, &to, protocol.map(ProtocolArg::name), port)?;
+            topology.flows = vec![flow];
+            topology.expectations.clear();
+            let result = netsim::sim::runner::run(&topology);
+            print!("{}", netsim::trace::render(&topology, &result));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { topology: path, flows, packets, size, threads, capture, format } => {
+            let topology = match path {
+                Some(path) => load(&path, None)?,
+                None => netsim::bench::default_topology(),
+            };
+            let options = netsim::bench::BenchOptions { flows, packets, size, threads, capture: capture.into() };
+            let results = netsim::bench::run(&topology, &options).map_err(anyhow::Error::msg)?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+                Format::Text => print!("{}", netsim::bench::text(&results)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit_for(report: &netsim::report::Report) -> ExitCode {
+    if report.expectations.iter().all(|e| e.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

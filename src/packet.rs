@@ -100,6 +100,9 @@ pub struct Meta {
     pub tcp_flags: u8,
     pub icmp: IcmpKind,
     pub flow: FlowTag,
+    /// Which packet this is, run-wide (assigned when an endpoint or a device creates
+    /// it; kept through every rewrite and encapsulation). Never on the wire.
+    pub packet_id: u64,
 }
 
 impl Default for Meta {
@@ -123,6 +126,7 @@ impl Default for Meta {
             tcp_flags: 0,
             icmp: IcmpKind::None,
             flow: NO_FLOW,
+            packet_id: 0,
         }
     }
 }
@@ -216,9 +220,10 @@ impl Packet {
     /// Parses Ethernet, IPv4 and the L4 ports into `meta`. Non-IPv4 frames parse with
     /// only the Ethernet fields set.
     pub fn parse(&mut self) -> Result<(), WireError> {
-        let flow = self.meta.flow;
+        let (flow, packet_id) = (self.meta.flow, self.meta.packet_id);
         self.meta = parse_meta(self.frame())?;
         self.meta.flow = flow;
+        self.meta.packet_id = packet_id;
         Ok(())
     }
 

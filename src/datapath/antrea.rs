@@ -353,8 +353,8 @@ impl AntreaNode {
                 identification: 0,
             };
             let mtu = u32::try_from(tunnel_mtu).unwrap_or(0);
-            let error = icmp::error(&packet, icmp::TYPE_DESTINATION_UNREACHABLE, icmp::CODE_FRAGMENTATION_NEEDED, mtu, header);
-            ctx.generated(&error);
+            let mut error = icmp::error(&packet, icmp::TYPE_DESTINATION_UNREACHABLE, icmp::CODE_FRAGMENTATION_NEEDED, mtu, header);
+            ctx.generated(&mut error);
             let slot = ctx.begin_receive(self.settings.tunnel_point, &error);
             ctx.describe(slot, HopAction::IcmpError, || format!("icmp fragmentation-needed mtu={tunnel_mtu} to {}", packet.meta.key.source));
             ctx.drop_packet(&self.settings.name, &packet, DropReason::MtuExceeded, || {
@@ -557,7 +557,7 @@ impl AntreaNode {
                 identification: self.next_identification(),
             };
             icmp::answer_echo(&mut packet, destination, header);
-            ctx.generated(&packet);
+            ctx.generated(&mut packet);
             ctx.hop(self.settings.uplink_point, &packet, HopAction::Transmit, || "echo reply".into());
             out.send(UPLINK_PORT, packet);
             return;
@@ -577,8 +577,8 @@ impl AntreaNode {
         match ingress {
             HostIngress::Uplink => {
                 let header = ErrorHeader { source: self.settings.ip, source_mac: self.settings.mac, destination_mac: packet.meta.source_mac, ttl: icmp::DEFAULT_TTL, identification };
-                let error = icmp::error(packet, icmp_type, code, rest, header);
-                ctx.generated(&error);
+                let mut error = icmp::error(packet, icmp_type, code, rest, header);
+                ctx.generated(&mut error);
                 ctx.hop(self.settings.uplink_point, &error, HopAction::IcmpError, || format!("icmp type {icmp_type} code {code} to {}", packet.meta.key.source));
                 out.send(UPLINK_PORT, error);
             }
@@ -586,8 +586,8 @@ impl AntreaNode {
                 let source_mac = self.settings.gateway_mac;
                 let destination_mac = self.pod_by_ip.get(&packet.meta.key.source).map(|&pod| self.settings.pods[pod].mac).unwrap_or(Mac::ANTREA_GLOBAL_VIRTUAL);
                 let header = ErrorHeader { source: self.gateway_ip(), source_mac, destination_mac, ttl: icmp::DEFAULT_TTL, identification };
-                let error = icmp::error(packet, icmp_type, code, rest, header);
-                ctx.generated(&error);
+                let mut error = icmp::error(packet, icmp_type, code, rest, header);
+                ctx.generated(&mut error);
                 let slot = ctx.begin_receive(self.settings.gateway_point, &error);
                 ctx.describe(slot, HopAction::IcmpError, || format!("icmp type {icmp_type} code {code} to {}", packet.meta.key.source));
                 self.ovs(ctx, OvsSource::Gateway, None, error, out);

@@ -107,6 +107,7 @@ pub struct Hop {
     pub time_ns: u64,
     pub point: PointId,
     pub flow: FlowTag,
+    pub packet_id: u64,
     /// The frame exactly as it was on that wire.
     pub frame: Vec<u8>,
     pub action: HopAction,
@@ -118,6 +119,7 @@ pub struct Hop {
 pub struct DropRecord {
     pub time_ns: u64,
     pub flow: FlowTag,
+    pub packet_id: u64,
     pub device: String,
     pub reason: DropReason,
     pub detail: String,
@@ -145,6 +147,16 @@ pub struct Journal {
     pub generated: Vec<(FlowTag, u64)>,
     pub drop_count: u64,
     pub generated_count: u64,
+    /// The last packet id handed out.
+    pub last_packet_id: u64,
+}
+
+impl Journal {
+    /// A fresh run-wide packet id.
+    pub fn next_packet_id(&mut self) -> u64 {
+        self.last_packet_id += 1;
+        self.last_packet_id
+    }
 }
 
 /// What a device gets while it processes one packet.
@@ -166,6 +178,7 @@ impl Ctx<'_> {
                 time_ns: self.now_ns,
                 point,
                 flow: packet.meta.flow,
+                packet_id: packet.meta.packet_id,
                 frame: packet.frame().to_vec(),
                 action,
                 detail: detail(),
@@ -183,6 +196,7 @@ impl Ctx<'_> {
             time_ns: self.now_ns,
             point,
             flow: packet.meta.flow,
+            packet_id: packet.meta.packet_id,
             frame: packet.frame().to_vec(),
             action: HopAction::Receive,
             detail: String::new(),
@@ -206,6 +220,7 @@ impl Ctx<'_> {
         self.journal.drops.push(DropRecord {
             time_ns: self.now_ns,
             flow: packet.meta.flow,
+            packet_id: packet.meta.packet_id,
             device: device.to_string(),
             reason,
             detail,
@@ -213,7 +228,8 @@ impl Ctx<'_> {
     }
 
     /// Counts a packet a device created (an ICMP error or reply) as sent.
-    pub fn generated(&mut self, packet: &Packet) {
+    pub fn generated(&mut self, packet: &mut Packet) {
+        packet.meta.packet_id = self.journal.next_packet_id();
         self.journal.generated_count += 1;
         self.journal.generated.push((packet.meta.flow, self.now_ns));
     }

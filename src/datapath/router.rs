@@ -150,7 +150,7 @@ impl Router {
             ctx.describe(slot, HopAction::Deliver, || format!("echo request to {address}: reply"));
             let header = ErrorHeader { identification: self.next_identification(), ..header };
             icmp::answer_echo(&mut packet, address, header);
-            ctx.generated(&packet);
+            ctx.generated(&mut packet);
             let ingress = &self.ports[usize::from(in_port)];
             ctx.hop(ingress.point, &packet, HopAction::Transmit, || "echo reply".into());
             out.send(in_port, packet);
@@ -176,8 +176,8 @@ impl Router {
             ttl: icmp::DEFAULT_TTL,
             identification,
         };
-        let error = icmp::error(packet, icmp_type, code, rest, header);
-        ctx.generated(&error);
+        let mut error = icmp::error(packet, icmp_type, code, rest, header);
+        ctx.generated(&mut error);
         ctx.hop(ingress.point, &error, HopAction::IcmpError, || format!("icmp type {icmp_type} code {code} to {}", packet.meta.key.source));
         out.send(in_port, error);
     }

@@ -262,3 +262,24 @@ fn check_bytes(
     }
     Ok(())
 }
+
+/// A flow from command-line endpoints (`netsim trace --from EP --to EP`); errors
+/// point into the command line.
+pub fn command_line_flow(
+    topology: &Topology,
+    from: &str,
+    to: &str,
+    protocol: Option<&str>,
+    port: Option<u16>,
+) -> Result<Flow> {
+    let text = format!("--from {from} --to {to}");
+    let source = super::error::Source::new("command line", text);
+    let resolver = ResolverView { source: &source };
+    let from_at = 7..7 + from.len();
+    let to_start = from_at.end + 6;
+    let from_text = Spanned::new(from_at, from.to_string());
+    let to_text = Spanned::new(to_start..to_start + to.len(), to.to_string());
+    let protocol = protocol.map(|p| Spanned::new(0..0, p.to_string()));
+    let port = port.map(|p| Spanned::new(0..0, p));
+    probe_flow(&resolver, topology, "trace", &from_text, &to_text, protocol.as_ref(), port.as_ref())
+}

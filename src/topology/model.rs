@@ -178,7 +178,7 @@ pub struct ContainerPort {
 }
 
 /// Something a flow starts or ends at, resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndpointRef {
     Pod { cluster: ClusterId, pod: usize },
     Host(HostId),

@@ -661,7 +661,7 @@ fn resolve_pods(resolver: &Resolver, config: &ClusterConfig, nodes: &[Node], nam
 
 fn resolve_expect(resolver: &Resolver, topology: &mut Topology, spanned: &Spanned<ExpectConfig>) -> Result<Expectation> {
     let config = spanned.get_ref();
-    let text = resolver.source.text.get(spanned.span()).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = describe_expect(config);
     if let Some(router_name) = &config.router {
         let router = topology
             .routers
@@ -711,4 +711,37 @@ fn resolve_expect(resolver: &Resolver, topology: &mut Topology, spanned: &Spanne
         via,
         seen_source: config.seen_source.as_ref().map(|s| *s.get_ref()),
     })
+}
+
+/// How an expectation reads in reports: its keys as written.
+fn describe_expect(config: &ExpectConfig) -> String {
+    let mut parts = Vec::new();
+    let mut text = |key: &str, value: &Option<Text>| {
+        if let Some(value) = value {
+            parts.push(format!("{key}={}", value.get_ref()));
+        }
+    };
+    text("flow", &config.flow);
+    text("from", &config.from);
+    text("to", &config.to);
+    text("protocol", &config.protocol);
+    text("router", &config.router);
+    text("verdict", &config.verdict);
+    text("dropped_by", &config.dropped_by);
+    if let Some(port) = &config.port {
+        parts.push(format!("port={}", port.get_ref()));
+    }
+    if let Some(via) = &config.via {
+        parts.push(format!("via=[{}]", via.iter().map(|d| d.get_ref().as_str()).collect::<Vec<_>>().join(", ")));
+    }
+    if let Some(seen) = &config.seen_source {
+        parts.push(format!("seen_source={}", seen.get_ref()));
+    }
+    if let Some(prefix) = &config.prefix {
+        parts.push(format!("prefix={}", prefix.get_ref()));
+    }
+    if let Some(present) = config.present {
+        parts.push(format!("present={present}"));
+    }
+    parts.join(" ")
 }

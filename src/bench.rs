@@ -1,0 +1,265 @@
+//! `netsim bench`: the forwarding core's speed, measured on the same datapath `run`
+//! and `trace` use ([`Network::process`]). Cross-node pod-to-pod UDP packets go from
+//! the client pod's veth through the source node (OVS, Geneve encap), the segment,
+//! and the destination node (decap, OVS) to the server pod's veth. Each thread owns a
+//! shard of the flows and its own copy of the fabric (receive-side scaling by flow
+//! hash), so threads share nothing on the fast path. Wall-clock timing lives here
+//! only, outside the core.
+
+use crate::capture::CaptureMode;
+use crate::datapath::{Ctx, Journal, Outputs, PortId};
+use crate::packet::Packet;
+use crate::sim::network::{build, Device, DeviceId, Network};
+use crate::topology::{EndpointRef, Topology};
+use crate::wire::{checksum, emit_ethernet, emit_ipv4, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, PROTOCOL_UDP};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+/// The topology `netsim bench` uses without one: topologies/two-node.toml.
+pub fn default_topology() -> Topology {
+    crate::topology::parse("topologies/two-node.toml", include_str!("../topologies/two-node.toml"))
+        .unwrap_or_else(|error| panic!("the bundled two-node topology is invalid: {error}"))
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub flows: usize,
+    pub packets: usize,
+    /// IP packet size in bytes.
+    pub size: usize,
+    /// One thread count, or (None) 1 and every count up to the machine's cores.
+    pub threads: Option<usize>,
+    pub capture: CaptureMode,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchResults {
+    pub scenarios: Vec<Scenario>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub threads: usize,
+    pub capture: String,
+    pub packets: u64,
+    pub packets_per_second: f64,
+    pub bits_per_second: f64,
+    /// CPU time per packet: elapsed time x threads / packets.
+    pub ns_per_packet: f64,
+    pub new_flows_per_second: f64,
+}
+
+/// Pushes pre-built frames from one pod through the fabric to another.
+pub struct Forwarder {
+    network: Network,
+    journal: Journal,
+    source_device: DeviceId,
+    source_port: PortId,
+    destination_device: DeviceId,
+    outputs: Outputs,
+    queue: Vec<(DeviceId, PortId, Packet)>,
+    spare: Option<Packet>,
+    pub source_ip: Ipv4Addr,
+    pub destination_ip: Ipv4Addr,
+    source_mac: crate::wire::Mac,
+    gateway_mac: crate::wire::Mac,
+}
+
+impl Forwarder {
+    /// A forwarder between the first two pods of the first cluster that run on
+    /// different nodes.
+    pub fn new(topology: &Topology, capture: bool) -> Result<Forwarder, String> {
+        let cluster = topology.clusters.first().ok_or("bench needs a cluster")?;
+        let client = cluster.pods.first().ok_or("bench needs pods")?;
+        let server = cluster.pods.iter().position(|pod| pod.node != client.node).ok_or("bench needs two pods on different nodes")?;
+        let network = build(topology);
+        let source = network.endpoint(EndpointRef::Pod { cluster: 0, pod: 0 }).ok_or("no client endpoint")?;
+        let destination = network.endpoint(EndpointRef::Pod { cluster: 0, pod: server }).ok_or("no server endpoint")?;
+        let source_nic = network.endpoints[source].clone();
+        let link = network.peer(source_nic.device, 0).ok_or("client pod is not connected")?;
+        Ok(Forwarder {
+            journal: Journal { capture, ..Journal::default() },
+            source_device: link.device,
+            source_port: link.port,
+            destination_device: network.endpoints[destination].device,
+            outputs: Outputs::default(),
+            queue: Vec::new(),
+            spare: None,
+            source_ip: source_nic.ip,
+            destination_ip: network.endpoints[destination].ip,
+            source_mac: source_nic.mac,
+            gateway_mac: source_nic.gateway_mac.ok_or("client pod has no gateway")?,
+            network,
+        })
+    }
+
+    /// A UDP frame of `size` IP bytes from the client pod, as the pod sends it.
+    pub fn frame(&self, source_port: u16, size: usize) -> Vec<u8> {
+        udp_frame(self.source_mac, self.gateway_mac, self.source_ip, self.destination_ip, source_port, 5000, size)
+    }
+
+    /// Forwards one frame end to end; true when it reached the server pod.
+    pub fn send(&mut self, frame: &[u8], now_ns: u64) -> bool {
+        let mut packet = match self.spare.take() {
+            Some(mut packet) => {
+                if packet.reset_from(frame, 0).is_err() {
+                    return false;
+                }
+                packet
+            }
+            None => match Packet::from_frame(frame, 0) {
+                Ok(packet) => packet,
+                Err(_) => return false,
+            },
+        };
+        packet.meta.packet_id = 1;
+        self.queue.push((self.source_device, self.source_port, packet));
+        let mut delivered = false;
+        let mut ctx = Ctx { now_ns, journal: &mut self.journal };
+        while let Some((device, port, packet)) = self.queue.pop() {
+            if let Device::Endpoint(_) = self.network.devices[device] {
+                delivered |= device == self.destination_device;
+                self.spare = Some(packet);
+                continue;
+            }
+            self.network.process(&mut ctx, device, port, packet, &mut self.outputs);
+            for (out_port, packet) in self.outputs.packets.drain(..) {
+                if let Some(end) = self.network.peer(device, out_port) {
+                    self.queue.push((end.device, end.port, packet));
+                }
+            }
+        }
+        if ctx.journal.hops.len() > 100_000 {
+            ctx.journal.hops.clear();
+        }
+        ctx.journal.drops.clear();
+        delivered
+    }
+}
+
+fn udp_frame(source_mac: crate::wire::Mac, destination_mac: crate::wire::Mac, source: Ipv4Addr, destination: Ipv4Addr, source_port: u16, destination_port: u16, size: usize) -> Vec<u8> {
+    let size = size.max(IPV4_HEADER_LEN + 8);
+    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + size];
+    emit_ethernet(&mut frame, destination_mac, source_mac, ETHERTYPE_IPV4);
+    emit_ipv4(&mut frame[ETHERNET_HEADER_LEN..], source, destination, PROTOCOL_UDP, size - IPV4_HEADER_LEN, 64, 1, true);
+    let udp = &mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..];
+    let length = u16::try_from(udp.len()).unwrap_or(u16::MAX);
+    udp[0..2].copy_from_slice(&source_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&destination_port.to_be_bytes());
+    udp[4..6].copy_from_slice(&length.to_be_bytes());
+    for (index, byte) in udp[8..].iter_mut().enumerate() {
+        *byte = u8::try_from(index % 251).unwrap_or(0);
+    }
+    let sum = checksum::transport_checksum(source, destination, PROTOCOL_UDP, udp);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+fn thread_counts(options: &BenchOptions) -> Vec<usize> {
+    match options.threads {
+        Some(threads) => vec![threads.max(1)],
+        None => {
+            let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+            (1..=cores).collect()
+        }
+    }
+}
+
+/// Runs one scenario on `threads` threads: `established` replays `flows` known flows
+/// (flow-cache hits after the first packet of each); otherwise every packet is a new
+/// flow (a cache miss and the slow path).
+fn scenario(topology: &Topology, options: &BenchOptions, threads: usize, established: bool) -> Result<Scenario, String> {
+    let per_thread = options.packets.div_ceil(threads);
+    let capture = options.capture != CaptureMode::None;
+    let mut forwarders = (0..threads).map(|_| Forwarder::new(topology, capture)).collect::<Result<Vec<_>, _>>()?;
+    let flows = options.flows.max(1);
+    let started = Instant::now();
+    let delivered: Vec<u64> = crossbeam::thread::scope(|scope| {
+        let handles: Vec<_> = forwarders
+            .iter_mut()
+            .enumerate()
+            .map(|(thread, forwarder)| {
+                scope.spawn(move |_| {
+                    // This thread's shard of the flows.
+                    let templates: Vec<Vec<u8>> = (0..flows)
+                        .filter(|flow| flow % threads == thread)
+                        .map(|flow| forwarder.frame(10_000 + u16::try_from(flow % 50_000).unwrap_or(0), options.size))
+                        .collect();
+                    let mut delivered = 0u64;
+                    let mut fresh = Vec::new();
+                    for index in 0..per_thread {
+                        let now = u64::try_from(index).unwrap_or(0) * 1_000;
+                        let ok = if established && !templates.is_empty() {
+                            forwarder.send(&templates[index % templates.len()], now)
+                        } else {
+                            let port = u16::try_from((index * threads + thread) % 60_000).unwrap_or(0) + 1_024;
+                            fresh = forwarder.frame(port, options.size);
+                            forwarder.send(&fresh, now)
+                        };
+                        delivered += u64::from(ok);
+                    }
+                    drop(fresh);
+                    delivered
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().unwrap_or(0)).collect()
+    })
+    .map_err(|_| "a bench thread panicked".to_string())?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let packets: u64 = delivered.iter().sum();
+    let expected = u64::try_from(per_thread * threads).unwrap_or(0);
+    if packets != expected {
+        return Err(format!("only {packets} of {expected} bench packets reached the server pod"));
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let packets_f = packets as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let threads_f = threads as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let size_f = options.size as f64;
+    let packets_per_second = packets_f / elapsed;
+    Ok(Scenario {
+        name: if established { "cross-node-udp/established".into() } else { "cross-node-udp/new-flow-per-packet".into() },
+        threads,
+        capture: match options.capture {
+            CaptureMode::All => "all",
+            CaptureMode::Edges => "edges",
+            CaptureMode::None => "none",
+        }
+        .into(),
+        packets,
+        packets_per_second,
+        bits_per_second: packets_per_second * size_f * 8.0,
+        ns_per_packet: elapsed * 1e9 * threads_f / packets_f,
+        new_flows_per_second: if established { 0.0 } else { packets_per_second },
+    })
+}
+
+/// Runs every scenario for every thread count.
+pub fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchResults, String> {
+    let mut scenarios = Vec::new();
+    for threads in thread_counts(options) {
+        scenarios.push(scenario(topology, options, threads, true)?);
+        scenarios.push(scenario(topology, options, threads, false)?);
+    }
+    Ok(BenchResults { scenarios })
+}
+
+/// The text table of a bench run.
+pub fn text(results: &BenchResults) -> String {
+    let mut out = format!("{:<38} {:>7} {:>14} {:>12} {:>11}\n", "scenario", "threads", "packets/s", "Gbit/s", "ns/packet");
+    for s in &results.scenarios {
+        out.push_str(&format!(
+            "{:<38} {:>7} {:>14.0} {:>12.3} {:>11.1}\n",
+            s.name,
+            s.threads,
+            s.packets_per_second,
+            s.bits_per_second / 1e9,
+            s.ns_per_packet
+        ));
+    }
+    out
+}

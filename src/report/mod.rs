@@ -1,0 +1,312 @@
+//! `report.json` (SPEC §3) and the text summary: every flow's verdict, counters,
+//! path, NAT and drop; every expectation with what was seen; run-wide counters.
+//! Fields are serialized in a fixed order, so reports are byte-identical run to run.
+
+use crate::datapath::{Hop, HopAction};
+use crate::sim::network::Network;
+use crate::sim::runner::{FlowOutcome, RunResult};
+use crate::topology::{Expectation, Flow, Topology, Verdict};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub topology: String,
+    pub netsim_version: String,
+    pub seed: u64,
+    pub flows: Vec<FlowReport>,
+    pub expectations: Vec<ExpectationReport>,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlowReport {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub protocol: String,
+    pub destination: String,
+    pub verdict: String,
+    pub packets: PacketCounts,
+    pub connections: ConnectionCounts,
+    pub seen_source: Option<String>,
+    pub path: Vec<PathHop>,
+    pub reply_path: Vec<PathHop>,
+    pub nat: Vec<NatReport>,
+    pub policy: Vec<PolicyReport>,
+    pub drop: Option<DropReport>,
+    pub icmp_received: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct PacketCounts {
+    pub sent: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectionCounts {
+    pub attempted: u64,
+    pub established: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct PathHop {
+    pub time_us: f64,
+    pub device: String,
+    pub interface: String,
+    pub action: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NatReport {
+    pub device: String,
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// A policy decision (empty until NetworkPolicy is modelled).
+#[derive(Debug, Serialize)]
+pub struct PolicyReport {
+    pub device: String,
+    pub direction: String,
+    pub verdict: String,
+    pub rule: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DropReport {
+    pub device: String,
+    pub reason: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExpectationReport {
+    pub expect: String,
+    pub ok: bool,
+    pub got: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counters {
+    pub packets_sent: u64,
+    pub packets_delivered: u64,
+    pub packets_dropped: u64,
+    pub drops_by_reason: BTreeMap<String, u64>,
+    pub packets_generated_by_devices: u64,
+    pub flow_cache_hits: u64,
+    pub flow_cache_misses: u64,
+    pub conntrack_entries: usize,
+    pub events: u64,
+    pub simulated_ns: u64,
+}
+
+/// The verdict of one flow: delivered when every connection completed its exchange;
+/// dropped when not and some packet of it was dropped; otherwise no reply.
+pub fn flow_verdict(flow: &Flow, outcome: &FlowOutcome, dropped: bool) -> Verdict {
+    let all_answered = outcome.connections.len() == flow.connections as usize
+        && outcome.connections.iter().all(|c| c.completed && !c.failed && c.answers == flow.requests);
+    if all_answered {
+        Verdict::Delivered
+    } else if dropped {
+        Verdict::Dropped
+    } else {
+        Verdict::NoReply
+    }
+}
+
+fn path_of(network: &Network, hops: &[&Hop], packet_id: Option<u64>) -> Vec<PathHop> {
+    let Some(packet_id) = packet_id else { return Vec::new() };
+    hops.iter()
+        .filter(|hop| hop.packet_id == packet_id)
+        .map(|hop| {
+            let point = &network.points[hop.point as usize];
+            let interface = point.name.rsplit_once(':').map(|(_, i)| i.to_string()).unwrap_or_default();
+            // Microseconds with nanosecond precision; exact in f64 for any realistic run.
+            #[allow(clippy::cast_precision_loss)]
+            let time_us = hop.time_ns as f64 / 1000.0;
+            PathHop { time_us, device: point.device.clone(), interface, action: hop.action.name().to_string(), detail: hop.detail.clone() }
+        })
+        .collect()
+}
+
+/// Devices along a path, consecutive repeats collapsed.
+pub fn path_devices(path: &[PathHop]) -> Vec<String> {
+    let mut devices: Vec<String> = Vec::new();
+    for hop in path {
+        if devices.last() != Some(&hop.device) {
+            devices.push(hop.device.clone());
+        }
+    }
+    devices
+}
+
+fn is_subsequence(wanted: &[String], devices: &[String]) -> bool {
+    let mut remaining = devices.iter();
+    wanted.iter().all(|device| remaining.any(|seen| seen == device))
+}
+
+/// Builds the report of a run.
+pub fn build(topology: &Topology, result: &RunResult) -> Report {
+    let mut hops_by_flow: BTreeMap<u32, Vec<&Hop>> = BTreeMap::new();
+    for hop in &result.journal.hops {
+        hops_by_flow.entry(hop.flow).or_default().push(hop);
+    }
+    let mut flows = Vec::new();
+    for (index, (flow, outcome)) in topology.flows.iter().zip(&result.flows).enumerate() {
+        let tag = u32::try_from(index).unwrap_or(u32::MAX);
+        let hops = hops_by_flow.get(&tag).map(Vec::as_slice).unwrap_or(&[]);
+        let drops: Vec<_> = result.journal.drops.iter().filter(|d| d.flow == tag).collect();
+        let verdict = flow_verdict(flow, outcome, !drops.is_empty());
+        let nat = result
+            .journal
+            .nat
+            .iter()
+            .filter(|n| n.flow == tag)
+            .fold(Vec::<NatReport>::new(), |mut list, n| {
+                if !list.iter().any(|existing| existing.device == n.device && existing.kind == n.kind && existing.from == n.before && existing.to == n.after) {
+                    list.push(NatReport { device: n.device.clone(), kind: n.kind.to_string(), from: n.before.clone(), to: n.after.clone() });
+                }
+                list
+            });
+        let attempted = u64::from(flow.connections);
+        let established = outcome.connections.iter().filter(|c| c.established).count() as u64;
+        let failed = outcome.connections.iter().filter(|c| !c.completed || c.failed).count() as u64;
+        let destination = if flow.destination_port == 0 { flow.destination_ip.to_string() } else { format!("{}:{}", flow.destination_ip, flow.destination_port) };
+        flows.push(FlowReport {
+            name: flow.name.clone(),
+            from: flow.from_text.clone(),
+            to: flow.to_text.clone(),
+            protocol: flow.protocol.name().to_string(),
+            destination,
+            verdict: verdict.name().to_string(),
+            packets: PacketCounts { sent: outcome.sent, delivered: outcome.delivered, dropped: outcome.dropped },
+            connections: ConnectionCounts { attempted, established, failed },
+            seen_source: outcome.seen_source.map(|s| s.to_string()),
+            path: path_of(&result.network, hops, outcome.first_packet),
+            reply_path: path_of(&result.network, hops, outcome.first_reply),
+            nat,
+            policy: Vec::new(),
+            drop: if verdict == Verdict::Delivered {
+                None
+            } else {
+                drops.first().map(|d| DropReport { device: d.device.clone(), reason: d.reason.name().to_string(), detail: d.detail.clone() })
+            },
+            icmp_received: outcome.icmp_errors.iter().map(|(t, c, from)| format!("type {t} code {c} from {from}")).collect(),
+        });
+    }
+    let expectations = topology.expectations.iter().map(|e| evaluate(e, topology, &flows, &result.network)).collect();
+    let mut drops_by_reason = BTreeMap::new();
+    for drop in &result.journal.drops {
+        *drops_by_reason.entry(drop.reason.name().to_string()).or_insert(0) += 1;
+    }
+    let flow_sent: u64 = result.flows.iter().map(|f| f.sent).sum();
+    let flow_delivered: u64 = result.flows.iter().map(|f| f.delivered).sum();
+    let (hits, misses) = result.network.flow_cache_stats();
+    Report {
+        topology: topology.name.clone(),
+        netsim_version: env!("CARGO_PKG_VERSION").to_string(),
+        seed: topology.seed,
+        flows,
+        expectations,
+        counters: Counters {
+            packets_sent: flow_sent + result.untagged_sent,
+            packets_delivered: flow_delivered + result.untagged_delivered,
+            packets_dropped: result.journal.drop_count,
+            drops_by_reason,
+            packets_generated_by_devices: result.journal.generated_count,
+            flow_cache_hits: hits,
+            flow_cache_misses: misses,
+            conntrack_entries: result.network.conntrack_entries(),
+            events: result.events,
+            simulated_ns: result.end_ns,
+        },
+    }
+}
+
+fn evaluate(expectation: &Expectation, topology: &Topology, flows: &[FlowReport], network: &Network) -> ExpectationReport {
+    match expectation {
+        Expectation::Flow { text, flow, verdict, dropped_by, via, seen_source } => {
+            let report = &flows[*flow];
+            let devices = path_devices(&report.path);
+            let mut ok = true;
+            if let Some(verdict) = verdict {
+                ok &= report.verdict == verdict.name();
+            }
+            if let Some(dropped_by) = dropped_by {
+                let got = report.drop.as_ref().map(|d| format!("{}@{}", d.reason, d.device));
+                ok &= match (dropped_by.contains('@'), &got, &report.drop) {
+                    (true, Some(got), _) => got == dropped_by,
+                    (false, _, Some(drop)) => &drop.reason == dropped_by,
+                    _ => false,
+                };
+            }
+            if !via.is_empty() {
+                ok &= is_subsequence(via, &devices);
+            }
+            if let Some(seen) = seen_source {
+                ok &= report.seen_source.as_deref() == Some(seen.to_string().as_str());
+            }
+            let got = format!(
+                "flow {}: verdict={} dropped_by={} path=[{}] seen_source={}",
+                report.name,
+                report.verdict,
+                report.drop.as_ref().map(|d| format!("{}@{}", d.reason, d.device)).unwrap_or_else(|| "-".into()),
+                devices.join(", "),
+                report.seen_source.as_deref().unwrap_or("-")
+            );
+            ExpectationReport { expect: text.clone(), ok, got }
+        }
+        Expectation::Route { text, router, prefix, present } => {
+            let name = &topology.routers[*router].name;
+            let route = network.router(name).and_then(|r| r.fib.get_exact(*prefix).copied());
+            let got = match route {
+                Some(route) => format!("{name} has {prefix} ({}{})", route.origin.name(), route.next_hop.map(|h| format!(" via {h}")).unwrap_or_default()),
+                None => format!("{name} has no route for exactly {prefix}"),
+            };
+            ExpectationReport { expect: text.clone(), ok: route.is_some() == *present, got }
+        }
+    }
+}
+
+/// A human-readable summary of a report.
+pub fn text_summary(report: &Report) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("topology {} (seed {})\n", report.topology, report.seed));
+    for flow in &report.flows {
+        out.push_str(&format!(
+            "  {:<20} {:<9} sent {:>4} delivered {:>4} dropped {:>3}  {} -> {}\n",
+            flow.name, flow.verdict, flow.packets.sent, flow.packets.delivered, flow.packets.dropped, flow.from, flow.to
+        ));
+        out.push_str(&format!("      path: {}\n", path_devices(&flow.path).join(" -> ")));
+        if let Some(seen) = &flow.seen_source {
+            out.push_str(&format!("      seen source: {seen}\n"));
+        }
+        for nat in &flow.nat {
+            out.push_str(&format!("      {} on {}: {} -> {}\n", nat.kind, nat.device, nat.from, nat.to));
+        }
+        if let Some(drop) = &flow.drop {
+            out.push_str(&format!("      drop: {}@{} ({})\n", drop.reason, drop.device, drop.detail));
+        }
+    }
+    let failed = report.expectations.iter().filter(|e| !e.ok).count();
+    if !report.expectations.is_empty() {
+        out.push_str(&format!("expectations: {} passed, {} failed\n", report.expectations.len() - failed, failed));
+        for expectation in &report.expectations {
+            out.push_str(&format!("  [{}] {}\n        got: {}\n", if expectation.ok { "ok" } else { "FAIL" }, expectation.expect, expectation.got));
+        }
+    }
+    let c = &report.counters;
+    out.push_str(&format!("packets: sent {} = delivered {} + dropped {}\n", c.packets_sent, c.packets_delivered, c.packets_dropped));
+    out
+}
+
+/// Hop actions that mean a packet stopped at that hop.
+pub fn is_terminal(action: HopAction) -> bool {
+    matches!(action, HopAction::Deliver | HopAction::Drop)
+}

@@ -1,0 +1,632 @@
+//! Endpoints are real TCP/IP stacks: every pod and host runs a smoltcp `Interface`
+//! over a [`SimDevice`] whose frames the runner carries through the datapath. A flow
+//! is a real handshake, real segments sized by the MSS the MTU allows, real
+//! retransmissions when the network loses something, a real RST from a closed port.
+//!
+//! The applications on top are small state machines: a TCP client that sends
+//! `requests` requests of `bytes` bytes, waits for each equal response and closes; a
+//! TCP server that answers each full request with as many bytes; UDP client and echo
+//! server; an ICMP echo client (smoltcp's interface answers echo requests itself).
+
+use super::network::EndpointNic;
+use crate::packet::{parse_meta, quoted_flow_key, FlowTag, IcmpKind, NO_FLOW};
+use crate::topology::{Exchange, Flow, Protocol};
+use crate::wire::{emit_ethernet, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
+use rustc_hash::{FxHashMap, FxHashSet};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::socket::{icmp, tcp, udp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpEndpoint};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+
+/// How long a UDP or ICMP client waits for each answer before counting it lost.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a TCP client waits without progress before it gives up (smoltcp aborts
+/// the connection, as a socket timeout would).
+const TCP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Socket buffer sizes.
+const TCP_BUFFER: usize = 256 * 1024;
+const UDP_BUFFER: usize = 64 * 1024;
+/// Linux's default `net.ipv4.ip_local_port_range`.
+const EPHEMERAL_PORTS: std::ops::Range<u16> = 32768..61000;
+
+/// smoltcp's view of the NIC: IP packets in, IP packets out (the runner adds and
+/// strips Ethernet, resolving neighbors from the topology).
+pub struct SimDevice {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+    mtu: usize,
+}
+
+pub struct SimRxToken(Vec<u8>);
+pub struct SimTxToken<'a>(&'a mut Vec<Vec<u8>>);
+
+impl phy::RxToken for SimRxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for SimTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buffer = vec![0; len];
+        let result = f(&mut buffer);
+        self.0.push(buffer);
+        result
+    }
+}
+
+impl phy::Device for SimDevice {
+    type RxToken<'a> = SimRxToken;
+    type TxToken<'a> = SimTxToken<'a>;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(SimRxToken, SimTxToken<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((SimRxToken(frame), SimTxToken(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<SimTxToken<'_>> {
+        Some(SimTxToken(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut capabilities = DeviceCapabilities::default();
+        capabilities.medium = Medium::Ip;
+        capabilities.max_transmission_unit = self.mtu;
+        capabilities
+    }
+}
+
+/// What happened to a frame handed to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    Delivered,
+    /// Nothing listens on the destination port (the stack answers RST / ICMP).
+    NoListener,
+    /// Not for this endpoint (wrong MAC or address).
+    NotForUs,
+}
+
+/// A frame an endpoint sends, with its flow tag. `resolved` is false when no
+/// neighbor answers for the next hop (ARP would fail): the frame is then lost at the
+/// sender.
+pub struct Departure {
+    pub frame: Vec<u8>,
+    pub flow: FlowTag,
+    pub resolved: bool,
+}
+
+/// How one client connection ended (or is going).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    pub established: bool,
+    pub completed: bool,
+    pub failed: bool,
+    pub answers: u32,
+}
+
+/// (protocol, local port, remote address, remote port): how a stack maps its traffic
+/// back to a flow.
+type TagKey = (u8, u16, Ipv4Addr, u16);
+
+enum Client {
+    Tcp(TcpClient),
+    Udp(UdpClient),
+    Ping(PingClient),
+}
+
+struct TcpClient {
+    flow: FlowTag,
+    handle: SocketHandle,
+    bytes: usize,
+    requests_left: u32,
+    to_send: usize,
+    to_receive: usize,
+    closing: bool,
+    status: ConnectionStatus,
+}
+
+struct UdpClient {
+    flow: FlowTag,
+    handle: SocketHandle,
+    remote: IpEndpoint,
+    bytes: usize,
+    requests_left: u32,
+    waiting_until: Option<Instant>,
+    status: ConnectionStatus,
+}
+
+struct PingClient {
+    flow: FlowTag,
+    handle: SocketHandle,
+    remote: Ipv4Addr,
+    identifier: u16,
+    sequence: u16,
+    bytes: usize,
+    requests_left: u32,
+    waiting_until: Option<Instant>,
+    status: ConnectionStatus,
+}
+
+struct TcpServer {
+    handle: SocketHandle,
+    request_bytes: Option<usize>,
+    received: usize,
+    pending_response: usize,
+}
+
+/// One endpoint's stack and applications.
+pub struct Stack {
+    pub nic: EndpointNic,
+    iface: Interface,
+    device: SimDevice,
+    sockets: SocketSet<'static>,
+    tcp_listen: Vec<u16>,
+    udp_listen: Vec<u16>,
+    tcp_listeners: BTreeMap<u16, SocketHandle>,
+    tcp_servers: Vec<TcpServer>,
+    udp_servers: Vec<SocketHandle>,
+    clients: Vec<Client>,
+    client_ports: FxHashSet<(u8, u16)>,
+    tags: FxHashMap<TagKey, FlowTag>,
+    random: u64,
+}
+
+/// A deterministic request payload.
+fn payload(length: usize) -> Vec<u8> {
+    (0..length).map(|index| b'a' + u8::try_from(index % 26).unwrap_or(0)).collect()
+}
+
+impl Stack {
+    pub fn new(nic: EndpointNic, seed: u64, now: Instant) -> Self {
+        let mut device = SimDevice { rx: VecDeque::new(), tx: Vec::new(), mtu: usize::from(nic.mtu) };
+        let mut config = Config::new(HardwareAddress::Ip);
+        let random = seed ^ (u64::from(u32::from(nic.ip)) << 16) ^ 0x9e37_79b9_7f4a_7c15;
+        config.random_seed = random;
+        let mut iface = Interface::new(config, &mut device, now);
+        iface.update_ip_addrs(|addresses| {
+            let _ = addresses.push(IpCidr::new(IpAddress::Ipv4(nic.ip), nic.subnet.prefix_len()));
+        });
+        // A default route is needed for off-subnet destinations; with Medium::Ip its
+        // address only has to exist (the runner picks the next-hop MAC).
+        let gateway = Ipv4Addr::from(u32::from(nic.subnet.network()) + 1);
+        let _ = iface.routes_mut().add_default_ipv4_route(gateway);
+        Stack {
+            nic,
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            tcp_listen: Vec::new(),
+            udp_listen: Vec::new(),
+            tcp_listeners: BTreeMap::new(),
+            tcp_servers: Vec::new(),
+            udp_servers: Vec::new(),
+            clients: Vec::new(),
+            client_ports: FxHashSet::default(),
+            tags: FxHashMap::default(),
+            random,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*
+        self.random ^= self.random >> 12;
+        self.random ^= self.random << 25;
+        self.random ^= self.random >> 27;
+        self.random.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn ephemeral_port(&mut self, protocol: u8) -> u16 {
+        loop {
+            let span = u64::from(EPHEMERAL_PORTS.end - EPHEMERAL_PORTS.start);
+            let port = EPHEMERAL_PORTS.start + u16::try_from(self.next_random() % span).unwrap_or(0);
+            if self.client_ports.insert((protocol, port)) {
+                return port;
+            }
+        }
+    }
+
+    /// Opens a listening port.
+    pub fn listen(&mut self, protocol: Protocol, port: u16) {
+        match protocol {
+            Protocol::Tcp => {
+                if !self.tcp_listen.contains(&port) {
+                    self.tcp_listen.push(port);
+                    self.add_tcp_listener(port);
+                }
+            }
+            Protocol::Udp => {
+                if !self.udp_listen.contains(&port) {
+                    self.udp_listen.push(port);
+                    let mut socket = udp::Socket::new(
+                        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
+                        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
+                    );
+                    let _ = socket.bind(port);
+                    let handle = self.sockets.add(socket);
+                    self.udp_servers.push(handle);
+                }
+            }
+            Protocol::Icmp => {}
+        }
+    }
+
+    fn add_tcp_listener(&mut self, port: u16) {
+        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
+        let _ = socket.listen(port);
+        let handle = self.sockets.add(socket);
+        self.tcp_listeners.insert(port, handle);
+    }
+
+    /// Starts one connection of `flow` (tagged `tag`).
+    pub fn start(&mut self, tag: FlowTag, flow: &Flow) {
+        let remote_ip = flow.destination_ip;
+        let bytes = usize::try_from(flow.bytes).unwrap_or(0);
+        match (flow.protocol, flow.exchange) {
+            (Protocol::Tcp, _) => {
+                let local_port = self.ephemeral_port(PROTOCOL_TCP);
+                let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
+                socket.set_timeout(Some(TCP_TIMEOUT));
+                let remote = IpEndpoint::new(IpAddress::Ipv4(remote_ip), flow.destination_port);
+                let connected = socket.connect(self.iface.context(), remote, local_port).is_ok();
+                let handle = self.sockets.add(socket);
+                self.tags.insert((PROTOCOL_TCP, local_port, remote_ip, flow.destination_port), tag);
+                let status = ConnectionStatus { failed: !connected, ..ConnectionStatus::default() };
+                self.clients.push(Client::Tcp(TcpClient { flow: tag, handle, bytes, requests_left: flow.requests, to_send: bytes, to_receive: bytes, closing: false, status }));
+            }
+            (Protocol::Udp, _) => {
+                let local_port = self.ephemeral_port(PROTOCOL_UDP);
+                let mut socket = udp::Socket::new(
+                    udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
+                    udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
+                );
+                let _ = socket.bind(local_port);
+                let handle = self.sockets.add(socket);
+                self.tags.insert((PROTOCOL_UDP, local_port, remote_ip, flow.destination_port), tag);
+                let remote = IpEndpoint::new(IpAddress::Ipv4(remote_ip), flow.destination_port);
+                self.clients.push(Client::Udp(UdpClient { flow: tag, handle, remote, bytes, requests_left: flow.requests, waiting_until: None, status: ConnectionStatus::default() }));
+            }
+            (Protocol::Icmp, Exchange::Ping | Exchange::RequestResponse) => {
+                let identifier = self.ephemeral_port(PROTOCOL_ICMP);
+                let mut socket = icmp::Socket::new(
+                    icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; UDP_BUFFER]),
+                    icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; UDP_BUFFER]),
+                );
+                let _ = socket.bind(icmp::Endpoint::Ident(identifier));
+                let handle = self.sockets.add(socket);
+                self.tags.insert((PROTOCOL_ICMP, identifier, remote_ip, identifier), tag);
+                self.clients.push(Client::Ping(PingClient {
+                    flow: tag,
+                    handle,
+                    remote: remote_ip,
+                    identifier,
+                    sequence: 0,
+                    bytes,
+                    requests_left: flow.requests,
+                    waiting_until: None,
+                    status: ConnectionStatus::default(),
+                }));
+            }
+        }
+    }
+
+    /// Hands a frame to the stack. Learns which flow the remote side belongs to, so
+    /// the stack's answers carry the same tag.
+    pub fn receive(&mut self, frame: &[u8], flow: FlowTag) -> Arrival {
+        let Ok(meta) = parse_meta(frame) else { return Arrival::NotForUs };
+        if meta.ethertype != ETHERTYPE_IPV4 || meta.destination_mac != self.nic.mac || meta.key.destination != self.nic.ip {
+            return Arrival::NotForUs;
+        }
+        let key = meta.key;
+        if flow != NO_FLOW && !matches!(meta.icmp, IcmpKind::Error { .. }) {
+            self.tags.entry((key.protocol, key.destination_port, key.source, key.source_port)).or_insert(flow);
+        }
+        let arrival = match key.protocol {
+            PROTOCOL_TCP if !self.tcp_listen.contains(&key.destination_port) && !self.client_ports.contains(&(PROTOCOL_TCP, key.destination_port)) => Arrival::NoListener,
+            PROTOCOL_UDP if !self.udp_listen.contains(&key.destination_port) && !self.client_ports.contains(&(PROTOCOL_UDP, key.destination_port)) => Arrival::NoListener,
+            _ => Arrival::Delivered,
+        };
+        self.device.rx.push_back(frame[ETHERNET_HEADER_LEN..].to_vec());
+        arrival
+    }
+
+    /// Runs the stack and its applications at `now`; returns the frames it sends.
+    pub fn poll(&mut self, now: Instant, flows: &[Flow]) -> Vec<Departure> {
+        for _ in 0..64 {
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
+            self.replace_used_listeners();
+            let progressed = self.run_applications(now, flows);
+            if !progressed && self.device.rx.is_empty() {
+                break;
+            }
+        }
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        let packets = std::mem::take(&mut self.device.tx);
+        packets.into_iter().filter(|ip_packet| ip_packet.len() >= 20).map(|ip_packet| self.frame(ip_packet)).collect()
+    }
+
+    /// When the stack next needs to run (a timer), if ever.
+    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        let stack = self.iface.poll_at(now, &self.sockets);
+        let applications = self.clients.iter().filter_map(|client| match client {
+            Client::Udp(c) => c.waiting_until,
+            Client::Ping(c) => c.waiting_until,
+            Client::Tcp(_) => None,
+        });
+        stack.into_iter().chain(applications).min()
+    }
+
+    /// Status of every client connection, by flow tag, in start order.
+    pub fn client_status(&self) -> Vec<(FlowTag, ConnectionStatus)> {
+        self.clients
+            .iter()
+            .map(|client| match client {
+                Client::Tcp(c) => (c.flow, c.status),
+                Client::Udp(c) => (c.flow, c.status),
+                Client::Ping(c) => (c.flow, c.status),
+            })
+            .collect()
+    }
+
+    /// Wraps an IP packet from smoltcp in Ethernet toward the right neighbor and finds
+    /// its flow tag. A destination with no neighbor is not sent (ARP would fail).
+    fn frame(&self, ip_packet: Vec<u8>) -> Departure {
+        let destination = Ipv4Addr::new(ip_packet[16], ip_packet[17], ip_packet[18], ip_packet[19]);
+        let next_mac: Option<Mac> = if self.nic.subnet.contains(&destination) {
+            self.nic.neighbors.get(&destination).copied()
+        } else {
+            self.nic.gateway_mac
+        };
+        let mut frame = vec![0u8; ETHERNET_HEADER_LEN + ip_packet.len()];
+        emit_ethernet(&mut frame, next_mac.unwrap_or_default(), self.nic.mac, ETHERTYPE_IPV4);
+        frame[ETHERNET_HEADER_LEN..].copy_from_slice(&ip_packet);
+        let flow = self.tag_of(&frame);
+        Departure { frame, flow, resolved: next_mac.is_some() }
+    }
+
+    fn tag_of(&self, frame: &[u8]) -> FlowTag {
+        let Ok(meta) = parse_meta(frame) else { return NO_FLOW };
+        let key = if matches!(meta.icmp, IcmpKind::Error { .. }) {
+            // An error the stack sends about a packet it received: that packet's flow.
+            let Ok(packet) = crate::packet::Packet::from_frame(frame, NO_FLOW) else { return NO_FLOW };
+            match quoted_flow_key(&packet) {
+                Some(quoted) => (quoted.protocol, quoted.destination_port, quoted.source, quoted.source_port),
+                None => return NO_FLOW,
+            }
+        } else {
+            (meta.key.protocol, meta.key.source_port, meta.key.destination, meta.key.destination_port)
+        };
+        self.tags.get(&key).copied().unwrap_or(NO_FLOW)
+    }
+
+    /// A listening TCP socket that accepted a connection becomes that connection's
+    /// server; a fresh one listens in its place (a listen backlog).
+    fn replace_used_listeners(&mut self) {
+        let used: Vec<(u16, SocketHandle)> = self
+            .tcp_listeners
+            .iter()
+            .filter(|(_, handle)| !self.sockets.get::<tcp::Socket>(**handle).is_listening())
+            .map(|(port, handle)| (*port, *handle))
+            .collect();
+        for (port, handle) in used {
+            self.tcp_servers.push(TcpServer { handle, request_bytes: None, received: 0, pending_response: 0 });
+            self.add_tcp_listener(port);
+        }
+    }
+
+    fn run_applications(&mut self, now: Instant, flows: &[Flow]) -> bool {
+        let mut progressed = false;
+        for index in 0..self.tcp_servers.len() {
+            progressed |= self.run_tcp_server(index, flows);
+        }
+        for index in 0..self.udp_servers.len() {
+            progressed |= self.run_udp_server(self.udp_servers[index]);
+        }
+        let mut clients = std::mem::take(&mut self.clients);
+        for client in &mut clients {
+            progressed |= match client {
+                Client::Tcp(c) => run_tcp_client(c, &mut self.sockets),
+                Client::Udp(c) => run_udp_client(c, &mut self.sockets, now),
+                Client::Ping(c) => run_ping_client(c, &mut self.sockets, now),
+            };
+        }
+        self.clients = clients;
+        progressed
+    }
+
+    fn run_tcp_server(&mut self, index: usize, flows: &[Flow]) -> bool {
+        let handle = self.tcp_servers[index].handle;
+        if self.tcp_servers[index].request_bytes.is_none() {
+            let socket = self.sockets.get::<tcp::Socket>(handle);
+            if let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint()) {
+                {
+                    let IpAddress::Ipv4(remote_ip) = remote.addr;
+                    let tag = self.tags.get(&(PROTOCOL_TCP, local.port, remote_ip, remote.port)).copied();
+                    let bytes = tag.and_then(|tag| flows.get(tag as usize)).map(|flow| usize::try_from(flow.bytes).unwrap_or(1));
+                    self.tcp_servers[index].request_bytes = Some(bytes.unwrap_or(1).max(1));
+                }
+            }
+        }
+        let server = &mut self.tcp_servers[index];
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut progressed = false;
+        let mut buffer = [0u8; 16 * 1024];
+        while socket.can_recv() {
+            match socket.recv_slice(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(count) => {
+                    progressed = true;
+                    server.received += count;
+                    let request = server.request_bytes.unwrap_or(1);
+                    while server.received >= request {
+                        server.received -= request;
+                        server.pending_response += request;
+                    }
+                }
+            }
+        }
+        if server.pending_response > 0 && socket.can_send() {
+            let chunk = payload(server.pending_response.min(buffer.len()));
+            if let Ok(sent) = socket.send_slice(&chunk) {
+                progressed |= sent > 0;
+                server.pending_response -= sent;
+            }
+        }
+        if socket.state() == tcp::State::CloseWait && server.pending_response == 0 {
+            socket.close();
+            progressed = true;
+        }
+        progressed
+    }
+
+    fn run_udp_server(&mut self, handle: SocketHandle) -> bool {
+        let socket = self.sockets.get_mut::<udp::Socket>(handle);
+        let mut progressed = false;
+        let mut buffer = vec![0u8; UDP_BUFFER];
+        while socket.can_recv() {
+            let Ok((count, metadata)) = socket.recv_slice(&mut buffer) else { break };
+            let _ = socket.send_slice(&buffer[..count], metadata.endpoint);
+            progressed = true;
+        }
+        progressed
+    }
+}
+
+fn run_tcp_client(client: &mut TcpClient, sockets: &mut SocketSet<'static>) -> bool {
+    let socket = sockets.get_mut::<tcp::Socket>(client.handle);
+    if client.status.completed || client.status.failed {
+        return false;
+    }
+    let mut progressed = false;
+    if socket.state() == tcp::State::Established && !client.status.established {
+        client.status.established = true;
+        progressed = true;
+    }
+    if !socket.is_open() || socket.state() == tcp::State::Closed {
+        // Reset by the peer or timed out.
+        if !client.closing {
+            client.status.failed = true;
+        } else {
+            client.status.completed = true;
+        }
+        return true;
+    }
+    if client.closing {
+        return progressed;
+    }
+    if client.to_send > 0 && socket.can_send() {
+        let chunk = payload(client.to_send.min(16 * 1024));
+        if let Ok(sent) = socket.send_slice(&chunk) {
+            client.to_send -= sent;
+            progressed |= sent > 0;
+        }
+    }
+    let mut buffer = [0u8; 16 * 1024];
+    while socket.can_recv() {
+        match socket.recv_slice(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(count) => {
+                client.to_receive = client.to_receive.saturating_sub(count);
+                progressed = true;
+            }
+        }
+    }
+    if client.to_send == 0 && client.to_receive == 0 {
+        client.status.answers += 1;
+        client.requests_left -= 1;
+        if client.requests_left == 0 {
+            socket.close();
+            client.closing = true;
+            client.status.completed = true;
+        } else {
+            client.to_send = client.bytes;
+            client.to_receive = client.bytes;
+        }
+        progressed = true;
+    }
+    progressed
+}
+
+fn run_udp_client(client: &mut UdpClient, sockets: &mut SocketSet<'static>, now: Instant) -> bool {
+    if client.status.completed {
+        return false;
+    }
+    let socket = sockets.get_mut::<udp::Socket>(client.handle);
+    let mut progressed = false;
+    let mut buffer = vec![0u8; UDP_BUFFER];
+    while socket.can_recv() {
+        let Ok((count, _)) = socket.recv_slice(&mut buffer) else { break };
+        if client.waiting_until.is_some() && count == client.bytes {
+            client.status.answers += 1;
+            client.status.established = true;
+            client.waiting_until = None;
+            client.requests_left -= 1;
+            progressed = true;
+        }
+    }
+    if let Some(deadline) = client.waiting_until {
+        if now >= deadline {
+            client.waiting_until = None;
+            client.requests_left -= 1;
+            progressed = true;
+        }
+    }
+    if client.waiting_until.is_none() {
+        if client.requests_left == 0 {
+            client.status.completed = true;
+            return true;
+        }
+        if socket.can_send() && socket.send_slice(&payload(client.bytes), client.remote).is_ok() {
+            client.waiting_until = Some(now + ANSWER_TIMEOUT);
+            progressed = true;
+        }
+    }
+    progressed
+}
+
+fn run_ping_client(client: &mut PingClient, sockets: &mut SocketSet<'static>, now: Instant) -> bool {
+    if client.status.completed {
+        return false;
+    }
+    let socket = sockets.get_mut::<icmp::Socket>(client.handle);
+    let mut progressed = false;
+    while socket.can_recv() {
+        let Ok((data, _)) = socket.recv() else { break };
+        let Ok(packet) = Icmpv4Packet::new_checked(data) else { continue };
+        let Ok(repr) = Icmpv4Repr::parse(&packet, &smoltcp::phy::ChecksumCapabilities::default()) else { continue };
+        if let Icmpv4Repr::EchoReply { ident, seq_no, .. } = repr {
+            if ident == client.identifier && seq_no == client.sequence && client.waiting_until.is_some() {
+                client.status.answers += 1;
+                client.status.established = true;
+                client.waiting_until = None;
+                client.requests_left -= 1;
+                progressed = true;
+            }
+        }
+    }
+    if let Some(deadline) = client.waiting_until {
+        if now >= deadline {
+            client.waiting_until = None;
+            client.requests_left -= 1;
+            progressed = true;
+        }
+    }
+    if client.waiting_until.is_none() {
+        if client.requests_left == 0 {
+            client.status.completed = true;
+            return true;
+        }
+        client.sequence = client.sequence.wrapping_add(1);
+        let data = payload(client.bytes);
+        let repr = Icmpv4Repr::EchoRequest { ident: client.identifier, seq_no: client.sequence, data: &data };
+        if let Ok(buffer) = socket.send(repr.buffer_len(), IpAddress::Ipv4(client.remote)) {
+            let mut packet = Icmpv4Packet::new_unchecked(buffer);
+            repr.emit(&mut packet, &smoltcp::phy::ChecksumCapabilities::default());
+            client.waiting_until = Some(now + ANSWER_TIMEOUT);
+            progressed = true;
+        }
+    }
+    progressed
+}

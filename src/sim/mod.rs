@@ -1,0 +1,7 @@
+//! Simulation: the fabric of devices and links ([`network`]), the endpoints' real
+//! TCP/IP stacks ([`endpoint`]), and the event-driven runner ([`runner`]) with its
+//! simulated clock. Nothing here reads the wall clock.
+
+pub mod endpoint;
+pub mod network;
+pub mod runner;

@@ -1,0 +1,363 @@
+//! The fabric: every device of a topology, the links between their ports, and the
+//! capture points (`DEVICE:INTERFACE`). Built once from the resolved topology; `run`,
+//! `trace` and `bench` all push packets through [`Network::process`].
+
+use crate::datapath::antrea::{AntreaNode, LocalPod, NodeSettings, PeerNode};
+use crate::datapath::router::{Router, RouterPort};
+use crate::datapath::switch::Switch;
+use crate::datapath::{Ctx, Neighbors, Outputs, PointId, PortId};
+use crate::packet::Packet;
+use crate::topology::{EndpointRef, Topology};
+use crate::wire::Mac;
+use ipnet::Ipv4Net;
+use rustc_hash::FxHashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+pub type DeviceId = usize;
+pub type EndpointId = usize;
+
+/// Latency of a veth pair plus the OVS hop (a few microseconds on a real node).
+pub const VETH_LATENCY_NS: u64 = 5_000;
+
+/// MAC address kinds, so every interface gets a stable, distinct MAC.
+mod mac_kind {
+    pub const NODE_UPLINK: u8 = 1;
+    pub const NODE_GATEWAY: u8 = 2;
+    pub const POD: u8 = 3;
+    pub const ROUTER: u8 = 4;
+    pub const HOST: u8 = 5;
+}
+
+/// What a capture point is, for `--capture edges`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointKind {
+    /// An interface on a physical or virtual wire between devices.
+    Edge,
+    /// An interface inside a node (antrea-gw0, antrea-tun0).
+    Internal,
+}
+
+#[derive(Debug, Clone)]
+pub struct CapturePoint {
+    /// `DEVICE:INTERFACE`.
+    pub name: String,
+    pub device: String,
+    pub kind: PointKind,
+}
+
+pub enum Device {
+    Node(Box<AntreaNode>),
+    Router(Router),
+    Switch(Switch),
+    /// A pod's or host's NIC: frames arriving here go to that endpoint's stack.
+    Endpoint(EndpointId),
+}
+
+/// The far end of a link and how long the wire takes.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkEnd {
+    pub device: DeviceId,
+    pub port: PortId,
+    pub latency_ns: u64,
+}
+
+/// An endpoint's network identity, as its stack needs it.
+#[derive(Debug, Clone)]
+pub struct EndpointNic {
+    /// `NS/POD` or the host name.
+    pub name: String,
+    pub reference: EndpointRef,
+    pub ip: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub mac: Mac,
+    pub mtu: u16,
+    /// The MAC off-subnet traffic goes to (the default gateway's), if there is one.
+    pub gateway_mac: Option<Mac>,
+    /// On-link neighbors.
+    pub neighbors: Neighbors,
+    pub point: PointId,
+    pub device: DeviceId,
+}
+
+pub struct Network {
+    pub devices: Vec<Device>,
+    pub device_names: Vec<String>,
+    pub links: Vec<Vec<Option<LinkEnd>>>,
+    pub points: Vec<CapturePoint>,
+    pub endpoints: Vec<EndpointNic>,
+    endpoint_index: FxHashMap<EndpointRef, EndpointId>,
+}
+
+impl Network {
+    fn add_device(&mut self, name: String, device: Device) -> DeviceId {
+        self.devices.push(device);
+        self.device_names.push(name);
+        self.links.push(Vec::new());
+        self.devices.len() - 1
+    }
+
+    fn add_point(&mut self, device: &str, interface: &str, kind: PointKind) -> PointId {
+        self.points.push(CapturePoint { name: format!("{device}:{interface}"), device: device.to_string(), kind });
+        PointId::try_from(self.points.len() - 1).unwrap_or(PointId::MAX)
+    }
+
+    fn connect(&mut self, a: (DeviceId, PortId), b: (DeviceId, PortId), a_to_b_ns: u64, b_to_a_ns: u64) {
+        for (from, to, latency_ns) in [(a, b, a_to_b_ns), (b, a, b_to_a_ns)] {
+            let ports = &mut self.links[from.0];
+            let index = usize::from(from.1);
+            if ports.len() <= index {
+                ports.resize(index + 1, None);
+            }
+            ports[index] = Some(LinkEnd { device: to.0, port: to.1, latency_ns });
+        }
+    }
+
+    /// The endpoint a topology reference names, if it is a pod or host.
+    pub fn endpoint(&self, reference: EndpointRef) -> Option<EndpointId> {
+        self.endpoint_index.get(&reference).copied()
+    }
+
+    /// Where a frame sent out of `device`'s `port` arrives.
+    pub fn peer(&self, device: DeviceId, port: PortId) -> Option<LinkEnd> {
+        self.links[device].get(usize::from(port)).copied().flatten()
+    }
+
+    /// One device processes one frame that arrived on `port`.
+    pub fn process(&mut self, ctx: &mut Ctx, device: DeviceId, port: PortId, packet: Packet, out: &mut Outputs) {
+        match &mut self.devices[device] {
+            Device::Node(node) => node.process(ctx, port, packet, out),
+            Device::Router(router) => router.process(ctx, port, packet, out),
+            Device::Switch(switch) => switch.process(ctx, port, packet, out),
+            Device::Endpoint(_) => unreachable!("endpoints are handled by the runner"),
+        }
+    }
+
+    /// Sum of flow-cache hits and misses over all nodes.
+    pub fn flow_cache_stats(&self) -> (u64, u64) {
+        self.devices.iter().fold((0, 0), |(hits, misses), device| match device {
+            Device::Node(node) => {
+                let (h, m) = node.flow_cache_stats();
+                (hits + h, misses + m)
+            }
+            _ => (hits, misses),
+        })
+    }
+
+    /// Conntrack entries over all nodes.
+    pub fn conntrack_entries(&self) -> usize {
+        self.devices.iter().map(|device| if let Device::Node(node) = device { node.conntrack.len() } else { 0 }).sum()
+    }
+
+    /// The router named `name`.
+    pub fn router(&self, name: &str) -> Option<&Router> {
+        self.devices.iter().find_map(|device| match device {
+            Device::Router(router) if router.name == name => Some(router),
+            _ => None,
+        })
+    }
+}
+
+/// Builds the fabric for a topology.
+pub fn build(topology: &Topology) -> Network {
+    let mut network = Network {
+        devices: Vec::new(),
+        device_names: Vec::new(),
+        links: Vec::new(),
+        points: Vec::new(),
+        endpoints: Vec::new(),
+        endpoint_index: FxHashMap::default(),
+    };
+    let seed = topology.seed;
+
+    // Addresses and MACs on each segment, for neighbor tables.
+    let mut segment_neighbors: Vec<FxHashMap<Ipv4Addr, Mac>> = topology.segments.iter().map(|_| FxHashMap::default()).collect();
+    let router_macs: Vec<Vec<Mac>> = topology
+        .routers
+        .iter()
+        .enumerate()
+        .map(|(router, r)| {
+            r.interfaces
+                .iter()
+                .enumerate()
+                .map(|(index, interface)| {
+                    let mac = Mac::local(mac_kind::ROUTER, u32::try_from(router * 256 + index).unwrap_or(0));
+                    segment_neighbors[interface.segment].insert(interface.address.addr(), mac);
+                    mac
+                })
+                .collect()
+        })
+        .collect();
+    let mut node_counter = 0u32;
+    let mut node_macs: Vec<Vec<Mac>> = Vec::new();
+    for cluster in &topology.clusters {
+        let mut macs = Vec::new();
+        for node in &cluster.nodes {
+            let mac = Mac::local(mac_kind::NODE_UPLINK, node_counter);
+            node_counter += 1;
+            segment_neighbors[cluster.node_segment].insert(node.ip, mac);
+            macs.push(mac);
+        }
+        node_macs.push(macs);
+    }
+    let host_macs: Vec<Mac> = topology
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let mac = Mac::local(mac_kind::HOST, u32::try_from(index).unwrap_or(0));
+            segment_neighbors[host.segment].insert(host.ip, mac);
+            mac
+        })
+        .collect();
+    let segment_neighbors: Vec<Neighbors> = segment_neighbors.into_iter().map(Arc::new).collect();
+
+    // One switch per segment.
+    let switches: Vec<DeviceId> = topology
+        .segments
+        .iter()
+        .map(|segment| network.add_device(format!("segment:{}", segment.name), Device::Switch(Switch::new(segment.name.clone()))))
+        .collect();
+    let attach = |network: &mut Network, segment: usize, device: DeviceId, port: PortId, mac: Mac| {
+        let switch_id = switches[segment];
+        let Device::Switch(switch) = &mut network.devices[switch_id] else { return };
+        let switch_port = switch.add_port(mac);
+        let latency = topology.segments[segment].latency_ns;
+        network.connect((device, port), (switch_id, switch_port), latency, 0);
+    };
+
+    // Hosts: endpoints on their segment.
+    for (index, host) in topology.hosts.iter().enumerate() {
+        let device = network.add_device(host.name.clone(), Device::Endpoint(network.endpoints.len()));
+        let point = network.add_point(&host.name, "eth0", PointKind::Edge);
+        let segment = &topology.segments[host.segment];
+        let gateway_mac = segment.gateway_ip.and_then(|ip| segment_neighbors[host.segment].get(&ip).copied());
+        add_endpoint(
+            &mut network,
+            EndpointNic {
+                name: host.name.clone(),
+                reference: EndpointRef::Host(index),
+                ip: host.ip,
+                subnet: segment.cidr,
+                mac: host_macs[index],
+                mtu: segment.mtu,
+                gateway_mac,
+                neighbors: segment_neighbors[host.segment].clone(),
+                point,
+                device,
+            },
+        );
+        attach(&mut network, host.segment, device, 0, host_macs[index]);
+    }
+
+    // Routers.
+    for (router_id, router) in topology.routers.iter().enumerate() {
+        let mut ports = Vec::new();
+        for (index, interface) in router.interfaces.iter().enumerate() {
+            let segment = &topology.segments[interface.segment];
+            let point = network.add_point(&router.name, &segment.name, PointKind::Edge);
+            ports.push(RouterPort {
+                address: interface.address,
+                mac: router_macs[router_id][index],
+                mtu: segment.mtu,
+                point,
+                neighbors: segment_neighbors[interface.segment].clone(),
+            });
+        }
+        let static_routes: Vec<(Ipv4Net, Ipv4Addr)> = router.static_routes.iter().map(|r| (r.prefix, r.next_hop)).collect();
+        let device = network.add_device(router.name.clone(), Device::Router(Router::new(router.name.clone(), ports, &static_routes)));
+        for (index, interface) in router.interfaces.iter().enumerate() {
+            let port = PortId::try_from(index).unwrap_or(PortId::MAX);
+            attach(&mut network, interface.segment, device, port, router_macs[router_id][index]);
+        }
+    }
+
+    // Nodes and their pods.
+    let mut gateway_counter = 0u32;
+    let mut pod_counter = 0u32;
+    for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
+        let segment = &topology.segments[cluster.node_segment];
+        for (node_id, node) in cluster.nodes.iter().enumerate() {
+            let uplink_point = network.add_point(&node.name, "eth0", PointKind::Edge);
+            let gateway_point = network.add_point(&node.name, "antrea-gw0", PointKind::Internal);
+            let tunnel_point = network.add_point(&node.name, "antrea-tun0", PointKind::Internal);
+            let gateway_mac = Mac::local(mac_kind::NODE_GATEWAY, gateway_counter);
+            gateway_counter += 1;
+            let node_pods: Vec<usize> = (0..cluster.pods.len()).filter(|&pod| cluster.pods[pod].node == node_id).collect();
+            let mut local_pods = Vec::new();
+            let mut pod_macs = Vec::new();
+            for &pod in &node_pods {
+                let pod_config = &cluster.pods[pod];
+                let mac = Mac::local(mac_kind::POD, pod_counter);
+                pod_counter += 1;
+                let veth_point = network.add_point(&node.name, &format!("veth-{}-{}", pod_config.namespace, pod_config.name), PointKind::Edge);
+                local_pods.push(LocalPod { name: pod_config.qualified_name(), ip: pod_config.ip, mac, veth_point });
+                pod_macs.push(mac);
+            }
+            let peers = cluster
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != node_id)
+                .map(|(_, other)| (other.pod_cidr, PeerNode { name: other.name.clone(), ip: other.ip }))
+                .collect();
+            let settings = NodeSettings {
+                name: node.name.clone(),
+                ip: node.ip,
+                mac: node_macs[cluster_id][node_id],
+                uplink_subnet: segment.cidr,
+                uplink_mtu: segment.mtu,
+                default_gateway: segment.gateway_ip,
+                neighbors: segment_neighbors[cluster.node_segment].clone(),
+                gateway_mac,
+                pod_cidr: node.pod_cidr,
+                cluster_pod_cidr: cluster.pod_cidr,
+                no_snat: cluster.antrea.no_snat,
+                pods: local_pods.clone(),
+                peers,
+                conntrack_max: topology.conntrack_max,
+                seed,
+                uplink_point,
+                gateway_point,
+                tunnel_point,
+            };
+            let node_device = network.add_device(node.name.clone(), Device::Node(Box::new(AntreaNode::new(settings))));
+            attach(&mut network, cluster.node_segment, node_device, 0, node_macs[cluster_id][node_id]);
+
+            // The pods' own view: their node's pod subnet is on-link (Antrea gives the
+            // pod an address with the node subnet's prefix and antrea-gw0 as gateway).
+            let mut on_link: FxHashMap<Ipv4Addr, Mac> = local_pods.iter().map(|p| (p.ip, p.mac)).collect();
+            on_link.insert(node.gateway_ip(), gateway_mac);
+            let on_link = Arc::new(on_link);
+            for (local_index, &pod) in node_pods.iter().enumerate() {
+                let pod_config = &cluster.pods[pod];
+                let name = pod_config.qualified_name();
+                let device = network.add_device(name.clone(), Device::Endpoint(network.endpoints.len()));
+                let point = network.add_point(&name, "eth0", PointKind::Edge);
+                add_endpoint(
+                    &mut network,
+                    EndpointNic {
+                        name,
+                        reference: EndpointRef::Pod { cluster: cluster_id, pod },
+                        ip: pod_config.ip,
+                        subnet: node.pod_cidr,
+                        mac: pod_macs[local_index],
+                        mtu: cluster.antrea.pod_mtu,
+                        gateway_mac: Some(gateway_mac),
+                        neighbors: on_link.clone(),
+                        point,
+                        device,
+                    },
+                );
+                let node_port = PortId::try_from(local_index + 1).unwrap_or(PortId::MAX);
+                network.connect((device, 0), (node_device, node_port), VETH_LATENCY_NS, VETH_LATENCY_NS);
+            }
+        }
+    }
+    network
+}
+
+fn add_endpoint(network: &mut Network, nic: EndpointNic) {
+    network.endpoint_index.insert(nic.reference, network.endpoints.len());
+    network.endpoints.push(nic);
+}

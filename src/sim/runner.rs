@@ -1,0 +1,365 @@
+//! The event-driven runner: a simulated clock (nanoseconds from a fixed epoch), one
+//! event queue ordered by (time, sequence), endpoints polled when they have work or a
+//! timer fires, frames moved over links with their latency. Single-threaded and
+//! deterministic: the same topology and seed give the same events in the same order.
+
+use super::endpoint::{Arrival, ConnectionStatus, Stack};
+use super::network::{build, Device, DeviceId, EndpointId, Network};
+use crate::datapath::{Ctx, DropReason, HopAction, Journal, Outputs, PortId};
+use crate::packet::{tcp_flags, FlowTag, IcmpKind, Packet, NO_FLOW};
+use crate::topology::{EndpointRef, Topology};
+use smoltcp::time::Instant;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::Ipv4Addr;
+
+/// How long after the last flow starts the endpoints keep running (enough for every
+/// TCP timeout and retransmission to play out).
+pub const HORIZON_AFTER_LAST_START_NS: u64 = 30_000_000_000;
+
+enum Event {
+    Arrive { device: DeviceId, port: PortId, packet: Packet },
+    Wake { endpoint: EndpointId },
+    Start { flow: usize },
+}
+
+struct Scheduled {
+    time_ns: u64,
+    sequence: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time_ns, self.sequence) == (other.time_ns, other.sequence)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time_ns, self.sequence).cmp(&(other.time_ns, other.sequence))
+    }
+}
+
+/// What one flow did.
+#[derive(Debug, Clone, Default)]
+pub struct FlowOutcome {
+    pub sent: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub connections: Vec<ConnectionStatus>,
+    /// The source address the destination saw on the flow's first packet.
+    pub seen_source: Option<Ipv4Addr>,
+    /// The first packet the client sent, and the first the destination answered with.
+    pub first_packet: Option<u64>,
+    pub first_reply: Option<u64>,
+    /// ICMP errors the client received (type, code, from).
+    pub icmp_errors: Vec<(u8, u8, Ipv4Addr)>,
+}
+
+/// Everything a run produced.
+pub struct RunResult {
+    pub network: Network,
+    pub journal: Journal,
+    pub flows: Vec<FlowOutcome>,
+    pub end_ns: u64,
+    pub events: u64,
+    /// Packets sent by endpoints that belong to no flow (e.g. answers to strays).
+    pub untagged_sent: u64,
+    pub untagged_delivered: u64,
+}
+
+struct Runner<'t> {
+    topology: &'t Topology,
+    network: Network,
+    stacks: Vec<Stack>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    sequence: u64,
+    now_ns: u64,
+    horizon_ns: u64,
+    wake_at: Vec<Option<u64>>,
+    journal: Journal,
+    flows: Vec<FlowOutcome>,
+    flow_destinations: Vec<Option<EndpointId>>,
+    flow_sources: Vec<Option<EndpointId>>,
+    untagged_sent: u64,
+    untagged_delivered: u64,
+    outputs: Outputs,
+    events: u64,
+}
+
+fn instant(ns: u64) -> Instant {
+    Instant::from_micros(i64::try_from(ns / 1000).unwrap_or(i64::MAX))
+}
+
+fn nanoseconds(instant: Instant) -> u64 {
+    u64::try_from(instant.total_micros()).unwrap_or(0) * 1000
+}
+
+/// Runs every flow of `topology` to completion.
+pub fn run(topology: &Topology) -> RunResult {
+    let network = build(topology);
+    let stacks: Vec<Stack> = network.endpoints.iter().map(|nic| Stack::new(nic.clone(), topology.seed, instant(0))).collect();
+    let flow_sources = topology.flows.iter().map(|flow| network.endpoint(flow.from)).collect();
+    let flow_destinations = topology
+        .flows
+        .iter()
+        .map(|flow| network.endpoint(flow.to).or_else(|| network.endpoints.iter().position(|nic| nic.ip == flow.destination_ip)))
+        .collect();
+    let last_start = topology.flows.iter().map(|flow| flow.start_ns).max().unwrap_or(0);
+    let endpoint_count = network.endpoints.len();
+    let mut runner = Runner {
+        topology,
+        network,
+        stacks,
+        queue: BinaryHeap::new(),
+        sequence: 0,
+        now_ns: 0,
+        horizon_ns: last_start + HORIZON_AFTER_LAST_START_NS,
+        wake_at: vec![None; endpoint_count],
+        journal: Journal { capture: true, ..Journal::default() },
+        flows: vec![FlowOutcome::default(); topology.flows.len()],
+        flow_destinations,
+        flow_sources,
+        untagged_sent: 0,
+        untagged_delivered: 0,
+        outputs: Outputs::default(),
+        events: 0,
+    };
+    runner.open_listeners();
+    for (index, flow) in topology.flows.iter().enumerate() {
+        runner.schedule(flow.start_ns, Event::Start { flow: index });
+    }
+    runner.run_to_completion();
+    runner.finish()
+}
+
+impl Runner<'_> {
+    fn schedule(&mut self, time_ns: u64, event: Event) {
+        self.sequence += 1;
+        self.queue.push(Reverse(Scheduled { time_ns, sequence: self.sequence, event }));
+    }
+
+    fn open_listeners(&mut self) {
+        for (index, nic) in self.network.endpoints.iter().enumerate() {
+            match nic.reference {
+                EndpointRef::Pod { cluster, pod } => {
+                    for port in &self.topology.pod(cluster, pod).ports {
+                        self.stacks[index].listen(port.protocol, port.port);
+                    }
+                }
+                EndpointRef::Host(host) => {
+                    for port in &self.topology.hosts[host].listen {
+                        self.stacks[index].listen(port.protocol, port.port);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn run_to_completion(&mut self) {
+        while let Some(Reverse(scheduled)) = self.queue.pop() {
+            self.now_ns = scheduled.time_ns;
+            self.events += 1;
+            match scheduled.event {
+                Event::Arrive { device, port, packet } => self.arrive(device, port, packet),
+                Event::Wake { endpoint } => {
+                    if self.wake_at[endpoint] == Some(self.now_ns) {
+                        self.wake_at[endpoint] = None;
+                        self.poll_endpoint(endpoint);
+                    }
+                }
+                Event::Start { flow } => self.start_flow(flow),
+            }
+        }
+    }
+
+    fn start_flow(&mut self, flow_index: usize) {
+        let Some(endpoint) = self.flow_sources[flow_index] else { return };
+        let flow = &self.topology.flows[flow_index];
+        let tag = FlowTag::try_from(flow_index).unwrap_or(NO_FLOW);
+        for _ in 0..flow.connections {
+            self.stacks[endpoint].start(tag, flow);
+        }
+        self.poll_endpoint(endpoint);
+    }
+
+    /// Runs an endpoint's stack now and sends what it produced.
+    fn poll_endpoint(&mut self, endpoint: EndpointId) {
+        if self.now_ns > self.horizon_ns {
+            return;
+        }
+        let departures = self.stacks[endpoint].poll(instant(self.now_ns), &self.topology.flows);
+        for departure in departures {
+            self.send_from_endpoint(endpoint, departure.frame, departure.flow, departure.resolved);
+        }
+        if let Some(next) = self.stacks[endpoint].poll_at(instant(self.now_ns)) {
+            let next_ns = nanoseconds(next).max(self.now_ns + 1_000);
+            if next_ns <= self.horizon_ns && self.wake_at[endpoint].is_none_or(|scheduled| next_ns < scheduled) {
+                self.wake_at[endpoint] = Some(next_ns);
+                self.schedule(next_ns, Event::Wake { endpoint });
+            }
+        }
+    }
+
+    fn send_from_endpoint(&mut self, endpoint: EndpointId, frame: Vec<u8>, flow: FlowTag, resolved: bool) {
+        let Ok(mut packet) = Packet::from_frame(&frame, flow) else { return };
+        packet.meta.packet_id = self.journal.next_packet_id();
+        let nic = &self.network.endpoints[endpoint];
+        let (name, point, device) = (nic.name.clone(), nic.point, nic.device);
+        match self.flows.get_mut(flow as usize) {
+            Some(outcome) => {
+                outcome.sent += 1;
+                if self.flow_sources[flow as usize] == Some(endpoint) {
+                    outcome.first_packet.get_or_insert(packet.meta.packet_id);
+                } else if self.flow_destinations[flow as usize] == Some(endpoint) {
+                    outcome.first_reply.get_or_insert(packet.meta.packet_id);
+                }
+            }
+            None => self.untagged_sent += 1,
+        }
+        let mut ctx = Ctx { now_ns: self.now_ns, journal: &mut self.journal };
+        ctx.hop(point, &packet, HopAction::Send, || describe_packet(&packet));
+        if !resolved {
+            let destination = packet.meta.key.destination;
+            ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || format!("no neighbor answers for {destination} (ARP fails)"));
+            return;
+        }
+        self.transmit(device, 0, packet);
+    }
+
+    /// Puts a frame on the wire out of `device`'s `port`.
+    fn transmit(&mut self, device: DeviceId, port: PortId, packet: Packet) {
+        match self.network.peer(device, port) {
+            Some(end) => self.schedule(self.now_ns + end.latency_ns, Event::Arrive { device: end.device, port: end.port, packet }),
+            None => {
+                let name = self.network.device_names[device].clone();
+                let mut ctx = Ctx { now_ns: self.now_ns, journal: &mut self.journal };
+                ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || format!("port {port} is not connected"));
+            }
+        }
+    }
+
+    fn arrive(&mut self, device: DeviceId, port: PortId, packet: Packet) {
+        if let Device::Endpoint(endpoint) = self.network.devices[device] {
+            self.deliver(endpoint, packet);
+            return;
+        }
+        let mut outputs = std::mem::take(&mut self.outputs);
+        {
+            let mut ctx = Ctx { now_ns: self.now_ns, journal: &mut self.journal };
+            self.network.process(&mut ctx, device, port, packet, &mut outputs);
+        }
+        for (out_port, packet) in outputs.packets.drain(..) {
+            self.transmit(device, out_port, packet);
+        }
+        self.outputs = outputs;
+    }
+
+    fn deliver(&mut self, endpoint: EndpointId, packet: Packet) {
+        let flow = packet.meta.flow;
+        let arrival = self.stacks[endpoint].receive(packet.frame(), flow);
+        let nic = &self.network.endpoints[endpoint];
+        let (name, point) = (nic.name.clone(), nic.point);
+        let mut ctx = Ctx { now_ns: self.now_ns, journal: &mut self.journal };
+        match arrival {
+            Arrival::Delivered => {
+                ctx.hop(point, &packet, HopAction::Deliver, || format!("delivered to {name}"));
+                match self.flows.get_mut(flow as usize) {
+                    Some(outcome) => {
+                        outcome.delivered += 1;
+                        if self.flow_destinations[flow as usize] == Some(endpoint) {
+                            outcome.seen_source.get_or_insert(packet.meta.key.source);
+                        }
+                        if let IcmpKind::Error { icmp_type, code } = packet.meta.icmp {
+                            if self.flow_sources[flow as usize] == Some(endpoint) {
+                                outcome.icmp_errors.push((icmp_type, code, packet.meta.key.source));
+                            }
+                        }
+                    }
+                    None => self.untagged_delivered += 1,
+                }
+            }
+            Arrival::NoListener => {
+                let key = packet.meta.key;
+                ctx.hop(point, &packet, HopAction::Drop, || format!("nothing listens on {}/{}: the stack answers", key.protocol_name(), key.destination_port));
+                ctx.drop_packet(&name, &packet, DropReason::NoListener, || format!("nothing listens on {}/{}", key.protocol_name(), key.destination_port));
+                if let Some(outcome) = self.flows.get_mut(flow as usize) {
+                    if self.flow_destinations[flow as usize] == Some(endpoint) {
+                        outcome.seen_source.get_or_insert(key.source);
+                    }
+                }
+            }
+            Arrival::NotForUs => {
+                let destination = packet.meta.key.destination;
+                ctx.hop(point, &packet, HopAction::Drop, || format!("not addressed to {name}"));
+                ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || format!("frame for {destination} reached {name}"));
+            }
+        }
+        self.poll_endpoint(endpoint);
+    }
+
+    fn finish(mut self) -> RunResult {
+        for drop in &self.journal.drops {
+            if let Some(outcome) = self.flows.get_mut(drop.flow as usize) {
+                outcome.dropped += 1;
+            }
+        }
+        for (flow, _) in &self.journal.generated {
+            if let Some(outcome) = self.flows.get_mut(*flow as usize) {
+                outcome.sent += 1;
+            } else {
+                self.untagged_sent += 1;
+            }
+        }
+        for stack in &self.stacks {
+            for (flow, status) in stack.client_status() {
+                if let Some(outcome) = self.flows.get_mut(flow as usize) {
+                    outcome.connections.push(status);
+                }
+            }
+        }
+        RunResult {
+            network: self.network,
+            journal: self.journal,
+            flows: self.flows,
+            end_ns: self.now_ns,
+            events: self.events,
+            untagged_sent: self.untagged_sent,
+            untagged_delivered: self.untagged_delivered,
+        }
+    }
+}
+
+/// A one-line summary of a packet, like tcpdump's.
+pub fn describe_packet(packet: &Packet) -> String {
+    let key = packet.meta.key;
+    match key.protocol {
+        crate::wire::PROTOCOL_TCP => {
+            let flags = packet.meta.tcp_flags;
+            let mut names = Vec::new();
+            for (bit, name) in [(tcp_flags::SYN, "S"), (tcp_flags::FIN, "F"), (tcp_flags::RST, "R"), (tcp_flags::PSH, "P"), (tcp_flags::ACK, ".")] {
+                if flags & bit != 0 {
+                    names.push(name);
+                }
+            }
+            let payload = usize::from(packet.meta.ip_total_len).saturating_sub(packet.meta.l4_offset - crate::wire::ETHERNET_HEADER_LEN)
+                .saturating_sub(usize::from(packet.frame().get(packet.meta.l4_offset + 12).copied().unwrap_or(0x50) >> 4) * 4);
+            format!("tcp {}:{} > {}:{} [{}] len {payload}", key.source, key.source_port, key.destination, key.destination_port, names.concat())
+        }
+        crate::wire::PROTOCOL_UDP => format!("udp {}:{} > {}:{} len {}", key.source, key.source_port, key.destination, key.destination_port, usize::from(packet.meta.ip_total_len).saturating_sub(28)),
+        crate::wire::PROTOCOL_ICMP => match packet.meta.icmp {
+            IcmpKind::EchoRequest => format!("icmp echo request {} > {} id {}", key.source, key.destination, key.source_port),
+            IcmpKind::EchoReply => format!("icmp echo reply {} > {} id {}", key.source, key.destination, key.source_port),
+            IcmpKind::Error { icmp_type, code } => format!("icmp error type {icmp_type} code {code} {} > {}", key.source, key.destination),
+            _ => format!("icmp {} > {}", key.source, key.destination),
+        },
+        _ => format!("ip {} > {} proto {}", key.source, key.destination, key.protocol),
+    }
+}

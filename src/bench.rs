@@ -11,15 +11,21 @@ use crate::datapath::{Ctx, Journal, Outputs, PortId};
 use crate::packet::Packet;
 use crate::sim::network::{build, Device, DeviceId, Network};
 use crate::topology::{EndpointRef, Topology};
-use crate::wire::{checksum, emit_ethernet, emit_ipv4, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, PROTOCOL_UDP};
+use crate::wire::{
+    checksum, emit_ethernet, emit_ipv4, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN,
+    PROTOCOL_UDP,
+};
 use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
 /// The topology `netsim bench` uses without one: topologies/two-node.toml.
 pub fn default_topology() -> Topology {
-    crate::topology::parse("topologies/two-node.toml", include_str!("../topologies/two-node.toml"))
-        .unwrap_or_else(|error| panic!("the bundled two-node topology is invalid: {error}"))
+    crate::topology::parse(
+        "topologies/two-node.toml",
+        include_str!("../topologies/two-node.toml"),
+    )
+    .unwrap_or_else(|error| panic!("the bundled two-node topology is invalid: {error}"))
 }
 
 #[derive(Debug, Clone)]
@@ -73,14 +79,30 @@ impl Forwarder {
     pub fn new(topology: &Topology, capture: bool) -> Result<Forwarder, String> {
         let cluster = topology.clusters.first().ok_or("bench needs a cluster")?;
         let client = cluster.pods.first().ok_or("bench needs pods")?;
-        let server = cluster.pods.iter().position(|pod| pod.node != client.node).ok_or("bench needs two pods on different nodes")?;
+        let server = cluster
+            .pods
+            .iter()
+            .position(|pod| pod.node != client.node)
+            .ok_or("bench needs two pods on different nodes")?;
         let network = build(topology);
-        let source = network.endpoint(EndpointRef::Pod { cluster: 0, pod: 0 }).ok_or("no client endpoint")?;
-        let destination = network.endpoint(EndpointRef::Pod { cluster: 0, pod: server }).ok_or("no server endpoint")?;
+        let source = network
+            .endpoint(EndpointRef::Pod { cluster: 0, pod: 0 })
+            .ok_or("no client endpoint")?;
+        let destination = network
+            .endpoint(EndpointRef::Pod {
+                cluster: 0,
+                pod: server,
+            })
+            .ok_or("no server endpoint")?;
         let source_nic = network.endpoints[source].clone();
-        let link = network.peer(source_nic.device, 0).ok_or("client pod is not connected")?;
+        let link = network
+            .peer(source_nic.device, 0)
+            .ok_or("client pod is not connected")?;
         Ok(Forwarder {
-            journal: Journal { capture, ..Journal::default() },
+            journal: Journal {
+                capture,
+                ..Journal::default()
+            },
             source_device: link.device,
             source_port: link.port,
             destination_device: network.endpoints[destination].device,
@@ -97,7 +119,15 @@ impl Forwarder {
 
     /// A UDP frame of `size` IP bytes from the client pod, as the pod sends it.
     pub fn frame(&self, source_port: u16, size: usize) -> Vec<u8> {
-        udp_frame(self.source_mac, self.gateway_mac, self.source_ip, self.destination_ip, source_port, 5000, size)
+        udp_frame(
+            self.source_mac,
+            self.gateway_mac,
+            self.source_ip,
+            self.destination_ip,
+            source_port,
+            5000,
+            size,
+        )
     }
 
     /// Forwards one frame end to end; true when it reached the server pod.
@@ -115,16 +145,21 @@ impl Forwarder {
             },
         };
         packet.meta.packet_id = 1;
-        self.queue.push((self.source_device, self.source_port, packet));
+        self.queue
+            .push((self.source_device, self.source_port, packet));
         let mut delivered = false;
-        let mut ctx = Ctx { now_ns, journal: &mut self.journal };
+        let mut ctx = Ctx {
+            now_ns,
+            journal: &mut self.journal,
+        };
         while let Some((device, port, packet)) = self.queue.pop() {
             if let Device::Endpoint(_) = self.network.devices[device] {
                 delivered |= device == self.destination_device;
                 self.spare = Some(packet);
                 continue;
             }
-            self.network.process(&mut ctx, device, port, packet, &mut self.outputs);
+            self.network
+                .process(&mut ctx, device, port, packet, &mut self.outputs);
             for (out_port, packet) in self.outputs.packets.drain(..) {
                 if let Some(end) = self.network.peer(device, out_port) {
                     self.queue.push((end.device, end.port, packet));
@@ -139,11 +174,28 @@ impl Forwarder {
     }
 }
 
-fn udp_frame(source_mac: crate::wire::Mac, destination_mac: crate::wire::Mac, source: Ipv4Addr, destination: Ipv4Addr, source_port: u16, destination_port: u16, size: usize) -> Vec<u8> {
+fn udp_frame(
+    source_mac: crate::wire::Mac,
+    destination_mac: crate::wire::Mac,
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    source_port: u16,
+    destination_port: u16,
+    size: usize,
+) -> Vec<u8> {
     let size = size.max(IPV4_HEADER_LEN + 8);
     let mut frame = vec![0u8; ETHERNET_HEADER_LEN + size];
     emit_ethernet(&mut frame, destination_mac, source_mac, ETHERTYPE_IPV4);
-    emit_ipv4(&mut frame[ETHERNET_HEADER_LEN..], source, destination, PROTOCOL_UDP, size - IPV4_HEADER_LEN, 64, 1, true);
+    emit_ipv4(
+        &mut frame[ETHERNET_HEADER_LEN..],
+        source,
+        destination,
+        PROTOCOL_UDP,
+        size - IPV4_HEADER_LEN,
+        64,
+        1,
+        true,
+    );
     let udp = &mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..];
     let length = u16::try_from(udp.len()).unwrap_or(u16::MAX);
     udp[0..2].copy_from_slice(&source_port.to_be_bytes());
@@ -161,7 +213,9 @@ fn thread_counts(options: &BenchOptions) -> Vec<usize> {
     match options.threads {
         Some(threads) => vec![threads.max(1)],
         None => {
-            let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+            let cores = std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1);
             (1..=cores).collect()
         }
     }
@@ -170,10 +224,17 @@ fn thread_counts(options: &BenchOptions) -> Vec<usize> {
 /// Runs one scenario on `threads` threads: `established` replays `flows` known flows
 /// (flow-cache hits after the first packet of each); otherwise every packet is a new
 /// flow (a cache miss and the slow path).
-fn scenario(topology: &Topology, options: &BenchOptions, threads: usize, established: bool) -> Result<Scenario, String> {
+fn scenario(
+    topology: &Topology,
+    options: &BenchOptions,
+    threads: usize,
+    established: bool,
+) -> Result<Scenario, String> {
     let per_thread = options.packets.div_ceil(threads);
     let capture = options.capture != CaptureMode::None;
-    let mut forwarders = (0..threads).map(|_| Forwarder::new(topology, capture)).collect::<Result<Vec<_>, _>>()?;
+    let mut forwarders = (0..threads)
+        .map(|_| Forwarder::new(topology, capture))
+        .collect::<Result<Vec<_>, _>>()?;
     let flows = options.flows.max(1);
     let started = Instant::now();
     let delivered: Vec<u64> = crossbeam::thread::scope(|scope| {
@@ -185,7 +246,12 @@ fn scenario(topology: &Topology, options: &BenchOptions, threads: usize, establi
                     // This thread's shard of the flows.
                     let templates: Vec<Vec<u8>> = (0..flows)
                         .filter(|flow| flow % threads == thread)
-                        .map(|flow| forwarder.frame(10_000 + u16::try_from(flow % 50_000).unwrap_or(0), options.size))
+                        .map(|flow| {
+                            forwarder.frame(
+                                10_000 + u16::try_from(flow % 50_000).unwrap_or(0),
+                                options.size,
+                            )
+                        })
                         .collect();
                     let mut delivered = 0u64;
                     let mut fresh = Vec::new();
@@ -194,7 +260,9 @@ fn scenario(topology: &Topology, options: &BenchOptions, threads: usize, establi
                         let ok = if established && !templates.is_empty() {
                             forwarder.send(&templates[index % templates.len()], now)
                         } else {
-                            let port = u16::try_from((index * threads + thread) % 60_000).unwrap_or(0) + 1_024;
+                            let port = u16::try_from((index * threads + thread) % 60_000)
+                                .unwrap_or(0)
+                                + 1_024;
                             fresh = forwarder.frame(port, options.size);
                             forwarder.send(&fresh, now)
                         };
@@ -205,14 +273,19 @@ fn scenario(topology: &Topology, options: &BenchOptions, threads: usize, establi
                 })
             })
             .collect();
-        handles.into_iter().map(|handle| handle.join().unwrap_or(0)).collect()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or(0))
+            .collect()
     })
     .map_err(|_| "a bench thread panicked".to_string())?;
     let elapsed = started.elapsed().as_secs_f64();
     let packets: u64 = delivered.iter().sum();
     let expected = u64::try_from(per_thread * threads).unwrap_or(0);
     if packets != expected {
-        return Err(format!("only {packets} of {expected} bench packets reached the server pod"));
+        return Err(format!(
+            "only {packets} of {expected} bench packets reached the server pod"
+        ));
     }
     #[allow(clippy::cast_precision_loss)]
     let packets_f = packets as f64;
@@ -222,7 +295,11 @@ fn scenario(topology: &Topology, options: &BenchOptions, threads: usize, establi
     let size_f = options.size as f64;
     let packets_per_second = packets_f / elapsed;
     Ok(Scenario {
-        name: if established { "cross-node-udp/established".into() } else { "cross-node-udp/new-flow-per-packet".into() },
+        name: if established {
+            "cross-node-udp/established".into()
+        } else {
+            "cross-node-udp/new-flow-per-packet".into()
+        },
         threads,
         capture: match options.capture {
             CaptureMode::All => "all",
@@ -250,7 +327,10 @@ pub fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchResults, 
 
 /// The text table of a bench run.
 pub fn text(results: &BenchResults) -> String {
-    let mut out = format!("{:<38} {:>7} {:>14} {:>12} {:>11}\n", "scenario", "threads", "packets/s", "Gbit/s", "ns/packet");
+    let mut out = format!(
+        "{:<38} {:>7} {:>14} {:>12} {:>11}\n",
+        "scenario", "threads", "packets/s", "Gbit/s", "ns/packet"
+    );
     for s in &results.scenarios {
         out.push_str(&format!(
             "{:<38} {:>7} {:>14.0} {:>12.3} {:>11.1}\n",

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "netsim", version, about = "Packet-path emulator for Kubernetes CNI networking on Tanzu / vSphere Kubernetes Service")]
+#[command(
+    name = "netsim",
+    version,
+    about = "Packet-path emulator for Kubernetes CNI networking on Tanzu / vSphere Kubernetes Service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -132,12 +136,20 @@ fn main() -> ExitCode {
 
 fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { topology: path, out, capture, threads, seed, format } => {
+        Command::Run {
+            topology: path,
+            out,
+            capture,
+            threads,
+            seed,
+            format,
+        } => {
             let topology = load(&path, seed)?;
             let result = netsim::sim::runner::run(&topology);
             let report = netsim::report::build(&topology, &result);
             let out = out.unwrap_or_else(|| PathBuf::from("pcaps").join(&topology.name));
-            netsim::output::write_run(&out, &topology, &result, &report, capture.into(), threads).context("writing outputs")?;
+            netsim::output::write_run(&out, &topology, &result, &report, capture.into(), threads)
+                .context("writing outputs")?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Format::Text => {
@@ -154,21 +166,47 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", netsim::report::text_summary(&report));
             Ok(exit_for(&report))
         }
-        Command::Trace { topology: path, from, to, protocol, port } => {
+        Command::Trace {
+            topology: path,
+            from,
+            to,
+            protocol,
+            port,
+        } => {
             let mut topology = load(&path, None)?;
-            let flow = topology::endpoint::command_line_flow(&topology, &from, &to, protocol.map(ProtocolArg::name), port)?;
+            let flow = topology::endpoint::command_line_flow(
+                &topology,
+                &from,
+                &to,
+                protocol.map(ProtocolArg::name),
+                port,
+            )?;
             topology.flows = vec![flow];
             topology.expectations.clear();
             let result = netsim::sim::runner::run(&topology);
             print!("{}", netsim::trace::render(&topology, &result));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { topology: path, flows, packets, size, threads, capture, format } => {
+        Command::Bench {
+            topology: path,
+            flows,
+            packets,
+            size,
+            threads,
+            capture,
+            format,
+        } => {
             let topology = match path {
                 Some(path) => load(&path, None)?,
                 None => netsim::bench::default_topology(),
             };
-            let options = netsim::bench::BenchOptions { flows, packets, size, threads, capture: capture.into() };
+            let options = netsim::bench::BenchOptions {
+                flows,
+                packets,
+                size,
+                threads,
+                capture: capture.into(),
+            };
             let results = netsim::bench::run(&topology, &options).map_err(anyhow::Error::msg)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&results)?),

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Capture(#[from] crate::capture::CaptureError),
     #[error("report: {0}")]
@@ -22,12 +25,22 @@ pub enum OutputError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
-    move |source| OutputError::Io { path: path.to_path_buf(), source }
+    move |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes the outputs of a run to `out`, replacing what was there. Per-flow captures
 /// are encoded on up to `threads` threads; the bytes do not depend on the count.
-pub fn write_run(out: &Path, topology: &Topology, result: &RunResult, report: &Report, mode: CaptureMode, threads: usize) -> Result<(), OutputError> {
+pub fn write_run(
+    out: &Path,
+    topology: &Topology,
+    result: &RunResult,
+    report: &Report,
+    mode: CaptureMode,
+    threads: usize,
+) -> Result<(), OutputError> {
     let staging = staging_dir(out);
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(io(&staging))?;
@@ -45,11 +58,21 @@ pub fn write_run(out: &Path, topology: &Topology, result: &RunResult, report: &R
 }
 
 fn staging_dir(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
     out.with_file_name(format!(".{name}.netsim-partial"))
 }
 
-fn write_into(dir: &Path, topology: &Topology, result: &RunResult, report: &Report, mode: CaptureMode, threads: usize) -> Result<(), OutputError> {
+fn write_into(
+    dir: &Path,
+    topology: &Topology,
+    result: &RunResult,
+    report: &Report,
+    mode: CaptureMode,
+    threads: usize,
+) -> Result<(), OutputError> {
     let report_path = dir.join("report.json");
     let mut json = serde_json::to_string_pretty(report)?;
     json.push('\n');
@@ -61,11 +84,18 @@ fn write_into(dir: &Path, topology: &Topology, result: &RunResult, report: &Repo
     let all: Vec<&Hop> = result.journal.hops.iter().collect();
     let capture_path = dir.join("capture.pcapng");
     let file = fs::File::create(&capture_path).map_err(io(&capture_path))?;
-    write_pcapng(BufWriter::new(file), points, &all, mode)?.flush().map_err(io(&capture_path))?;
+    write_pcapng(BufWriter::new(file), points, &all, mode)?
+        .flush()
+        .map_err(io(&capture_path))?;
 
     let flows_dir = dir.join("flows");
     fs::create_dir_all(&flows_dir).map_err(io(&flows_dir))?;
-    let jobs: Vec<(usize, PathBuf)> = topology.flows.iter().enumerate().map(|(index, flow)| (index, flows_dir.join(format!("{}.pcapng", flow.name)))).collect();
+    let jobs: Vec<(usize, PathBuf)> = topology
+        .flows
+        .iter()
+        .enumerate()
+        .map(|(index, flow)| (index, flows_dir.join(format!("{}.pcapng", flow.name))))
+        .collect();
     let threads = threads.clamp(1, jobs.len().max(1));
     let chunk = jobs.len().div_ceil(threads).max(1);
     let results: Vec<Result<(), OutputError>> = crossbeam::thread::scope(|scope| {
@@ -75,15 +105,25 @@ fn write_into(dir: &Path, topology: &Topology, result: &RunResult, report: &Repo
                 scope.spawn(move |_| -> Result<(), OutputError> {
                     for (index, path) in batch {
                         let tag = u32::try_from(*index).unwrap_or(u32::MAX);
-                        let hops: Vec<&Hop> = result.journal.hops.iter().filter(|hop| hop.flow == tag).collect();
+                        let hops: Vec<&Hop> = result
+                            .journal
+                            .hops
+                            .iter()
+                            .filter(|hop| hop.flow == tag)
+                            .collect();
                         let file = fs::File::create(path).map_err(io(path))?;
-                        write_pcapng(BufWriter::new(file), points, &hops, mode)?.flush().map_err(io(path))?;
+                        write_pcapng(BufWriter::new(file), points, &hops, mode)?
+                            .flush()
+                            .map_err(io(path))?;
                     }
                     Ok(())
                 })
             })
             .collect();
-        handles.into_iter().map(|handle| handle.join().unwrap_or(Ok(()))).collect()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or(Ok(())))
+            .collect()
     })
     .unwrap_or_default();
     results.into_iter().collect()

@@ -5,7 +5,10 @@
 //!
 //! Owns byte layout of Ethernet/IPv4/L4 in a frame; must not know about devices.
 
-use crate::wire::{checksum, Mac, WireError, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
+use crate::wire::{
+    checksum, Mac, WireError, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, PROTOCOL_ICMP, PROTOCOL_TCP,
+    PROTOCOL_UDP,
+};
 use std::net::Ipv4Addr;
 
 /// Headroom reserved in front of every frame: room for one Geneve encapsulation
@@ -73,7 +76,10 @@ pub enum IcmpKind {
     EchoRequest,
     EchoReply,
     /// An error (destination unreachable, time exceeded, …) quoting another packet.
-    Error { icmp_type: u8, code: u8 },
+    Error {
+        icmp_type: u8,
+        code: u8,
+    },
     Other,
 }
 
@@ -156,7 +162,11 @@ impl Packet {
         let mut buffer = Vec::with_capacity(HEADROOM + frame.len());
         buffer.resize(HEADROOM, 0);
         buffer.extend_from_slice(frame);
-        let mut packet = Packet { buffer, start: HEADROOM, meta: Meta::default() };
+        let mut packet = Packet {
+            buffer,
+            start: HEADROOM,
+            meta: Meta::default(),
+        };
         packet.meta.flow = flow;
         packet.parse()?;
         Ok(packet)
@@ -169,7 +179,10 @@ impl Packet {
         self.buffer.resize(HEADROOM, 0);
         self.buffer.extend_from_slice(frame);
         self.start = HEADROOM;
-        self.meta = Meta { flow, ..Meta::default() };
+        self.meta = Meta {
+            flow,
+            ..Meta::default()
+        };
         self.parse()
     }
 
@@ -306,6 +319,65 @@ impl Packet {
     }
 }
 
+impl Packet {
+    /// For an ICMP error: rewrites the source address and port of the packet it quotes
+    /// (the inner IPv4 header checksum and, when the quote holds it whole, the inner
+    /// TCP/UDP checksum incrementally), then recomputes the ICMP checksum. This is how
+    /// NAT translates an error about a translated connection (netfilter
+    /// `nf_nat_icmp_reply_translation`).
+    pub fn rewrite_quoted_source(&mut self, address: Ipv4Addr, port: u16) {
+        let Some(quoted_key) = quoted_flow_key(self) else {
+            return;
+        };
+        let icmp_start = self.meta.l4_offset;
+        let icmp_end = ETHERNET_HEADER_LEN + usize::from(self.meta.ip_total_len);
+        let frame = self.frame_mut();
+        let inner = icmp_start + 8;
+        let inner_header_len = usize::from(frame[inner] & 0x0f) * 4;
+        frame[inner + 12..inner + 16].copy_from_slice(&address.octets());
+        let sum = u16::from_be_bytes([frame[inner + 10], frame[inner + 11]]);
+        let sum = checksum::update_address(sum, quoted_key.source, address);
+        frame[inner + 10..inner + 12].copy_from_slice(&sum.to_be_bytes());
+        let l4 = inner + inner_header_len;
+        let inner_total = usize::from(u16::from_be_bytes([frame[inner + 2], frame[inner + 3]]));
+        let quoted_whole = inner + inner_total <= icmp_end;
+        match quoted_key.protocol {
+            PROTOCOL_TCP | PROTOCOL_UDP => {
+                frame[l4..l4 + 2].copy_from_slice(&port.to_be_bytes());
+                let checksum_offset = if quoted_key.protocol == PROTOCOL_TCP {
+                    l4 + 16
+                } else {
+                    l4 + 6
+                };
+                if quoted_whole && checksum_offset + 2 <= icmp_end {
+                    let mut sum =
+                        u16::from_be_bytes([frame[checksum_offset], frame[checksum_offset + 1]]);
+                    if !(quoted_key.protocol == PROTOCOL_UDP && sum == 0) {
+                        sum = checksum::update_address(sum, quoted_key.source, address);
+                        sum = checksum::update_word(sum, quoted_key.source_port, port);
+                        frame[checksum_offset..checksum_offset + 2]
+                            .copy_from_slice(&sum.to_be_bytes());
+                    }
+                }
+            }
+            PROTOCOL_ICMP => {
+                // An echo request's identifier.
+                let old = u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]);
+                frame[l4 + 4..l4 + 6].copy_from_slice(&port.to_be_bytes());
+                if quoted_whole {
+                    let sum = u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]);
+                    let sum = checksum::update_word(sum, old, port);
+                    frame[l4 + 2..l4 + 4].copy_from_slice(&sum.to_be_bytes());
+                }
+            }
+            _ => {}
+        }
+        frame[icmp_start + 2..icmp_start + 4].copy_from_slice(&[0, 0]);
+        let sum = checksum::checksum(&frame[icmp_start..icmp_end]);
+        frame[icmp_start + 2..icmp_start + 4].copy_from_slice(&sum.to_be_bytes());
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Source,
@@ -326,7 +398,11 @@ fn rewrite_l4(
     l4: usize,
 ) {
     let (port_offset, checksum_offset, pseudo_header) = match meta.key.protocol {
-        PROTOCOL_TCP => (if side == Side::Source { l4 } else { l4 + 2 }, l4 + 16, true),
+        PROTOCOL_TCP => (
+            if side == Side::Source { l4 } else { l4 + 2 },
+            l4 + 16,
+            true,
+        ),
         PROTOCOL_UDP => (if side == Side::Source { l4 } else { l4 + 2 }, l4 + 6, true),
         PROTOCOL_ICMP => match meta.icmp {
             // The echo identifier is NATed like a port (reference §g); requests carry
@@ -412,7 +488,10 @@ pub fn parse_meta(frame: &[u8]) -> Result<Meta, WireError> {
             meta.icmp = match l4[0] {
                 8 => IcmpKind::EchoRequest,
                 0 => IcmpKind::EchoReply,
-                3 | 4 | 5 | 11 | 12 => IcmpKind::Error { icmp_type: l4[0], code: l4[1] },
+                3 | 4 | 5 | 11 | 12 => IcmpKind::Error {
+                    icmp_type: l4[0],
+                    code: l4[1],
+                },
                 _ => IcmpKind::Other,
             };
             if matches!(meta.icmp, IcmpKind::EchoRequest | IcmpKind::EchoReply) {
@@ -441,7 +520,10 @@ pub fn quoted_flow_key(packet: &Packet) -> Option<FlowKey> {
     let l4 = quoted.get(header_len..header_len + 8)?;
     let protocol = quoted[9];
     let (source_port, destination_port) = match protocol {
-        PROTOCOL_TCP | PROTOCOL_UDP => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+        PROTOCOL_TCP | PROTOCOL_UDP => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
         PROTOCOL_ICMP => {
             let identifier = u16::from_be_bytes([l4[4], l4[5]]);
             (identifier, identifier)
@@ -463,10 +545,29 @@ pub(crate) mod tests_support {
     use super::*;
     use crate::wire::{emit_ethernet, emit_ipv4, IPV4_HEADER_LEN};
 
-    pub(crate) fn udp_frame(source: Ipv4Addr, destination: Ipv4Addr, ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn udp_frame(
+        source: Ipv4Addr,
+        destination: Ipv4Addr,
+        ports: (u16, u16),
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + 8 + payload.len()];
-        emit_ethernet(&mut frame, Mac::local(1, 2), Mac::local(1, 1), ETHERTYPE_IPV4);
-        emit_ipv4(&mut frame[IP..], source, destination, PROTOCOL_UDP, 8 + payload.len(), 64, 7, true);
+        emit_ethernet(
+            &mut frame,
+            Mac::local(1, 2),
+            Mac::local(1, 1),
+            ETHERTYPE_IPV4,
+        );
+        emit_ipv4(
+            &mut frame[IP..],
+            source,
+            destination,
+            PROTOCOL_UDP,
+            8 + payload.len(),
+            64,
+            7,
+            true,
+        );
         let udp = &mut frame[IP + IPV4_HEADER_LEN..];
         udp[0..2].copy_from_slice(&ports.0.to_be_bytes());
         udp[2..4].copy_from_slice(&ports.1.to_be_bytes());
@@ -485,12 +586,22 @@ mod tests {
 
     #[test]
     fn snat_keeps_checksums_right() {
-        let frame = udp_frame(Ipv4Addr::new(172, 20, 1, 10), Ipv4Addr::new(192, 168, 50, 10), (40312, 53), b"hello");
+        let frame = udp_frame(
+            Ipv4Addr::new(172, 20, 1, 10),
+            Ipv4Addr::new(192, 168, 50, 10),
+            (40312, 53),
+            b"hello",
+        );
         let mut packet = Packet::from_frame(&frame, 0).unwrap();
         packet.set_source(Ipv4Addr::new(10, 20, 0, 11), 61002);
         assert!(packet.decrement_ttl());
         let expected = {
-            let mut rebuilt = udp_frame(Ipv4Addr::new(10, 20, 0, 11), Ipv4Addr::new(192, 168, 50, 10), (61002, 53), b"hello");
+            let mut rebuilt = udp_frame(
+                Ipv4Addr::new(10, 20, 0, 11),
+                Ipv4Addr::new(192, 168, 50, 10),
+                (61002, 53),
+                b"hello",
+            );
             rebuilt[IP + 8] = 63;
             rebuilt[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
             let sum = checksum::checksum(&rebuilt[IP..IP + 20]);
@@ -504,7 +615,12 @@ mod tests {
 
     #[test]
     fn push_and_pull_front() {
-        let frame = udp_frame(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(2, 2, 2, 2), (1, 2), b"x");
+        let frame = udp_frame(
+            Ipv4Addr::new(1, 1, 1, 1),
+            Ipv4Addr::new(2, 2, 2, 2),
+            (1, 2),
+            b"x",
+        );
         let mut packet = Packet::from_frame(&frame, 0).unwrap();
         packet.push_front(50).fill(0xee);
         assert_eq!(packet.len(), frame.len() + 50);
@@ -518,7 +634,12 @@ mod tests {
 
     #[test]
     fn truncated_ipv4_is_an_error() {
-        let frame = udp_frame(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(2, 2, 2, 2), (1, 2), b"abc");
+        let frame = udp_frame(
+            Ipv4Addr::new(1, 1, 1, 1),
+            Ipv4Addr::new(2, 2, 2, 2),
+            (1, 2),
+            b"abc",
+        );
         assert_eq!(parse_meta(&frame[..30]).unwrap_err(), WireError::Truncated);
     }
 }

@@ -7,7 +7,9 @@
 use crate::datapath::Hop;
 use crate::sim::network::{CapturePoint, PointKind};
 use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
-use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption,
+};
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, Endianness};
 use std::borrow::Cow;
@@ -46,7 +48,12 @@ pub enum CaptureError {
 }
 
 /// Writes `hops` (already in time order) seen at the included `points` as pcapng.
-pub fn write_pcapng<W: Write>(writer: W, points: &[CapturePoint], hops: &[&Hop], mode: CaptureMode) -> Result<W, CaptureError> {
+pub fn write_pcapng<W: Write>(
+    writer: W,
+    points: &[CapturePoint],
+    hops: &[&Hop],
+    mode: CaptureMode,
+) -> Result<W, CaptureError> {
     let mut pcap = PcapNgWriter::with_endianness(writer, Endianness::Little)?;
     // Interface ids in the file: the included points, in network order.
     let mut interface_of = vec![None; points.len()];
@@ -60,12 +67,17 @@ pub fn write_pcapng<W: Write>(writer: W, points: &[CapturePoint], hops: &[&Hop],
         let block = InterfaceDescriptionBlock {
             linktype: DataLink::ETHERNET,
             snaplen: 0,
-            options: vec![InterfaceDescriptionOption::IfName(Cow::Borrowed(&point.name)), InterfaceDescriptionOption::IfTsResol(9)],
+            options: vec![
+                InterfaceDescriptionOption::IfName(Cow::Borrowed(&point.name)),
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
         };
         pcap.write_pcapng_block(block)?;
     }
     for hop in hops {
-        let Some(interface_id) = interface_of.get(hop.point as usize).copied().flatten() else { continue };
+        let Some(interface_id) = interface_of.get(hop.point as usize).copied().flatten() else {
+            continue;
+        };
         let comment = format!("{}: {}", hop.action.name(), hop.detail);
         let block = EnhancedPacketBlock {
             interface_id,

@@ -91,9 +91,15 @@ enum OvsSource {
 enum OvsDecision {
     /// Output to a local pod's veth; `routed` packets get their MACs rewritten
     /// (and, from a local pod, the TTL decremented).
-    ToPod { pod: usize, routed: bool, decrement_ttl: bool },
+    ToPod {
+        pod: usize,
+        routed: bool,
+        decrement_ttl: bool,
+    },
     /// Output to antrea-tun0 with `tun_dst` = the peer node.
-    ToTunnel { peer: Ipv4Addr },
+    ToTunnel {
+        peer: Ipv4Addr,
+    },
     /// Output to antrea-gw0, into the host network stack.
     ToGateway,
     Drop(DropReason),
@@ -108,7 +114,12 @@ enum OvsStage {
     IngressPolicy,
 }
 
-const OVS_PIPELINE: [OvsStage; 4] = [OvsStage::Classifier, OvsStage::EgressPolicy, OvsStage::L3Forwarding, OvsStage::IngressPolicy];
+const OVS_PIPELINE: [OvsStage; 4] = [
+    OvsStage::Classifier,
+    OvsStage::EgressPolicy,
+    OvsStage::L3Forwarding,
+    OvsStage::IngressPolicy,
+];
 
 /// Where the host stack received a packet from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,14 +148,32 @@ pub struct AntreaNode {
 
 impl AntreaNode {
     pub fn new(settings: NodeSettings) -> Self {
-        let pod_by_ip = settings.pods.iter().enumerate().map(|(index, pod)| (pod.ip, index)).collect();
-        let pod_by_mac = settings.pods.iter().enumerate().map(|(index, pod)| (pod.mac, index)).collect();
+        let pod_by_ip = settings
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(index, pod)| (pod.ip, index))
+            .collect();
+        let pod_by_mac = settings
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(index, pod)| (pod.mac, index))
+            .collect();
         let mut peers = LpmTable::new();
         for (cidr, peer) in &settings.peers {
             peers.insert(*cidr, peer.clone());
         }
         let conntrack = Conntrack::new(settings.conntrack_max, settings.seed);
-        AntreaNode { pod_by_ip, pod_by_mac, peers, conntrack, flow_cache: FlowCache::new(FLOW_CACHE_CAPACITY), identification: 0, settings }
+        AntreaNode {
+            pod_by_ip,
+            pod_by_mac,
+            peers,
+            conntrack,
+            flow_cache: FlowCache::new(FLOW_CACHE_CAPACITY),
+            identification: 0,
+            settings,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -179,10 +208,19 @@ impl AntreaNode {
 
     // ---- OVS bridge -------------------------------------------------------------
 
-    fn ovs(&mut self, ctx: &mut Ctx, source: OvsSource, slot: Option<usize>, mut packet: Packet, out: &mut Outputs) {
+    fn ovs(
+        &mut self,
+        ctx: &mut Ctx,
+        source: OvsSource,
+        slot: Option<usize>,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         if packet.meta.ethertype != ETHERTYPE_IPV4 {
             ctx.describe(slot, HopAction::Drop, || "not IPv4".into());
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || "non-IPv4 frame on br-int".into());
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
+                "non-IPv4 frame on br-int".into()
+            });
             return;
         }
         let mut decision = OvsDecision::Drop(DropReason::NoRoute);
@@ -204,29 +242,61 @@ impl AntreaNode {
                 Verdict::Forward(_) => break,
                 Verdict::Drop(reason) => {
                     let destination = packet.meta.key.destination;
-                    ctx.describe(slot, HopAction::Drop, || format!("ovs {stage:?}: {reason} for {destination}"));
-                    ctx.drop_packet(&self.settings.name, &packet, reason, || format!("ovs {stage:?}: {destination}"));
+                    ctx.describe(slot, HopAction::Drop, || {
+                        format!("ovs {stage:?}: {reason} for {destination}")
+                    });
+                    ctx.drop_packet(&self.settings.name, &packet, reason, || {
+                        format!("ovs {stage:?}: {destination}")
+                    });
                     return;
                 }
             }
         }
         match decision {
-            OvsDecision::ToPod { pod, routed, decrement_ttl } => self.output_to_pod(ctx, slot, pod, routed, decrement_ttl, packet, out),
+            OvsDecision::ToPod {
+                pod,
+                routed,
+                decrement_ttl,
+            } => self.output_to_pod(ctx, slot, pod, routed, decrement_ttl, packet, out),
             OvsDecision::ToTunnel { peer } => {
                 let decrement = source != OvsSource::Tunnel;
                 if decrement && !packet.decrement_ttl() {
                     ctx.describe(slot, HopAction::Drop, || "ovs L3DecTTL: ttl expired".into());
-                    ctx.drop_packet(&self.settings.name, &packet, DropReason::TtlExceeded, || "ttl expired in OVS dec_ttl".into());
+                    ctx.drop_packet(
+                        &self.settings.name,
+                        &packet,
+                        DropReason::TtlExceeded,
+                        || "ttl expired in OVS dec_ttl".into(),
+                    );
                     return;
                 }
-                let peer_name = self.peers.lookup(packet.meta.key.destination).map(|(_, p)| p.name.clone()).unwrap_or_default();
-                ctx.describe(slot, HopAction::Receive, || format!("ovs l3 forward {} -> tunnel to {peer_name} ({peer}), dec ttl", packet.meta.key.destination));
+                let peer_name = self
+                    .peers
+                    .lookup(packet.meta.key.destination)
+                    .map(|(_, p)| p.name.clone())
+                    .unwrap_or_default();
+                ctx.describe(slot, HopAction::Receive, || {
+                    format!(
+                        "ovs l3 forward {} -> tunnel to {peer_name} ({peer}), dec ttl",
+                        packet.meta.key.destination
+                    )
+                });
                 self.tunnel_output(ctx, peer, packet, out);
             }
             OvsDecision::ToGateway => {
-                ctx.describe(slot, HopAction::Receive, || format!("ovs l3 forward {} -> antrea-gw0 (leaves the pod network)", packet.meta.key.destination));
+                ctx.describe(slot, HopAction::Receive, || {
+                    format!(
+                        "ovs l3 forward {} -> antrea-gw0 (leaves the pod network)",
+                        packet.meta.key.destination
+                    )
+                });
                 packet.set_macs(self.settings.gateway_mac, self.settings.mac);
-                ctx.hop(self.settings.gateway_point, &packet, HopAction::Transmit, || "ovs -> host network stack".into());
+                ctx.hop(
+                    self.settings.gateway_point,
+                    &packet,
+                    HopAction::Transmit,
+                    || "ovs -> host network stack".into(),
+                );
                 self.host_input(ctx, HostIngress::Gateway, None, packet, out);
             }
             OvsDecision::Drop(_) => unreachable!("drops leave the pipeline above"),
@@ -264,7 +334,11 @@ impl AntreaNode {
             if destination_mac != self.settings.gateway_mac {
                 // Same subnet: the pod addressed the peer's MAC itself; plain L2.
                 return match self.pod_by_mac.get(&destination_mac) {
-                    Some(&pod) => OvsDecision::ToPod { pod, routed: false, decrement_ttl: false },
+                    Some(&pod) => OvsDecision::ToPod {
+                        pod,
+                        routed: false,
+                        decrement_ttl: false,
+                    },
                     None => OvsDecision::Drop(DropReason::NoNeighbor),
                 };
             }
@@ -273,7 +347,11 @@ impl AntreaNode {
             // Routed to a local pod; packets from the tunnel were decremented on the
             // source node and the host stack decrements its own forwards.
             let decrement_ttl = matches!(source, OvsSource::Pod(_));
-            return OvsDecision::ToPod { pod, routed: true, decrement_ttl };
+            return OvsDecision::ToPod {
+                pod,
+                routed: true,
+                decrement_ttl,
+            };
         }
         if self.settings.pod_cidr.contains(&destination) {
             return OvsDecision::Drop(DropReason::NoNeighbor);
@@ -290,20 +368,38 @@ impl AntreaNode {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn output_to_pod(&mut self, ctx: &mut Ctx, slot: Option<usize>, pod: usize, routed: bool, decrement_ttl: bool, mut packet: Packet, out: &mut Outputs) {
+    fn output_to_pod(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        pod: usize,
+        routed: bool,
+        decrement_ttl: bool,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         let local = &self.settings.pods[pod];
         if decrement_ttl && !packet.decrement_ttl() {
             ctx.describe(slot, HopAction::Drop, || "ovs L3DecTTL: ttl expired".into());
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::TtlExceeded, || "ttl expired in OVS dec_ttl".into());
+            ctx.drop_packet(
+                &self.settings.name,
+                &packet,
+                DropReason::TtlExceeded,
+                || "ttl expired in OVS dec_ttl".into(),
+            );
             return;
         }
         if routed {
             packet.set_macs(self.settings.gateway_mac, local.mac);
         }
         let how = if routed { "l3 forward" } else { "l2 switch" };
-        ctx.describe(slot, HopAction::Receive, || format!("ovs {how} -> local pod {}", local.name));
+        ctx.describe(slot, HopAction::Receive, || {
+            format!("ovs {how} -> local pod {}", local.name)
+        });
         let port = PortId::try_from(pod + 1).unwrap_or(PortId::MAX);
-        ctx.hop(local.veth_point, &packet, HopAction::Transmit, || format!("ovs output to pod {}", local.name));
+        ctx.hop(local.veth_point, &packet, HopAction::Transmit, || {
+            format!("ovs output to pod {}", local.name)
+        });
         out.send(port, packet);
     }
 
@@ -311,23 +407,51 @@ impl AntreaNode {
 
     /// Encapsulates toward `peer` and sends on eth0; or, when the result would not
     /// fit the uplink, drops with the ICMP Linux's bridged-tunnel PMTU check builds.
-    fn tunnel_output(&mut self, ctx: &mut Ctx, peer: Ipv4Addr, mut packet: Packet, out: &mut Outputs) {
+    fn tunnel_output(
+        &mut self,
+        ctx: &mut Ctx,
+        peer: Ipv4Addr,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         packet.set_macs(self.settings.gateway_mac, Mac::ANTREA_GLOBAL_VIRTUAL);
         let tunnel_mtu = usize::from(self.settings.uplink_mtu) - geneve::IPV4_OVERHEAD;
-        ctx.hop(self.settings.tunnel_point, &packet, HopAction::Transmit, || format!("output to antrea-tun0, tun_dst={peer}"));
+        ctx.hop(
+            self.settings.tunnel_point,
+            &packet,
+            HopAction::Transmit,
+            || format!("output to antrea-tun0, tun_dst={peer}"),
+        );
         if packet.ip_len() > tunnel_mtu {
             self.tunnel_pmtu_exceeded(ctx, tunnel_mtu, packet, out);
             return;
         }
-        let next_hop = if self.settings.uplink_subnet.contains(&peer) { Some(peer) } else { self.settings.default_gateway };
-        let Some(next_mac) = next_hop.and_then(|hop| self.settings.neighbors.get(&hop).copied()) else {
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::NoNeighbor, || format!("no neighbor for tunnel peer {peer}"));
+        let next_hop = if self.settings.uplink_subnet.contains(&peer) {
+            Some(peer)
+        } else {
+            self.settings.default_gateway
+        };
+        let Some(next_mac) = next_hop.and_then(|hop| self.settings.neighbors.get(&hop).copied())
+        else {
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::NoNeighbor, || {
+                format!("no neighbor for tunnel peer {peer}")
+            });
             return;
         };
         let inner_key = packet.meta.key;
         let source_port = tunnel_source_port(&inner_key, self.settings.seed);
         let identification = self.next_identification();
-        encapsulate(&mut packet, &EncapHeader { source: self.settings.ip, destination: peer, source_mac: self.settings.mac, destination_mac: next_mac, source_port, identification });
+        encapsulate(
+            &mut packet,
+            &EncapHeader {
+                source: self.settings.ip,
+                destination: peer,
+                source_mac: self.settings.mac,
+                destination_mac: next_mac,
+                source_port,
+                identification,
+            },
+        );
         let node_ip = self.settings.ip;
         ctx.hop(self.settings.uplink_point, &packet, HopAction::Encapsulate, || {
             format!("geneve encap vni=0 {node_ip} -> {peer} udp {source_port}->6081 (inner {inner_key})")
@@ -341,9 +465,16 @@ impl AntreaNode {
     /// (`iptunnel_pmtud_build_icmp`: addresses and MACs swapped, TTL copied, quoting up
     /// to 576 bytes) and injected back as if received from the tunnel, so OVS delivers
     /// it to the sending pod. The packet itself is dropped either way.
-    fn tunnel_pmtu_exceeded(&mut self, ctx: &mut Ctx, tunnel_mtu: usize, packet: Packet, out: &mut Outputs) {
+    fn tunnel_pmtu_exceeded(
+        &mut self,
+        ctx: &mut Ctx,
+        tunnel_mtu: usize,
+        packet: Packet,
+        out: &mut Outputs,
+    ) {
         let size = packet.ip_len();
-        let sends_icmp = packet.meta.dont_fragment && tunnel_mtu >= 576 && icmp::may_send_error(&packet);
+        let sends_icmp =
+            packet.meta.dont_fragment && tunnel_mtu >= 576 && icmp::may_send_error(&packet);
         if sends_icmp {
             let header = ErrorHeader {
                 source: packet.meta.key.destination,
@@ -353,30 +484,66 @@ impl AntreaNode {
                 identification: 0,
             };
             let mtu = u32::try_from(tunnel_mtu).unwrap_or(0);
-            let mut error = icmp::error(&packet, icmp::TYPE_DESTINATION_UNREACHABLE, icmp::CODE_FRAGMENTATION_NEEDED, mtu, header);
+            let mut error = icmp::error(
+                &packet,
+                icmp::TYPE_DESTINATION_UNREACHABLE,
+                icmp::CODE_FRAGMENTATION_NEEDED,
+                mtu,
+                header,
+            );
             ctx.generated(&mut error);
             let slot = ctx.begin_receive(self.settings.tunnel_point, &error);
-            ctx.describe(slot, HopAction::IcmpError, || format!("icmp fragmentation-needed mtu={tunnel_mtu} to {}", packet.meta.key.source));
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::MtuExceeded, || {
-                format!("{size} bytes + 50 geneve overhead exceed uplink mtu {}", self.settings.uplink_mtu)
+            ctx.describe(slot, HopAction::IcmpError, || {
+                format!(
+                    "icmp fragmentation-needed mtu={tunnel_mtu} to {}",
+                    packet.meta.key.source
+                )
             });
+            ctx.drop_packet(
+                &self.settings.name,
+                &packet,
+                DropReason::MtuExceeded,
+                || {
+                    format!(
+                        "{size} bytes + 50 geneve overhead exceed uplink mtu {}",
+                        self.settings.uplink_mtu
+                    )
+                },
+            );
             self.ovs(ctx, OvsSource::Tunnel, None, error, out);
         } else {
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::MtuExceeded, || {
-                format!("{size} bytes + 50 geneve overhead exceed uplink mtu {}", self.settings.uplink_mtu)
-            });
+            ctx.drop_packet(
+                &self.settings.name,
+                &packet,
+                DropReason::MtuExceeded,
+                || {
+                    format!(
+                        "{size} bytes + 50 geneve overhead exceed uplink mtu {}",
+                        self.settings.uplink_mtu
+                    )
+                },
+            );
         }
     }
 
     fn uplink_input(&mut self, ctx: &mut Ctx, packet: Packet, out: &mut Outputs) {
         let slot = ctx.begin_receive(self.settings.uplink_point, &packet);
         let meta = &packet.meta;
-        if meta.ethertype != ETHERTYPE_IPV4 || (meta.destination_mac != self.settings.mac && meta.destination_mac != Mac::BROADCAST) {
-            ctx.describe(slot, HopAction::Drop, || "not an IPv4 frame for this node".into());
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || "not an IPv4 frame for this node".into());
+        if meta.ethertype != ETHERTYPE_IPV4
+            || (meta.destination_mac != self.settings.mac && meta.destination_mac != Mac::BROADCAST)
+        {
+            ctx.describe(slot, HopAction::Drop, || {
+                "not an IPv4 frame for this node".into()
+            });
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
+                "not an IPv4 frame for this node".into()
+            });
             return;
         }
-        if meta.key.destination == self.settings.ip && meta.key.protocol == PROTOCOL_UDP && meta.key.destination_port == geneve::UDP_PORT {
+        if meta.key.destination == self.settings.ip
+            && meta.key.protocol == PROTOCOL_UDP
+            && meta.key.destination_port == geneve::UDP_PORT
+        {
             self.decapsulate(ctx, slot, packet, out);
         } else {
             self.host_input(ctx, HostIngress::Uplink, slot, packet, out);
@@ -386,24 +553,43 @@ impl AntreaNode {
     /// Geneve receive (RFC 8926 §3.4/§3.5): version 0 only; a packet whose options
     /// include a critical one this endpoint does not understand (Antrea understands
     /// none) is dropped, as is an OAM packet and any payload but Ethernet.
-    fn decapsulate(&mut self, ctx: &mut Ctx, slot: Option<usize>, mut packet: Packet, out: &mut Outputs) {
+    fn decapsulate(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         let outer_source = packet.meta.key.source;
         let vni = match decapsulate(&mut packet) {
             Ok(vni) => vni,
             Err(error) => {
-                ctx.describe(slot, HopAction::Drop, || format!("geneve packet refused: {error}"));
-                ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || format!("geneve packet from {outer_source} refused: {error}"));
+                ctx.describe(slot, HopAction::Drop, || {
+                    format!("geneve packet refused: {error}")
+                });
+                ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
+                    format!("geneve packet from {outer_source} refused: {error}")
+                });
                 return;
             }
         };
-        ctx.describe(slot, HopAction::Decapsulate, || format!("geneve decap vni={vni} from {outer_source}"));
+        ctx.describe(slot, HopAction::Decapsulate, || {
+            format!("geneve decap vni={vni} from {outer_source}")
+        });
         let tunnel_slot = ctx.begin_receive(self.settings.tunnel_point, &packet);
         self.ovs(ctx, OvsSource::Tunnel, tunnel_slot, packet, out);
     }
 
     // ---- host network stack -------------------------------------------------------
 
-    fn host_input(&mut self, ctx: &mut Ctx, ingress: HostIngress, slot: Option<usize>, mut packet: Packet, out: &mut Outputs) {
+    fn host_input(
+        &mut self,
+        ctx: &mut Ctx,
+        ingress: HostIngress,
+        slot: Option<usize>,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         let connection = self.prerouting(ctx, &mut packet);
         let destination = packet.meta.key.destination;
         if destination == self.settings.ip || destination == self.gateway_ip() {
@@ -411,14 +597,33 @@ impl AntreaNode {
             return;
         }
         let Some(egress) = self.route(destination) else {
-            ctx.describe(slot, HopAction::Drop, || format!("host routing: no route to {destination}"));
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::NoRoute, || format!("no route to {destination}"));
+            ctx.describe(slot, HopAction::Drop, || {
+                format!("host routing: no route to {destination}")
+            });
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::NoRoute, || {
+                format!("no route to {destination}")
+            });
             return;
         };
         if packet.meta.ttl <= 1 {
-            ctx.describe(slot, HopAction::Drop, || "ttl expired in the host stack".into());
-            self.send_error(ctx, ingress, &packet, icmp::TYPE_TIME_EXCEEDED, icmp::CODE_TTL_EXCEEDED_IN_TRANSIT, 0, out);
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::TtlExceeded, || format!("ttl expired forwarding to {destination}"));
+            ctx.describe(slot, HopAction::Drop, || {
+                "ttl expired in the host stack".into()
+            });
+            self.send_error(
+                ctx,
+                ingress,
+                &packet,
+                icmp::TYPE_TIME_EXCEEDED,
+                icmp::CODE_TTL_EXCEEDED_IN_TRANSIT,
+                0,
+                out,
+            );
+            ctx.drop_packet(
+                &self.settings.name,
+                &packet,
+                DropReason::TtlExceeded,
+                || format!("ttl expired forwarding to {destination}"),
+            );
             return;
         }
         // ip_forward: the MTU check happens before POSTROUTING, so the ICMP quotes
@@ -427,34 +632,62 @@ impl AntreaNode {
             let mtu = self.settings.uplink_mtu;
             if packet.ip_len() > usize::from(mtu) {
                 let size = packet.ip_len();
-                ctx.describe(slot, HopAction::Drop, || format!("{size} bytes exceed eth0 mtu {mtu}"));
+                ctx.describe(slot, HopAction::Drop, || {
+                    format!("{size} bytes exceed eth0 mtu {mtu}")
+                });
                 if packet.meta.dont_fragment {
-                    self.send_error(ctx, ingress, &packet, icmp::TYPE_DESTINATION_UNREACHABLE, icmp::CODE_FRAGMENTATION_NEEDED, u32::from(mtu), out);
+                    self.send_error(
+                        ctx,
+                        ingress,
+                        &packet,
+                        icmp::TYPE_DESTINATION_UNREACHABLE,
+                        icmp::CODE_FRAGMENTATION_NEEDED,
+                        u32::from(mtu),
+                        out,
+                    );
                 }
-                ctx.drop_packet(&self.settings.name, &packet, DropReason::MtuExceeded, || format!("{size} bytes > eth0 mtu {mtu}"));
+                ctx.drop_packet(
+                    &self.settings.name,
+                    &packet,
+                    DropReason::MtuExceeded,
+                    || format!("{size} bytes > eth0 mtu {mtu}"),
+                );
                 return;
             }
         }
         packet.decrement_ttl();
         if let Err(reason) = self.postrouting(ctx, ingress, egress, connection, &mut packet) {
             ctx.describe(slot, HopAction::Drop, || format!("postrouting: {reason}"));
-            ctx.drop_packet(&self.settings.name, &packet, reason, || "POSTROUTING could not commit the connection".into());
+            ctx.drop_packet(&self.settings.name, &packet, reason, || {
+                "POSTROUTING could not commit the connection".into()
+            });
             return;
         }
         match egress {
             HostEgress::Uplink { next_hop } => {
                 let Some(&next_mac) = self.settings.neighbors.get(&next_hop) else {
                     ctx.describe(slot, HopAction::Drop, || format!("no neighbor {next_hop}"));
-                    ctx.drop_packet(&self.settings.name, &packet, DropReason::NoNeighbor, || format!("no neighbor {next_hop} on eth0"));
+                    ctx.drop_packet(&self.settings.name, &packet, DropReason::NoNeighbor, || {
+                        format!("no neighbor {next_hop} on eth0")
+                    });
                     return;
                 };
-                ctx.describe(slot, HopAction::Receive, || format!("host stack: route {destination} via {next_hop} dev eth0"));
+                ctx.describe(slot, HopAction::Receive, || {
+                    format!("host stack: route {destination} via {next_hop} dev eth0")
+                });
                 packet.set_macs(self.settings.mac, next_mac);
-                ctx.hop(self.settings.uplink_point, &packet, HopAction::Transmit, || format!("to {next_hop} ({next_mac})"));
+                ctx.hop(
+                    self.settings.uplink_point,
+                    &packet,
+                    HopAction::Transmit,
+                    || format!("to {next_hop} ({next_mac})"),
+                );
                 out.send(UPLINK_PORT, packet);
             }
             HostEgress::Gateway => {
-                ctx.describe(slot, HopAction::Receive, || format!("host stack: route {destination} dev antrea-gw0"));
+                ctx.describe(slot, HopAction::Receive, || {
+                    format!("host stack: route {destination} dev antrea-gw0")
+                });
                 let destination_mac = match self.pod_by_ip.get(&destination) {
                     Some(&pod) => self.settings.pods[pod].mac,
                     None => Mac::ANTREA_GLOBAL_VIRTUAL,
@@ -469,29 +702,84 @@ impl AntreaNode {
     /// PREROUTING: find the connection; replies are un-SNATed (and DNAT would be
     /// applied) here, before routing (reference §g).
     fn prerouting(&mut self, ctx: &mut Ctx, packet: &mut Packet) -> Option<(EntryId, Direction)> {
+        if matches!(packet.meta.icmp, IcmpKind::Error { .. }) {
+            self.related_icmp(ctx, packet);
+            return None;
+        }
         let (id, direction) = self.conntrack.lookup(&packet.meta.key, ctx.now_ns)?;
         let entry = *self.conntrack.entry(id)?;
         let (address, port) = entry.translated_destination(direction);
-        if (address, port) != (packet.meta.key.destination, packet.meta.key.destination_port) {
+        if (address, port)
+            != (
+                packet.meta.key.destination,
+                packet.meta.key.destination_port,
+            )
+        {
             let before = packet.meta.key;
             packet.set_destination(address, port);
-            let kind = if direction == Direction::Reply { "unsnat" } else { "dnat" };
-            ctx.nat(&self.settings.name, packet, kind, || format!("{}:{}", before.destination, before.destination_port), || format!("{address}:{port}"));
+            let kind = if direction == Direction::Reply {
+                "unsnat"
+            } else {
+                "dnat"
+            };
+            ctx.nat(
+                &self.settings.name,
+                packet,
+                kind,
+                || format!("{}:{}", before.destination, before.destination_port),
+                || format!("{address}:{port}"),
+            );
         }
         Some((id, direction))
+    }
+
+    /// An ICMP error about a tracked connection is RELATED to it: when that
+    /// connection was SNATed, the error (addressed to the translated source) is
+    /// translated back — outer destination and the quoted packet's source — so it
+    /// reaches the pod that sent the original (reference §g).
+    fn related_icmp(&mut self, ctx: &mut Ctx, packet: &mut Packet) {
+        let Some(quoted) = crate::packet::quoted_flow_key(packet) else {
+            return;
+        };
+        let Some((id, Direction::Reply)) = self.conntrack.lookup(&quoted.reversed(), ctx.now_ns)
+        else {
+            return;
+        };
+        let Some(entry) = self.conntrack.entry(id).copied() else {
+            return;
+        };
+        if !entry.has_snat() {
+            return;
+        }
+        let (address, port) = (entry.original.source, entry.original.source_port);
+        let before = packet.meta.key.destination;
+        packet.rewrite_quoted_source(address, port);
+        packet.set_destination(address, packet.meta.key.destination_port);
+        ctx.nat(
+            &self.settings.name,
+            packet,
+            "unsnat-related",
+            || before.to_string(),
+            || address.to_string(),
+        );
     }
 
     /// The node's routes (Antrea encap mode): local pod CIDR and every peer pod CIDR
     /// via antrea-gw0; the node subnet on eth0; the default route via the segment
     /// gateway.
     fn route(&self, destination: Ipv4Addr) -> Option<HostEgress> {
-        if self.settings.pod_cidr.contains(&destination) || self.peers.lookup(destination).is_some() {
+        if self.settings.pod_cidr.contains(&destination) || self.peers.lookup(destination).is_some()
+        {
             return Some(HostEgress::Gateway);
         }
         if self.settings.uplink_subnet.contains(&destination) {
-            return Some(HostEgress::Uplink { next_hop: destination });
+            return Some(HostEgress::Uplink {
+                next_hop: destination,
+            });
         }
-        self.settings.default_gateway.map(|next_hop| HostEgress::Uplink { next_hop })
+        self.settings
+            .default_gateway
+            .map(|next_hop| HostEgress::Uplink { next_hop })
     }
 
     /// POSTROUTING: apply the connection's SNAT (or un-DNAT), or commit a new
@@ -513,8 +801,18 @@ impl AntreaNode {
                 let (address, port) = entry.translated_source(direction);
                 if (address, port) != (key.source, key.source_port) {
                     packet.set_source(address, port);
-                    let kind = if direction == Direction::Original { "snat" } else { "undnat" };
-                    ctx.nat(&self.settings.name, packet, kind, || format!("{}:{}", key.source, key.source_port), || format!("{address}:{port}"));
+                    let kind = if direction == Direction::Original {
+                        "snat"
+                    } else {
+                        "undnat"
+                    };
+                    ctx.nat(
+                        &self.settings.name,
+                        packet,
+                        kind,
+                        || format!("{}:{}", key.source, key.source_port),
+                        || format!("{address}:{port}"),
+                    );
                 }
                 return Ok(());
             }
@@ -525,7 +823,8 @@ impl AntreaNode {
                     && self.settings.pod_cidr.contains(&key.source)
                     && !self.settings.cluster_pod_cidr.contains(&key.destination);
                 if masquerade {
-                    self.conntrack.insert_snat(key, self.settings.ip, ctx.now_ns)
+                    self.conntrack
+                        .insert_snat(key, self.settings.ip, ctx.now_ns)
                 } else {
                     self.conntrack.insert_untranslated(key, ctx.now_ns)
                 }
@@ -539,16 +838,31 @@ impl AntreaNode {
         if entry.has_snat() {
             let (address, port) = entry.translated_source(Direction::Original);
             packet.set_source(address, port);
-            ctx.nat(&self.settings.name, packet, "snat", || format!("{}:{}", key.source, key.source_port), || format!("{address}:{port}"));
+            ctx.nat(
+                &self.settings.name,
+                packet,
+                "snat",
+                || format!("{}:{}", key.source, key.source_port),
+                || format!("{address}:{port}"),
+            );
         }
         Ok(())
     }
 
     /// Traffic for the node itself: pings are answered; nothing else listens.
-    fn local_delivery(&mut self, ctx: &mut Ctx, ingress: HostIngress, slot: Option<usize>, mut packet: Packet, out: &mut Outputs) {
+    fn local_delivery(
+        &mut self,
+        ctx: &mut Ctx,
+        ingress: HostIngress,
+        slot: Option<usize>,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         let destination = packet.meta.key.destination;
         if packet.meta.icmp == IcmpKind::EchoRequest && ingress == HostIngress::Uplink {
-            ctx.describe(slot, HopAction::Deliver, || format!("echo request to {destination}: reply"));
+            ctx.describe(slot, HopAction::Deliver, || {
+                format!("echo request to {destination}: reply")
+            });
             let header = ErrorHeader {
                 source: destination,
                 source_mac: self.settings.mac,
@@ -558,38 +872,87 @@ impl AntreaNode {
             };
             icmp::answer_echo(&mut packet, destination, header);
             ctx.generated(&mut packet);
-            ctx.hop(self.settings.uplink_point, &packet, HopAction::Transmit, || "echo reply".into());
+            ctx.hop(
+                self.settings.uplink_point,
+                &packet,
+                HopAction::Transmit,
+                || "echo reply".into(),
+            );
             out.send(UPLINK_PORT, packet);
             return;
         }
-        ctx.describe(slot, HopAction::Drop, || format!("{destination} is the node itself; nothing listens"));
-        ctx.drop_packet(&self.settings.name, &packet, DropReason::NoListener, || format!("{destination} is node {}", self.settings.name));
+        ctx.describe(slot, HopAction::Drop, || {
+            format!("{destination} is the node itself; nothing listens")
+        });
+        ctx.drop_packet(&self.settings.name, &packet, DropReason::NoListener, || {
+            format!("{destination} is node {}", self.settings.name)
+        });
     }
 
     /// An ICMP error from the host stack, sent back the way the packet came: from the
     /// node IP on eth0, or from antrea-gw0's address toward a pod.
     #[allow(clippy::too_many_arguments)]
-    fn send_error(&mut self, ctx: &mut Ctx, ingress: HostIngress, packet: &Packet, icmp_type: u8, code: u8, rest: u32, out: &mut Outputs) {
+    fn send_error(
+        &mut self,
+        ctx: &mut Ctx,
+        ingress: HostIngress,
+        packet: &Packet,
+        icmp_type: u8,
+        code: u8,
+        rest: u32,
+        out: &mut Outputs,
+    ) {
         if !icmp::may_send_error(packet) {
             return;
         }
         let identification = self.next_identification();
         match ingress {
             HostIngress::Uplink => {
-                let header = ErrorHeader { source: self.settings.ip, source_mac: self.settings.mac, destination_mac: packet.meta.source_mac, ttl: icmp::DEFAULT_TTL, identification };
+                let header = ErrorHeader {
+                    source: self.settings.ip,
+                    source_mac: self.settings.mac,
+                    destination_mac: packet.meta.source_mac,
+                    ttl: icmp::DEFAULT_TTL,
+                    identification,
+                };
                 let mut error = icmp::error(packet, icmp_type, code, rest, header);
                 ctx.generated(&mut error);
-                ctx.hop(self.settings.uplink_point, &error, HopAction::IcmpError, || format!("icmp type {icmp_type} code {code} to {}", packet.meta.key.source));
+                ctx.hop(
+                    self.settings.uplink_point,
+                    &error,
+                    HopAction::IcmpError,
+                    || {
+                        format!(
+                            "icmp type {icmp_type} code {code} to {}",
+                            packet.meta.key.source
+                        )
+                    },
+                );
                 out.send(UPLINK_PORT, error);
             }
             HostIngress::Gateway => {
                 let source_mac = self.settings.gateway_mac;
-                let destination_mac = self.pod_by_ip.get(&packet.meta.key.source).map(|&pod| self.settings.pods[pod].mac).unwrap_or(Mac::ANTREA_GLOBAL_VIRTUAL);
-                let header = ErrorHeader { source: self.gateway_ip(), source_mac, destination_mac, ttl: icmp::DEFAULT_TTL, identification };
+                let destination_mac = self
+                    .pod_by_ip
+                    .get(&packet.meta.key.source)
+                    .map(|&pod| self.settings.pods[pod].mac)
+                    .unwrap_or(Mac::ANTREA_GLOBAL_VIRTUAL);
+                let header = ErrorHeader {
+                    source: self.gateway_ip(),
+                    source_mac,
+                    destination_mac,
+                    ttl: icmp::DEFAULT_TTL,
+                    identification,
+                };
                 let mut error = icmp::error(packet, icmp_type, code, rest, header);
                 ctx.generated(&mut error);
                 let slot = ctx.begin_receive(self.settings.gateway_point, &error);
-                ctx.describe(slot, HopAction::IcmpError, || format!("icmp type {icmp_type} code {code} to {}", packet.meta.key.source));
+                ctx.describe(slot, HopAction::IcmpError, || {
+                    format!(
+                        "icmp type {icmp_type} code {code} to {}",
+                        packet.meta.key.source
+                    )
+                });
                 self.ovs(ctx, OvsSource::Gateway, None, error, out);
             }
         }
@@ -613,8 +976,22 @@ pub fn encapsulate(packet: &mut Packet, header: &EncapHeader) {
     let inner_len = packet.len();
     let udp_len = crate::wire::UDP_HEADER_LEN + geneve::BASE_LEN + inner_len;
     let bytes = packet.push_front(geneve::IPV4_OVERHEAD);
-    emit_ethernet(bytes, header.destination_mac, header.source_mac, ETHERTYPE_IPV4);
-    emit_ipv4(&mut bytes[14..], header.source, header.destination, PROTOCOL_UDP, udp_len, icmp::DEFAULT_TTL, header.identification, true);
+    emit_ethernet(
+        bytes,
+        header.destination_mac,
+        header.source_mac,
+        ETHERTYPE_IPV4,
+    );
+    emit_ipv4(
+        &mut bytes[14..],
+        header.source,
+        header.destination,
+        PROTOCOL_UDP,
+        udp_len,
+        icmp::DEFAULT_TTL,
+        header.identification,
+        true,
+    );
     let udp = &mut bytes[34..42];
     udp[0..2].copy_from_slice(&header.source_port.to_be_bytes());
     udp[2..4].copy_from_slice(&geneve::UDP_PORT.to_be_bytes());
@@ -636,7 +1013,11 @@ pub fn decapsulate(packet: &mut Packet) -> Result<u32, crate::wire::WireError> {
     let (vni, header_len) = {
         let view = geneve::Packet::new_checked(&packet.frame()[offset..])?;
         let repr = GeneveRepr::parse(&view)?;
-        if repr.critical || repr.options().any(|option| option.map(|o| o.is_critical()).unwrap_or(true)) {
+        if repr.critical
+            || repr
+                .options()
+                .any(|option| option.map(|o| o.is_critical()).unwrap_or(true))
+        {
             return Err(crate::wire::WireError::Unsupported);
         }
         if repr.oam || repr.protocol_type != geneve::PROTOCOL_ETHERNET {

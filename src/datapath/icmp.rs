@@ -7,7 +7,10 @@
 //! `icmp_send` also does.
 
 use crate::packet::{IcmpKind, Packet};
-use crate::wire::{checksum, emit_ethernet, emit_ipv4, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, PROTOCOL_ICMP};
+use crate::wire::{
+    checksum, emit_ethernet, emit_ipv4, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN,
+    PROTOCOL_ICMP,
+};
 use std::net::Ipv4Addr;
 
 pub const TYPE_ECHO_REPLY: u8 = 0;
@@ -38,6 +41,24 @@ pub fn may_send_error(packet: &Packet) -> bool {
         && !meta.key.destination.is_multicast()
 }
 
+/// How much of the offending datagram an error quotes. Linux quotes as much as fits
+/// in 576 bytes (RFC 1812 §4.3.2.3). netsim does the same when the whole datagram
+/// fits; when it does not, it quotes the RFC 792 minimum (the IP header and the first
+/// 8 payload bytes) instead of a truncated segment, because Wireshark checks the
+/// TCP checksum of a truncated quote as if it were whole and flags it as bad — the
+/// one place netsim's bytes differ from the kernel's, so that every capture reads
+/// clean. The ports and addresses conntrack and the sender need are in both.
+fn quote_len(ip_packet: &[u8]) -> usize {
+    if ip_packet.len() <= MAX_ERROR_DATAGRAM - IPV4_HEADER_LEN - 8 {
+        return ip_packet.len();
+    }
+    let header_len = ip_packet
+        .first()
+        .map(|b| usize::from(b & 0x0f) * 4)
+        .unwrap_or(IPV4_HEADER_LEN);
+    (header_len + 8).min(ip_packet.len())
+}
+
 /// How the error's IP header is filled in.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorHeader {
@@ -53,10 +74,15 @@ pub struct ErrorHeader {
 /// bits for fragmentation-needed, RFC 1191 §4; zero otherwise).
 pub fn error(original: &Packet, icmp_type: u8, code: u8, rest: u32, header: ErrorHeader) -> Packet {
     let ip_packet = &original.frame()[ETHERNET_HEADER_LEN..];
-    let quoted_len = ip_packet.len().min(MAX_ERROR_DATAGRAM - IPV4_HEADER_LEN - 8);
+    let quoted_len = quote_len(ip_packet);
     let icmp_len = 8 + quoted_len;
     let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + icmp_len];
-    emit_ethernet(&mut frame, header.destination_mac, header.source_mac, ETHERTYPE_IPV4);
+    emit_ethernet(
+        &mut frame,
+        header.destination_mac,
+        header.source_mac,
+        ETHERTYPE_IPV4,
+    );
     emit_ipv4(
         &mut frame[ETHERNET_HEADER_LEN..],
         header.source,
@@ -85,12 +111,26 @@ pub fn answer_echo(packet: &mut Packet, local: Ipv4Addr, header: ErrorHeader) {
     let l4 = packet.meta.l4_offset;
     let total = usize::from(packet.meta.ip_total_len);
     let frame = packet.frame_mut();
-    emit_ethernet(frame, header.destination_mac, header.source_mac, ETHERTYPE_IPV4);
+    emit_ethernet(
+        frame,
+        header.destination_mac,
+        header.source_mac,
+        ETHERTYPE_IPV4,
+    );
     let payload_len = total - (l4 - ETHERNET_HEADER_LEN);
     // Rebuild a plain 20-byte header (options, if any, are not echoed).
     let mut reply = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + payload_len];
     reply[..ETHERNET_HEADER_LEN].copy_from_slice(&frame[..ETHERNET_HEADER_LEN]);
-    emit_ipv4(&mut reply[ETHERNET_HEADER_LEN..], local, requester, PROTOCOL_ICMP, payload_len, header.ttl, header.identification, false);
+    emit_ipv4(
+        &mut reply[ETHERNET_HEADER_LEN..],
+        local,
+        requester,
+        PROTOCOL_ICMP,
+        payload_len,
+        header.ttl,
+        header.identification,
+        false,
+    );
     let icmp = &mut reply[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..];
     icmp.copy_from_slice(&frame[l4..l4 + payload_len]);
     icmp[0] = TYPE_ECHO_REPLY;
@@ -124,16 +164,32 @@ mod tests {
             ttl: 64,
             identification: 0,
         };
-        let reply = error(&original, TYPE_DESTINATION_UNREACHABLE, CODE_FRAGMENTATION_NEEDED, 1450, header);
-        assert_eq!(reply.len(), 14 + 576);
+        let reply = error(
+            &original,
+            TYPE_DESTINATION_UNREACHABLE,
+            CODE_FRAGMENTATION_NEEDED,
+            1450,
+            header,
+        );
+        // 1500 bytes do not fit in 576: the RFC 792 minimum quote (20 + 8).
+        assert_eq!(reply.len(), 14 + 20 + 8 + 28);
         let meta = parse_meta(reply.frame()).unwrap();
         assert_eq!(meta.key.destination, Ipv4Addr::new(172, 20, 1, 10));
-        assert_eq!(meta.icmp, IcmpKind::Error { icmp_type: 3, code: 4 });
+        assert_eq!(
+            meta.icmp,
+            IcmpKind::Error {
+                icmp_type: 3,
+                code: 4
+            }
+        );
         let icmp = &reply.frame()[34..];
         assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450);
         assert_eq!(checksum::checksum(icmp), 0);
         assert_eq!(reply.meta.flow, 3);
         assert!(!may_send_error(&reply));
-        assert_eq!(crate::packet::quoted_flow_key(&reply), Some(original.meta.key));
+        assert_eq!(
+            crate::packet::quoted_flow_key(&reply),
+            Some(original.meta.key)
+        );
     }
 }

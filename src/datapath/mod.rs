@@ -172,7 +172,13 @@ impl Ctx<'_> {
     }
 
     /// Records `packet` as seen at `point`.
-    pub fn hop(&mut self, point: PointId, packet: &Packet, action: HopAction, detail: impl FnOnce() -> String) {
+    pub fn hop(
+        &mut self,
+        point: PointId,
+        packet: &Packet,
+        action: HopAction,
+        detail: impl FnOnce() -> String,
+    ) {
         if self.journal.capture {
             self.journal.hops.push(Hop {
                 time_ns: self.now_ns,
@@ -205,7 +211,12 @@ impl Ctx<'_> {
     }
 
     /// Fills in a reserved receive hop.
-    pub fn describe(&mut self, slot: Option<usize>, action: HopAction, detail: impl FnOnce() -> String) {
+    pub fn describe(
+        &mut self,
+        slot: Option<usize>,
+        action: HopAction,
+        detail: impl FnOnce() -> String,
+    ) {
         if let Some(index) = slot {
             let hop = &mut self.journal.hops[index];
             hop.action = action;
@@ -214,9 +225,19 @@ impl Ctx<'_> {
     }
 
     /// Drops `packet` at `device` for `reason`.
-    pub fn drop_packet(&mut self, device: &str, packet: &Packet, reason: DropReason, detail: impl FnOnce() -> String) {
+    pub fn drop_packet(
+        &mut self,
+        device: &str,
+        packet: &Packet,
+        reason: DropReason,
+        detail: impl FnOnce() -> String,
+    ) {
         self.journal.drop_count += 1;
-        let detail = if self.journal.capture || packet.meta.flow != NO_FLOW { detail() } else { String::new() };
+        let detail = if self.journal.capture || packet.meta.flow != NO_FLOW {
+            detail()
+        } else {
+            String::new()
+        };
         self.journal.drops.push(DropRecord {
             time_ns: self.now_ns,
             flow: packet.meta.flow,
@@ -235,9 +256,22 @@ impl Ctx<'_> {
     }
 
     /// Records a NAT rewrite for the report.
-    pub fn nat(&mut self, device: &str, packet: &Packet, kind: &'static str, before: impl FnOnce() -> String, after: impl FnOnce() -> String) {
+    pub fn nat(
+        &mut self,
+        device: &str,
+        packet: &Packet,
+        kind: &'static str,
+        before: impl FnOnce() -> String,
+        after: impl FnOnce() -> String,
+    ) {
         if packet.meta.flow != NO_FLOW {
-            self.journal.nat.push(NatRecord { flow: packet.meta.flow, device: device.to_string(), kind, before: before(), after: after() });
+            self.journal.nat.push(NatRecord {
+                flow: packet.meta.flow,
+                device: device.to_string(),
+                kind,
+                before: before(),
+                after: after(),
+            });
         }
     }
 }

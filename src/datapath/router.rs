@@ -59,22 +59,48 @@ pub struct Router {
 impl Router {
     /// A router with connected routes for its ports and the given static routes
     /// (each resolved to the port whose subnet holds its next hop).
-    pub fn new(name: String, ports: Vec<RouterPort>, static_routes: &[(Ipv4Net, Ipv4Addr)]) -> Self {
+    pub fn new(
+        name: String,
+        ports: Vec<RouterPort>,
+        static_routes: &[(Ipv4Net, Ipv4Addr)],
+    ) -> Self {
         let mut fib = LpmTable::new();
         for (index, port) in ports.iter().enumerate() {
             let port_id = PortId::try_from(index).unwrap_or(PortId::MAX);
-            fib.insert(port.address.trunc(), Route { port: port_id, next_hop: None, origin: RouteOrigin::Connected });
+            fib.insert(
+                port.address.trunc(),
+                Route {
+                    port: port_id,
+                    next_hop: None,
+                    origin: RouteOrigin::Connected,
+                },
+            );
         }
         for (prefix, next_hop) in static_routes {
-            if let Some(index) = ports.iter().position(|port| port.address.contains(next_hop)) {
+            if let Some(index) = ports
+                .iter()
+                .position(|port| port.address.contains(next_hop))
+            {
                 let port_id = PortId::try_from(index).unwrap_or(PortId::MAX);
                 // A connected route for the same prefix wins (administrative distance 0 < 1).
                 if fib.get_exact(*prefix).is_none() {
-                    fib.insert(*prefix, Route { port: port_id, next_hop: Some(*next_hop), origin: RouteOrigin::Static });
+                    fib.insert(
+                        *prefix,
+                        Route {
+                            port: port_id,
+                            next_hop: Some(*next_hop),
+                            origin: RouteOrigin::Static,
+                        },
+                    );
                 }
             }
         }
-        Router { name, ports, fib, identification: 0 }
+        Router {
+            name,
+            ports,
+            fib,
+            identification: 0,
+        }
     }
 
     fn next_identification(&mut self) -> u16 {
@@ -82,61 +108,147 @@ impl Router {
         self.identification
     }
 
-    pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, mut packet: Packet, out: &mut Outputs) {
+    pub fn process(
+        &mut self,
+        ctx: &mut Ctx,
+        in_port: PortId,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         let ingress = &self.ports[usize::from(in_port)];
         let slot = ctx.begin_receive(ingress.point, &packet);
-        if packet.meta.ethertype != ETHERTYPE_IPV4 || (packet.meta.destination_mac != ingress.mac && packet.meta.destination_mac != Mac::BROADCAST) {
-            ctx.describe(slot, HopAction::Drop, || "not IPv4 for this interface".into());
-            ctx.drop_packet(&self.name, &packet, DropReason::Malformed, || "not an IPv4 frame addressed to the router".into());
+        if packet.meta.ethertype != ETHERTYPE_IPV4
+            || (packet.meta.destination_mac != ingress.mac
+                && packet.meta.destination_mac != Mac::BROADCAST)
+        {
+            ctx.describe(slot, HopAction::Drop, || {
+                "not IPv4 for this interface".into()
+            });
+            ctx.drop_packet(&self.name, &packet, DropReason::Malformed, || {
+                "not an IPv4 frame addressed to the router".into()
+            });
             return;
         }
         let destination = packet.meta.key.destination;
-        if let Some(local) = self.ports.iter().position(|port| port.address.addr() == destination) {
+        if let Some(local) = self
+            .ports
+            .iter()
+            .position(|port| port.address.addr() == destination)
+        {
             self.deliver_local(ctx, in_port, local, slot, packet, out);
             return;
         }
         if packet.meta.ttl <= 1 {
-            ctx.describe(slot, HopAction::Drop, || format!("ttl {} expires here: icmp time-exceeded to {}", packet.meta.ttl, packet.meta.key.source));
-            self.send_error(ctx, in_port, &packet, icmp::TYPE_TIME_EXCEEDED, icmp::CODE_TTL_EXCEEDED_IN_TRANSIT, 0, out);
-            ctx.drop_packet(&self.name, &packet, DropReason::TtlExceeded, || format!("ttl expired forwarding to {destination}"));
+            ctx.describe(slot, HopAction::Drop, || {
+                format!(
+                    "ttl {} expires here: icmp time-exceeded to {}",
+                    packet.meta.ttl, packet.meta.key.source
+                )
+            });
+            self.send_error(
+                ctx,
+                in_port,
+                &packet,
+                icmp::TYPE_TIME_EXCEEDED,
+                icmp::CODE_TTL_EXCEEDED_IN_TRANSIT,
+                0,
+                out,
+            );
+            ctx.drop_packet(&self.name, &packet, DropReason::TtlExceeded, || {
+                format!("ttl expired forwarding to {destination}")
+            });
             return;
         }
-        let Some((prefix, route)) = self.fib.lookup(destination).map(|(prefix, route)| (prefix, *route)) else {
-            ctx.describe(slot, HopAction::Drop, || format!("no route to {destination}: icmp net-unreachable"));
-            self.send_error(ctx, in_port, &packet, icmp::TYPE_DESTINATION_UNREACHABLE, icmp::CODE_NET_UNREACHABLE, 0, out);
-            ctx.drop_packet(&self.name, &packet, DropReason::NoRoute, || format!("no route to {destination}"));
+        let Some((prefix, route)) = self
+            .fib
+            .lookup(destination)
+            .map(|(prefix, route)| (prefix, *route))
+        else {
+            ctx.describe(slot, HopAction::Drop, || {
+                format!("no route to {destination}: icmp net-unreachable")
+            });
+            self.send_error(
+                ctx,
+                in_port,
+                &packet,
+                icmp::TYPE_DESTINATION_UNREACHABLE,
+                icmp::CODE_NET_UNREACHABLE,
+                0,
+                out,
+            );
+            ctx.drop_packet(&self.name, &packet, DropReason::NoRoute, || {
+                format!("no route to {destination}")
+            });
             return;
         };
         let next_hop = route.next_hop.unwrap_or(destination);
         let egress = &self.ports[usize::from(route.port)];
         let Some(&next_mac) = egress.neighbors.get(&next_hop) else {
-            ctx.describe(slot, HopAction::Drop, || format!("route {prefix} via {next_hop}: no neighbor answers for {next_hop}"));
-            self.send_error(ctx, in_port, &packet, icmp::TYPE_DESTINATION_UNREACHABLE, icmp::CODE_HOST_UNREACHABLE, 0, out);
-            ctx.drop_packet(&self.name, &packet, DropReason::NoNeighbor, || format!("no neighbor {next_hop}"));
+            ctx.describe(slot, HopAction::Drop, || {
+                format!("route {prefix} via {next_hop}: no neighbor answers for {next_hop}")
+            });
+            self.send_error(
+                ctx,
+                in_port,
+                &packet,
+                icmp::TYPE_DESTINATION_UNREACHABLE,
+                icmp::CODE_HOST_UNREACHABLE,
+                0,
+                out,
+            );
+            ctx.drop_packet(&self.name, &packet, DropReason::NoNeighbor, || {
+                format!("no neighbor {next_hop}")
+            });
             return;
         };
         let egress_mtu = egress.mtu;
         if packet.ip_len() > usize::from(egress_mtu) {
             let size = packet.ip_len();
-            ctx.describe(slot, HopAction::Drop, || format!("{size} bytes exceed mtu {egress_mtu} toward {next_hop}"));
+            ctx.describe(slot, HopAction::Drop, || {
+                format!("{size} bytes exceed mtu {egress_mtu} toward {next_hop}")
+            });
             if packet.meta.dont_fragment {
-                self.send_error(ctx, in_port, &packet, icmp::TYPE_DESTINATION_UNREACHABLE, icmp::CODE_FRAGMENTATION_NEEDED, u32::from(egress_mtu), out);
+                self.send_error(
+                    ctx,
+                    in_port,
+                    &packet,
+                    icmp::TYPE_DESTINATION_UNREACHABLE,
+                    icmp::CODE_FRAGMENTATION_NEEDED,
+                    u32::from(egress_mtu),
+                    out,
+                );
             }
-            ctx.drop_packet(&self.name, &packet, DropReason::MtuExceeded, || format!("{size} bytes > mtu {egress_mtu}"));
+            ctx.drop_packet(&self.name, &packet, DropReason::MtuExceeded, || {
+                format!("{size} bytes > mtu {egress_mtu}")
+            });
             return;
         }
         let old_ttl = packet.meta.ttl;
         packet.decrement_ttl();
         ctx.describe(slot, HopAction::Receive, || {
-            format!("route {prefix} ({}) via {next_hop}, ttl {old_ttl}->{}", route.origin.name(), old_ttl - 1)
+            format!(
+                "route {prefix} ({}) via {next_hop}, ttl {old_ttl}->{}",
+                route.origin.name(),
+                old_ttl - 1
+            )
         });
         let egress = &self.ports[usize::from(route.port)];
         packet.set_macs(egress.mac, next_mac);
-        ctx.hop(egress.point, &packet, HopAction::Transmit, || format!("forward to {next_hop} ({next_mac})"));
+        ctx.hop(egress.point, &packet, HopAction::Transmit, || {
+            format!("forward to {next_hop} ({next_mac})")
+        });
         out.send(route.port, packet);
     }
 
-    fn deliver_local(&mut self, ctx: &mut Ctx, in_port: PortId, local: usize, slot: Option<usize>, mut packet: Packet, out: &mut Outputs) {
+    fn deliver_local(
+        &mut self,
+        ctx: &mut Ctx,
+        in_port: PortId,
+        local: usize,
+        slot: Option<usize>,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         if packet.meta.icmp == IcmpKind::EchoRequest {
             let address = self.ports[local].address.addr();
             let ingress = &self.ports[usize::from(in_port)];
@@ -147,38 +259,72 @@ impl Router {
                 ttl: icmp::DEFAULT_TTL,
                 identification: 0,
             };
-            ctx.describe(slot, HopAction::Deliver, || format!("echo request to {address}: reply"));
-            let header = ErrorHeader { identification: self.next_identification(), ..header };
+            ctx.describe(slot, HopAction::Deliver, || {
+                format!("echo request to {address}: reply")
+            });
+            let header = ErrorHeader {
+                identification: self.next_identification(),
+                ..header
+            };
             icmp::answer_echo(&mut packet, address, header);
             ctx.generated(&mut packet);
             let ingress = &self.ports[usize::from(in_port)];
-            ctx.hop(ingress.point, &packet, HopAction::Transmit, || "echo reply".into());
+            ctx.hop(ingress.point, &packet, HopAction::Transmit, || {
+                "echo reply".into()
+            });
             out.send(in_port, packet);
             return;
         }
-        ctx.describe(slot, HopAction::Drop, || "addressed to the router; nothing listens".into());
-        ctx.drop_packet(&self.name, &packet, DropReason::NoListener, || format!("{} is the router itself", packet.meta.key.destination));
+        ctx.describe(slot, HopAction::Drop, || {
+            "addressed to the router; nothing listens".into()
+        });
+        ctx.drop_packet(&self.name, &packet, DropReason::NoListener, || {
+            format!("{} is the router itself", packet.meta.key.destination)
+        });
     }
 
-    /// Sends an ICMP error about `packet` back out of the port it came in on, from
-    /// that interface's address (RFC 1812 §4.3.2.4), when RFC 1812 allows one.
+    /// Sends an ICMP error about `packet` to its source, from the address of the
+    /// interface the packet arrived on (RFC 1812 §4.3.2.4), routed like any packet the
+    /// router originates; when RFC 1812 allows one.
     #[allow(clippy::too_many_arguments)]
-    fn send_error(&mut self, ctx: &mut Ctx, in_port: PortId, packet: &Packet, icmp_type: u8, code: u8, rest: u32, out: &mut Outputs) {
+    fn send_error(
+        &mut self,
+        ctx: &mut Ctx,
+        in_port: PortId,
+        packet: &Packet,
+        icmp_type: u8,
+        code: u8,
+        rest: u32,
+        out: &mut Outputs,
+    ) {
         if !icmp::may_send_error(packet) {
             return;
         }
         let identification = self.next_identification();
-        let ingress = &self.ports[usize::from(in_port)];
+        let source = packet.meta.key.source;
+        let (port, next_mac) = match self.fib.lookup(source) {
+            Some((_, route)) => {
+                let next_hop = route.next_hop.unwrap_or(source);
+                match self.ports[usize::from(route.port)].neighbors.get(&next_hop) {
+                    Some(mac) => (route.port, *mac),
+                    None => (in_port, packet.meta.source_mac),
+                }
+            }
+            None => (in_port, packet.meta.source_mac),
+        };
         let header = ErrorHeader {
-            source: ingress.address.addr(),
-            source_mac: ingress.mac,
-            destination_mac: packet.meta.source_mac,
+            source: self.ports[usize::from(in_port)].address.addr(),
+            source_mac: self.ports[usize::from(port)].mac,
+            destination_mac: next_mac,
             ttl: icmp::DEFAULT_TTL,
             identification,
         };
         let mut error = icmp::error(packet, icmp_type, code, rest, header);
         ctx.generated(&mut error);
-        ctx.hop(ingress.point, &error, HopAction::IcmpError, || format!("icmp type {icmp_type} code {code} to {}", packet.meta.key.source));
-        out.send(in_port, error);
+        let point = self.ports[usize::from(port)].point;
+        ctx.hop(point, &error, HopAction::IcmpError, || {
+            format!("icmp type {icmp_type} code {code} to {source}")
+        });
+        out.send(port, error);
     }
 }

@@ -17,7 +17,11 @@ pub struct Switch {
 
 impl Switch {
     pub fn new(name: String) -> Self {
-        Switch { name, mac_table: FxHashMap::default(), port_count: 0 }
+        Switch {
+            name,
+            mac_table: FxHashMap::default(),
+            port_count: 0,
+        }
     }
 
     /// Adds a port for a member with `mac`; returns the port.
@@ -39,7 +43,9 @@ impl Switch {
         match self.mac_table.get(&destination) {
             Some(&port) if port != in_port => out.send(port, packet),
             Some(_) => {}
-            None => ctx.drop_packet(&self.name, &packet, DropReason::NoNeighbor, || format!("segment {}: no port has MAC {destination}", self.name)),
+            None => ctx.drop_packet(&self.name, &packet, DropReason::NoNeighbor, || {
+                format!("segment {}: no port has MAC {destination}", self.name)
+            }),
         }
     }
 }

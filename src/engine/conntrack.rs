@@ -45,12 +45,14 @@ pub struct Entry {
 impl Entry {
     /// True when the entry rewrites the source (SNAT/MASQUERADE).
     pub fn has_snat(&self) -> bool {
-        self.original.source != self.reply.destination || self.original.source_port != self.reply.destination_port
+        self.original.source != self.reply.destination
+            || self.original.source_port != self.reply.destination_port
     }
 
     /// True when the entry rewrites the destination (DNAT).
     pub fn has_dnat(&self) -> bool {
-        self.original.destination != self.reply.source || self.original.destination_port != self.reply.source_port
+        self.original.destination != self.reply.source
+            || self.original.destination_port != self.reply.source_port
     }
 
     /// The (address, port) a packet in `direction` must carry as its destination
@@ -105,9 +107,32 @@ fn timeout_ns(entry: &Entry) -> u64 {
     seconds * SECOND
 }
 
+/// The reply tuple of `original` after SNAT to `address:port`. An ICMP echo's
+/// identifier is one field, carried as both "ports", so it is rewritten as a whole.
+fn snat_reply_tuple(original: &FlowKey, address: Ipv4Addr, port: u16) -> FlowKey {
+    let source_port = if original.protocol == PROTOCOL_ICMP {
+        port
+    } else {
+        original.destination_port
+    };
+    FlowKey {
+        protocol: original.protocol,
+        source: original.destination,
+        source_port,
+        destination: address,
+        destination_port: port,
+    }
+}
+
 impl Conntrack {
     pub fn new(max_entries: usize, seed: u64) -> Self {
-        Conntrack { entries: Vec::new(), free: Vec::new(), index: FxHashMap::default(), max_entries, seed }
+        Conntrack {
+            entries: Vec::new(),
+            free: Vec::new(),
+            index: FxHashMap::default(),
+            max_entries,
+            seed,
+        }
     }
 
     /// Entries in the table.
@@ -146,11 +171,21 @@ impl Conntrack {
     }
 
     /// Commits a new entry for `original` whose replies will carry `reply`.
-    pub fn insert(&mut self, original: FlowKey, reply: FlowKey, now_ns: u64) -> Result<EntryId, ConntrackError> {
+    pub fn insert(
+        &mut self,
+        original: FlowKey,
+        reply: FlowKey,
+        now_ns: u64,
+    ) -> Result<EntryId, ConntrackError> {
         if self.len() >= self.max_entries {
             return Err(ConntrackError::Full);
         }
-        let entry = Entry { original, reply, state: State::New, last_seen_ns: now_ns };
+        let entry = Entry {
+            original,
+            reply,
+            state: State::New,
+            last_seen_ns: now_ns,
+        };
         let id = match self.free.pop() {
             Some(id) => {
                 self.entries[id as usize] = Some(entry);
@@ -167,7 +202,11 @@ impl Conntrack {
     }
 
     /// Commits an entry with no translation.
-    pub fn insert_untranslated(&mut self, original: FlowKey, now_ns: u64) -> Result<EntryId, ConntrackError> {
+    pub fn insert_untranslated(
+        &mut self,
+        original: FlowKey,
+        now_ns: u64,
+    ) -> Result<EntryId, ConntrackError> {
         self.insert(original, original.reversed(), now_ns)
     }
 
@@ -176,20 +215,22 @@ impl Conntrack {
     /// port when the reply tuple is unique; otherwise search the port's class
     /// (1-511, 600-1023, 1024-65535) from a hash-derived offset. Uniqueness is over the
     /// whole reply tuple, so one port serves many destinations.
-    pub fn insert_snat(&mut self, original: FlowKey, address: Ipv4Addr, now_ns: u64) -> Result<EntryId, ConntrackError> {
+    pub fn insert_snat(
+        &mut self,
+        original: FlowKey,
+        address: Ipv4Addr,
+        now_ns: u64,
+    ) -> Result<EntryId, ConntrackError> {
         let port = self.choose_snat_port(&original, address)?;
-        let reply = FlowKey { source_port: original.destination_port, destination: address, destination_port: port, ..original.reversed() };
-        self.insert(original, reply, now_ns)
+        self.insert(original, snat_reply_tuple(&original, address, port), now_ns)
     }
 
-    fn choose_snat_port(&self, original: &FlowKey, address: Ipv4Addr) -> Result<u16, ConntrackError> {
-        let candidate = |port: u16| FlowKey {
-            protocol: original.protocol,
-            source: original.destination,
-            destination: address,
-            source_port: original.destination_port,
-            destination_port: port,
-        };
+    fn choose_snat_port(
+        &self,
+        original: &FlowKey,
+        address: Ipv4Addr,
+    ) -> Result<u16, ConntrackError> {
+        let candidate = |port: u16| snat_reply_tuple(original, address, port);
         if !self.reply_tuple_in_use(&candidate(original.source_port)) {
             return Ok(original.source_port);
         }
@@ -238,30 +279,46 @@ mod tests {
     fn snat_keeps_the_port_then_remaps_on_clash() {
         let mut table = Conntrack::new(16, 1);
         let node = Ipv4Addr::new(10, 20, 0, 11);
-        let first = table.insert_snat(key([172, 20, 1, 10], 40000), node, 0).unwrap();
+        let first = table
+            .insert_snat(key([172, 20, 1, 10], 40000), node, 0)
+            .unwrap();
         assert_eq!(table.entry(first).unwrap().reply.destination_port, 40000);
         // A second pod using the same source port towards the same server clashes.
-        let second = table.insert_snat(key([172, 20, 1, 11], 40000), node, 0).unwrap();
+        let second = table
+            .insert_snat(key([172, 20, 1, 11], 40000), node, 0)
+            .unwrap();
         let port = table.entry(second).unwrap().reply.destination_port;
         assert_ne!(port, 40000);
         assert!(port >= 1024);
         // The reply to the second finds the entry in the reply direction.
         let reply = table.entry(second).unwrap().reply;
         assert_eq!(table.lookup(&reply, 1), Some((second, Direction::Reply)));
-        assert_eq!(table.entry(second).unwrap().translated_destination(Direction::Reply), (Ipv4Addr::new(172, 20, 1, 11), 40000));
+        assert_eq!(
+            table
+                .entry(second)
+                .unwrap()
+                .translated_destination(Direction::Reply),
+            (Ipv4Addr::new(172, 20, 1, 11), 40000)
+        );
     }
 
     #[test]
     fn full_table_refuses() {
         let mut table = Conntrack::new(1, 1);
         table.insert_untranslated(key([1, 1, 1, 1], 1), 0).unwrap();
-        assert_eq!(table.insert_untranslated(key([1, 1, 1, 2], 1), 0), Err(ConntrackError::Full));
+        assert_eq!(
+            table.insert_untranslated(key([1, 1, 1, 2], 1), 0),
+            Err(ConntrackError::Full)
+        );
     }
 
     #[test]
     fn entries_expire() {
         let mut table = Conntrack::new(4, 1);
-        let original = FlowKey { protocol: PROTOCOL_UDP, ..key([1, 1, 1, 1], 5000) };
+        let original = FlowKey {
+            protocol: PROTOCOL_UDP,
+            ..key([1, 1, 1, 1], 5000)
+        };
         table.insert_untranslated(original, 0).unwrap();
         assert!(table.lookup(&original, 29_000_000_000).is_some());
         assert!(table.lookup(&original, 60_000_000_000).is_none());

@@ -18,7 +18,13 @@ pub struct FlowCache<K, V> {
 
 impl<K: Hash + Eq, V: Clone> FlowCache<K, V> {
     pub fn new(capacity: usize) -> Self {
-        FlowCache { entries: FxHashMap::default(), epoch: 0, capacity, hits: 0, misses: 0 }
+        FlowCache {
+            entries: FxHashMap::default(),
+            epoch: 0,
+            capacity,
+            hits: 0,
+            misses: 0,
+        }
     }
 
     /// The cached decision for `key`, if one from the current epoch exists.

@@ -14,8 +14,11 @@ fn mix64(mut value: u64) -> u64 {
 
 /// A 32-bit hash of a flow's 5-tuple, salted with `seed`.
 pub fn flow_hash(key: &FlowKey, seed: u64) -> u32 {
-    let addresses = (u64::from(u32::from(key.source)) << 32) | u64::from(u32::from(key.destination));
-    let ports = (u64::from(key.source_port) << 32) | (u64::from(key.destination_port) << 16) | u64::from(key.protocol);
+    let addresses =
+        (u64::from(u32::from(key.source)) << 32) | u64::from(u32::from(key.destination));
+    let ports = (u64::from(key.source_port) << 32)
+        | (u64::from(key.destination_port) << 16)
+        | u64::from(key.protocol);
     let value = mix64(mix64(addresses ^ seed) ^ ports.rotate_left(17));
     u32::try_from(value >> 32).unwrap_or(u32::MAX)
 }

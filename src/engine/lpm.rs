@@ -19,7 +19,11 @@ pub struct LpmTable<T> {
 
 impl<T> Default for LpmTable<T> {
     fn default() -> Self {
-        LpmTable { by_length: (0..=32).map(|_| FxHashMap::default()).collect(), lengths_in_use: 0, count: 0 }
+        LpmTable {
+            by_length: (0..=32).map(|_| FxHashMap::default()).collect(),
+            lengths_in_use: 0,
+            count: 0,
+        }
     }
 }
 
@@ -88,11 +92,17 @@ impl<T> LpmTable<T> {
             .enumerate()
             .flat_map(|(length, map)| {
                 map.iter().filter_map(move |(key, value)| {
-                    Ipv4Net::new(Ipv4Addr::from(*key), u8::try_from(length).ok()?).ok().map(|net| (net, value))
+                    Ipv4Net::new(Ipv4Addr::from(*key), u8::try_from(length).ok()?)
+                        .ok()
+                        .map(|net| (net, value))
                 })
             })
             .collect();
-        entries.sort_by(|a, b| a.0.network().cmp(&b.0.network()).then(b.0.prefix_len().cmp(&a.0.prefix_len())));
+        entries.sort_by(|a, b| {
+            a.0.network()
+                .cmp(&b.0.network())
+                .then(b.0.prefix_len().cmp(&a.0.prefix_len()))
+        });
         entries
     }
 }
@@ -108,14 +118,23 @@ mod tests {
         table.insert("0.0.0.0/0".parse().unwrap(), "default");
         table.insert("10.20.0.0/16".parse().unwrap(), "wide");
         table.insert("10.20.1.0/24".parse().unwrap(), "narrow");
-        assert_eq!(table.lookup("10.20.1.7".parse().unwrap()).map(|(_, v)| *v), Some("narrow"));
-        assert_eq!(table.lookup("10.20.2.7".parse().unwrap()).map(|(_, v)| *v), Some("wide"));
+        assert_eq!(
+            table.lookup("10.20.1.7".parse().unwrap()).map(|(_, v)| *v),
+            Some("narrow")
+        );
+        assert_eq!(
+            table.lookup("10.20.2.7".parse().unwrap()).map(|(_, v)| *v),
+            Some("wide")
+        );
         let (prefix, value) = table.lookup("8.8.8.8".parse().unwrap()).unwrap();
-        assert_eq!((prefix.to_string().as_str(), *value), ("0.0.0.0/0", "default"));
+        assert_eq!(
+            (prefix.to_string().as_str(), *value),
+            ("0.0.0.0/0", "default")
+        );
         assert_eq!(table.len(), 3);
     }
 
-    fn linear<'a>(entries: &'a [(Ipv4Net, u32)], address: Ipv4Addr) -> Option<&'a u32> {
+    fn linear(entries: &[(Ipv4Net, u32)], address: Ipv4Addr) -> Option<&u32> {
         entries
             .iter()
             .filter(|(net, _)| net.contains(&address))

@@ -2,7 +2,7 @@
 //! path, NAT and drop; every expectation with what was seen; run-wide counters.
 //! Fields are serialized in a fixed order, so reports are byte-identical run to run.
 
-use crate::datapath::{Hop, HopAction};
+use crate::datapath::Hop;
 use crate::sim::network::Network;
 use crate::sim::runner::{FlowOutcome, RunResult};
 use crate::topology::{Expectation, Flow, Topology, Verdict};
@@ -110,7 +110,10 @@ pub struct Counters {
 /// dropped when not and some packet of it was dropped; otherwise no reply.
 pub fn flow_verdict(flow: &Flow, outcome: &FlowOutcome, dropped: bool) -> Verdict {
     let all_answered = outcome.connections.len() == flow.connections as usize
-        && outcome.connections.iter().all(|c| c.completed && !c.failed && c.answers == flow.requests);
+        && outcome
+            .connections
+            .iter()
+            .all(|c| c.completed && !c.failed && c.answers == flow.requests);
     if all_answered {
         Verdict::Delivered
     } else if dropped {
@@ -121,16 +124,28 @@ pub fn flow_verdict(flow: &Flow, outcome: &FlowOutcome, dropped: bool) -> Verdic
 }
 
 fn path_of(network: &Network, hops: &[&Hop], packet_id: Option<u64>) -> Vec<PathHop> {
-    let Some(packet_id) = packet_id else { return Vec::new() };
+    let Some(packet_id) = packet_id else {
+        return Vec::new();
+    };
     hops.iter()
         .filter(|hop| hop.packet_id == packet_id)
         .map(|hop| {
             let point = &network.points[hop.point as usize];
-            let interface = point.name.rsplit_once(':').map(|(_, i)| i.to_string()).unwrap_or_default();
+            let interface = point
+                .name
+                .rsplit_once(':')
+                .map(|(_, i)| i.to_string())
+                .unwrap_or_default();
             // Microseconds with nanosecond precision; exact in f64 for any realistic run.
             #[allow(clippy::cast_precision_loss)]
             let time_us = hop.time_ns as f64 / 1000.0;
-            PathHop { time_us, device: point.device.clone(), interface, action: hop.action.name().to_string(), detail: hop.detail.clone() }
+            PathHop {
+                time_us,
+                device: point.device.clone(),
+                interface,
+                action: hop.action.name().to_string(),
+                detail: hop.detail.clone(),
+            }
         })
         .collect()
 }
@@ -148,7 +163,9 @@ pub fn path_devices(path: &[PathHop]) -> Vec<String> {
 
 fn is_subsequence(wanted: &[String], devices: &[String]) -> bool {
     let mut remaining = devices.iter();
-    wanted.iter().all(|device| remaining.any(|seen| seen == device))
+    wanted
+        .iter()
+        .all(|device| remaining.any(|seen| seen == device))
 }
 
 /// Builds the report of a run.
@@ -161,23 +178,44 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
     for (index, (flow, outcome)) in topology.flows.iter().zip(&result.flows).enumerate() {
         let tag = u32::try_from(index).unwrap_or(u32::MAX);
         let hops = hops_by_flow.get(&tag).map(Vec::as_slice).unwrap_or(&[]);
-        let drops: Vec<_> = result.journal.drops.iter().filter(|d| d.flow == tag).collect();
-        let verdict = flow_verdict(flow, outcome, !drops.is_empty());
-        let nat = result
+        let drops: Vec<_> = result
             .journal
-            .nat
+            .drops
             .iter()
-            .filter(|n| n.flow == tag)
-            .fold(Vec::<NatReport>::new(), |mut list, n| {
-                if !list.iter().any(|existing| existing.device == n.device && existing.kind == n.kind && existing.from == n.before && existing.to == n.after) {
-                    list.push(NatReport { device: n.device.clone(), kind: n.kind.to_string(), from: n.before.clone(), to: n.after.clone() });
+            .filter(|d| d.flow == tag)
+            .collect();
+        let verdict = flow_verdict(flow, outcome, !drops.is_empty());
+        let nat = result.journal.nat.iter().filter(|n| n.flow == tag).fold(
+            Vec::<NatReport>::new(),
+            |mut list, n| {
+                if !list.iter().any(|existing| {
+                    existing.device == n.device
+                        && existing.kind == n.kind
+                        && existing.from == n.before
+                        && existing.to == n.after
+                }) {
+                    list.push(NatReport {
+                        device: n.device.clone(),
+                        kind: n.kind.to_string(),
+                        from: n.before.clone(),
+                        to: n.after.clone(),
+                    });
                 }
                 list
-            });
+            },
+        );
         let attempted = u64::from(flow.connections);
         let established = outcome.connections.iter().filter(|c| c.established).count() as u64;
-        let failed = outcome.connections.iter().filter(|c| !c.completed || c.failed).count() as u64;
-        let destination = if flow.destination_port == 0 { flow.destination_ip.to_string() } else { format!("{}:{}", flow.destination_ip, flow.destination_port) };
+        let failed = outcome
+            .connections
+            .iter()
+            .filter(|c| !c.completed || c.failed)
+            .count() as u64;
+        let destination = if flow.destination_port == 0 {
+            flow.destination_ip.to_string()
+        } else {
+            format!("{}:{}", flow.destination_ip, flow.destination_port)
+        };
         flows.push(FlowReport {
             name: flow.name.clone(),
             from: flow.from_text.clone(),
@@ -185,8 +223,16 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
             protocol: flow.protocol.name().to_string(),
             destination,
             verdict: verdict.name().to_string(),
-            packets: PacketCounts { sent: outcome.sent, delivered: outcome.delivered, dropped: outcome.dropped },
-            connections: ConnectionCounts { attempted, established, failed },
+            packets: PacketCounts {
+                sent: outcome.sent,
+                delivered: outcome.delivered,
+                dropped: outcome.dropped,
+            },
+            connections: ConnectionCounts {
+                attempted,
+                established,
+                failed,
+            },
             seen_source: outcome.seen_source.map(|s| s.to_string()),
             path: path_of(&result.network, hops, outcome.first_packet),
             reply_path: path_of(&result.network, hops, outcome.first_reply),
@@ -195,15 +241,29 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
             drop: if verdict == Verdict::Delivered {
                 None
             } else {
-                drops.first().map(|d| DropReport { device: d.device.clone(), reason: d.reason.name().to_string(), detail: d.detail.clone() })
+                drops.first().map(|d| DropReport {
+                    device: d.device.clone(),
+                    reason: d.reason.name().to_string(),
+                    detail: d.detail.clone(),
+                })
             },
-            icmp_received: outcome.icmp_errors.iter().map(|(t, c, from)| format!("type {t} code {c} from {from}")).collect(),
+            icmp_received: outcome
+                .icmp_errors
+                .iter()
+                .map(|(t, c, from)| format!("type {t} code {c} from {from}"))
+                .collect(),
         });
     }
-    let expectations = topology.expectations.iter().map(|e| evaluate(e, topology, &flows, &result.network)).collect();
+    let expectations = topology
+        .expectations
+        .iter()
+        .map(|e| evaluate(e, topology, &flows, &result.network))
+        .collect();
     let mut drops_by_reason = BTreeMap::new();
     for drop in &result.journal.drops {
-        *drops_by_reason.entry(drop.reason.name().to_string()).or_insert(0) += 1;
+        *drops_by_reason
+            .entry(drop.reason.name().to_string())
+            .or_insert(0) += 1;
     }
     let flow_sent: u64 = result.flows.iter().map(|f| f.sent).sum();
     let flow_delivered: u64 = result.flows.iter().map(|f| f.delivered).sum();
@@ -229,9 +289,21 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
     }
 }
 
-fn evaluate(expectation: &Expectation, topology: &Topology, flows: &[FlowReport], network: &Network) -> ExpectationReport {
+fn evaluate(
+    expectation: &Expectation,
+    topology: &Topology,
+    flows: &[FlowReport],
+    network: &Network,
+) -> ExpectationReport {
     match expectation {
-        Expectation::Flow { text, flow, verdict, dropped_by, via, seen_source } => {
+        Expectation::Flow {
+            text,
+            flow,
+            verdict,
+            dropped_by,
+            via,
+            seen_source,
+        } => {
             let report = &flows[*flow];
             let devices = path_devices(&report.path);
             let mut ok = true;
@@ -239,7 +311,10 @@ fn evaluate(expectation: &Expectation, topology: &Topology, flows: &[FlowReport]
                 ok &= report.verdict == verdict.name();
             }
             if let Some(dropped_by) = dropped_by {
-                let got = report.drop.as_ref().map(|d| format!("{}@{}", d.reason, d.device));
+                let got = report
+                    .drop
+                    .as_ref()
+                    .map(|d| format!("{}@{}", d.reason, d.device));
                 ok &= match (dropped_by.contains('@'), &got, &report.drop) {
                     (true, Some(got), _) => got == dropped_by,
                     (false, _, Some(drop)) => &drop.reason == dropped_by,
@@ -256,20 +331,46 @@ fn evaluate(expectation: &Expectation, topology: &Topology, flows: &[FlowReport]
                 "flow {}: verdict={} dropped_by={} path=[{}] seen_source={}",
                 report.name,
                 report.verdict,
-                report.drop.as_ref().map(|d| format!("{}@{}", d.reason, d.device)).unwrap_or_else(|| "-".into()),
+                report
+                    .drop
+                    .as_ref()
+                    .map(|d| format!("{}@{}", d.reason, d.device))
+                    .unwrap_or_else(|| "-".into()),
                 devices.join(", "),
                 report.seen_source.as_deref().unwrap_or("-")
             );
-            ExpectationReport { expect: text.clone(), ok, got }
+            ExpectationReport {
+                expect: text.clone(),
+                ok,
+                got,
+            }
         }
-        Expectation::Route { text, router, prefix, present } => {
+        Expectation::Route {
+            text,
+            router,
+            prefix,
+            present,
+        } => {
             let name = &topology.routers[*router].name;
-            let route = network.router(name).and_then(|r| r.fib.get_exact(*prefix).copied());
+            let route = network
+                .router(name)
+                .and_then(|r| r.fib.get_exact(*prefix).copied());
             let got = match route {
-                Some(route) => format!("{name} has {prefix} ({}{})", route.origin.name(), route.next_hop.map(|h| format!(" via {h}")).unwrap_or_default()),
+                Some(route) => format!(
+                    "{name} has {prefix} ({}{})",
+                    route.origin.name(),
+                    route
+                        .next_hop
+                        .map(|h| format!(" via {h}"))
+                        .unwrap_or_default()
+                ),
                 None => format!("{name} has no route for exactly {prefix}"),
             };
-            ExpectationReport { expect: text.clone(), ok: route.is_some() == *present, got }
+            ExpectationReport {
+                expect: text.clone(),
+                ok: route.is_some() == *present,
+                got,
+            }
         }
     }
 }
@@ -277,36 +378,61 @@ fn evaluate(expectation: &Expectation, topology: &Topology, flows: &[FlowReport]
 /// A human-readable summary of a report.
 pub fn text_summary(report: &Report) -> String {
     let mut out = String::new();
-    out.push_str(&format!("topology {} (seed {})\n", report.topology, report.seed));
+    out.push_str(&format!(
+        "topology {} (seed {})\n",
+        report.topology, report.seed
+    ));
     for flow in &report.flows {
         out.push_str(&format!(
             "  {:<20} {:<9} sent {:>4} delivered {:>4} dropped {:>3}  {} -> {}\n",
-            flow.name, flow.verdict, flow.packets.sent, flow.packets.delivered, flow.packets.dropped, flow.from, flow.to
+            flow.name,
+            flow.verdict,
+            flow.packets.sent,
+            flow.packets.delivered,
+            flow.packets.dropped,
+            flow.from,
+            flow.to
         ));
-        out.push_str(&format!("      path: {}\n", path_devices(&flow.path).join(" -> ")));
+        out.push_str(&format!(
+            "      path: {}\n",
+            path_devices(&flow.path).join(" -> ")
+        ));
         if let Some(seen) = &flow.seen_source {
             out.push_str(&format!("      seen source: {seen}\n"));
         }
         for nat in &flow.nat {
-            out.push_str(&format!("      {} on {}: {} -> {}\n", nat.kind, nat.device, nat.from, nat.to));
+            out.push_str(&format!(
+                "      {} on {}: {} -> {}\n",
+                nat.kind, nat.device, nat.from, nat.to
+            ));
         }
         if let Some(drop) = &flow.drop {
-            out.push_str(&format!("      drop: {}@{} ({})\n", drop.reason, drop.device, drop.detail));
+            out.push_str(&format!(
+                "      drop: {}@{} ({})\n",
+                drop.reason, drop.device, drop.detail
+            ));
         }
     }
     let failed = report.expectations.iter().filter(|e| !e.ok).count();
     if !report.expectations.is_empty() {
-        out.push_str(&format!("expectations: {} passed, {} failed\n", report.expectations.len() - failed, failed));
+        out.push_str(&format!(
+            "expectations: {} passed, {} failed\n",
+            report.expectations.len() - failed,
+            failed
+        ));
         for expectation in &report.expectations {
-            out.push_str(&format!("  [{}] {}\n        got: {}\n", if expectation.ok { "ok" } else { "FAIL" }, expectation.expect, expectation.got));
+            out.push_str(&format!(
+                "  [{}] {}\n        got: {}\n",
+                if expectation.ok { "ok" } else { "FAIL" },
+                expectation.expect,
+                expectation.got
+            ));
         }
     }
     let c = &report.counters;
-    out.push_str(&format!("packets: sent {} = delivered {} + dropped {}\n", c.packets_sent, c.packets_delivered, c.packets_dropped));
+    out.push_str(&format!(
+        "packets: sent {} = delivered {} + dropped {}\n",
+        c.packets_sent, c.packets_delivered, c.packets_dropped
+    ));
     out
-}
-
-/// Hop actions that mean a packet stopped at that hop.
-pub fn is_terminal(action: HopAction) -> bool {
-    matches!(action, HopAction::Deliver | HopAction::Drop)
 }

@@ -11,7 +11,10 @@
 use super::network::EndpointNic;
 use crate::packet::{parse_meta, quoted_flow_key, FlowTag, IcmpKind, NO_FLOW};
 use crate::topology::{Exchange, Flow, Protocol};
-use crate::wire::{emit_ethernet, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
+use crate::wire::{
+    emit_ethernet, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, PROTOCOL_ICMP, PROTOCOL_TCP,
+    PROTOCOL_UDP,
+};
 use rustc_hash::{FxHashMap, FxHashSet};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -176,18 +179,27 @@ pub struct Stack {
 
 /// A deterministic request payload.
 fn payload(length: usize) -> Vec<u8> {
-    (0..length).map(|index| b'a' + u8::try_from(index % 26).unwrap_or(0)).collect()
+    (0..length)
+        .map(|index| b'a' + u8::try_from(index % 26).unwrap_or(0))
+        .collect()
 }
 
 impl Stack {
     pub fn new(nic: EndpointNic, seed: u64, now: Instant) -> Self {
-        let mut device = SimDevice { rx: VecDeque::new(), tx: Vec::new(), mtu: usize::from(nic.mtu) };
+        let mut device = SimDevice {
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+            mtu: usize::from(nic.mtu),
+        };
         let mut config = Config::new(HardwareAddress::Ip);
         let random = seed ^ (u64::from(u32::from(nic.ip)) << 16) ^ 0x9e37_79b9_7f4a_7c15;
         config.random_seed = random;
         let mut iface = Interface::new(config, &mut device, now);
         iface.update_ip_addrs(|addresses| {
-            let _ = addresses.push(IpCidr::new(IpAddress::Ipv4(nic.ip), nic.subnet.prefix_len()));
+            let _ = addresses.push(IpCidr::new(
+                IpAddress::Ipv4(nic.ip),
+                nic.subnet.prefix_len(),
+            ));
         });
         // A default route is needed for off-subnet destinations; with Medium::Ip its
         // address only has to exist (the runner picks the next-hop MAC).
@@ -221,7 +233,8 @@ impl Stack {
     fn ephemeral_port(&mut self, protocol: u8) -> u16 {
         loop {
             let span = u64::from(EPHEMERAL_PORTS.end - EPHEMERAL_PORTS.start);
-            let port = EPHEMERAL_PORTS.start + u16::try_from(self.next_random() % span).unwrap_or(0);
+            let port =
+                EPHEMERAL_PORTS.start + u16::try_from(self.next_random() % span).unwrap_or(0);
             if self.client_ports.insert((protocol, port)) {
                 return port;
             }
@@ -241,8 +254,14 @@ impl Stack {
                 if !self.udp_listen.contains(&port) {
                     self.udp_listen.push(port);
                     let mut socket = udp::Socket::new(
-                        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
-                        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
+                        udp::PacketBuffer::new(
+                            vec![udp::PacketMetadata::EMPTY; 64],
+                            vec![0; UDP_BUFFER],
+                        ),
+                        udp::PacketBuffer::new(
+                            vec![udp::PacketMetadata::EMPTY; 64],
+                            vec![0; UDP_BUFFER],
+                        ),
                     );
                     let _ = socket.bind(port);
                     let handle = self.sockets.add(socket);
@@ -254,7 +273,10 @@ impl Stack {
     }
 
     fn add_tcp_listener(&mut self, port: u16) {
-        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        );
         let _ = socket.listen(port);
         let handle = self.sockets.add(socket);
         self.tcp_listeners.insert(port, handle);
@@ -267,36 +289,80 @@ impl Stack {
         match (flow.protocol, flow.exchange) {
             (Protocol::Tcp, _) => {
                 let local_port = self.ephemeral_port(PROTOCOL_TCP);
-                let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
+                let mut socket = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+                    tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+                );
                 socket.set_timeout(Some(TCP_TIMEOUT));
                 let remote = IpEndpoint::new(IpAddress::Ipv4(remote_ip), flow.destination_port);
-                let connected = socket.connect(self.iface.context(), remote, local_port).is_ok();
+                let connected = socket
+                    .connect(self.iface.context(), remote, local_port)
+                    .is_ok();
                 let handle = self.sockets.add(socket);
-                self.tags.insert((PROTOCOL_TCP, local_port, remote_ip, flow.destination_port), tag);
-                let status = ConnectionStatus { failed: !connected, ..ConnectionStatus::default() };
-                self.clients.push(Client::Tcp(TcpClient { flow: tag, handle, bytes, requests_left: flow.requests, to_send: bytes, to_receive: bytes, closing: false, status }));
+                self.tags.insert(
+                    (PROTOCOL_TCP, local_port, remote_ip, flow.destination_port),
+                    tag,
+                );
+                let status = ConnectionStatus {
+                    failed: !connected,
+                    ..ConnectionStatus::default()
+                };
+                self.clients.push(Client::Tcp(TcpClient {
+                    flow: tag,
+                    handle,
+                    bytes,
+                    requests_left: flow.requests,
+                    to_send: bytes,
+                    to_receive: bytes,
+                    closing: false,
+                    status,
+                }));
             }
             (Protocol::Udp, _) => {
                 let local_port = self.ephemeral_port(PROTOCOL_UDP);
                 let mut socket = udp::Socket::new(
-                    udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
-                    udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
+                    udp::PacketBuffer::new(
+                        vec![udp::PacketMetadata::EMPTY; 64],
+                        vec![0; UDP_BUFFER],
+                    ),
+                    udp::PacketBuffer::new(
+                        vec![udp::PacketMetadata::EMPTY; 64],
+                        vec![0; UDP_BUFFER],
+                    ),
                 );
                 let _ = socket.bind(local_port);
                 let handle = self.sockets.add(socket);
-                self.tags.insert((PROTOCOL_UDP, local_port, remote_ip, flow.destination_port), tag);
+                self.tags.insert(
+                    (PROTOCOL_UDP, local_port, remote_ip, flow.destination_port),
+                    tag,
+                );
                 let remote = IpEndpoint::new(IpAddress::Ipv4(remote_ip), flow.destination_port);
-                self.clients.push(Client::Udp(UdpClient { flow: tag, handle, remote, bytes, requests_left: flow.requests, waiting_until: None, status: ConnectionStatus::default() }));
+                self.clients.push(Client::Udp(UdpClient {
+                    flow: tag,
+                    handle,
+                    remote,
+                    bytes,
+                    requests_left: flow.requests,
+                    waiting_until: None,
+                    status: ConnectionStatus::default(),
+                }));
             }
             (Protocol::Icmp, Exchange::Ping | Exchange::RequestResponse) => {
                 let identifier = self.ephemeral_port(PROTOCOL_ICMP);
                 let mut socket = icmp::Socket::new(
-                    icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; UDP_BUFFER]),
-                    icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; UDP_BUFFER]),
+                    icmp::PacketBuffer::new(
+                        vec![icmp::PacketMetadata::EMPTY; 16],
+                        vec![0; UDP_BUFFER],
+                    ),
+                    icmp::PacketBuffer::new(
+                        vec![icmp::PacketMetadata::EMPTY; 16],
+                        vec![0; UDP_BUFFER],
+                    ),
                 );
                 let _ = socket.bind(icmp::Endpoint::Ident(identifier));
                 let handle = self.sockets.add(socket);
-                self.tags.insert((PROTOCOL_ICMP, identifier, remote_ip, identifier), tag);
+                self.tags
+                    .insert((PROTOCOL_ICMP, identifier, remote_ip, identifier), tag);
                 self.clients.push(Client::Ping(PingClient {
                     flow: tag,
                     handle,
@@ -315,20 +381,48 @@ impl Stack {
     /// Hands a frame to the stack. Learns which flow the remote side belongs to, so
     /// the stack's answers carry the same tag.
     pub fn receive(&mut self, frame: &[u8], flow: FlowTag) -> Arrival {
-        let Ok(meta) = parse_meta(frame) else { return Arrival::NotForUs };
-        if meta.ethertype != ETHERTYPE_IPV4 || meta.destination_mac != self.nic.mac || meta.key.destination != self.nic.ip {
+        let Ok(meta) = parse_meta(frame) else {
+            return Arrival::NotForUs;
+        };
+        if meta.ethertype != ETHERTYPE_IPV4
+            || meta.destination_mac != self.nic.mac
+            || meta.key.destination != self.nic.ip
+        {
             return Arrival::NotForUs;
         }
         let key = meta.key;
         if flow != NO_FLOW && !matches!(meta.icmp, IcmpKind::Error { .. }) {
-            self.tags.entry((key.protocol, key.destination_port, key.source, key.source_port)).or_insert(flow);
+            self.tags
+                .entry((
+                    key.protocol,
+                    key.destination_port,
+                    key.source,
+                    key.source_port,
+                ))
+                .or_insert(flow);
         }
         let arrival = match key.protocol {
-            PROTOCOL_TCP if !self.tcp_listen.contains(&key.destination_port) && !self.client_ports.contains(&(PROTOCOL_TCP, key.destination_port)) => Arrival::NoListener,
-            PROTOCOL_UDP if !self.udp_listen.contains(&key.destination_port) && !self.client_ports.contains(&(PROTOCOL_UDP, key.destination_port)) => Arrival::NoListener,
+            PROTOCOL_TCP
+                if !self.tcp_listen.contains(&key.destination_port)
+                    && !self
+                        .client_ports
+                        .contains(&(PROTOCOL_TCP, key.destination_port)) =>
+            {
+                Arrival::NoListener
+            }
+            PROTOCOL_UDP
+                if !self.udp_listen.contains(&key.destination_port)
+                    && !self
+                        .client_ports
+                        .contains(&(PROTOCOL_UDP, key.destination_port)) =>
+            {
+                Arrival::NoListener
+            }
             _ => Arrival::Delivered,
         };
-        self.device.rx.push_back(frame[ETHERNET_HEADER_LEN..].to_vec());
+        self.device
+            .rx
+            .push_back(frame[ETHERNET_HEADER_LEN..].to_vec());
         arrival
     }
 
@@ -344,7 +438,11 @@ impl Stack {
         }
         self.iface.poll(now, &mut self.device, &mut self.sockets);
         let packets = std::mem::take(&mut self.device.tx);
-        packets.into_iter().filter(|ip_packet| ip_packet.len() >= 20).map(|ip_packet| self.frame(ip_packet)).collect()
+        packets
+            .into_iter()
+            .filter(|ip_packet| ip_packet.len() >= 20)
+            .map(|ip_packet| self.frame(ip_packet))
+            .collect()
     }
 
     /// When the stack next needs to run (a timer), if ever.
@@ -380,23 +478,46 @@ impl Stack {
             self.nic.gateway_mac
         };
         let mut frame = vec![0u8; ETHERNET_HEADER_LEN + ip_packet.len()];
-        emit_ethernet(&mut frame, next_mac.unwrap_or_default(), self.nic.mac, ETHERTYPE_IPV4);
+        emit_ethernet(
+            &mut frame,
+            next_mac.unwrap_or_default(),
+            self.nic.mac,
+            ETHERTYPE_IPV4,
+        );
         frame[ETHERNET_HEADER_LEN..].copy_from_slice(&ip_packet);
         let flow = self.tag_of(&frame);
-        Departure { frame, flow, resolved: next_mac.is_some() }
+        Departure {
+            frame,
+            flow,
+            resolved: next_mac.is_some(),
+        }
     }
 
     fn tag_of(&self, frame: &[u8]) -> FlowTag {
-        let Ok(meta) = parse_meta(frame) else { return NO_FLOW };
+        let Ok(meta) = parse_meta(frame) else {
+            return NO_FLOW;
+        };
         let key = if matches!(meta.icmp, IcmpKind::Error { .. }) {
             // An error the stack sends about a packet it received: that packet's flow.
-            let Ok(packet) = crate::packet::Packet::from_frame(frame, NO_FLOW) else { return NO_FLOW };
+            let Ok(packet) = crate::packet::Packet::from_frame(frame, NO_FLOW) else {
+                return NO_FLOW;
+            };
             match quoted_flow_key(&packet) {
-                Some(quoted) => (quoted.protocol, quoted.destination_port, quoted.source, quoted.source_port),
+                Some(quoted) => (
+                    quoted.protocol,
+                    quoted.destination_port,
+                    quoted.source,
+                    quoted.source_port,
+                ),
                 None => return NO_FLOW,
             }
         } else {
-            (meta.key.protocol, meta.key.source_port, meta.key.destination, meta.key.destination_port)
+            (
+                meta.key.protocol,
+                meta.key.source_port,
+                meta.key.destination,
+                meta.key.destination_port,
+            )
         };
         self.tags.get(&key).copied().unwrap_or(NO_FLOW)
     }
@@ -411,7 +532,12 @@ impl Stack {
             .map(|(port, handle)| (*port, *handle))
             .collect();
         for (port, handle) in used {
-            self.tcp_servers.push(TcpServer { handle, request_bytes: None, received: 0, pending_response: 0 });
+            self.tcp_servers.push(TcpServer {
+                handle,
+                request_bytes: None,
+                received: 0,
+                pending_response: 0,
+            });
             self.add_tcp_listener(port);
         }
     }
@@ -440,11 +566,17 @@ impl Stack {
         let handle = self.tcp_servers[index].handle;
         if self.tcp_servers[index].request_bytes.is_none() {
             let socket = self.sockets.get::<tcp::Socket>(handle);
-            if let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint()) {
+            if let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint())
+            {
                 {
                     let IpAddress::Ipv4(remote_ip) = remote.addr;
-                    let tag = self.tags.get(&(PROTOCOL_TCP, local.port, remote_ip, remote.port)).copied();
-                    let bytes = tag.and_then(|tag| flows.get(tag as usize)).map(|flow| usize::try_from(flow.bytes).unwrap_or(1));
+                    let tag = self
+                        .tags
+                        .get(&(PROTOCOL_TCP, local.port, remote_ip, remote.port))
+                        .copied();
+                    let bytes = tag
+                        .and_then(|tag| flows.get(tag as usize))
+                        .map(|flow| usize::try_from(flow.bytes).unwrap_or(1));
                     self.tcp_servers[index].request_bytes = Some(bytes.unwrap_or(1).max(1));
                 }
             }
@@ -486,7 +618,9 @@ impl Stack {
         let mut progressed = false;
         let mut buffer = vec![0u8; UDP_BUFFER];
         while socket.can_recv() {
-            let Ok((count, metadata)) = socket.recv_slice(&mut buffer) else { break };
+            let Ok((count, metadata)) = socket.recv_slice(&mut buffer) else {
+                break;
+            };
             let _ = socket.send_slice(&buffer[..count], metadata.endpoint);
             progressed = true;
         }
@@ -557,7 +691,9 @@ fn run_udp_client(client: &mut UdpClient, sockets: &mut SocketSet<'static>, now:
     let mut progressed = false;
     let mut buffer = vec![0u8; UDP_BUFFER];
     while socket.can_recv() {
-        let Ok((count, _)) = socket.recv_slice(&mut buffer) else { break };
+        let Ok((count, _)) = socket.recv_slice(&mut buffer) else {
+            break;
+        };
         if client.waiting_until.is_some() && count == client.bytes {
             client.status.answers += 1;
             client.status.established = true;
@@ -578,7 +714,11 @@ fn run_udp_client(client: &mut UdpClient, sockets: &mut SocketSet<'static>, now:
             client.status.completed = true;
             return true;
         }
-        if socket.can_send() && socket.send_slice(&payload(client.bytes), client.remote).is_ok() {
+        if socket.can_send()
+            && socket
+                .send_slice(&payload(client.bytes), client.remote)
+                .is_ok()
+        {
             client.waiting_until = Some(now + ANSWER_TIMEOUT);
             progressed = true;
         }
@@ -586,7 +726,11 @@ fn run_udp_client(client: &mut UdpClient, sockets: &mut SocketSet<'static>, now:
     progressed
 }
 
-fn run_ping_client(client: &mut PingClient, sockets: &mut SocketSet<'static>, now: Instant) -> bool {
+fn run_ping_client(
+    client: &mut PingClient,
+    sockets: &mut SocketSet<'static>,
+    now: Instant,
+) -> bool {
     if client.status.completed {
         return false;
     }
@@ -594,10 +738,18 @@ fn run_ping_client(client: &mut PingClient, sockets: &mut SocketSet<'static>, no
     let mut progressed = false;
     while socket.can_recv() {
         let Ok((data, _)) = socket.recv() else { break };
-        let Ok(packet) = Icmpv4Packet::new_checked(data) else { continue };
-        let Ok(repr) = Icmpv4Repr::parse(&packet, &smoltcp::phy::ChecksumCapabilities::default()) else { continue };
+        let Ok(packet) = Icmpv4Packet::new_checked(data) else {
+            continue;
+        };
+        let Ok(repr) = Icmpv4Repr::parse(&packet, &smoltcp::phy::ChecksumCapabilities::default())
+        else {
+            continue;
+        };
         if let Icmpv4Repr::EchoReply { ident, seq_no, .. } = repr {
-            if ident == client.identifier && seq_no == client.sequence && client.waiting_until.is_some() {
+            if ident == client.identifier
+                && seq_no == client.sequence
+                && client.waiting_until.is_some()
+            {
                 client.status.answers += 1;
                 client.status.established = true;
                 client.waiting_until = None;
@@ -620,7 +772,11 @@ fn run_ping_client(client: &mut PingClient, sockets: &mut SocketSet<'static>, no
         }
         client.sequence = client.sequence.wrapping_add(1);
         let data = payload(client.bytes);
-        let repr = Icmpv4Repr::EchoRequest { ident: client.identifier, seq_no: client.sequence, data: &data };
+        let repr = Icmpv4Repr::EchoRequest {
+            ident: client.identifier,
+            seq_no: client.sequence,
+            data: &data,
+        };
         if let Ok(buffer) = socket.send(repr.buffer_len(), IpAddress::Ipv4(client.remote)) {
             let mut packet = Icmpv4Packet::new_unchecked(buffer);
             repr.emit(&mut packet, &smoltcp::phy::ChecksumCapabilities::default());

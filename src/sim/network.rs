@@ -98,18 +98,32 @@ impl Network {
     }
 
     fn add_point(&mut self, device: &str, interface: &str, kind: PointKind) -> PointId {
-        self.points.push(CapturePoint { name: format!("{device}:{interface}"), device: device.to_string(), kind });
+        self.points.push(CapturePoint {
+            name: format!("{device}:{interface}"),
+            device: device.to_string(),
+            kind,
+        });
         PointId::try_from(self.points.len() - 1).unwrap_or(PointId::MAX)
     }
 
-    fn connect(&mut self, a: (DeviceId, PortId), b: (DeviceId, PortId), a_to_b_ns: u64, b_to_a_ns: u64) {
+    fn connect(
+        &mut self,
+        a: (DeviceId, PortId),
+        b: (DeviceId, PortId),
+        a_to_b_ns: u64,
+        b_to_a_ns: u64,
+    ) {
         for (from, to, latency_ns) in [(a, b, a_to_b_ns), (b, a, b_to_a_ns)] {
             let ports = &mut self.links[from.0];
             let index = usize::from(from.1);
             if ports.len() <= index {
                 ports.resize(index + 1, None);
             }
-            ports[index] = Some(LinkEnd { device: to.0, port: to.1, latency_ns });
+            ports[index] = Some(LinkEnd {
+                device: to.0,
+                port: to.1,
+                latency_ns,
+            });
         }
     }
 
@@ -124,7 +138,14 @@ impl Network {
     }
 
     /// One device processes one frame that arrived on `port`.
-    pub fn process(&mut self, ctx: &mut Ctx, device: DeviceId, port: PortId, packet: Packet, out: &mut Outputs) {
+    pub fn process(
+        &mut self,
+        ctx: &mut Ctx,
+        device: DeviceId,
+        port: PortId,
+        packet: Packet,
+        out: &mut Outputs,
+    ) {
         match &mut self.devices[device] {
             Device::Node(node) => node.process(ctx, port, packet, out),
             Device::Router(router) => router.process(ctx, port, packet, out),
@@ -135,18 +156,29 @@ impl Network {
 
     /// Sum of flow-cache hits and misses over all nodes.
     pub fn flow_cache_stats(&self) -> (u64, u64) {
-        self.devices.iter().fold((0, 0), |(hits, misses), device| match device {
-            Device::Node(node) => {
-                let (h, m) = node.flow_cache_stats();
-                (hits + h, misses + m)
-            }
-            _ => (hits, misses),
-        })
+        self.devices
+            .iter()
+            .fold((0, 0), |(hits, misses), device| match device {
+                Device::Node(node) => {
+                    let (h, m) = node.flow_cache_stats();
+                    (hits + h, misses + m)
+                }
+                _ => (hits, misses),
+            })
     }
 
     /// Conntrack entries over all nodes.
     pub fn conntrack_entries(&self) -> usize {
-        self.devices.iter().map(|device| if let Device::Node(node) = device { node.conntrack.len() } else { 0 }).sum()
+        self.devices
+            .iter()
+            .map(|device| {
+                if let Device::Node(node) = device {
+                    node.conntrack.len()
+                } else {
+                    0
+                }
+            })
+            .sum()
     }
 
     /// The router named `name`.
@@ -171,7 +203,11 @@ pub fn build(topology: &Topology) -> Network {
     let seed = topology.seed;
 
     // Addresses and MACs on each segment, for neighbor tables.
-    let mut segment_neighbors: Vec<FxHashMap<Ipv4Addr, Mac>> = topology.segments.iter().map(|_| FxHashMap::default()).collect();
+    let mut segment_neighbors: Vec<FxHashMap<Ipv4Addr, Mac>> = topology
+        .segments
+        .iter()
+        .map(|_| FxHashMap::default())
+        .collect();
     let router_macs: Vec<Vec<Mac>> = topology
         .routers
         .iter()
@@ -181,7 +217,10 @@ pub fn build(topology: &Topology) -> Network {
                 .iter()
                 .enumerate()
                 .map(|(index, interface)| {
-                    let mac = Mac::local(mac_kind::ROUTER, u32::try_from(router * 256 + index).unwrap_or(0));
+                    let mac = Mac::local(
+                        mac_kind::ROUTER,
+                        u32::try_from(router * 256 + index).unwrap_or(0),
+                    );
                     segment_neighbors[interface.segment].insert(interface.address.addr(), mac);
                     mac
                 })
@@ -216,22 +255,33 @@ pub fn build(topology: &Topology) -> Network {
     let switches: Vec<DeviceId> = topology
         .segments
         .iter()
-        .map(|segment| network.add_device(format!("segment:{}", segment.name), Device::Switch(Switch::new(segment.name.clone()))))
+        .map(|segment| {
+            network.add_device(
+                format!("segment:{}", segment.name),
+                Device::Switch(Switch::new(segment.name.clone())),
+            )
+        })
         .collect();
-    let attach = |network: &mut Network, segment: usize, device: DeviceId, port: PortId, mac: Mac| {
-        let switch_id = switches[segment];
-        let Device::Switch(switch) = &mut network.devices[switch_id] else { return };
-        let switch_port = switch.add_port(mac);
-        let latency = topology.segments[segment].latency_ns;
-        network.connect((device, port), (switch_id, switch_port), latency, 0);
-    };
+    let attach =
+        |network: &mut Network, segment: usize, device: DeviceId, port: PortId, mac: Mac| {
+            let switch_id = switches[segment];
+            let Device::Switch(switch) = &mut network.devices[switch_id] else {
+                return;
+            };
+            let switch_port = switch.add_port(mac);
+            let latency = topology.segments[segment].latency_ns;
+            network.connect((device, port), (switch_id, switch_port), latency, 0);
+        };
 
     // Hosts: endpoints on their segment.
     for (index, host) in topology.hosts.iter().enumerate() {
-        let device = network.add_device(host.name.clone(), Device::Endpoint(network.endpoints.len()));
+        let device =
+            network.add_device(host.name.clone(), Device::Endpoint(network.endpoints.len()));
         let point = network.add_point(&host.name, "eth0", PointKind::Edge);
         let segment = &topology.segments[host.segment];
-        let gateway_mac = segment.gateway_ip.and_then(|ip| segment_neighbors[host.segment].get(&ip).copied());
+        let gateway_mac = segment
+            .gateway_ip
+            .and_then(|ip| segment_neighbors[host.segment].get(&ip).copied());
         add_endpoint(
             &mut network,
             EndpointNic {
@@ -264,11 +314,24 @@ pub fn build(topology: &Topology) -> Network {
                 neighbors: segment_neighbors[interface.segment].clone(),
             });
         }
-        let static_routes: Vec<(Ipv4Net, Ipv4Addr)> = router.static_routes.iter().map(|r| (r.prefix, r.next_hop)).collect();
-        let device = network.add_device(router.name.clone(), Device::Router(Router::new(router.name.clone(), ports, &static_routes)));
+        let static_routes: Vec<(Ipv4Net, Ipv4Addr)> = router
+            .static_routes
+            .iter()
+            .map(|r| (r.prefix, r.next_hop))
+            .collect();
+        let device = network.add_device(
+            router.name.clone(),
+            Device::Router(Router::new(router.name.clone(), ports, &static_routes)),
+        );
         for (index, interface) in router.interfaces.iter().enumerate() {
             let port = PortId::try_from(index).unwrap_or(PortId::MAX);
-            attach(&mut network, interface.segment, device, port, router_macs[router_id][index]);
+            attach(
+                &mut network,
+                interface.segment,
+                device,
+                port,
+                router_macs[router_id][index],
+            );
         }
     }
 
@@ -283,15 +346,26 @@ pub fn build(topology: &Topology) -> Network {
             let tunnel_point = network.add_point(&node.name, "antrea-tun0", PointKind::Internal);
             let gateway_mac = Mac::local(mac_kind::NODE_GATEWAY, gateway_counter);
             gateway_counter += 1;
-            let node_pods: Vec<usize> = (0..cluster.pods.len()).filter(|&pod| cluster.pods[pod].node == node_id).collect();
+            let node_pods: Vec<usize> = (0..cluster.pods.len())
+                .filter(|&pod| cluster.pods[pod].node == node_id)
+                .collect();
             let mut local_pods = Vec::new();
             let mut pod_macs = Vec::new();
             for &pod in &node_pods {
                 let pod_config = &cluster.pods[pod];
                 let mac = Mac::local(mac_kind::POD, pod_counter);
                 pod_counter += 1;
-                let veth_point = network.add_point(&node.name, &format!("veth-{}-{}", pod_config.namespace, pod_config.name), PointKind::Edge);
-                local_pods.push(LocalPod { name: pod_config.qualified_name(), ip: pod_config.ip, mac, veth_point });
+                let veth_point = network.add_point(
+                    &node.name,
+                    &format!("veth-{}-{}", pod_config.namespace, pod_config.name),
+                    PointKind::Edge,
+                );
+                local_pods.push(LocalPod {
+                    name: pod_config.qualified_name(),
+                    ip: pod_config.ip,
+                    mac,
+                    veth_point,
+                });
                 pod_macs.push(mac);
             }
             let peers = cluster
@@ -299,7 +373,15 @@ pub fn build(topology: &Topology) -> Network {
                 .iter()
                 .enumerate()
                 .filter(|(other, _)| *other != node_id)
-                .map(|(_, other)| (other.pod_cidr, PeerNode { name: other.name.clone(), ip: other.ip }))
+                .map(|(_, other)| {
+                    (
+                        other.pod_cidr,
+                        PeerNode {
+                            name: other.name.clone(),
+                            ip: other.ip,
+                        },
+                    )
+                })
                 .collect();
             let settings = NodeSettings {
                 name: node.name.clone(),
@@ -321,24 +403,38 @@ pub fn build(topology: &Topology) -> Network {
                 gateway_point,
                 tunnel_point,
             };
-            let node_device = network.add_device(node.name.clone(), Device::Node(Box::new(AntreaNode::new(settings))));
-            attach(&mut network, cluster.node_segment, node_device, 0, node_macs[cluster_id][node_id]);
+            let node_device = network.add_device(
+                node.name.clone(),
+                Device::Node(Box::new(AntreaNode::new(settings))),
+            );
+            attach(
+                &mut network,
+                cluster.node_segment,
+                node_device,
+                0,
+                node_macs[cluster_id][node_id],
+            );
 
             // The pods' own view: their node's pod subnet is on-link (Antrea gives the
             // pod an address with the node subnet's prefix and antrea-gw0 as gateway).
-            let mut on_link: FxHashMap<Ipv4Addr, Mac> = local_pods.iter().map(|p| (p.ip, p.mac)).collect();
+            let mut on_link: FxHashMap<Ipv4Addr, Mac> =
+                local_pods.iter().map(|p| (p.ip, p.mac)).collect();
             on_link.insert(node.gateway_ip(), gateway_mac);
             let on_link = Arc::new(on_link);
             for (local_index, &pod) in node_pods.iter().enumerate() {
                 let pod_config = &cluster.pods[pod];
                 let name = pod_config.qualified_name();
-                let device = network.add_device(name.clone(), Device::Endpoint(network.endpoints.len()));
+                let device =
+                    network.add_device(name.clone(), Device::Endpoint(network.endpoints.len()));
                 let point = network.add_point(&name, "eth0", PointKind::Edge);
                 add_endpoint(
                     &mut network,
                     EndpointNic {
                         name,
-                        reference: EndpointRef::Pod { cluster: cluster_id, pod },
+                        reference: EndpointRef::Pod {
+                            cluster: cluster_id,
+                            pod,
+                        },
                         ip: pod_config.ip,
                         subnet: node.pod_cidr,
                         mac: pod_macs[local_index],
@@ -350,7 +446,12 @@ pub fn build(topology: &Topology) -> Network {
                     },
                 );
                 let node_port = PortId::try_from(local_index + 1).unwrap_or(PortId::MAX);
-                network.connect((device, 0), (node_device, node_port), VETH_LATENCY_NS, VETH_LATENCY_NS);
+                network.connect(
+                    (device, 0),
+                    (node_device, node_port),
+                    VETH_LATENCY_NS,
+                    VETH_LATENCY_NS,
+                );
             }
         }
     }
@@ -358,6 +459,8 @@ pub fn build(topology: &Topology) -> Network {
 }
 
 fn add_endpoint(network: &mut Network, nic: EndpointNic) {
-    network.endpoint_index.insert(nic.reference, network.endpoints.len());
+    network
+        .endpoint_index
+        .insert(nic.reference, network.endpoints.len());
     network.endpoints.push(nic);
 }

@@ -18,9 +18,17 @@ use std::net::Ipv4Addr;
 pub const HORIZON_AFTER_LAST_START_NS: u64 = 30_000_000_000;
 
 enum Event {
-    Arrive { device: DeviceId, port: PortId, packet: Packet },
-    Wake { endpoint: EndpointId },
-    Start { flow: usize },
+    Arrive {
+        device: DeviceId,
+        port: PortId,
+        packet: Packet,
+    },
+    Wake {
+        endpoint: EndpointId,
+    },
+    Start {
+        flow: usize,
+    },
 }
 
 struct Scheduled {
@@ -104,14 +112,34 @@ fn nanoseconds(instant: Instant) -> u64 {
 /// Runs every flow of `topology` to completion.
 pub fn run(topology: &Topology) -> RunResult {
     let network = build(topology);
-    let stacks: Vec<Stack> = network.endpoints.iter().map(|nic| Stack::new(nic.clone(), topology.seed, instant(0))).collect();
-    let flow_sources = topology.flows.iter().map(|flow| network.endpoint(flow.from)).collect();
+    let stacks: Vec<Stack> = network
+        .endpoints
+        .iter()
+        .map(|nic| Stack::new(nic.clone(), topology.seed, instant(0)))
+        .collect();
+    let flow_sources = topology
+        .flows
+        .iter()
+        .map(|flow| network.endpoint(flow.from))
+        .collect();
     let flow_destinations = topology
         .flows
         .iter()
-        .map(|flow| network.endpoint(flow.to).or_else(|| network.endpoints.iter().position(|nic| nic.ip == flow.destination_ip)))
+        .map(|flow| {
+            network.endpoint(flow.to).or_else(|| {
+                network
+                    .endpoints
+                    .iter()
+                    .position(|nic| nic.ip == flow.destination_ip)
+            })
+        })
         .collect();
-    let last_start = topology.flows.iter().map(|flow| flow.start_ns).max().unwrap_or(0);
+    let last_start = topology
+        .flows
+        .iter()
+        .map(|flow| flow.start_ns)
+        .max()
+        .unwrap_or(0);
     let endpoint_count = network.endpoints.len();
     let mut runner = Runner {
         topology,
@@ -122,7 +150,10 @@ pub fn run(topology: &Topology) -> RunResult {
         now_ns: 0,
         horizon_ns: last_start + HORIZON_AFTER_LAST_START_NS,
         wake_at: vec![None; endpoint_count],
-        journal: Journal { capture: true, ..Journal::default() },
+        journal: Journal {
+            capture: true,
+            ..Journal::default()
+        },
         flows: vec![FlowOutcome::default(); topology.flows.len()],
         flow_destinations,
         flow_sources,
@@ -142,7 +173,11 @@ pub fn run(topology: &Topology) -> RunResult {
 impl Runner<'_> {
     fn schedule(&mut self, time_ns: u64, event: Event) {
         self.sequence += 1;
-        self.queue.push(Reverse(Scheduled { time_ns, sequence: self.sequence, event }));
+        self.queue.push(Reverse(Scheduled {
+            time_ns,
+            sequence: self.sequence,
+            event,
+        }));
     }
 
     fn open_listeners(&mut self) {
@@ -168,7 +203,11 @@ impl Runner<'_> {
             self.now_ns = scheduled.time_ns;
             self.events += 1;
             match scheduled.event {
-                Event::Arrive { device, port, packet } => self.arrive(device, port, packet),
+                Event::Arrive {
+                    device,
+                    port,
+                    packet,
+                } => self.arrive(device, port, packet),
                 Event::Wake { endpoint } => {
                     if self.wake_at[endpoint] == Some(self.now_ns) {
                         self.wake_at[endpoint] = None;
@@ -181,7 +220,9 @@ impl Runner<'_> {
     }
 
     fn start_flow(&mut self, flow_index: usize) {
-        let Some(endpoint) = self.flow_sources[flow_index] else { return };
+        let Some(endpoint) = self.flow_sources[flow_index] else {
+            return;
+        };
         let flow = &self.topology.flows[flow_index];
         let tag = FlowTag::try_from(flow_index).unwrap_or(NO_FLOW);
         for _ in 0..flow.connections {
@@ -197,19 +238,34 @@ impl Runner<'_> {
         }
         let departures = self.stacks[endpoint].poll(instant(self.now_ns), &self.topology.flows);
         for departure in departures {
-            self.send_from_endpoint(endpoint, departure.frame, departure.flow, departure.resolved);
+            self.send_from_endpoint(
+                endpoint,
+                departure.frame,
+                departure.flow,
+                departure.resolved,
+            );
         }
         if let Some(next) = self.stacks[endpoint].poll_at(instant(self.now_ns)) {
             let next_ns = nanoseconds(next).max(self.now_ns + 1_000);
-            if next_ns <= self.horizon_ns && self.wake_at[endpoint].is_none_or(|scheduled| next_ns < scheduled) {
+            if next_ns <= self.horizon_ns
+                && self.wake_at[endpoint].is_none_or(|scheduled| next_ns < scheduled)
+            {
                 self.wake_at[endpoint] = Some(next_ns);
                 self.schedule(next_ns, Event::Wake { endpoint });
             }
         }
     }
 
-    fn send_from_endpoint(&mut self, endpoint: EndpointId, frame: Vec<u8>, flow: FlowTag, resolved: bool) {
-        let Ok(mut packet) = Packet::from_frame(&frame, flow) else { return };
+    fn send_from_endpoint(
+        &mut self,
+        endpoint: EndpointId,
+        frame: Vec<u8>,
+        flow: FlowTag,
+        resolved: bool,
+    ) {
+        let Ok(mut packet) = Packet::from_frame(&frame, flow) else {
+            return;
+        };
         packet.meta.packet_id = self.journal.next_packet_id();
         let nic = &self.network.endpoints[endpoint];
         let (name, point, device) = (nic.name.clone(), nic.point, nic.device);
@@ -224,11 +280,16 @@ impl Runner<'_> {
             }
             None => self.untagged_sent += 1,
         }
-        let mut ctx = Ctx { now_ns: self.now_ns, journal: &mut self.journal };
+        let mut ctx = Ctx {
+            now_ns: self.now_ns,
+            journal: &mut self.journal,
+        };
         ctx.hop(point, &packet, HopAction::Send, || describe_packet(&packet));
         if !resolved {
             let destination = packet.meta.key.destination;
-            ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || format!("no neighbor answers for {destination} (ARP fails)"));
+            ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || {
+                format!("no neighbor answers for {destination} (ARP fails)")
+            });
             return;
         }
         self.transmit(device, 0, packet);
@@ -237,11 +298,23 @@ impl Runner<'_> {
     /// Puts a frame on the wire out of `device`'s `port`.
     fn transmit(&mut self, device: DeviceId, port: PortId, packet: Packet) {
         match self.network.peer(device, port) {
-            Some(end) => self.schedule(self.now_ns + end.latency_ns, Event::Arrive { device: end.device, port: end.port, packet }),
+            Some(end) => self.schedule(
+                self.now_ns + end.latency_ns,
+                Event::Arrive {
+                    device: end.device,
+                    port: end.port,
+                    packet,
+                },
+            ),
             None => {
                 let name = self.network.device_names[device].clone();
-                let mut ctx = Ctx { now_ns: self.now_ns, journal: &mut self.journal };
-                ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || format!("port {port} is not connected"));
+                let mut ctx = Ctx {
+                    now_ns: self.now_ns,
+                    journal: &mut self.journal,
+                };
+                ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || {
+                    format!("port {port} is not connected")
+                });
             }
         }
     }
@@ -253,8 +326,12 @@ impl Runner<'_> {
         }
         let mut outputs = std::mem::take(&mut self.outputs);
         {
-            let mut ctx = Ctx { now_ns: self.now_ns, journal: &mut self.journal };
-            self.network.process(&mut ctx, device, port, packet, &mut outputs);
+            let mut ctx = Ctx {
+                now_ns: self.now_ns,
+                journal: &mut self.journal,
+            };
+            self.network
+                .process(&mut ctx, device, port, packet, &mut outputs);
         }
         for (out_port, packet) in outputs.packets.drain(..) {
             self.transmit(device, out_port, packet);
@@ -267,10 +344,15 @@ impl Runner<'_> {
         let arrival = self.stacks[endpoint].receive(packet.frame(), flow);
         let nic = &self.network.endpoints[endpoint];
         let (name, point) = (nic.name.clone(), nic.point);
-        let mut ctx = Ctx { now_ns: self.now_ns, journal: &mut self.journal };
+        let mut ctx = Ctx {
+            now_ns: self.now_ns,
+            journal: &mut self.journal,
+        };
         match arrival {
             Arrival::Delivered => {
-                ctx.hop(point, &packet, HopAction::Deliver, || format!("delivered to {name}"));
+                ctx.hop(point, &packet, HopAction::Deliver, || {
+                    format!("delivered to {name}")
+                });
                 match self.flows.get_mut(flow as usize) {
                     Some(outcome) => {
                         outcome.delivered += 1;
@@ -279,7 +361,9 @@ impl Runner<'_> {
                         }
                         if let IcmpKind::Error { icmp_type, code } = packet.meta.icmp {
                             if self.flow_sources[flow as usize] == Some(endpoint) {
-                                outcome.icmp_errors.push((icmp_type, code, packet.meta.key.source));
+                                outcome
+                                    .icmp_errors
+                                    .push((icmp_type, code, packet.meta.key.source));
                             }
                         }
                     }
@@ -288,8 +372,20 @@ impl Runner<'_> {
             }
             Arrival::NoListener => {
                 let key = packet.meta.key;
-                ctx.hop(point, &packet, HopAction::Drop, || format!("nothing listens on {}/{}: the stack answers", key.protocol_name(), key.destination_port));
-                ctx.drop_packet(&name, &packet, DropReason::NoListener, || format!("nothing listens on {}/{}", key.protocol_name(), key.destination_port));
+                ctx.hop(point, &packet, HopAction::Drop, || {
+                    format!(
+                        "nothing listens on {}/{}: the stack answers",
+                        key.protocol_name(),
+                        key.destination_port
+                    )
+                });
+                ctx.drop_packet(&name, &packet, DropReason::NoListener, || {
+                    format!(
+                        "nothing listens on {}/{}",
+                        key.protocol_name(),
+                        key.destination_port
+                    )
+                });
                 if let Some(outcome) = self.flows.get_mut(flow as usize) {
                     if self.flow_destinations[flow as usize] == Some(endpoint) {
                         outcome.seen_source.get_or_insert(key.source);
@@ -298,8 +394,12 @@ impl Runner<'_> {
             }
             Arrival::NotForUs => {
                 let destination = packet.meta.key.destination;
-                ctx.hop(point, &packet, HopAction::Drop, || format!("not addressed to {name}"));
-                ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || format!("frame for {destination} reached {name}"));
+                ctx.hop(point, &packet, HopAction::Drop, || {
+                    format!("not addressed to {name}")
+                });
+                ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || {
+                    format!("frame for {destination} reached {name}")
+                });
             }
         }
         self.poll_endpoint(endpoint);
@@ -344,22 +444,64 @@ pub fn describe_packet(packet: &Packet) -> String {
         crate::wire::PROTOCOL_TCP => {
             let flags = packet.meta.tcp_flags;
             let mut names = Vec::new();
-            for (bit, name) in [(tcp_flags::SYN, "S"), (tcp_flags::FIN, "F"), (tcp_flags::RST, "R"), (tcp_flags::PSH, "P"), (tcp_flags::ACK, ".")] {
+            for (bit, name) in [
+                (tcp_flags::SYN, "S"),
+                (tcp_flags::FIN, "F"),
+                (tcp_flags::RST, "R"),
+                (tcp_flags::PSH, "P"),
+                (tcp_flags::ACK, "."),
+            ] {
                 if flags & bit != 0 {
                     names.push(name);
                 }
             }
-            let payload = usize::from(packet.meta.ip_total_len).saturating_sub(packet.meta.l4_offset - crate::wire::ETHERNET_HEADER_LEN)
-                .saturating_sub(usize::from(packet.frame().get(packet.meta.l4_offset + 12).copied().unwrap_or(0x50) >> 4) * 4);
-            format!("tcp {}:{} > {}:{} [{}] len {payload}", key.source, key.source_port, key.destination, key.destination_port, names.concat())
+            let payload = usize::from(packet.meta.ip_total_len)
+                .saturating_sub(packet.meta.l4_offset - crate::wire::ETHERNET_HEADER_LEN)
+                .saturating_sub(
+                    usize::from(
+                        packet
+                            .frame()
+                            .get(packet.meta.l4_offset + 12)
+                            .copied()
+                            .unwrap_or(0x50)
+                            >> 4,
+                    ) * 4,
+                );
+            format!(
+                "tcp {}:{} > {}:{} [{}] len {payload}",
+                key.source,
+                key.source_port,
+                key.destination,
+                key.destination_port,
+                names.concat()
+            )
         }
-        crate::wire::PROTOCOL_UDP => format!("udp {}:{} > {}:{} len {}", key.source, key.source_port, key.destination, key.destination_port, usize::from(packet.meta.ip_total_len).saturating_sub(28)),
+        crate::wire::PROTOCOL_UDP => format!(
+            "udp {}:{} > {}:{} len {}",
+            key.source,
+            key.source_port,
+            key.destination,
+            key.destination_port,
+            usize::from(packet.meta.ip_total_len).saturating_sub(28)
+        ),
         crate::wire::PROTOCOL_ICMP => match packet.meta.icmp {
-            IcmpKind::EchoRequest => format!("icmp echo request {} > {} id {}", key.source, key.destination, key.source_port),
-            IcmpKind::EchoReply => format!("icmp echo reply {} > {} id {}", key.source, key.destination, key.source_port),
-            IcmpKind::Error { icmp_type, code } => format!("icmp error type {icmp_type} code {code} {} > {}", key.source, key.destination),
+            IcmpKind::EchoRequest => format!(
+                "icmp echo request {} > {} id {}",
+                key.source, key.destination, key.source_port
+            ),
+            IcmpKind::EchoReply => format!(
+                "icmp echo reply {} > {} id {}",
+                key.source, key.destination, key.source_port
+            ),
+            IcmpKind::Error { icmp_type, code } => format!(
+                "icmp error type {icmp_type} code {code} {} > {}",
+                key.source, key.destination
+            ),
             _ => format!("icmp {} > {}", key.source, key.destination),
         },
-        _ => format!("ip {} > {} proto {}", key.source, key.destination, key.protocol),
+        _ => format!(
+            "ip {} > {} proto {}",
+            key.source, key.destination, key.protocol
+        ),
     }
 }

@@ -192,7 +192,13 @@ fn zero_mtu() -> Spanned<u16> {
 
 impl Default for AntreaConfig {
     fn default() -> Self {
-        AntreaConfig { traffic_encap_mode: None, tunnel_type: None, no_snat: false, mtu: zero_mtu(), node_port_local: None }
+        AntreaConfig {
+            traffic_encap_mode: None,
+            tunnel_type: None,
+            no_snat: false,
+            mtu: zero_mtu(),
+            node_port_local: None,
+        }
     }
 }
 

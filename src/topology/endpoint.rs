@@ -19,7 +19,9 @@ const DEFAULT_PING_BYTES: u32 = 56;
 fn split_port(text: &str) -> std::result::Result<(&str, Option<u16>), String> {
     match text.rsplit_once(':') {
         Some((head, port)) if !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => {
-            let port: u16 = port.parse().map_err(|_| format!("port `{port}` is out of range"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("port `{port}` is out of range"))?;
             Ok((head, Some(port)))
         }
         _ => Ok((text, None)),
@@ -28,60 +30,94 @@ fn split_port(text: &str) -> std::result::Result<(&str, Option<u16>), String> {
 
 /// Resolves an endpoint string against the topology: the endpoint and a port if the
 /// string gave one.
-pub fn parse_endpoint(topology: &Topology, text: &str) -> std::result::Result<(EndpointRef, Option<u16>), String> {
+pub fn parse_endpoint(
+    topology: &Topology,
+    text: &str,
+) -> std::result::Result<(EndpointRef, Option<u16>), String> {
     if let Some(rest) = text.strip_prefix("pod:") {
         let (name, port) = split_port(rest)?;
-        let (namespace, pod_name) = name.split_once('/').ok_or_else(|| format!("`{text}`: a pod is written pod:NAMESPACE/NAME"))?;
+        let (namespace, pod_name) = name
+            .split_once('/')
+            .ok_or_else(|| format!("`{text}`: a pod is written pod:NAMESPACE/NAME"))?;
         let mut found = Vec::new();
         for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
             for (pod_id, pod) in cluster.pods.iter().enumerate() {
                 if pod.namespace == namespace && pod.name == pod_name {
-                    found.push(EndpointRef::Pod { cluster: cluster_id, pod: pod_id });
+                    found.push(EndpointRef::Pod {
+                        cluster: cluster_id,
+                        pod: pod_id,
+                    });
                 }
             }
         }
         return match found.as_slice() {
             [one] => Ok((*one, port)),
             [] => Err(format!("no pod `{namespace}/{pod_name}`")),
-            _ => Err(format!("pod `{namespace}/{pod_name}` exists in several clusters")),
+            _ => Err(format!(
+                "pod `{namespace}/{pod_name}` exists in several clusters"
+            )),
         };
     }
     if let Some(rest) = text.strip_prefix("host:") {
         let (name, port) = split_port(rest)?;
-        let host = topology.hosts.iter().position(|h| h.name == name).ok_or_else(|| format!("no host `{name}`"))?;
+        let host = topology
+            .hosts
+            .iter()
+            .position(|h| h.name == name)
+            .ok_or_else(|| format!("no host `{name}`"))?;
         return Ok((EndpointRef::Host(host), port));
     }
     if let Some(rest) = text.strip_prefix("node:") {
         let (name, port) = split_port(rest)?;
         for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
             if let Some(node) = cluster.nodes.iter().position(|n| n.name == name) {
-                return Ok((EndpointRef::Node { cluster: cluster_id, node }, port));
+                return Ok((
+                    EndpointRef::Node {
+                        cluster: cluster_id,
+                        node,
+                    },
+                    port,
+                ));
             }
         }
         return Err(format!("no node `{name}`"));
     }
     for prefix in ["svc:", "nodeport:", "lb:", "npl:"] {
         if text.starts_with(prefix) {
-            return Err(format!("`{prefix}` endpoints (Services) are not modelled by this netsim version yet"));
+            return Err(format!(
+                "`{prefix}` endpoints (Services) are not modelled by this netsim version yet"
+            ));
         }
     }
     let (address, port) = split_port(text)?;
-    let address: Ipv4Addr = address
-        .parse()
-        .map_err(|_| format!("`{text}` is not an endpoint (pod:NS/NAME, host:NAME, node:NAME, IP or IP:PORT)"))?;
+    let address: Ipv4Addr = address.parse().map_err(|_| {
+        format!("`{text}` is not an endpoint (pod:NS/NAME, host:NAME, node:NAME, IP or IP:PORT)")
+    })?;
     Ok((EndpointRef::Address(address), port))
 }
 
 /// The first port the target listens on for `protocol` (SPEC §1).
-fn first_listening_port(topology: &Topology, endpoint: EndpointRef, protocol: Protocol) -> Option<u16> {
+fn first_listening_port(
+    topology: &Topology,
+    endpoint: EndpointRef,
+    protocol: Protocol,
+) -> Option<u16> {
     match endpoint {
         EndpointRef::Pod { cluster, pod } => {
             let ports = &topology.pod(cluster, pod).ports;
-            ports.iter().find(|p| p.protocol == protocol).or(ports.first()).map(|p| p.port)
+            ports
+                .iter()
+                .find(|p| p.protocol == protocol)
+                .or(ports.first())
+                .map(|p| p.port)
         }
         EndpointRef::Host(host) => {
             let listen = &topology.hosts[host].listen;
-            listen.iter().find(|p| p.protocol == protocol).or(listen.first()).map(|p| p.port)
+            listen
+                .iter()
+                .find(|p| p.protocol == protocol)
+                .or(listen.first())
+                .map(|p| p.port)
         }
         EndpointRef::Node { .. } | EndpointRef::Address(_) => None,
     }
@@ -104,7 +140,11 @@ struct FlowRequest<'a> {
 }
 
 /// Resolves a `[[flow]]`.
-pub fn resolve_flow(resolver: &ResolverView, topology: &Topology, spanned: &Spanned<FlowConfig>) -> Result<Flow> {
+pub fn resolve_flow(
+    resolver: &ResolverView,
+    topology: &Topology,
+    spanned: &Spanned<FlowConfig>,
+) -> Result<Flow> {
     let config = spanned.get_ref();
     build_flow(
         resolver,
@@ -157,47 +197,94 @@ pub fn probe_flow(
 }
 
 fn build_flow(resolver: &ResolverView, topology: &Topology, request: FlowRequest) -> Result<Flow> {
-    let (from, from_port) = parse_endpoint(topology, request.from.get_ref()).map_err(|m| resolver.error(request.from, m))?;
+    let (from, from_port) = parse_endpoint(topology, request.from.get_ref())
+        .map_err(|m| resolver.error(request.from, m))?;
     if from_port.is_some() {
-        return Err(resolver.error(request.from, "a flow's source takes no port (each connection picks an ephemeral one)"));
+        return Err(resolver.error(
+            request.from,
+            "a flow's source takes no port (each connection picks an ephemeral one)",
+        ));
     }
     if !matches!(from, EndpointRef::Pod { .. } | EndpointRef::Host(_)) {
         return Err(resolver.error(request.from, "a flow starts at a pod or a host"));
     }
-    let (to, to_port) = parse_endpoint(topology, request.to.get_ref()).map_err(|m| resolver.error(request.to, m))?;
+    let (to, to_port) = parse_endpoint(topology, request.to.get_ref())
+        .map_err(|m| resolver.error(request.to, m))?;
     let protocol = match request.protocol {
         Some(text) => parse_flow_protocol(resolver, text)?,
         None if request.exchange.is_some_and(|e| e.get_ref() == "ping") => Protocol::Icmp,
         None => Protocol::Tcp,
     };
-    let exchange = match request.exchange {
-        None if protocol == Protocol::Icmp => Exchange::Ping,
-        None => Exchange::RequestResponse,
-        Some(text) => match (text.get_ref().as_str(), protocol) {
-            ("request-response", Protocol::Tcp | Protocol::Udp) => Exchange::RequestResponse,
-            ("ping", Protocol::Icmp) => Exchange::Ping,
-            ("ping", _) => return Err(resolver.error(text, "exchange `ping` needs protocol = \"icmp\"")),
-            ("request-response", Protocol::Icmp) => return Err(resolver.error(text, "ICMP flows use exchange = \"ping\"")),
-            ("stream", _) => return Err(resolver.error(text, "exchange `stream` is not modelled by this netsim version yet")),
-            (other, _) => return Err(resolver.error(text, format!("unknown exchange `{other}` (expected request-response, stream or ping)"))),
-        },
-    };
-    let destination_port = match protocol {
-        Protocol::Icmp => 0,
-        _ => match request.port_override.map(|p| *p.get_ref()).or(to_port).or_else(|| first_listening_port(topology, to, protocol)) {
-            Some(port) => port,
-            None => return Err(resolver.error(request.to, format!("`{}` listens on no port; give one as IP:PORT or list the target's ports", request.to.get_ref()))),
-        },
-    };
+    let exchange =
+        match request.exchange {
+            None if protocol == Protocol::Icmp => Exchange::Ping,
+            None => Exchange::RequestResponse,
+            Some(text) => match (text.get_ref().as_str(), protocol) {
+                ("request-response", Protocol::Tcp | Protocol::Udp) => Exchange::RequestResponse,
+                ("ping", Protocol::Icmp) => Exchange::Ping,
+                ("ping", _) => {
+                    return Err(resolver.error(text, "exchange `ping` needs protocol = \"icmp\""))
+                }
+                ("request-response", Protocol::Icmp) => {
+                    return Err(resolver.error(text, "ICMP flows use exchange = \"ping\""))
+                }
+                ("stream", _) => {
+                    return Err(resolver.error(
+                        text,
+                        "exchange `stream` is not modelled by this netsim version yet",
+                    ))
+                }
+                (other, _) => return Err(resolver.error(
+                    text,
+                    format!(
+                        "unknown exchange `{other}` (expected request-response, stream or ping)"
+                    ),
+                )),
+            },
+        };
+    let destination_port =
+        match protocol {
+            Protocol::Icmp => 0,
+            _ => match request
+                .port_override
+                .map(|p| *p.get_ref())
+                .or(to_port)
+                .or_else(|| first_listening_port(topology, to, protocol))
+            {
+                Some(port) => port,
+                None => return Err(resolver.error(
+                    request.to,
+                    format!(
+                        "`{}` listens on no port; give one as IP:PORT or list the target's ports",
+                        request.to.get_ref()
+                    ),
+                )),
+            },
+        };
     let requests = request.requests.map(|r| *r.get_ref()).unwrap_or(1);
     if requests == 0 || requests > 100_000 {
         let at = request.requests.map(|r| r.span());
         return Err(resolver.source.error(at, "requests must be 1..=100000"));
     }
-    let bytes = request.bytes.map(|b| *b.get_ref()).unwrap_or(if exchange == Exchange::Ping { DEFAULT_PING_BYTES } else { DEFAULT_BYTES });
+    let bytes = request
+        .bytes
+        .map(|b| *b.get_ref())
+        .unwrap_or(if exchange == Exchange::Ping {
+            DEFAULT_PING_BYTES
+        } else {
+            DEFAULT_BYTES
+        });
     check_bytes(resolver, topology, from, protocol, bytes, request.bytes)?;
     let start_ns = match request.start {
-        Some(text) => parse_duration_ns(text.get_ref()).ok_or_else(|| resolver.error(text, format!("`{}` is not a duration like \"0ms\" or \"1.5s\"", text.get_ref())))?,
+        Some(text) => parse_duration_ns(text.get_ref()).ok_or_else(|| {
+            resolver.error(
+                text,
+                format!(
+                    "`{}` is not a duration like \"0ms\" or \"1.5s\"",
+                    text.get_ref()
+                ),
+            )
+        })?,
         None => 0,
     };
     let connections = request.connections.map(|c| *c.get_ref()).unwrap_or(1);
@@ -205,7 +292,10 @@ fn build_flow(resolver: &ResolverView, topology: &Topology, request: FlowRequest
         let at = request.connections.map(|c| c.span());
         return Err(resolver.source.error(at, "connections must be 1..=1000"));
     }
-    if request.name.is_empty() || request.name.contains(['/', '\\']) || request.name.starts_with('.') {
+    if request.name.is_empty()
+        || request.name.contains(['/', '\\'])
+        || request.name.starts_with('.')
+    {
         return Err(resolver.error(request.name_at, "a flow name must be usable as a file name"));
     }
     Ok(Flow {
@@ -231,7 +321,10 @@ fn parse_flow_protocol(resolver: &ResolverView, text: &Text) -> Result<Protocol>
         "tcp" => Ok(Protocol::Tcp),
         "udp" => Ok(Protocol::Udp),
         "icmp" => Ok(Protocol::Icmp),
-        other => Err(resolver.error(text, format!("unknown protocol `{other}` (expected tcp, udp or icmp)"))),
+        other => Err(resolver.error(
+            text,
+            format!("unknown protocol `{other}` (expected tcp, udp or icmp)"),
+        )),
     }
 }
 
@@ -281,5 +374,13 @@ pub fn command_line_flow(
     let to_text = Spanned::new(to_start..to_start + to.len(), to.to_string());
     let protocol = protocol.map(|p| Spanned::new(0..0, p.to_string()));
     let port = port.map(|p| Spanned::new(0..0, p));
-    probe_flow(&resolver, topology, "trace", &from_text, &to_text, protocol.as_ref(), port.as_ref())
+    probe_flow(
+        &resolver,
+        topology,
+        "trace",
+        &from_text,
+        &to_text,
+        protocol.as_ref(),
+        port.as_ref(),
+    )
 }

@@ -24,12 +24,18 @@ pub struct Source {
 
 impl Source {
     pub fn new(file: impl Into<String>, text: impl Into<String>) -> Self {
-        Source { file: file.into(), text: text.into() }
+        Source {
+            file: file.into(),
+            text: text.into(),
+        }
     }
 
     /// An error at byte range `span` (or at the top of the file when unknown).
     pub fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
-        let offset = span.map(|range| range.start).unwrap_or(0).min(self.text.len());
+        let offset = span
+            .map(|range| range.start)
+            .unwrap_or(0)
+            .min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|index| index + 1).unwrap_or(0);
@@ -40,6 +46,12 @@ impl Source {
         } else {
             format!("\n    {line_text}\n    {}^", " ".repeat(column - 1))
         };
-        ConfigError { file: self.file.clone(), line, column, message: message.into(), snippet }
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            message: message.into(),
+            snippet,
+        }
     }
 }

@@ -32,14 +32,20 @@ impl Resolver<'_> {
 
     fn unsupported<T>(&self, spanned: &Option<Spanned<T>>, what: &str) -> Result<()> {
         match spanned {
-            Some(value) => Err(self.error(value, format!("{what} is not modelled by this netsim version yet"))),
+            Some(value) => Err(self.error(
+                value,
+                format!("{what} is not modelled by this netsim version yet"),
+            )),
             None => Ok(()),
         }
     }
 
     fn unsupported_list<T>(&self, list: &[Spanned<T>], what: &str) -> Result<()> {
         match list.first() {
-            Some(value) => Err(self.error(value, format!("{what} is not modelled by this netsim version yet"))),
+            Some(value) => Err(self.error(
+                value,
+                format!("{what} is not modelled by this netsim version yet"),
+            )),
             None => Ok(()),
         }
     }
@@ -77,7 +83,11 @@ fn parse_protocol(text: &str) -> Option<Protocol> {
 }
 
 /// Checks that no two items share a name.
-fn unique_names<'n>(resolver: &Resolver, what: &str, names: impl Iterator<Item = &'n Text>) -> Result<()> {
+fn unique_names<'n>(
+    resolver: &Resolver,
+    what: &str,
+    names: impl Iterator<Item = &'n Text>,
+) -> Result<()> {
     let mut seen = BTreeSet::new();
     for name in names {
         if name.get_ref().is_empty() {
@@ -96,24 +106,51 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
     resolver.unsupported(&file.topology.include, "`include` of Kubernetes manifests")?;
     resolver.unsupported_list(&file.dfw, "NSX distributed firewall (`[[dfw]]`)")?;
 
-    unique_names(&resolver, "segment", file.segment.iter().map(|s| &s.get_ref().name))?;
-    unique_names(&resolver, "router", file.router.iter().map(|r| &r.get_ref().name))?;
-    unique_names(&resolver, "host", file.host.iter().map(|h| &h.get_ref().name))?;
-    unique_names(&resolver, "cluster", file.cluster.iter().map(|c| &c.get_ref().name))?;
+    unique_names(
+        &resolver,
+        "segment",
+        file.segment.iter().map(|s| &s.get_ref().name),
+    )?;
+    unique_names(
+        &resolver,
+        "router",
+        file.router.iter().map(|r| &r.get_ref().name),
+    )?;
+    unique_names(
+        &resolver,
+        "host",
+        file.host.iter().map(|h| &h.get_ref().name),
+    )?;
+    unique_names(
+        &resolver,
+        "cluster",
+        file.cluster.iter().map(|c| &c.get_ref().name),
+    )?;
     // Routers, hosts and nodes are all devices; a capture point is DEVICE:INTERFACE.
     let device_names = file
         .router
         .iter()
         .map(|r| &r.get_ref().name)
         .chain(file.host.iter().map(|h| &h.get_ref().name))
-        .chain(file.cluster.iter().flat_map(|c| c.get_ref().node.iter().map(|n| &n.get_ref().name)));
+        .chain(
+            file.cluster
+                .iter()
+                .flat_map(|c| c.get_ref().node.iter().map(|n| &n.get_ref().name)),
+        );
     unique_names(&resolver, "device (router, host or node)", device_names)?;
 
-    let router_index: BTreeMap<&str, RouterId> =
-        file.router.iter().enumerate().map(|(index, r)| (r.get_ref().name.get_ref().as_str(), index)).collect();
+    let router_index: BTreeMap<&str, RouterId> = file
+        .router
+        .iter()
+        .enumerate()
+        .map(|(index, r)| (r.get_ref().name.get_ref().as_str(), index))
+        .collect();
     let segments = resolve_segments(&resolver, file, &router_index)?;
-    let segment_index: BTreeMap<&str, SegmentId> =
-        segments.iter().enumerate().map(|(index, s)| (s.name.as_str(), index)).collect();
+    let segment_index: BTreeMap<&str, SegmentId> = segments
+        .iter()
+        .enumerate()
+        .map(|(index, s)| (s.name.as_str(), index))
+        .collect();
     let lookup_segment = |name: &Text| -> Result<SegmentId> {
         segment_index
             .get(name.get_ref().as_str())
@@ -125,7 +162,13 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
     let routers = resolve_routers(&resolver, file, &segments, &lookup_segment, &mut addresses)?;
     let mut clusters = Vec::new();
     for cluster in &file.cluster {
-        clusters.push(resolve_cluster(&resolver, cluster, &segments, &lookup_segment, &mut addresses)?);
+        clusters.push(resolve_cluster(
+            &resolver,
+            cluster,
+            &segments,
+            &lookup_segment,
+            &mut addresses,
+        )?);
     }
     check_pod_cidrs_disjoint(&resolver, file, &clusters)?;
     let hosts = resolve_hosts(&resolver, file, &lookup_segment, &mut addresses)?;
@@ -142,10 +185,20 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
         flows: Vec::new(),
         expectations: Vec::new(),
     };
-    if topology.name.is_empty() || topology.name.contains(['/', '\\']) || topology.name.starts_with('.') {
-        return Err(resolver.error(&file.topology.name, "topology name must be a plain file name"));
+    if topology.name.is_empty()
+        || topology.name.contains(['/', '\\'])
+        || topology.name.starts_with('.')
+    {
+        return Err(resolver.error(
+            &file.topology.name,
+            "topology name must be a plain file name",
+        ));
     }
-    unique_names(&resolver, "flow", file.flow.iter().map(|f| &f.get_ref().name))?;
+    unique_names(
+        &resolver,
+        "flow",
+        file.flow.iter().map(|f| &f.get_ref().name),
+    )?;
     for flow in &file.flow {
         let resolved = super::endpoint::resolve_flow(&resolver_view(&resolver), &topology, flow)?;
         topology.flows.push(resolved);
@@ -169,7 +222,9 @@ impl ResolverView<'_> {
 }
 
 fn resolver_view<'a>(resolver: &Resolver<'a>) -> ResolverView<'a> {
-    ResolverView { source: resolver.source }
+    ResolverView {
+        source: resolver.source,
+    }
 }
 
 fn resolve_segments(
@@ -182,23 +237,33 @@ fn resolve_segments(
         let config = spanned.get_ref();
         let cidr = *config.cidr.get_ref();
         if cidr != cidr.trunc() {
-            return Err(resolver.error(&config.cidr, format!("segment cidr {cidr} has host bits set (did you mean {}?)", cidr.trunc())));
+            return Err(resolver.error(
+                &config.cidr,
+                format!(
+                    "segment cidr {cidr} has host bits set (did you mean {}?)",
+                    cidr.trunc()
+                ),
+            ));
         }
         if cidr.prefix_len() > 30 {
-            return Err(resolver.error(&config.cidr, format!("segment cidr {cidr} is too small to hold a gateway and a host")));
+            return Err(resolver.error(
+                &config.cidr,
+                format!("segment cidr {cidr} is too small to hold a gateway and a host"),
+            ));
         }
         let gateway = match &config.gateway {
-            Some(name) => Some(
-                *router_index
-                    .get(name.get_ref().as_str())
-                    .ok_or_else(|| resolver.error(name, format!("no router named `{}`", name.get_ref())))?,
-            ),
+            Some(name) => Some(*router_index.get(name.get_ref().as_str()).ok_or_else(|| {
+                resolver.error(name, format!("no router named `{}`", name.get_ref()))
+            })?),
             None => None,
         };
         let gateway_ip = match &config.gateway_ip {
             Some(ip) => {
                 if !cidr.contains(ip.get_ref()) {
-                    return Err(resolver.error(ip, format!("gateway_ip {} is outside the segment {cidr}", ip.get_ref())));
+                    return Err(resolver.error(
+                        ip,
+                        format!("gateway_ip {} is outside the segment {cidr}", ip.get_ref()),
+                    ));
                 }
                 Some(*ip.get_ref())
             }
@@ -209,11 +274,25 @@ fn resolve_segments(
             return Err(resolver.error(&config.mtu, format!("mtu {mtu} is outside 576..9216")));
         }
         let latency_ns = match &config.latency {
-            Some(text) => parse_duration_ns(text.get_ref())
-                .ok_or_else(|| resolver.error(text, format!("`{}` is not a duration like \"50us\" or \"1ms\"", text.get_ref())))?,
+            Some(text) => parse_duration_ns(text.get_ref()).ok_or_else(|| {
+                resolver.error(
+                    text,
+                    format!(
+                        "`{}` is not a duration like \"50us\" or \"1ms\"",
+                        text.get_ref()
+                    ),
+                )
+            })?,
             None => DEFAULT_SEGMENT_LATENCY_NS,
         };
-        segments.push(Segment { name: config.name.get_ref().clone(), cidr, gateway, gateway_ip, mtu, latency_ns });
+        segments.push(Segment {
+            name: config.name.get_ref().clone(),
+            cidr,
+            gateway,
+            gateway_ip,
+            mtu,
+            latency_ns,
+        });
     }
     Ok(segments)
 }
@@ -226,17 +305,27 @@ struct AddressBook {
 
 impl AddressBook {
     fn new(segments: &[Segment]) -> Self {
-        AddressBook { used: segments.iter().map(|_| BTreeMap::new()).collect(), cidrs: segments.iter().map(|s| s.cidr).collect() }
+        AddressBook {
+            used: segments.iter().map(|_| BTreeMap::new()).collect(),
+            cidrs: segments.iter().map(|s| s.cidr).collect(),
+        }
     }
 
     /// Claims `address` on `segment` for `owner`; the error names the current holder.
-    fn claim(&mut self, segment: SegmentId, address: Ipv4Addr, owner: &str) -> std::result::Result<(), String> {
+    fn claim(
+        &mut self,
+        segment: SegmentId,
+        address: Ipv4Addr,
+        owner: &str,
+    ) -> std::result::Result<(), String> {
         let cidr = self.cidrs[segment];
         if !cidr.contains(&address) {
             return Err(format!("{address} is outside the segment's cidr {cidr}"));
         }
         if address == cidr.network() || address == cidr.broadcast() {
-            return Err(format!("{address} is the network or broadcast address of {cidr}"));
+            return Err(format!(
+                "{address} is the network or broadcast address of {cidr}"
+            ));
         }
         if let Some(holder) = self.used[segment].get(&address) {
             return Err(format!("{address} is already used by {holder}"));
@@ -250,11 +339,12 @@ impl AddressBook {
         let cidr = self.cidrs[segment];
         let network = u32::from(cidr.network());
         let broadcast = u32::from(cidr.broadcast());
-        (network + from..broadcast).map(Ipv4Addr::from).find(|address| !self.used[segment].contains_key(address)).inspect(
-            |address| {
+        (network + from..broadcast)
+            .map(Ipv4Addr::from)
+            .find(|address| !self.used[segment].contains_key(address))
+            .inspect(|address| {
                 self.used[segment].insert(*address, owner.to_string());
-            },
-        )
+            })
     }
 }
 
@@ -298,8 +388,12 @@ fn resolve_routers(
                     addresses
                         .claim(segment_id, gateway_ip, &format!("router {name}"))
                         .map_err(|message| resolver.error(&file.segment[segment_id], message))?;
-                    let address = Ipv4Net::new(gateway_ip, segment.cidr.prefix_len()).map_err(|e| resolver.error(spanned, e.to_string()))?;
-                    interfaces.push(RouterInterface { segment: segment_id, address });
+                    let address = Ipv4Net::new(gateway_ip, segment.cidr.prefix_len())
+                        .map_err(|e| resolver.error(spanned, e.to_string()))?;
+                    interfaces.push(RouterInterface {
+                        segment: segment_id,
+                        address,
+                    });
                 }
             }
         }
@@ -307,36 +401,84 @@ fn resolve_routers(
             let interface_config = interface.get_ref();
             let segment_id = lookup_segment(&interface_config.segment)?;
             let address = *interface_config.ip.get_ref();
-            if interfaces.iter().any(|existing| existing.segment == segment_id) {
-                if interfaces.iter().any(|existing| existing.segment == segment_id && existing.address.addr() == address.addr()) {
+            if interfaces
+                .iter()
+                .any(|existing| existing.segment == segment_id)
+            {
+                if interfaces.iter().any(|existing| {
+                    existing.segment == segment_id && existing.address.addr() == address.addr()
+                }) {
                     continue; // the same attachment listed twice (SPEC allows it)
                 }
-                return Err(resolver.error(interface, format!("router {name} already has an interface on segment {}", segments[segment_id].name)));
+                return Err(resolver.error(
+                    interface,
+                    format!(
+                        "router {name} already has an interface on segment {}",
+                        segments[segment_id].name
+                    ),
+                ));
             }
             if address.prefix_len() != segments[segment_id].cidr.prefix_len() {
-                return Err(resolver.error(&interface_config.ip, format!("prefix length /{} differs from segment {} ({})", address.prefix_len(), segments[segment_id].name, segments[segment_id].cidr)));
+                return Err(resolver.error(
+                    &interface_config.ip,
+                    format!(
+                        "prefix length /{} differs from segment {} ({})",
+                        address.prefix_len(),
+                        segments[segment_id].name,
+                        segments[segment_id].cidr
+                    ),
+                ));
             }
             addresses
                 .claim(segment_id, address.addr(), &format!("router {name}"))
                 .map_err(|message| resolver.error(&interface_config.ip, message))?;
-            interfaces.push(RouterInterface { segment: segment_id, address });
+            interfaces.push(RouterInterface {
+                segment: segment_id,
+                address,
+            });
         }
         let static_routes = config
             .static_routes
             .iter()
-            .map(|route| StaticRoute { prefix: route.get_ref().prefix.get_ref().trunc(), next_hop: *route.get_ref().next_hop.get_ref() })
+            .map(|route| StaticRoute {
+                prefix: route.get_ref().prefix.get_ref().trunc(),
+                next_hop: *route.get_ref().next_hop.get_ref(),
+            })
             .collect();
-        routers.push(Router { name, kind, interfaces, static_routes });
+        routers.push(Router {
+            name,
+            kind,
+            interfaces,
+            static_routes,
+        });
     }
     Ok(routers)
 }
 
-fn check_static_routes(resolver: &Resolver, file: &TopologyFile, routers: &[Router], segments: &[Segment]) -> Result<()> {
+fn check_static_routes(
+    resolver: &Resolver,
+    file: &TopologyFile,
+    routers: &[Router],
+    segments: &[Segment],
+) -> Result<()> {
     for (router, config) in routers.iter().zip(&file.router) {
-        for (route, route_config) in router.static_routes.iter().zip(&config.get_ref().static_routes) {
-            let on_link = router.interfaces.iter().any(|interface| segments[interface.segment].cidr.contains(&route.next_hop));
+        for (route, route_config) in router
+            .static_routes
+            .iter()
+            .zip(&config.get_ref().static_routes)
+        {
+            let on_link = router
+                .interfaces
+                .iter()
+                .any(|interface| segments[interface.segment].cidr.contains(&route.next_hop));
             if !on_link {
-                return Err(resolver.error(&route_config.get_ref().next_hop, format!("next hop {} is not on any segment router {} is attached to", route.next_hop, router.name)));
+                return Err(resolver.error(
+                    &route_config.get_ref().next_hop,
+                    format!(
+                        "next hop {} is not on any segment router {} is attached to",
+                        route.next_hop, router.name
+                    ),
+                ));
             }
         }
     }
@@ -357,24 +499,42 @@ fn resolve_hosts(
         let owner = format!("host {name}");
         let ip = match &config.ip {
             Some(ip) => {
-                addresses.claim(segment, *ip.get_ref(), &owner).map_err(|message| resolver.error(ip, message))?;
+                addresses
+                    .claim(segment, *ip.get_ref(), &owner)
+                    .map_err(|message| resolver.error(ip, message))?;
                 *ip.get_ref()
             }
-            None => addresses.allocate(segment, 100, &owner).ok_or_else(|| resolver.error(&config.segment, "no free address left on the segment"))?,
+            None => addresses.allocate(segment, 100, &owner).ok_or_else(|| {
+                resolver.error(&config.segment, "no free address left on the segment")
+            })?,
         };
         let mut listen = Vec::new();
         for port in &config.listen {
             let protocol = parse_listen_protocol(resolver, &port.get_ref().protocol)?;
-            listen.push(ListenPort { protocol, port: *port.get_ref().port.get_ref() });
+            listen.push(ListenPort {
+                protocol,
+                port: *port.get_ref().port.get_ref(),
+            });
         }
-        hosts.push(Host { name, ip, segment, listen });
+        hosts.push(Host {
+            name,
+            ip,
+            segment,
+            listen,
+        });
     }
     Ok(hosts)
 }
 
 fn parse_listen_protocol(resolver: &Resolver, text: &Text) -> Result<Protocol> {
     match parse_protocol(text.get_ref()) {
-        Some(Protocol::Icmp) | None => Err(resolver.error(text, format!("`{}` is not a listening protocol (tcp or udp)", text.get_ref()))),
+        Some(Protocol::Icmp) | None => Err(resolver.error(
+            text,
+            format!(
+                "`{}` is not a listening protocol (tcp or udp)",
+                text.get_ref()
+            ),
+        )),
         Some(protocol) => Ok(protocol),
     }
 }
@@ -391,40 +551,84 @@ fn resolve_cluster(
     if let Some(cni) = &config.cni {
         match cni.get_ref().as_str() {
             "antrea" => {}
-            "calico" | "nsx" => return Err(resolver.error(cni, format!("cni `{}` is not modelled by this netsim version yet; use cni = \"antrea\"", cni.get_ref()))),
-            other => return Err(resolver.error(cni, format!("unknown cni `{other}` (expected antrea, calico or nsx)"))),
+            "calico" | "nsx" => {
+                return Err(resolver.error(
+                    cni,
+                    format!(
+                        "cni `{}` is not modelled by this netsim version yet; use cni = \"antrea\"",
+                        cni.get_ref()
+                    ),
+                ))
+            }
+            other => {
+                return Err(resolver.error(
+                    cni,
+                    format!("unknown cni `{other}` (expected antrea, calico or nsx)"),
+                ))
+            }
         }
     }
     resolver.unsupported(&config.calico, "[cluster.calico]")?;
     resolver.unsupported_list(&config.service, "Services")?;
     resolver.unsupported_list(&config.network_policy, "NetworkPolicy")?;
-    resolver.unsupported_list(&config.cluster_network_policy, "Antrea ClusterNetworkPolicy")?;
+    resolver.unsupported_list(
+        &config.cluster_network_policy,
+        "Antrea ClusterNetworkPolicy",
+    )?;
     resolver.unsupported_list(&config.egress, "Antrea Egress")?;
 
     let node_segment = match &config.node_segment {
         Some(name) => lookup_segment(name)?,
         None if segments.len() == 1 => 0,
-        None => return Err(resolver.error(&config.name, "cluster needs `node_segment` (the topology has several segments)")),
+        None => {
+            return Err(resolver.error(
+                &config.name,
+                "cluster needs `node_segment` (the topology has several segments)",
+            ))
+        }
     };
     let pod_cidr = parse_cidr_or_default(resolver, &config.pod_cidr, DEFAULT_POD_CIDR)?;
     let service_cidr = parse_cidr_or_default(resolver, &config.service_cidr, DEFAULT_SERVICE_CIDR)?;
     if pod_cidr.contains(&service_cidr.network()) || service_cidr.contains(&pod_cidr.network()) {
-        let at = config.service_cidr.as_ref().map(|s| s.span()).or_else(|| config.pod_cidr.as_ref().map(|s| s.span()));
-        return Err(resolver.source.error(at, format!("service_cidr {service_cidr} overlaps pod_cidr {pod_cidr}")));
+        let at = config
+            .service_cidr
+            .as_ref()
+            .map(|s| s.span())
+            .or_else(|| config.pod_cidr.as_ref().map(|s| s.span()));
+        return Err(resolver.source.error(
+            at,
+            format!("service_cidr {service_cidr} overlaps pod_cidr {pod_cidr}"),
+        ));
     }
     let antrea = resolve_antrea(resolver, config, &segments[node_segment])?;
     let nodes = resolve_nodes(resolver, config, node_segment, pod_cidr, addresses)?;
     let namespaces = resolve_namespaces(resolver, config)?;
     let pods = resolve_pods(resolver, config, &nodes, &namespaces)?;
-    Ok(Cluster { name, pod_cidr, service_cidr, node_segment, antrea, nodes, namespaces, pods })
+    Ok(Cluster {
+        name,
+        pod_cidr,
+        service_cidr,
+        node_segment,
+        antrea,
+        nodes,
+        namespaces,
+        pods,
+    })
 }
 
-fn parse_cidr_or_default(resolver: &Resolver, value: &Option<Spanned<Ipv4Net>>, default: &str) -> Result<Ipv4Net> {
+fn parse_cidr_or_default(
+    resolver: &Resolver,
+    value: &Option<Spanned<Ipv4Net>>,
+    default: &str,
+) -> Result<Ipv4Net> {
     match value {
         Some(cidr) => {
             let net = *cidr.get_ref();
             if net != net.trunc() {
-                return Err(resolver.error(cidr, format!("{net} has host bits set (did you mean {}?)", net.trunc())));
+                return Err(resolver.error(
+                    cidr,
+                    format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+                ));
             }
             Ok(net)
         }
@@ -432,7 +636,11 @@ fn parse_cidr_or_default(resolver: &Resolver, value: &Option<Spanned<Ipv4Net>>, 
     }
 }
 
-fn resolve_antrea(resolver: &Resolver, config: &ClusterConfig, node_segment: &Segment) -> Result<AntreaSettings> {
+fn resolve_antrea(
+    resolver: &Resolver,
+    config: &ClusterConfig,
+    node_segment: &Segment,
+) -> Result<AntreaSettings> {
     let default = Spanned::new(0..0, AntreaConfig::default());
     let antrea = config.antrea.as_ref().unwrap_or(&default).get_ref();
     if let Some(mode) = &antrea.traffic_encap_mode {
@@ -445,8 +653,19 @@ fn resolve_antrea(resolver: &Resolver, config: &ClusterConfig, node_segment: &Se
     if let Some(tunnel) = &antrea.tunnel_type {
         match tunnel.get_ref().as_str() {
             "geneve" => {}
-            "vxlan" | "gre" | "stt" => return Err(resolver.error(tunnel, format!("tunnel_type `{}` is not modelled by this netsim version yet; use \"geneve\"", tunnel.get_ref()))),
-            other => return Err(resolver.error(tunnel, format!("unknown tunnel_type `{other}` (expected geneve or vxlan)"))),
+            "vxlan" | "gre" | "stt" => return Err(resolver.error(
+                tunnel,
+                format!(
+                    "tunnel_type `{}` is not modelled by this netsim version yet; use \"geneve\"",
+                    tunnel.get_ref()
+                ),
+            )),
+            other => {
+                return Err(resolver.error(
+                    tunnel,
+                    format!("unknown tunnel_type `{other}` (expected geneve or vxlan)"),
+                ))
+            }
         }
     }
     resolver.unsupported(&antrea.node_port_local, "NodePortLocal")?;
@@ -454,11 +673,23 @@ fn resolve_antrea(resolver: &Resolver, config: &ClusterConfig, node_segment: &Se
     // Antrea deducts the tunnel overhead from the uplink MTU (pkg/agent/config/node_config.go):
     // 50 bytes for Geneve over IPv4.
     let overhead = u16::try_from(crate::wire::geneve::IPV4_OVERHEAD).unwrap_or(50);
-    let pod_mtu = if requested == 0 { node_segment.mtu - overhead } else { requested };
+    let pod_mtu = if requested == 0 {
+        node_segment.mtu - overhead
+    } else {
+        requested
+    };
     if !(576..=9216).contains(&pod_mtu) {
-        return Err(resolver.error(&antrea.mtu, format!("pod mtu {pod_mtu} is outside 576..9216")));
+        return Err(resolver.error(
+            &antrea.mtu,
+            format!("pod mtu {pod_mtu} is outside 576..9216"),
+        ));
     }
-    Ok(AntreaSettings { traffic_encap_mode: TrafficEncapMode::Encap, tunnel_type: TunnelType::Geneve, no_snat: antrea.no_snat, pod_mtu })
+    Ok(AntreaSettings {
+        traffic_encap_mode: TrafficEncapMode::Encap,
+        tunnel_type: TunnelType::Geneve,
+        no_snat: antrea.no_snat,
+        pod_mtu,
+    })
 }
 
 fn resolve_nodes(
@@ -477,21 +708,39 @@ fn resolve_nodes(
         if let Some(cidr) = &node.get_ref().pod_cidr {
             let net = *cidr.get_ref();
             if net != net.trunc() {
-                return Err(resolver.error(cidr, format!("{net} has host bits set (did you mean {}?)", net.trunc())));
+                return Err(resolver.error(
+                    cidr,
+                    format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+                ));
             }
             if !pod_cidr.contains(&net.network()) || net.prefix_len() < pod_cidr.prefix_len() {
-                return Err(resolver.error(cidr, format!("node pod_cidr {net} is outside the cluster pod_cidr {pod_cidr}")));
+                return Err(resolver.error(
+                    cidr,
+                    format!("node pod_cidr {net} is outside the cluster pod_cidr {pod_cidr}"),
+                ));
             }
             if net.prefix_len() > 30 {
-                return Err(resolver.error(cidr, format!("node pod_cidr {net} is too small for a gateway and pods")));
+                return Err(resolver.error(
+                    cidr,
+                    format!("node pod_cidr {net} is too small for a gateway and pods"),
+                ));
             }
-            if let Some(other) = taken.iter().find(|other| other.contains(&net.network()) || net.contains(&other.network())) {
-                return Err(resolver.error(cidr, format!("node pod_cidr {net} overlaps {other} of another node")));
+            if let Some(other) = taken
+                .iter()
+                .find(|other| other.contains(&net.network()) || net.contains(&other.network()))
+            {
+                return Err(resolver.error(
+                    cidr,
+                    format!("node pod_cidr {net} overlaps {other} of another node"),
+                ));
             }
             taken.push(net);
         }
     }
-    let mut free_blocks = pod_cidr.subnets(NODE_CIDR_PREFIX.max(pod_cidr.prefix_len())).into_iter().flatten();
+    let mut free_blocks = pod_cidr
+        .subnets(NODE_CIDR_PREFIX.max(pod_cidr.prefix_len()))
+        .into_iter()
+        .flatten();
     let mut nodes = Vec::new();
     for spanned in &config.node {
         let node = spanned.get_ref();
@@ -499,10 +748,16 @@ fn resolve_nodes(
         let owner = format!("node {name}");
         let ip = match &node.ip {
             Some(ip) => {
-                addresses.claim(node_segment, *ip.get_ref(), &owner).map_err(|message| resolver.error(ip, format!("node {name}: {message}")))?;
+                addresses
+                    .claim(node_segment, *ip.get_ref(), &owner)
+                    .map_err(|message| resolver.error(ip, format!("node {name}: {message}")))?;
                 *ip.get_ref()
             }
-            None => addresses.allocate(node_segment, 11, &owner).ok_or_else(|| resolver.error(&node.name, "no free address left on the node segment"))?,
+            None => addresses
+                .allocate(node_segment, 11, &owner)
+                .ok_or_else(|| {
+                    resolver.error(&node.name, "no free address left on the node segment")
+                })?,
         };
         let node_pod_cidr = match &node.pod_cidr {
             Some(cidr) => *cidr.get_ref(),
@@ -514,18 +769,38 @@ fn resolve_nodes(
                 block
             }
         };
-        nodes.push(Node { name, ip, pod_cidr: node_pod_cidr });
+        nodes.push(Node {
+            name,
+            ip,
+            pod_cidr: node_pod_cidr,
+        });
     }
     Ok(nodes)
 }
 
-fn check_pod_cidrs_disjoint(resolver: &Resolver, file: &TopologyFile, clusters: &[Cluster]) -> Result<()> {
+fn check_pod_cidrs_disjoint(
+    resolver: &Resolver,
+    file: &TopologyFile,
+    clusters: &[Cluster],
+) -> Result<()> {
     for (index, cluster) in clusters.iter().enumerate() {
         for other in &clusters[..index] {
-            if cluster.pod_cidr.contains(&other.pod_cidr.network()) || other.pod_cidr.contains(&cluster.pod_cidr.network()) {
+            if cluster.pod_cidr.contains(&other.pod_cidr.network())
+                || other.pod_cidr.contains(&cluster.pod_cidr.network())
+            {
                 let config = file.cluster[index].get_ref();
-                let at = config.pod_cidr.as_ref().map(|s| s.span()).unwrap_or_else(|| config.name.span());
-                return Err(resolver.source.error(Some(at), format!("pod_cidr {} overlaps cluster {}'s {}", cluster.pod_cidr, other.name, other.pod_cidr)));
+                let at = config
+                    .pod_cidr
+                    .as_ref()
+                    .map(|s| s.span())
+                    .unwrap_or_else(|| config.name.span());
+                return Err(resolver.source.error(
+                    Some(at),
+                    format!(
+                        "pod_cidr {} overlaps cluster {}'s {}",
+                        cluster.pod_cidr, other.name, other.pod_cidr
+                    ),
+                ));
             }
         }
     }
@@ -533,20 +808,36 @@ fn check_pod_cidrs_disjoint(resolver: &Resolver, file: &TopologyFile, clusters: 
 }
 
 fn resolve_namespaces(resolver: &Resolver, config: &ClusterConfig) -> Result<Vec<Namespace>> {
-    unique_names(resolver, "namespace", config.namespace.iter().map(|n| &n.get_ref().name))?;
+    unique_names(
+        resolver,
+        "namespace",
+        config.namespace.iter().map(|n| &n.get_ref().name),
+    )?;
     let mut namespaces: Vec<Namespace> = config
         .namespace
         .iter()
         .map(|n| {
             let mut labels = n.get_ref().labels.clone();
             // Every namespace carries its own name as a label (reference §d).
-            labels.insert("kubernetes.io/metadata.name".into(), n.get_ref().name.get_ref().clone());
-            Namespace { name: n.get_ref().name.get_ref().clone(), labels }
+            labels.insert(
+                "kubernetes.io/metadata.name".into(),
+                n.get_ref().name.get_ref().clone(),
+            );
+            Namespace {
+                name: n.get_ref().name.get_ref().clone(),
+                labels,
+            }
         })
         .collect();
     if !namespaces.iter().any(|n| n.name == "default") {
-        let labels = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), "default".to_string())]);
-        namespaces.push(Namespace { name: "default".into(), labels });
+        let labels = BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            "default".to_string(),
+        )]);
+        namespaces.push(Namespace {
+            name: "default".into(),
+            labels,
+        });
     }
     Ok(namespaces)
 }
@@ -562,7 +853,12 @@ struct PodRequest<'a> {
     ports: &'a [Spanned<ContainerPortConfig>],
 }
 
-fn resolve_pods(resolver: &Resolver, config: &ClusterConfig, nodes: &[Node], namespaces: &[Namespace]) -> Result<Vec<Pod>> {
+fn resolve_pods(
+    resolver: &Resolver,
+    config: &ClusterConfig,
+    nodes: &[Node],
+    namespaces: &[Namespace],
+) -> Result<Vec<Pod>> {
     let mut requests: Vec<PodRequest> = config
         .pod
         .iter()
@@ -594,7 +890,10 @@ fn resolve_pods(resolver: &Resolver, config: &ClusterConfig, nodes: &[Node], nam
         }
     }
     let mut seen = BTreeSet::new();
-    let mut used_ips: Vec<BTreeSet<Ipv4Addr>> = nodes.iter().map(|node| BTreeSet::from([node.gateway_ip()])).collect();
+    let mut used_ips: Vec<BTreeSet<Ipv4Addr>> = nodes
+        .iter()
+        .map(|node| BTreeSet::from([node.gateway_ip()]))
+        .collect();
     // Explicit IPs first, so allocation skips them.
     let mut placements = Vec::new();
     let mut round_robin = 0usize;
@@ -602,20 +901,34 @@ fn resolve_pods(resolver: &Resolver, config: &ClusterConfig, nodes: &[Node], nam
         let namespace = match request.namespace {
             Some(ns) => {
                 if !namespaces.iter().any(|n| &n.name == ns.get_ref()) {
-                    return Err(resolver.error(ns, format!("no namespace named `{}` (declare it with [[cluster.namespace]])", ns.get_ref())));
+                    return Err(resolver.error(
+                        ns,
+                        format!(
+                            "no namespace named `{}` (declare it with [[cluster.namespace]])",
+                            ns.get_ref()
+                        ),
+                    ));
                 }
                 ns.get_ref().clone()
             }
             None => "default".to_string(),
         };
         if !seen.insert((namespace.clone(), request.name.clone())) {
-            return Err(resolver.error(request.name_at, format!("duplicate pod `{namespace}/{}`", request.name)));
+            return Err(resolver.error(
+                request.name_at,
+                format!("duplicate pod `{namespace}/{}`", request.name),
+            ));
         }
         let node = match request.node {
             Some(node_name) => nodes
                 .iter()
                 .position(|n| &n.name == node_name.get_ref())
-                .ok_or_else(|| resolver.error(node_name, format!("no node named `{}` in this cluster", node_name.get_ref())))?,
+                .ok_or_else(|| {
+                    resolver.error(
+                        node_name,
+                        format!("no node named `{}` in this cluster", node_name.get_ref()),
+                    )
+                })?,
             None => {
                 round_robin += 1;
                 (round_robin - 1) % nodes.len()
@@ -624,11 +937,26 @@ fn resolve_pods(resolver: &Resolver, config: &ClusterConfig, nodes: &[Node], nam
         if let Some(ip) = request.ip {
             let address = *ip.get_ref();
             let node_cidr = nodes[node].pod_cidr;
-            if !node_cidr.contains(&address) || address == node_cidr.network() || address == node_cidr.broadcast() {
-                return Err(resolver.error(ip, format!("pod ip {address} is outside node {}'s pod CIDR {node_cidr}", nodes[node].name)));
+            if !node_cidr.contains(&address)
+                || address == node_cidr.network()
+                || address == node_cidr.broadcast()
+            {
+                return Err(resolver.error(
+                    ip,
+                    format!(
+                        "pod ip {address} is outside node {}'s pod CIDR {node_cidr}",
+                        nodes[node].name
+                    ),
+                ));
             }
             if !used_ips[node].insert(address) {
-                return Err(resolver.error(ip, format!("pod ip {address} is already in use on node {}", nodes[node].name)));
+                return Err(resolver.error(
+                    ip,
+                    format!(
+                        "pod ip {address} is already in use on node {}",
+                        nodes[node].name
+                    ),
+                ));
             }
         }
         placements.push((namespace, node));
@@ -643,7 +971,12 @@ fn resolve_pods(resolver: &Resolver, config: &ClusterConfig, nodes: &[Node], nam
                 let address = (first..u32::from(cidr.broadcast()))
                     .map(Ipv4Addr::from)
                     .find(|address| !used_ips[node].contains(address))
-                    .ok_or_else(|| resolver.error(request.name_at, format!("node {}'s pod CIDR {cidr} is full", nodes[node].name)))?;
+                    .ok_or_else(|| {
+                        resolver.error(
+                            request.name_at,
+                            format!("node {}'s pod CIDR {cidr} is full", nodes[node].name),
+                        )
+                    })?;
                 used_ips[node].insert(address);
                 address
             }
@@ -652,14 +985,29 @@ fn resolve_pods(resolver: &Resolver, config: &ClusterConfig, nodes: &[Node], nam
         for port in request.ports {
             let port_config = port.get_ref();
             let protocol = parse_listen_protocol(resolver, &port_config.protocol)?;
-            ports.push(ContainerPort { name: port_config.name.clone(), port: *port_config.port.get_ref(), protocol });
+            ports.push(ContainerPort {
+                name: port_config.name.clone(),
+                port: *port_config.port.get_ref(),
+                protocol,
+            });
         }
-        pods.push(Pod { name: request.name.clone(), namespace, node, ip, labels: request.labels.clone(), ports });
+        pods.push(Pod {
+            name: request.name.clone(),
+            namespace,
+            node,
+            ip,
+            labels: request.labels.clone(),
+            ports,
+        });
     }
     Ok(pods)
 }
 
-fn resolve_expect(resolver: &Resolver, topology: &mut Topology, spanned: &Spanned<ExpectConfig>) -> Result<Expectation> {
+fn resolve_expect(
+    resolver: &Resolver,
+    topology: &mut Topology,
+    spanned: &Spanned<ExpectConfig>,
+) -> Result<Expectation> {
     let config = spanned.get_ref();
     let text = describe_expect(config);
     if let Some(router_name) = &config.router {
@@ -667,9 +1015,22 @@ fn resolve_expect(resolver: &Resolver, topology: &mut Topology, spanned: &Spanne
             .routers
             .iter()
             .position(|r| &r.name == router_name.get_ref())
-            .ok_or_else(|| resolver.error(router_name, format!("no router named `{}`", router_name.get_ref())))?;
-        let prefix = config.prefix.as_ref().ok_or_else(|| resolver.error(spanned, "a routing expectation needs `prefix`"))?;
-        return Ok(Expectation::Route { text, router, prefix: prefix.get_ref().trunc(), present: config.present.unwrap_or(true) });
+            .ok_or_else(|| {
+                resolver.error(
+                    router_name,
+                    format!("no router named `{}`", router_name.get_ref()),
+                )
+            })?;
+        let prefix = config
+            .prefix
+            .as_ref()
+            .ok_or_else(|| resolver.error(spanned, "a routing expectation needs `prefix`"))?;
+        return Ok(Expectation::Route {
+            text,
+            router,
+            prefix: prefix.get_ref().trunc(),
+            present: config.present.unwrap_or(true),
+        });
     }
     let flow = match (&config.flow, &config.from, &config.to) {
         (Some(name), _, _) => topology
@@ -691,7 +1052,12 @@ fn resolve_expect(resolver: &Resolver, topology: &mut Topology, spanned: &Spanne
             topology.flows.push(flow);
             topology.flows.len() - 1
         }
-        _ => return Err(resolver.error(spanned, "an expectation needs `flow`, or `from` and `to`, or `router` and `prefix`")),
+        _ => {
+            return Err(resolver.error(
+                spanned,
+                "an expectation needs `flow`, or `from` and `to`, or `router` and `prefix`",
+            ))
+        }
     };
     let verdict = match &config.verdict {
         None => None,
@@ -699,15 +1065,29 @@ fn resolve_expect(resolver: &Resolver, topology: &mut Topology, spanned: &Spanne
             "delivered" => Verdict::Delivered,
             "dropped" => Verdict::Dropped,
             "no-reply" => Verdict::NoReply,
-            other => return Err(resolver.error(text, format!("unknown verdict `{other}` (expected delivered, dropped or no-reply)"))),
+            other => {
+                return Err(resolver.error(
+                    text,
+                    format!("unknown verdict `{other}` (expected delivered, dropped or no-reply)"),
+                ))
+            }
         }),
     };
-    let via = config.via.iter().flatten().map(|device| device.get_ref().clone()).collect();
+    let via = config
+        .via
+        .iter()
+        .flatten()
+        .map(|device| device.get_ref().clone())
+        .collect();
     Ok(Expectation::Flow {
         text,
         flow,
         verdict,
-        dropped_by: config.dropped_by.as_ref().map(|d| d.get_ref().clone()).filter(|d| !d.is_empty()),
+        dropped_by: config
+            .dropped_by
+            .as_ref()
+            .map(|d| d.get_ref().clone())
+            .filter(|d| !d.is_empty()),
         via,
         seen_source: config.seen_source.as_ref().map(|s| *s.get_ref()),
     })
@@ -732,7 +1112,13 @@ fn describe_expect(config: &ExpectConfig) -> String {
         parts.push(format!("port={}", port.get_ref()));
     }
     if let Some(via) = &config.via {
-        parts.push(format!("via=[{}]", via.iter().map(|d| d.get_ref().as_str()).collect::<Vec<_>>().join(", ")));
+        parts.push(format!(
+            "via=[{}]",
+            via.iter()
+                .map(|d| d.get_ref().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     if let Some(seen) = &config.seen_source {
         parts.push(format!("seen_source={}", seen.get_ref()));

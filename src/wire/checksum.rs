@@ -42,7 +42,12 @@ pub fn checksum(data: &[u8]) -> u16 {
 }
 
 /// Sum of the IPv4 pseudo-header used by TCP and UDP (RFC 793 §3.1, RFC 768).
-pub fn pseudo_header_sum(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, length: u16) -> u32 {
+pub fn pseudo_header_sum(
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    protocol: u8,
+    length: u16,
+) -> u32 {
     let mut accumulator = sum(0, &source.octets());
     accumulator = sum(accumulator, &destination.octets());
     accumulator + u32::from(protocol) + u32::from(length)
@@ -50,9 +55,17 @@ pub fn pseudo_header_sum(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, 
 
 /// Full TCP/UDP checksum over pseudo-header and segment (whose checksum field must
 /// already be zero).
-pub fn transport_checksum(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, segment: &[u8]) -> u16 {
+pub fn transport_checksum(
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    protocol: u8,
+    segment: &[u8],
+) -> u16 {
     let length = u16::try_from(segment.len()).unwrap_or(u16::MAX);
-    !fold(sum(pseudo_header_sum(source, destination, protocol, length), segment))
+    !fold(sum(
+        pseudo_header_sum(source, destination, protocol, length),
+        segment,
+    ))
 }
 
 /// RFC 1624 eqn. 3: `HC' = ~(~HC + ~m + m')` for one 16-bit word changing from `old`
@@ -99,8 +112,8 @@ mod tests {
     fn incremental_matches_full_on_ipv4_ttl_change() {
         // A real IPv4 header (checksum 0xb861) from RFC 1071-style worked examples.
         let mut header = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0,
-            0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         let original = checksum(&header);
         assert_eq!(original, 0xb861);

@@ -225,7 +225,11 @@ impl<'a> Iterator for OptionsIterator<'a> {
         }
         let data = &self.remaining[4..4 + data_len];
         self.remaining = &self.remaining[4 + data_len..];
-        Some(Ok(GeneveOption { class, option_type, data }))
+        Some(Ok(GeneveOption {
+            class,
+            option_type,
+            data,
+        }))
     }
 }
 
@@ -244,7 +248,13 @@ impl<'a> Repr<'a> {
     /// The header Antrea emits: VNI 0, no options, an Ethernet payload
     /// (reference §a: no SetTunnelID in the pipeline, no Geneve options).
     pub const fn antrea() -> Repr<'static> {
-        Repr { oam: false, critical: false, protocol_type: PROTOCOL_ETHERNET, vni: 0, options: &[] }
+        Repr {
+            oam: false,
+            critical: false,
+            protocol_type: PROTOCOL_ETHERNET,
+            vni: 0,
+            options: &[],
+        }
     }
 
     /// Parses a header. Rejects a version other than 0 and malformed options
@@ -278,8 +288,11 @@ impl<'a> Repr<'a> {
     }
 
     /// Writes the header (and options) at the start of `packet`.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) -> Result<(), WireError> {
-        if self.options.len() % 4 != 0 || self.options.len() > 63 * 4 {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+    ) -> Result<(), WireError> {
+        if !self.options.len().is_multiple_of(4) || self.options.len() > 63 * 4 {
             return Err(WireError::Malformed);
         }
         if packet.buffer.as_ref().len() < self.buffer_len() {
@@ -312,7 +325,13 @@ mod tests {
     static OPTIONS: [u8; 8] = [0x01, 0x04, 0x80, 0x01, 0xde, 0xad, 0xbe, 0xef];
 
     fn repr() -> Repr<'static> {
-        Repr { oam: false, critical: true, protocol_type: PROTOCOL_ETHERNET, vni: 0x12_3456, options: &OPTIONS }
+        Repr {
+            oam: false,
+            critical: true,
+            protocol_type: PROTOCOL_ETHERNET,
+            vni: 0x12_3456,
+            options: &OPTIONS,
+        }
     }
 
     #[test]
@@ -327,8 +346,17 @@ mod tests {
         assert_eq!(packet.reserved(), 0);
         assert_eq!(packet.header_len(), 16);
         assert_eq!(packet.payload(), &[0xaa, 0xbb]);
-        let options: Vec<_> = OptionsIterator::new(packet.options()).collect::<Result<_, _>>().unwrap();
-        assert_eq!(options, vec![GeneveOption { class: 0x0104, option_type: 0x80, data: &[0xde, 0xad, 0xbe, 0xef] }]);
+        let options: Vec<_> = OptionsIterator::new(packet.options())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            options,
+            vec![GeneveOption {
+                class: 0x0104,
+                option_type: 0x80,
+                data: &[0xde, 0xad, 0xbe, 0xef]
+            }]
+        );
         assert!(options[0].is_critical());
     }
 
@@ -355,7 +383,9 @@ mod tests {
     #[test]
     fn emit() {
         let mut bytes = [0u8; 18];
-        repr().emit(&mut Packet::new_unchecked(&mut bytes[..])).unwrap();
+        repr()
+            .emit(&mut Packet::new_unchecked(&mut bytes[..]))
+            .unwrap();
         bytes[16..].copy_from_slice(&[0xaa, 0xbb]);
         assert_eq!(bytes, PACKET_BYTES);
     }
@@ -363,13 +393,18 @@ mod tests {
     #[test]
     fn antrea_header_is_vni_zero_without_options() {
         let mut bytes = [0xffu8; 8];
-        Repr::antrea().emit(&mut Packet::new_unchecked(&mut bytes[..])).unwrap();
+        Repr::antrea()
+            .emit(&mut Packet::new_unchecked(&mut bytes[..]))
+            .unwrap();
         assert_eq!(bytes, [0x00, 0x00, 0x65, 0x58, 0x00, 0x00, 0x00, 0x00]);
     }
 
     #[test]
     fn truncated_options_are_rejected() {
-        assert_eq!(Packet::new_checked(&PACKET_BYTES[..12]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Packet::new_checked(&PACKET_BYTES[..12]).unwrap_err(),
+            WireError::Truncated
+        );
         let mut bad = PACKET_BYTES;
         bad[11] = 0x03; // option claims 12 data bytes
         let packet = Packet::new_checked(&bad[..]).unwrap();

@@ -9,8 +9,8 @@ pub mod checksum;
 pub mod geneve;
 
 pub use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Message, Icmpv4Packet, IpProtocol,
-    Ipv4Packet, TcpPacket, UdpPacket,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Message, Icmpv4Packet,
+    IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
 };
 
 /// Ethernet header length (no VLAN tag).
@@ -58,7 +58,11 @@ impl Mac {
 impl std::fmt::Display for Mac {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.0;
-        write!(formatter, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            formatter,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 

@@ -4,9 +4,7 @@
 
 use super::*;
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    IpAddress, Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber, UdpRepr,
-};
+use smoltcp::wire::{IpAddress, Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber, UdpRepr};
 use std::net::Ipv4Addr;
 
 // dst 02:00:00:00:00:02, src 02:00:00:00:00:01, IPv4.
@@ -26,7 +24,12 @@ fn ethernet_deconstruct() {
 #[test]
 fn ethernet_construct() {
     let mut bytes = [0u8; 16];
-    emit_ethernet(&mut bytes, Mac([2, 0, 0, 0, 0, 2]), Mac([2, 0, 0, 0, 0, 1]), ETHERTYPE_IPV4);
+    emit_ethernet(
+        &mut bytes,
+        Mac([2, 0, 0, 0, 0, 2]),
+        Mac([2, 0, 0, 0, 0, 1]),
+        ETHERTYPE_IPV4,
+    );
     bytes[14..].copy_from_slice(&[0xaa, 0xbb]);
     assert_eq!(bytes, ETHERNET_BYTES);
 }
@@ -45,8 +48,8 @@ fn ethernet_parse_and_emit() {
 // Checksum worked out by hand: 4500+001c+0000+4000+4011+0a14+000b+0a14+000c = 0xd96c;
 // complement 0x2693.
 static IPV4_BYTES: [u8; 28] = [
-    0x45, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x26, 0x93, 0x0a, 0x14, 0x00, 0x0b, 0x0a, 0x14,
-    0x00, 0x0c, 1, 2, 3, 4, 5, 6, 7, 8,
+    0x45, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x26, 0x93, 0x0a, 0x14, 0x00, 0x0b,
+    0x0a, 0x14, 0x00, 0x0c, 1, 2, 3, 4, 5, 6, 7, 8,
 ];
 
 #[test]
@@ -67,7 +70,16 @@ fn ipv4_deconstruct() {
 #[test]
 fn ipv4_construct() {
     let mut bytes = [0u8; 28];
-    emit_ipv4(&mut bytes, Ipv4Addr::new(10, 20, 0, 11), Ipv4Addr::new(10, 20, 0, 12), PROTOCOL_UDP, 8, 64, 0, true);
+    emit_ipv4(
+        &mut bytes,
+        Ipv4Addr::new(10, 20, 0, 11),
+        Ipv4Addr::new(10, 20, 0, 12),
+        PROTOCOL_UDP,
+        8,
+        64,
+        0,
+        true,
+    );
     bytes[20..].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(bytes, IPV4_BYTES);
 }
@@ -78,7 +90,10 @@ fn ipv4_parse_and_emit() {
     let repr = Ipv4Repr::parse(&packet, &ChecksumCapabilities::default()).unwrap();
     assert_eq!(repr.payload_len, 8);
     let mut bytes = [0u8; 28];
-    repr.emit(&mut Ipv4Packet::new_unchecked(&mut bytes[..]), &ChecksumCapabilities::default());
+    repr.emit(
+        &mut Ipv4Packet::new_unchecked(&mut bytes[..]),
+        &ChecksumCapabilities::default(),
+    );
     bytes[20..].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(bytes, IPV4_BYTES);
 }
@@ -106,7 +121,12 @@ fn udp_construct() {
     bytes[2..4].copy_from_slice(&53u16.to_be_bytes());
     bytes[4..6].copy_from_slice(&10u16.to_be_bytes());
     bytes[8..].copy_from_slice(b"ab");
-    let sum = checksum::transport_checksum(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), PROTOCOL_UDP, &bytes);
+    let sum = checksum::transport_checksum(
+        Ipv4Addr::new(10, 0, 0, 1),
+        Ipv4Addr::new(10, 0, 0, 2),
+        PROTOCOL_UDP,
+        &bytes,
+    );
     bytes[6..8].copy_from_slice(&sum.to_be_bytes());
     assert_eq!(bytes, UDP_BYTES);
 }
@@ -116,7 +136,13 @@ fn udp_parse_and_emit() {
     let source = IpAddress::v4(10, 0, 0, 1);
     let destination = IpAddress::v4(10, 0, 0, 2);
     let packet = UdpPacket::new_checked(&UDP_BYTES[..]).unwrap();
-    let repr = UdpRepr::parse(&packet, &source, &destination, &ChecksumCapabilities::default()).unwrap();
+    let repr = UdpRepr::parse(
+        &packet,
+        &source,
+        &destination,
+        &ChecksumCapabilities::default(),
+    )
+    .unwrap();
     assert_eq!((repr.src_port, repr.dst_port), (40000, 53));
     let mut bytes = [0u8; 10];
     repr.emit(
@@ -132,13 +158,18 @@ fn udp_parse_and_emit() {
 
 // TCP SYN 40312 -> 8080, seq 1000, window 64240, no options, from 10.0.0.1 to 10.0.0.2.
 static TCP_BYTES: [u8; 20] = [
-    0x9d, 0x78, 0x1f, 0x90, 0x00, 0x00, 0x03, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x50, 0x02, 0xfa, 0xf0, 0x00, 0x00,
-    0x00, 0x00,
+    0x9d, 0x78, 0x1f, 0x90, 0x00, 0x00, 0x03, 0xe8, 0x00, 0x00, 0x00, 0x00, 0x50, 0x02, 0xfa, 0xf0,
+    0x00, 0x00, 0x00, 0x00,
 ];
 
 fn tcp_bytes_with_checksum() -> [u8; 20] {
     let mut bytes = TCP_BYTES;
-    let sum = checksum::transport_checksum(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), PROTOCOL_TCP, &bytes);
+    let sum = checksum::transport_checksum(
+        Ipv4Addr::new(10, 0, 0, 1),
+        Ipv4Addr::new(10, 0, 0, 2),
+        PROTOCOL_TCP,
+        &bytes,
+    );
     bytes[16..18].copy_from_slice(&sum.to_be_bytes());
     bytes
 }
@@ -180,10 +211,21 @@ fn tcp_parse_and_emit() {
     let destination = IpAddress::v4(10, 0, 0, 2);
     let bytes = tcp_bytes_with_checksum();
     let packet = TcpPacket::new_checked(&bytes[..]).unwrap();
-    let repr = TcpRepr::parse(&packet, &source, &destination, &ChecksumCapabilities::default()).unwrap();
+    let repr = TcpRepr::parse(
+        &packet,
+        &source,
+        &destination,
+        &ChecksumCapabilities::default(),
+    )
+    .unwrap();
     assert_eq!(repr.control, TcpControl::Syn);
     let mut out = [0u8; 20];
-    repr.emit(&mut TcpPacket::new_unchecked(&mut out[..]), &source, &destination, &ChecksumCapabilities::default());
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut out[..]),
+        &source,
+        &destination,
+        &ChecksumCapabilities::default(),
+    );
     assert_eq!(out, bytes);
 }
 
@@ -218,6 +260,9 @@ fn icmp_parse_and_emit() {
     let packet = Icmpv4Packet::new_checked(&ICMP_BYTES[..]).unwrap();
     let repr = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default()).unwrap();
     let mut out = [0u8; 10];
-    repr.emit(&mut Icmpv4Packet::new_unchecked(&mut out[..]), &ChecksumCapabilities::default());
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut out[..]),
+        &ChecksumCapabilities::default(),
+    );
     assert_eq!(out, ICMP_BYTES);
 }

@@ -656,6 +656,7 @@ impl AntreaNode {
             }
         }
         packet.decrement_ttl();
+        let before = packet.meta.key;
         if let Err(reason) = self.postrouting(ctx, ingress, egress, connection, &mut packet) {
             ctx.describe(slot, HopAction::Drop, || format!("postrouting: {reason}"));
             ctx.drop_packet(&self.settings.name, &packet, reason, || {
@@ -672,16 +673,13 @@ impl AntreaNode {
                     });
                     return;
                 };
-                ctx.describe(slot, HopAction::Receive, || {
-                    format!("host stack: route {destination} via {next_hop} dev eth0")
-                });
+                let route = format!("host stack: route {destination} via {next_hop} dev eth0");
+                ctx.describe(slot, HopAction::Receive, || route.clone());
                 packet.set_macs(self.settings.mac, next_mac);
-                ctx.hop(
-                    self.settings.uplink_point,
-                    &packet,
-                    HopAction::Transmit,
-                    || format!("to {next_hop} ({next_mac})"),
-                );
+                let after = packet.meta.key;
+                ctx.hop(self.settings.uplink_point, &packet, HopAction::Transmit, || {
+                    describe_source_rewrite(&before, &after) + &format!("{route} ({next_mac})")
+                });
                 out.send(UPLINK_PORT, packet);
             }
             HostEgress::Gateway => {
@@ -957,6 +955,14 @@ impl AntreaNode {
             }
         }
     }
+}
+
+/// `snat A:a -> B:b; ` when the source changed between `before` and `after`.
+fn describe_source_rewrite(before: &FlowKey, after: &FlowKey) -> String {
+    if (before.source, before.source_port) == (after.source, after.source_port) {
+        return String::new();
+    }
+    format!("snat {}:{} -> {}:{}; ", before.source, before.source_port, after.source, after.source_port)
 }
 
 /// The outer headers of one Geneve encapsulation.

@@ -13,7 +13,11 @@ fn run_into(dir: &Path, extra: &[&str]) {
     let mut args = vec!["run", "topologies/quickstart.toml", "--out", out];
     args.extend_from_slice(extra);
     let output = netsim(&args);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -35,29 +39,83 @@ fn run_writes_clean_captures_with_named_interfaces() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("quickstart");
     run_into(&out, &[]);
-    let flows = ["same-node", "cross-node", "cross-node-udp", "to-db", "ping-db", "closed-port"];
+    let flows = [
+        "same-node",
+        "cross-node",
+        "cross-node-udp",
+        "to-db",
+        "ping-db",
+        "closed-port",
+    ];
     assert!(out.join("report.json").is_file());
     for flow in flows {
-        assert!(out.join("flows").join(format!("{flow}.pcapng")).is_file(), "{flow}");
+        assert!(
+            out.join("flows").join(format!("{flow}.pcapng")).is_file(),
+            "{flow}"
+        );
     }
     let capture = out.join("capture.pcapng");
     // Every file reads clean; the ones that cross nodes carry Geneve.
-    let all = files_under(&out).into_iter().filter(|p| p.extension().is_some_and(|e| e == "pcapng")).collect::<Vec<_>>();
+    let all = files_under(&out)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
+        .collect::<Vec<_>>();
     lint(&[], &all.iter().map(PathBuf::as_path).collect::<Vec<_>>());
-    let crossing = [capture.clone(), out.join("flows/cross-node.pcapng"), out.join("flows/cross-node-udp.pcapng"), out.join("flows/closed-port.pcapng")];
-    lint(&["--expect-geneve"], &crossing.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let crossing = [
+        capture.clone(),
+        out.join("flows/cross-node.pcapng"),
+        out.join("flows/cross-node-udp.pcapng"),
+        out.join("flows/closed-port.pcapng"),
+    ];
+    lint(
+        &["--expect-geneve"],
+        &crossing.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    );
 
-    let names = Command::new("tshark").args(["-n", "-r"]).arg(&capture).args(["-T", "fields", "-e", "frame.interface_name"]).output().unwrap();
+    let names = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(&capture)
+        .args(["-T", "fields", "-e", "frame.interface_name"])
+        .output()
+        .unwrap();
     let names = String::from_utf8_lossy(&names.stdout);
-    for expected in ["worker-1:eth0", "worker-1:antrea-tun0", "worker-1:antrea-gw0", "worker-2:veth-app01-web-2", "app01/web-1:eth0", "r1:corp", "r1:vks-nodes", "db:eth0"] {
-        assert!(names.lines().any(|line| line == expected), "no packet on {expected}");
+    for expected in [
+        "worker-1:eth0",
+        "worker-1:antrea-tun0",
+        "worker-1:antrea-gw0",
+        "worker-2:veth-app01-web-2",
+        "app01/web-1:eth0",
+        "r1:corp",
+        "r1:vks-nodes",
+        "db:eth0",
+    ] {
+        assert!(
+            names.lines().any(|line| line == expected),
+            "no packet on {expected}"
+        );
     }
     // The Geneve packets on a node's uplink, as Wireshark reads them.
     let geneve = Command::new("tshark")
         .args(["-n", "-r"])
         .arg(out.join("flows/cross-node.pcapng"))
-        .args(["-Y", "geneve && frame.interface_name == \"worker-1:eth0\" && ip.src == 10.20.0.11"])
-        .args(["-T", "fields", "-e", "geneve.vni", "-e", "udp.dstport", "-e", "udp.checksum", "-e", "ip.flags.df", "-e", "ip.dst"])
+        .args([
+            "-Y",
+            "geneve && frame.interface_name == \"worker-1:eth0\" && ip.src == 10.20.0.11",
+        ])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "geneve.vni",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "udp.checksum",
+            "-e",
+            "ip.flags.df",
+            "-e",
+            "ip.dst",
+        ])
         .output()
         .unwrap();
     let geneve = String::from_utf8_lossy(&geneve.stdout);
@@ -71,7 +129,12 @@ fn run_writes_clean_captures_with_named_interfaces() {
         assert!(fields[4].starts_with("10.20.0.12"), "{line}");
     }
     // Each packet says what the hop did.
-    let comments = Command::new("tshark").args(["-n", "-r"]).arg(&capture).args(["-T", "fields", "-e", "frame.comment"]).output().unwrap();
+    let comments = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(&capture)
+        .args(["-T", "fields", "-e", "frame.comment"])
+        .output()
+        .unwrap();
     let comments = String::from_utf8_lossy(&comments.stdout);
     assert!(comments.contains("geneve encap vni=0 10.20.0.11 -> 10.20.0.12"));
     assert!(comments.contains("drop: nothing listens on tcp/9999"));
@@ -89,8 +152,15 @@ fn two_runs_give_byte_identical_outputs_whatever_the_thread_count() {
     assert_eq!(first_files.len(), second_files.len());
     assert!(first_files.len() >= 8);
     for (a, b) in first_files.iter().zip(&second_files) {
-        assert_eq!(a.strip_prefix(&first).unwrap(), b.strip_prefix(&second).unwrap());
-        assert!(fs::read(a).unwrap() == fs::read(b).unwrap(), "{} differs", a.display());
+        assert_eq!(
+            a.strip_prefix(&first).unwrap(),
+            b.strip_prefix(&second).unwrap()
+        );
+        assert!(
+            fs::read(a).unwrap() == fs::read(b).unwrap(),
+            "{} differs",
+            a.display()
+        );
     }
 }
 
@@ -99,10 +169,17 @@ fn capture_edges_leaves_out_node_internals_and_none_writes_only_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let edges = dir.path().join("edges");
     run_into(&edges, &["--capture", "edges"]);
-    let names = Command::new("tshark").args(["-n", "-r"]).arg(edges.join("capture.pcapng")).args(["-T", "fields", "-e", "frame.interface_name"]).output().unwrap();
+    let names = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(edges.join("capture.pcapng"))
+        .args(["-T", "fields", "-e", "frame.interface_name"])
+        .output()
+        .unwrap();
     let names = String::from_utf8_lossy(&names.stdout);
     assert!(names.lines().any(|line| line == "worker-1:eth0"));
-    assert!(!names.lines().any(|line| line.ends_with("antrea-tun0") || line.ends_with("antrea-gw0")));
+    assert!(!names
+        .lines()
+        .any(|line| line.ends_with("antrea-tun0") || line.ends_with("antrea-gw0")));
     let none = dir.path().join("none");
     run_into(&none, &["--capture", "none"]);
     assert_eq!(files_under(&none), vec![none.join("report.json")]);
@@ -113,18 +190,36 @@ fn the_report_has_the_spec_shape() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q");
     run_into(&out, &[]);
-    let report: serde_json::Value = serde_json::from_slice(&fs::read(out.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["topology"], "quickstart");
-    let flow = report["flows"].as_array().unwrap().iter().find(|f| f["name"] == "to-db").unwrap();
+    let flow = report["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "to-db")
+        .unwrap();
     assert_eq!(flow["verdict"], "delivered");
     assert_eq!(flow["seen_source"], "10.20.0.11");
     assert_eq!(flow["drop"], serde_json::Value::Null);
     let sent = flow["packets"]["sent"].as_u64().unwrap();
-    assert_eq!(sent, flow["packets"]["delivered"].as_u64().unwrap() + flow["packets"]["dropped"].as_u64().unwrap());
+    assert_eq!(
+        sent,
+        flow["packets"]["delivered"].as_u64().unwrap()
+            + flow["packets"]["dropped"].as_u64().unwrap()
+    );
     assert_eq!(flow["connections"]["established"], 1);
     assert_eq!(flow["path"][0]["device"], "app01/client-1");
     assert_eq!(flow["path"][0]["interface"], "eth0");
-    assert!(report["expectations"].as_array().unwrap().iter().all(|e| e["ok"] == true));
+    assert!(report["expectations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["ok"] == true));
     let counters = &report["counters"];
-    assert_eq!(counters["packets_sent"].as_u64().unwrap(), counters["packets_delivered"].as_u64().unwrap() + counters["packets_dropped"].as_u64().unwrap());
+    assert_eq!(
+        counters["packets_sent"].as_u64().unwrap(),
+        counters["packets_delivered"].as_u64().unwrap()
+            + counters["packets_dropped"].as_u64().unwrap()
+    );
 }

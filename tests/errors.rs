@@ -47,10 +47,24 @@ fn refuse(text: &str) -> String {
     let file = dir.path().join("broken.toml");
     fs::write(&file, text).unwrap();
     let out = dir.path().join("out");
-    let run = netsim(&["run", file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert_eq!(run.status.code(), Some(2), "stdout: {}", String::from_utf8_lossy(&run.stdout));
+    let run = netsim(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "stdout: {}",
+        String::from_utf8_lossy(&run.stdout)
+    );
     assert!(!out.exists(), "nothing is written for bad input");
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no staging directory left behind");
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no staging directory left behind"
+    );
     let check = netsim(&["check", file.to_str().unwrap()]);
     assert_eq!(check.status.code(), Some(2));
     let stderr = String::from_utf8(run.stderr).unwrap();
@@ -62,7 +76,10 @@ fn refuse(text: &str) -> String {
 
 fn assert_located(stderr: &str, line: usize, column: usize, message: &str) {
     let expected = format!("{line}:{column}: ");
-    assert!(stderr.starts_with(&expected), "wanted {expected}{message}, got {stderr}");
+    assert!(
+        stderr.starts_with(&expected),
+        "wanted {expected}{message}, got {stderr}"
+    );
     assert!(stderr.contains(message), "wanted {message:?} in {stderr}");
 }
 
@@ -76,7 +93,10 @@ fn an_unknown_key_is_located() {
     let text = BASE.replace("gateway = \"r1\"\n", "gateway = \"r1\"\ncolour = \"red\"\n");
     let stderr = refuse(&text);
     assert_located(&stderr, 8, 1, "unknown field `colour`");
-    assert!(stderr.contains("colour = \"red\""), "the offending text is shown: {stderr}");
+    assert!(
+        stderr.contains("colour = \"red\""),
+        "the offending text is shown: {stderr}"
+    );
 }
 
 #[test]
@@ -88,7 +108,12 @@ fn a_bad_cidr_is_located() {
 #[test]
 fn a_duplicate_name_is_located() {
     let stderr = refuse(&BASE.replace("name = \"worker-2\"", "name = \"worker-1\""));
-    assert_located(&stderr, 24, 8, "duplicate device (router, host or node) name `worker-1`");
+    assert_located(
+        &stderr,
+        24,
+        8,
+        "duplicate device (router, host or node) name `worker-1`",
+    );
 }
 
 #[test]
@@ -100,24 +125,39 @@ fn a_dangling_reference_is_located() {
 #[test]
 fn a_pod_ip_outside_its_node_pod_cidr_is_located() {
     let stderr = refuse(&BASE.replace("ip = \"172.20.1.10\"", "ip = \"172.20.2.10\""));
-    assert_located(&stderr, 31, 6, "pod ip 172.20.2.10 is outside node worker-1's pod CIDR 172.20.1.0/24");
+    assert_located(
+        &stderr,
+        31,
+        6,
+        "pod ip 172.20.2.10 is outside node worker-1's pod CIDR 172.20.1.0/24",
+    );
 }
 
 #[test]
 fn overlapping_node_pod_cidrs_are_located() {
-    let stderr = refuse(&BASE.replace("pod_cidr = \"172.20.2.0/24\"", "pod_cidr = \"172.20.1.128/25\""));
+    let stderr = refuse(&BASE.replace(
+        "pod_cidr = \"172.20.2.0/24\"",
+        "pod_cidr = \"172.20.1.128/25\"",
+    ));
     assert_located(&stderr, 26, 12, "overlaps 172.20.1.0/24 of another node");
 }
 
 #[test]
 fn a_node_outside_its_segment_is_located() {
     let stderr = refuse(&BASE.replace("ip = \"10.20.0.12\"", "ip = \"10.99.0.12\""));
-    assert_located(&stderr, 25, 6, "node worker-2: 10.99.0.12 is outside the segment's cidr 10.20.0.0/24");
+    assert_located(
+        &stderr,
+        25,
+        6,
+        "node worker-2: 10.99.0.12 is outside the segment's cidr 10.20.0.0/24",
+    );
 }
 
 #[test]
 fn a_flow_to_a_missing_pod_and_broken_toml_are_located() {
-    let text = format!("{BASE}\n[[flow]]\nname = \"f\"\nfrom = \"pod:default/web\"\nto = \"pod:default/nope\"\n");
+    let text = format!(
+        "{BASE}\n[[flow]]\nname = \"f\"\nfrom = \"pod:default/web\"\nto = \"pod:default/nope\"\n"
+    );
     let stderr = refuse(&text);
     assert_located(&stderr, 37, 6, "no pod `default/nope`");
     let stderr = refuse(&BASE.replace("[[router]]", "[[router]"));
@@ -134,7 +174,12 @@ fn a_udp_message_larger_than_the_pod_mtu_allows_is_refused() {
 #[test]
 fn features_not_modelled_yet_are_refused_not_ignored() {
     let text = BASE.replace("name = \"r1\"\n", "name = \"r1\"\nkind = \"nsx-t1\"\n");
-    assert_located(&refuse(&text), 11, 8, "router kind `nsx-t1` is not modelled");
+    assert_located(
+        &refuse(&text),
+        11,
+        8,
+        "router kind `nsx-t1` is not modelled",
+    );
     let text = format!("{BASE}\n[[cluster.service]]\nname = \"web\"\n");
     assert_located(&refuse(&text), 34, 1, "Services is not modelled");
 }

@@ -13,14 +13,21 @@ fn ip(text: &str) -> Ipv4Addr {
 }
 
 #[test]
-fn a_full_size_datagram_with_df_is_dropped_at_the_tunnel_and_the_sender_gets_fragmentation_needed() {
+fn a_full_size_datagram_with_df_is_dropped_at_the_tunnel_and_the_sender_gets_fragmentation_needed()
+{
     let (topology, result, report) = run("pod-mtu-mismatch");
     let flow = flow(&report, "full-size-udp");
     assert_eq!(flow.verdict, "dropped");
     let drop = flow.drop.as_ref().unwrap();
-    assert_eq!((drop.device.as_str(), drop.reason.as_str()), ("worker-1", "mtu-exceeded"));
+    assert_eq!(
+        (drop.device.as_str(), drop.reason.as_str()),
+        ("worker-1", "mtu-exceeded")
+    );
     assert_eq!(flow.icmp_received, ["type 3 code 4 from 172.20.1.2"]);
-    assert_eq!(flow.packets.sent, flow.packets.delivered + flow.packets.dropped);
+    assert_eq!(
+        flow.packets.sent,
+        flow.packets.delivered + flow.packets.dropped
+    );
 
     let tag = flow_index(&topology, "full-size-udp");
     let sender = point(&result, "default/sender:eth0");
@@ -31,15 +38,35 @@ fn a_full_size_datagram_with_df_is_dropped_at_the_tunnel_and_the_sender_gets_fra
         .find(|hop| hop.flow == tag && hop.point == sender && hop.action == HopAction::Deliver)
         .expect("the ICMP reached the sending pod");
     let packet = Packet::from_frame(&error.frame, tag).unwrap();
-    assert_eq!(packet.meta.icmp, IcmpKind::Error { icmp_type: 3, code: 4 });
-    assert_eq!((packet.meta.key.source, packet.meta.key.destination), (ip("172.20.1.2"), ip("172.20.0.2")));
+    assert_eq!(
+        packet.meta.icmp,
+        IcmpKind::Error {
+            icmp_type: 3,
+            code: 4
+        }
+    );
+    assert_eq!(
+        (packet.meta.key.source, packet.meta.key.destination),
+        (ip("172.20.1.2"), ip("172.20.0.2"))
+    );
     let icmp = &error.frame[packet.meta.l4_offset..];
-    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450, "next-hop MTU = 1500 - 50");
+    assert_eq!(
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+        1450,
+        "next-hop MTU = 1500 - 50"
+    );
     let quoted = quoted_flow_key(&packet).unwrap();
-    assert_eq!((quoted.source, quoted.destination, quoted.destination_port), (ip("172.20.0.2"), ip("172.20.1.2"), 7000));
+    assert_eq!(
+        (quoted.source, quoted.destination, quoted.destination_port),
+        (ip("172.20.0.2"), ip("172.20.1.2"), 7000)
+    );
     // Nothing of it left worker-1.
     let uplink = point(&result, "worker-1:eth0");
-    assert!(!result.journal.hops.iter().any(|hop| hop.flow == tag && hop.point == uplink));
+    assert!(!result
+        .journal
+        .hops
+        .iter()
+        .any(|hop| hop.flow == tag && hop.point == uplink));
 }
 
 #[test]
@@ -61,15 +88,30 @@ fn a_routing_loop_expires_the_ttl_and_the_time_exceeded_is_un_natted_to_the_pod(
     assert_eq!(flow.drop.as_ref().unwrap().reason, "ttl-exceeded");
     assert!(["r1", "r2"].contains(&flow.drop.as_ref().unwrap().device.as_str()));
     assert_eq!(flow.icmp_received.len(), 1);
-    assert!(flow.icmp_received[0].starts_with("type 11 code 0 from 10."), "{:?}", flow.icmp_received);
-    assert!(flow.nat.iter().any(|n| n.kind == "unsnat-related" && n.to == "172.20.0.2"));
+    assert!(
+        flow.icmp_received[0].starts_with("type 11 code 0 from 10."),
+        "{:?}",
+        flow.icmp_received
+    );
+    assert!(flow
+        .nat
+        .iter()
+        .any(|n| n.kind == "unsnat-related" && n.to == "172.20.0.2"));
     // The quoted echo request inside carries the pod's address again.
     let tag = flow_index(&topology, "into-the-loop");
     let pod = point(&result, "default/probe:eth0");
-    let hop = result.journal.hops.iter().find(|hop| hop.flow == tag && hop.point == pod && hop.action == HopAction::Deliver).unwrap();
+    let hop = result
+        .journal
+        .hops
+        .iter()
+        .find(|hop| hop.flow == tag && hop.point == pod && hop.action == HopAction::Deliver)
+        .unwrap();
     let packet = Packet::from_frame(&hop.frame, tag).unwrap();
     assert_eq!(quoted_flow_key(&packet).unwrap().source, ip("172.20.0.2"));
-    assert_eq!(parse_meta(&hop.frame).unwrap().key.destination, ip("172.20.0.2"));
+    assert_eq!(
+        parse_meta(&hop.frame).unwrap().key.destination,
+        ip("172.20.0.2")
+    );
 }
 
 #[test]
@@ -77,10 +119,20 @@ fn a_missing_route_is_answered_with_net_unreachable() {
     let (_, _, report) = run("routing-failures");
     let flow = flow(&report, "unrouted");
     let drop = flow.drop.as_ref().unwrap();
-    assert_eq!((drop.device.as_str(), drop.reason.as_str()), ("r3", "no-route"));
+    assert_eq!(
+        (drop.device.as_str(), drop.reason.as_str()),
+        ("r3", "no-route")
+    );
     assert_eq!(flow.icmp_received, ["type 3 code 0 from 10.255.0.3"]);
-    assert_eq!(report.counters.packets_sent, report.counters.packets_delivered + report.counters.packets_dropped);
-    assert!(report.expectations.iter().all(|e| e.ok), "{:#?}", report.expectations);
+    assert_eq!(
+        report.counters.packets_sent,
+        report.counters.packets_delivered + report.counters.packets_dropped
+    );
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
 }
 
 #[test]
@@ -88,8 +140,17 @@ fn their_captures_are_clean() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["pod-mtu-mismatch", "routing-failures", "two-node"] {
         let out = dir.path().join(name);
-        let output = netsim(&["run", &format!("topologies/{name}.toml"), "--out", out.to_str().unwrap()]);
-        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stdout));
+        let output = netsim(&[
+            "run",
+            &format!("topologies/{name}.toml"),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
         lint(&["--min-packets", "4"], &[&out.join("capture.pcapng")]);
     }
 }

@@ -60,9 +60,23 @@ fn cross_node_tcp_is_delivered_through_a_geneve_tunnel_like_antreas() {
     let (topology, result, report) = run("quickstart");
     let flow = flow(&report, "cross-node");
     assert_eq!(flow.verdict, "delivered");
-    assert_eq!(path_devices(&flow.path), ["app01/client-1", "worker-1", "worker-2", "app01/web-2"]);
-    assert_eq!(flow.seen_source.as_deref(), Some("172.20.1.11"), "pod-to-pod is never SNATed");
-    assert_eq!((flow.connections.attempted, flow.connections.established, flow.connections.failed), (1, 1, 0));
+    assert_eq!(
+        path_devices(&flow.path),
+        ["app01/client-1", "worker-1", "worker-2", "app01/web-2"]
+    );
+    assert_eq!(
+        flow.seen_source.as_deref(),
+        Some("172.20.1.11"),
+        "pod-to-pod is never SNATed"
+    );
+    assert_eq!(
+        (
+            flow.connections.attempted,
+            flow.connections.established,
+            flow.connections.failed
+        ),
+        (1, 1, 0)
+    );
     assert!(flow.nat.is_empty());
 
     let tag = flow_index(&topology, "cross-node");
@@ -71,24 +85,45 @@ fn cross_node_tcp_is_delivered_through_a_geneve_tunnel_like_antreas() {
         .journal
         .hops
         .iter()
-        .filter(|hop| hop.flow == tag && hop.point == uplink && hop.action == HopAction::Encapsulate)
+        .filter(|hop| {
+            hop.flow == tag && hop.point == uplink && hop.action == HopAction::Encapsulate
+        })
         .map(|hop| decode(&hop.frame))
         .collect();
-    assert!(encapsulated.len() >= 5, "handshake, three requests and close cross the tunnel");
+    assert!(
+        encapsulated.len() >= 5,
+        "handshake, three requests and close cross the tunnel"
+    );
     for packet in &encapsulated {
-        assert_eq!((packet.outer_source, packet.outer_destination), (ip("10.20.0.11"), ip("10.20.0.12")));
+        assert_eq!(
+            (packet.outer_source, packet.outer_destination),
+            (ip("10.20.0.11"), ip("10.20.0.12"))
+        );
         assert_eq!(packet.udp_destination_port, 6081);
         assert_eq!(packet.udp_checksum, 0, "Antrea's default tunnelCsum=false");
         assert!(packet.outer_dont_fragment);
         assert_eq!(packet.outer_ttl, 64);
-        assert_eq!((packet.vni, packet.options_len, packet.protocol_type), (0, 0, 0x6558));
-        assert_eq!(packet.inner_destination_mac, [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
+        assert_eq!(
+            (packet.vni, packet.options_len, packet.protocol_type),
+            (0, 0, 0x6558)
+        );
+        assert_eq!(
+            packet.inner_destination_mac,
+            [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]
+        );
         assert_eq!(packet.inner_source, ip("172.20.1.11"));
-        assert_eq!(packet.inner_ttl, 63, "the pod sent TTL 64; OVS decrements it once");
+        assert_eq!(
+            packet.inner_ttl, 63,
+            "the pod sent TTL 64; OVS decrements it once"
+        );
         assert!((1..=65534).contains(&packet.udp_source_port));
     }
     let forward_ports: BTreeSet<u16> = encapsulated.iter().map(|p| p.udp_source_port).collect();
-    assert_eq!(forward_ports.len(), 1, "one flow keeps one outer source port");
+    assert_eq!(
+        forward_ports.len(),
+        1,
+        "one flow keeps one outer source port"
+    );
 
     // The reply direction leaves worker-2 with its own, stable port.
     let reply_uplink = point(&result, "worker-2:eth0");
@@ -96,9 +131,16 @@ fn cross_node_tcp_is_delivered_through_a_geneve_tunnel_like_antreas() {
         .journal
         .hops
         .iter()
-        .filter(|hop| hop.flow == tag && hop.point == reply_uplink && hop.action == HopAction::Encapsulate)
+        .filter(|hop| {
+            hop.flow == tag && hop.point == reply_uplink && hop.action == HopAction::Encapsulate
+        })
         .map(|hop| decode(&hop.frame))
-        .inspect(|p| assert_eq!((p.outer_source, p.outer_destination), (ip("10.20.0.12"), ip("10.20.0.11"))))
+        .inspect(|p| {
+            assert_eq!(
+                (p.outer_source, p.outer_destination),
+                (ip("10.20.0.12"), ip("10.20.0.11"))
+            )
+        })
         .map(|p| p.udp_source_port)
         .collect();
     assert_eq!(replies.len(), 1);
@@ -110,7 +152,9 @@ fn cross_node_tcp_is_delivered_through_a_geneve_tunnel_like_antreas() {
         .journal
         .hops
         .iter()
-        .filter(|hop| hop.flow == other && hop.point == uplink && hop.action == HopAction::Encapsulate)
+        .filter(|hop| {
+            hop.flow == other && hop.point == uplink && hop.action == HopAction::Encapsulate
+        })
         .map(|hop| decode(&hop.frame).udp_source_port)
         .collect();
     assert_eq!(other_ports.len(), 1);
@@ -129,13 +173,23 @@ fn the_tcp_mss_follows_the_pod_mtu() {
         .find(|hop| hop.flow == tag && hop.point == client && hop.action == HopAction::Send)
         .expect("the client sent a SYN");
     let meta = parse_meta(&syn.frame).unwrap();
-    assert_eq!(meta.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK), tcp_flags::SYN);
+    assert_eq!(
+        meta.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK),
+        tcp_flags::SYN
+    );
     let tcp = &syn.frame[meta.l4_offset..];
     let header_len = usize::from(tcp[12] >> 4) * 4;
     let options = &tcp[20..header_len];
-    let mss_at = options.iter().position(|&kind| kind == 2).expect("an MSS option");
+    let mss_at = options
+        .iter()
+        .position(|&kind| kind == 2)
+        .expect("an MSS option");
     let mss = u16::from_be_bytes([options[mss_at + 2], options[mss_at + 3]]);
-    assert_eq!(mss, 1450 - 40, "pod MTU 1500 - 50 (Geneve) minus IP and TCP headers");
+    assert_eq!(
+        mss,
+        1450 - 40,
+        "pod MTU 1500 - 50 (Geneve) minus IP and TCP headers"
+    );
 }
 
 #[test]
@@ -143,14 +197,34 @@ fn pod_to_host_is_masqueraded_to_the_node_ip_and_the_reply_reaches_the_pod() {
     let (topology, result, report) = run("quickstart");
     let flow = flow(&report, "to-db");
     assert_eq!(flow.verdict, "delivered");
-    assert_eq!(path_devices(&flow.path), ["app01/client-1", "worker-1", "r1", "db"]);
+    assert_eq!(
+        path_devices(&flow.path),
+        ["app01/client-1", "worker-1", "r1", "db"]
+    );
     assert_eq!(flow.seen_source.as_deref(), Some("10.20.0.11"));
-    let snat = flow.nat.iter().find(|n| n.kind == "snat").expect("masquerade");
+    let snat = flow
+        .nat
+        .iter()
+        .find(|n| n.kind == "snat")
+        .expect("masquerade");
     assert_eq!(snat.device, "worker-1");
-    assert!(snat.from.starts_with("172.20.1.11:") && snat.to.starts_with("10.20.0.11:"), "{snat:?}");
-    let unsnat = flow.nat.iter().find(|n| n.kind == "unsnat").expect("reply un-NATed");
-    assert_eq!((unsnat.from.as_str(), unsnat.to.as_str()), (snat.to.as_str(), snat.from.as_str()));
-    assert_eq!(path_devices(&flow.reply_path), ["db", "r1", "worker-1", "app01/client-1"]);
+    assert!(
+        snat.from.starts_with("172.20.1.11:") && snat.to.starts_with("10.20.0.11:"),
+        "{snat:?}"
+    );
+    let unsnat = flow
+        .nat
+        .iter()
+        .find(|n| n.kind == "unsnat")
+        .expect("reply un-NATed");
+    assert_eq!(
+        (unsnat.from.as_str(), unsnat.to.as_str()),
+        (snat.to.as_str(), snat.from.as_str())
+    );
+    assert_eq!(
+        path_devices(&flow.reply_path),
+        ["db", "r1", "worker-1", "app01/client-1"]
+    );
 
     // The host saw the node IP; the pod got the reply addressed to itself.
     let tag = flow_index(&topology, "to-db");
@@ -162,7 +236,10 @@ fn pod_to_host_is_masqueraded_to_the_node_ip_and_the_reply_reaches_the_pod() {
             assert_eq!(meta.key.source, ip("10.20.0.11"));
         }
         if hop.point == at_pod && hop.action == HopAction::Deliver {
-            assert_eq!((meta.key.source, meta.key.destination), (ip("192.168.50.10"), ip("172.20.1.11")));
+            assert_eq!(
+                (meta.key.source, meta.key.destination),
+                (ip("192.168.50.10"), ip("172.20.1.11"))
+            );
         }
     }
     assert_eq!(flow.packets.sent, flow.packets.delivered);
@@ -173,13 +250,28 @@ fn same_node_traffic_is_switched_locally_without_a_tunnel() {
     let (topology, result, report) = run("quickstart");
     let flow = flow(&report, "same-node");
     assert_eq!(flow.verdict, "delivered");
-    assert_eq!(path_devices(&flow.path), ["app01/client-1", "worker-1", "app01/web-1"]);
+    assert_eq!(
+        path_devices(&flow.path),
+        ["app01/client-1", "worker-1", "app01/web-1"]
+    );
     let tag = flow_index(&topology, "same-node");
-    let hops: Vec<_> = result.journal.hops.iter().filter(|hop| hop.flow == tag).collect();
+    let hops: Vec<_> = result
+        .journal
+        .hops
+        .iter()
+        .filter(|hop| hop.flow == tag)
+        .collect();
     assert!(hops.iter().all(|hop| hop.action != HopAction::Encapsulate));
     let server = point(&result, "app01/web-1:eth0");
-    let delivered = hops.iter().find(|hop| hop.point == server && hop.action == HopAction::Deliver).unwrap();
-    assert_eq!(parse_meta(&delivered.frame).unwrap().ttl, 64, "L2-switched: no TTL decrement");
+    let delivered = hops
+        .iter()
+        .find(|hop| hop.point == server && hop.action == HopAction::Deliver)
+        .unwrap();
+    assert_eq!(
+        parse_meta(&delivered.frame).unwrap().ttl,
+        64,
+        "L2-switched: no TTL decrement"
+    );
 }
 
 #[test]
@@ -188,7 +280,10 @@ fn a_syn_to_a_closed_port_is_refused_with_rst() {
     let flow = flow(&report, "closed-port");
     assert_eq!(flow.verdict, "dropped");
     let drop = flow.drop.as_ref().unwrap();
-    assert_eq!((drop.device.as_str(), drop.reason.as_str()), ("app01/web-2", "no-listener"));
+    assert_eq!(
+        (drop.device.as_str(), drop.reason.as_str()),
+        ("app01/web-2", "no-listener")
+    );
     assert_eq!(flow.connections.failed, 1);
     let tag = flow_index(&topology, "closed-port");
     let client = point(&result, "app01/client-1:eth0");
@@ -225,11 +320,26 @@ fn ping_to_the_host_is_answered() {
 fn every_packet_is_accounted_for_and_every_expectation_holds() {
     let (_, _, report) = run("quickstart");
     for flow in &report.flows {
-        assert_eq!(flow.packets.sent, flow.packets.delivered + flow.packets.dropped, "flow {}", flow.name);
+        assert_eq!(
+            flow.packets.sent,
+            flow.packets.delivered + flow.packets.dropped,
+            "flow {}",
+            flow.name
+        );
     }
     let counters = &report.counters;
-    assert_eq!(counters.packets_sent, counters.packets_delivered + counters.packets_dropped);
+    assert_eq!(
+        counters.packets_sent,
+        counters.packets_delivered + counters.packets_dropped
+    );
     assert_eq!(counters.drops_by_reason.get("no-listener"), Some(&1));
-    assert!(report.expectations.iter().all(|e| e.ok), "{:#?}", report.expectations);
-    assert!(counters.flow_cache_hits > counters.flow_cache_misses, "later packets hit the flow cache");
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    assert!(
+        counters.flow_cache_hits > counters.flow_cache_misses,
+        "later packets hit the flow cache"
+    );
 }

@@ -6,14 +6,27 @@ use common::*;
 
 #[test]
 fn trace_prints_every_hop_of_a_cross_node_exchange_in_order() {
-    let output = netsim(&["trace", "topologies/quickstart.toml", "--from", "pod:app01/client-1", "--to", "pod:app01/web-2"]);
+    let output = netsim(&[
+        "trace",
+        "topologies/quickstart.toml",
+        "--from",
+        "pod:app01/client-1",
+        "--to",
+        "pod:app01/web-2",
+    ]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.starts_with("trace pod:app01/client-1 -> pod:app01/web-2 (tcp 172.20.2.10:8080)"), "{text}");
+    assert!(
+        text.starts_with("trace pod:app01/client-1 -> pod:app01/web-2 (tcp 172.20.2.10:8080)"),
+        "{text}"
+    );
     // The SYN's hops, in order.
     let first_packet: Vec<&str> = text.split("\n#").nth(1).unwrap().lines().collect();
     assert!(first_packet[0].contains("[S] len 0"), "{}", first_packet[0]);
-    let points: Vec<&str> = first_packet[1..].iter().map(|line| line.split_whitespace().nth(2).unwrap()).collect();
+    let points: Vec<&str> = first_packet[1..]
+        .iter()
+        .map(|line| line.split_whitespace().nth(2).unwrap())
+        .collect();
     assert_eq!(
         points,
         [
@@ -35,7 +48,16 @@ fn trace_prints_every_hop_of_a_cross_node_exchange_in_order() {
 
 #[test]
 fn trace_to_an_external_host_shows_the_masquerade() {
-    let output = netsim(&["trace", "topologies/quickstart.toml", "--from", "pod:app01/web-1", "--to", "host:db", "--port", "5432"]);
+    let output = netsim(&[
+        "trace",
+        "topologies/quickstart.toml",
+        "--from",
+        "pod:app01/web-1",
+        "--to",
+        "host:db",
+        "--port",
+        "5432",
+    ]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("seen source: 10.20.0.11"), "{text}");
@@ -44,7 +66,14 @@ fn trace_to_an_external_host_shows_the_masquerade() {
 
 #[test]
 fn trace_rejects_an_unknown_endpoint_with_exit_2() {
-    let output = netsim(&["trace", "topologies/quickstart.toml", "--from", "pod:app01/nope", "--to", "host:db"]);
+    let output = netsim(&[
+        "trace",
+        "topologies/quickstart.toml",
+        "--from",
+        "pod:app01/nope",
+        "--to",
+        "host:db",
+    ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no pod `app01/nope`"));
 }

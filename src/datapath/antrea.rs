@@ -677,9 +677,12 @@ impl AntreaNode {
                 ctx.describe(slot, HopAction::Receive, || route.clone());
                 packet.set_macs(self.settings.mac, next_mac);
                 let after = packet.meta.key;
-                ctx.hop(self.settings.uplink_point, &packet, HopAction::Transmit, || {
-                    describe_source_rewrite(&before, &after) + &format!("{route} ({next_mac})")
-                });
+                ctx.hop(
+                    self.settings.uplink_point,
+                    &packet,
+                    HopAction::Transmit,
+                    || describe_source_rewrite(&before, &after) + &format!("{route} ({next_mac})"),
+                );
                 out.send(UPLINK_PORT, packet);
             }
             HostEgress::Gateway => {
@@ -962,7 +965,10 @@ fn describe_source_rewrite(before: &FlowKey, after: &FlowKey) -> String {
     if (before.source, before.source_port) == (after.source, after.source_port) {
         return String::new();
     }
-    format!("snat {}:{} -> {}:{}; ", before.source, before.source_port, after.source, after.source_port)
+    format!(
+        "snat {}:{} -> {}:{}; ",
+        before.source, before.source_port, after.source, after.source_port
+    )
 }
 
 /// The outer headers of one Geneve encapsulation.

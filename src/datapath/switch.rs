@@ -42,7 +42,10 @@ impl Switch {
         }
         match self.mac_table.get(&destination) {
             Some(&port) if port != in_port => out.send(port, packet),
-            Some(_) => {}
+            // A frame for the sender's own MAC never leaves its port.
+            Some(_) => ctx.drop_packet(&self.name, &packet, DropReason::NoNeighbor, || {
+                format!("segment {}: frame sent back to its own port", self.name)
+            }),
             None => ctx.drop_packet(&self.name, &packet, DropReason::NoNeighbor, || {
                 format!("segment {}: no port has MAC {destination}", self.name)
             }),

@@ -210,57 +210,65 @@ fn build_flow(resolver: &ResolverView, topology: &Topology, request: FlowRequest
     }
     let (to, to_port) = parse_endpoint(topology, request.to.get_ref())
         .map_err(|m| resolver.error(request.to, m))?;
+    if topology.endpoint_ip(to) == topology.endpoint_ip(from) {
+        return Err(resolver.error(
+            request.to,
+            "a flow to its own source stays on the loopback interface; netsim models the network",
+        ));
+    }
     let protocol = match request.protocol {
         Some(text) => parse_flow_protocol(resolver, text)?,
         None if request.exchange.is_some_and(|e| e.get_ref() == "ping") => Protocol::Icmp,
         None => Protocol::Tcp,
     };
-    let exchange =
-        match request.exchange {
-            None if protocol == Protocol::Icmp => Exchange::Ping,
-            None => Exchange::RequestResponse,
-            Some(text) => match (text.get_ref().as_str(), protocol) {
-                ("request-response", Protocol::Tcp | Protocol::Udp) => Exchange::RequestResponse,
-                ("ping", Protocol::Icmp) => Exchange::Ping,
-                ("ping", _) => {
-                    return Err(resolver.error(text, "exchange `ping` needs protocol = \"icmp\""))
-                }
-                ("request-response", Protocol::Icmp) => {
-                    return Err(resolver.error(text, "ICMP flows use exchange = \"ping\""))
-                }
-                ("stream", _) => {
-                    return Err(resolver.error(
-                        text,
-                        "exchange `stream` is not modelled by this netsim version yet",
-                    ))
-                }
-                (other, _) => return Err(resolver.error(
+    let exchange = match request.exchange {
+        None if protocol == Protocol::Icmp => Exchange::Ping,
+        None => Exchange::RequestResponse,
+        Some(text) => match (text.get_ref().as_str(), protocol) {
+            ("request-response", Protocol::Tcp | Protocol::Udp) => Exchange::RequestResponse,
+            ("ping", Protocol::Icmp) => Exchange::Ping,
+            ("ping", _) => {
+                return Err(resolver.error(text, "exchange `ping` needs protocol = \"icmp\""))
+            }
+            ("request-response", Protocol::Icmp) => {
+                return Err(resolver.error(text, "ICMP flows use exchange = \"ping\""))
+            }
+            ("stream", _) => {
+                return Err(resolver.error(
+                    text,
+                    "exchange `stream` is not modelled by this netsim version yet",
+                ))
+            }
+            (other, _) => {
+                return Err(resolver.error(
                     text,
                     format!(
                         "unknown exchange `{other}` (expected request-response, stream or ping)"
                     ),
-                )),
-            },
-        };
-    let destination_port =
-        match protocol {
-            Protocol::Icmp => 0,
-            _ => match request
-                .port_override
-                .map(|p| *p.get_ref())
-                .or(to_port)
-                .or_else(|| first_listening_port(topology, to, protocol))
-            {
-                Some(port) => port,
-                None => return Err(resolver.error(
+                ))
+            }
+        },
+    };
+    let destination_port = match protocol {
+        Protocol::Icmp => 0,
+        _ => match request
+            .port_override
+            .map(|p| *p.get_ref())
+            .or(to_port)
+            .or_else(|| first_listening_port(topology, to, protocol))
+        {
+            Some(port) => port,
+            None => {
+                return Err(resolver.error(
                     request.to,
                     format!(
                         "`{}` listens on no port; give one as IP:PORT or list the target's ports",
                         request.to.get_ref()
                     ),
-                )),
-            },
-        };
+                ))
+            }
+        },
+    };
     let requests = request.requests.map(|r| *r.get_ref()).unwrap_or(1);
     if requests == 0 || requests > 100_000 {
         let at = request.requests.map(|r| r.span());

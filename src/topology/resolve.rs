@@ -653,13 +653,15 @@ fn resolve_antrea(
     if let Some(tunnel) = &antrea.tunnel_type {
         match tunnel.get_ref().as_str() {
             "geneve" => {}
-            "vxlan" | "gre" | "stt" => return Err(resolver.error(
-                tunnel,
-                format!(
+            "vxlan" | "gre" | "stt" => {
+                return Err(resolver.error(
+                    tunnel,
+                    format!(
                     "tunnel_type `{}` is not modelled by this netsim version yet; use \"geneve\"",
                     tunnel.get_ref()
                 ),
-            )),
+                ))
+            }
             other => {
                 return Err(resolver.error(
                     tunnel,

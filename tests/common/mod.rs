@@ -24,20 +24,43 @@ pub fn run(name: &str) -> (Topology, RunResult, Report) {
 }
 
 pub fn flow<'a>(report: &'a Report, name: &str) -> &'a netsim::report::FlowReport {
-    report.flows.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no flow {name}"))
+    report
+        .flows
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("no flow {name}"))
 }
 
 pub fn flow_index(topology: &Topology, name: &str) -> u32 {
-    u32::try_from(topology.flows.iter().position(|f| f.name == name).expect("flow exists")).unwrap()
+    u32::try_from(
+        topology
+            .flows
+            .iter()
+            .position(|f| f.name == name)
+            .expect("flow exists"),
+    )
+    .unwrap()
 }
 
 /// The index of capture point `name` (DEVICE:INTERFACE).
 pub fn point(result: &RunResult, name: &str) -> u32 {
-    u32::try_from(result.network.points.iter().position(|p| p.name == name).unwrap_or_else(|| panic!("no capture point {name}"))).unwrap()
+    u32::try_from(
+        result
+            .network
+            .points
+            .iter()
+            .position(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no capture point {name}")),
+    )
+    .unwrap()
 }
 
 pub fn netsim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_netsim")).args(args).current_dir(root()).output().expect("netsim runs")
+    Command::new(env!("CARGO_BIN_EXE_netsim"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("netsim runs")
 }
 
 pub fn pcap_lint() -> PathBuf {
@@ -46,7 +69,12 @@ pub fn pcap_lint() -> PathBuf {
 
 /// Runs pcap-lint on `files` with `flags`; panics with its output on failure.
 pub fn lint(flags: &[&str], files: &[&Path]) {
-    let output = Command::new("bash").arg(pcap_lint()).args(flags).args(files).output().expect("pcap-lint runs");
+    let output = Command::new("bash")
+        .arg(pcap_lint())
+        .args(flags)
+        .args(files)
+        .output()
+        .expect("pcap-lint runs");
     assert!(
         output.status.success(),
         "pcap-lint {flags:?} failed:\n{}{}",

@@ -209,6 +209,18 @@ fn udp_frame(
     frame
 }
 
+/// Rewrites a UDP frame's ports in place, with an RFC 1624 checksum update.
+fn set_udp_ports(frame: &mut [u8], source_port: u16, destination_port: u16) {
+    let udp = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
+    let mut sum = u16::from_be_bytes([frame[udp + 6], frame[udp + 7]]);
+    for (offset, port) in [(0, source_port), (2, destination_port)] {
+        let old = u16::from_be_bytes([frame[udp + offset], frame[udp + offset + 1]]);
+        sum = checksum::update_word(sum, old, port);
+        frame[udp + offset..udp + offset + 2].copy_from_slice(&port.to_be_bytes());
+    }
+    frame[udp + 6..udp + 8].copy_from_slice(&(if sum == 0 { 0xffff } else { sum }).to_be_bytes());
+}
+
 fn thread_counts(options: &BenchOptions) -> Vec<usize> {
     match options.threads {
         Some(threads) => vec![threads.max(1)],
@@ -254,21 +266,23 @@ fn scenario(
                         })
                         .collect();
                     let mut delivered = 0u64;
-                    let mut fresh = Vec::new();
+                    let mut fresh = forwarder.frame(1024, options.size);
                     for index in 0..per_thread {
                         let now = u64::try_from(index).unwrap_or(0) * 1_000;
                         let ok = if established && !templates.is_empty() {
                             forwarder.send(&templates[index % templates.len()], now)
                         } else {
-                            let port = u16::try_from((index * threads + thread) % 60_000)
-                                .unwrap_or(0)
-                                + 1_024;
-                            fresh = forwarder.frame(port, options.size);
+                            // A new 5-tuple every packet: more distinct flows than any
+                            // node's flow cache holds, so every packet takes the slow path.
+                            let flow = index * threads + thread;
+                            let source_port = 1024 + u16::try_from(flow % 64_000).unwrap_or(0);
+                            let destination_port =
+                                5000 + u16::try_from(flow / 64_000 % 1000).unwrap_or(0);
+                            set_udp_ports(&mut fresh, source_port, destination_port);
                             forwarder.send(&fresh, now)
                         };
                         delivered += u64::from(ok);
                     }
-                    drop(fresh);
                     delivered
                 })
             })

@@ -270,15 +270,15 @@ impl AntreaNode {
                     );
                     return;
                 }
-                let peer_name = self
-                    .peers
-                    .lookup(packet.meta.key.destination)
-                    .map(|(_, p)| p.name.clone())
-                    .unwrap_or_default();
                 ctx.describe(slot, HopAction::Receive, || {
+                    let destination = packet.meta.key.destination;
+                    let peer_name = self
+                        .peers
+                        .lookup(destination)
+                        .map(|(_, p)| p.name.as_str())
+                        .unwrap_or("?");
                     format!(
-                        "ovs l3 forward {} -> tunnel to {peer_name} ({peer}), dec ttl",
-                        packet.meta.key.destination
+                        "ovs l3 forward {destination} -> tunnel to {peer_name} ({peer}), dec ttl"
                     )
                 });
                 self.tunnel_output(ctx, peer, packet, out);

@@ -5,6 +5,7 @@
 use crate::capture::{write_pcapng, CaptureMode};
 use crate::datapath::Hop;
 use crate::report::Report;
+use crate::sim::network::CapturePoint;
 use crate::sim::runner::RunResult;
 use crate::topology::Topology;
 use std::fs;
@@ -82,11 +83,7 @@ fn write_into(
     }
     let points = &result.network.points;
     let all: Vec<&Hop> = result.journal.hops.iter().collect();
-    let capture_path = dir.join("capture.pcapng");
-    let file = fs::File::create(&capture_path).map_err(io(&capture_path))?;
-    write_pcapng(BufWriter::new(file), points, &all, mode)?
-        .flush()
-        .map_err(io(&capture_path))?;
+    write_capture_file(&dir.join("capture.pcapng"), points, &all, mode)?;
 
     let flows_dir = dir.join("flows");
     fs::create_dir_all(&flows_dir).map_err(io(&flows_dir))?;
@@ -111,10 +108,7 @@ fn write_into(
                             .iter()
                             .filter(|hop| hop.flow == tag)
                             .collect();
-                        let file = fs::File::create(path).map_err(io(path))?;
-                        write_pcapng(BufWriter::new(file), points, &hops, mode)?
-                            .flush()
-                            .map_err(io(path))?;
+                        write_capture_file(path, points, &hops, mode)?;
                     }
                     Ok(())
                 })
@@ -127,4 +121,16 @@ fn write_into(
     })
     .unwrap_or_default();
     results.into_iter().collect()
+}
+
+fn write_capture_file(
+    path: &Path,
+    points: &[CapturePoint],
+    hops: &[&Hop],
+    mode: CaptureMode,
+) -> Result<(), OutputError> {
+    let file = fs::File::create(path).map_err(io(path))?;
+    write_pcapng(BufWriter::new(file), points, hops, mode)?
+        .flush()
+        .map_err(io(path))
 }

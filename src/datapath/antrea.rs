@@ -18,7 +18,7 @@
 //!   the forwarding MTU check, and Antrea's `ANTREA-POSTROUTING` MASQUERADE of pod
 //!   traffic leaving the cluster to the node IP (pkg/agent/route/route_linux.go).
 
-use super::icmp::{self, ErrorHeader};
+use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId, Verdict};
 use crate::engine::conntrack::{Conntrack, ConntrackError, Direction, EntryId};
 use crate::engine::flow_cache::FlowCache;
@@ -483,22 +483,15 @@ impl AntreaNode {
                 ttl: packet.meta.ttl,
                 identification: 0,
             };
-            let mtu = u32::try_from(tunnel_mtu).unwrap_or(0);
-            let mut error = icmp::error(
+            let mtu = u16::try_from(tunnel_mtu).unwrap_or(u16::MAX);
+            let point = self.settings.tunnel_point;
+            let error = icmp::originate(
+                ctx,
+                point,
                 &packet,
-                icmp::TYPE_DESTINATION_UNREACHABLE,
-                icmp::CODE_FRAGMENTATION_NEEDED,
-                mtu,
+                ErrorMessage::fragmentation_needed(mtu),
                 header,
             );
-            ctx.generated(&mut error);
-            let slot = ctx.begin_receive(self.settings.tunnel_point, &error);
-            ctx.describe(slot, HopAction::IcmpError, || {
-                format!(
-                    "icmp fragmentation-needed mtu={tunnel_mtu} to {}",
-                    packet.meta.key.source
-                )
-            });
             ctx.drop_packet(
                 &self.settings.name,
                 &packet,
@@ -609,15 +602,7 @@ impl AntreaNode {
             ctx.describe(slot, HopAction::Drop, || {
                 "ttl expired in the host stack".into()
             });
-            self.send_error(
-                ctx,
-                ingress,
-                &packet,
-                icmp::TYPE_TIME_EXCEEDED,
-                icmp::CODE_TTL_EXCEEDED_IN_TRANSIT,
-                0,
-                out,
-            );
+            self.send_error(ctx, ingress, &packet, ErrorMessage::TIME_EXCEEDED, out);
             ctx.drop_packet(
                 &self.settings.name,
                 &packet,
@@ -640,9 +625,7 @@ impl AntreaNode {
                         ctx,
                         ingress,
                         &packet,
-                        icmp::TYPE_DESTINATION_UNREACHABLE,
-                        icmp::CODE_FRAGMENTATION_NEEDED,
-                        u32::from(mtu),
+                        ErrorMessage::fragmentation_needed(mtu),
                         out,
                     );
                 }
@@ -796,58 +779,55 @@ impl AntreaNode {
         packet: &mut Packet,
     ) -> Result<(), DropReason> {
         let key = packet.meta.key;
-        let id = match connection {
-            Some((id, direction)) => {
-                let entry = *self.conntrack.entry(id).ok_or(DropReason::ConntrackFull)?;
-                let (address, port) = entry.translated_source(direction);
-                if (address, port) != (key.source, key.source_port) {
-                    packet.set_source(address, port);
-                    let kind = if direction == Direction::Original {
-                        "snat"
-                    } else {
-                        "undnat"
-                    };
-                    ctx.nat(
-                        &self.settings.name,
-                        packet,
-                        kind,
-                        || format!("{}:{}", key.source, key.source_port),
-                        || format!("{address}:{port}"),
-                    );
-                }
-                return Ok(());
-            }
-            None => {
-                let masquerade = ingress == HostIngress::Gateway
-                    && matches!(egress, HostEgress::Uplink { .. })
-                    && !self.settings.no_snat
-                    && self.settings.pod_cidr.contains(&key.source)
-                    && !self.settings.cluster_pod_cidr.contains(&key.destination);
-                if masquerade {
-                    self.conntrack
-                        .insert_snat(key, self.settings.ip, ctx.now_ns)
-                } else {
-                    self.conntrack.insert_untranslated(key, ctx.now_ns)
-                }
-            }
+        let (id, direction) = match connection {
+            Some(connection) => connection,
+            None => (self.commit(ctx, ingress, egress, key)?, Direction::Original),
         };
-        let id = id.map_err(|error| match error {
-            ConntrackError::Full => DropReason::ConntrackFull,
-            ConntrackError::PortsExhausted => DropReason::SnatPortsExhausted,
-        })?;
         let entry = *self.conntrack.entry(id).ok_or(DropReason::ConntrackFull)?;
-        if entry.has_snat() {
-            let (address, port) = entry.translated_source(Direction::Original);
+        let (address, port) = entry.translated_source(direction);
+        if (address, port) != (key.source, key.source_port) {
             packet.set_source(address, port);
+            let kind = if direction == Direction::Original {
+                "snat"
+            } else {
+                "undnat"
+            };
             ctx.nat(
                 &self.settings.name,
                 packet,
-                "snat",
+                kind,
                 || format!("{}:{}", key.source, key.source_port),
                 || format!("{address}:{port}"),
             );
         }
         Ok(())
+    }
+
+    /// Commits a new connection: with MASQUERADE to the node IP for pod traffic
+    /// leaving through eth0 to a destination outside the pod network (unless
+    /// `noSNAT`), untranslated otherwise.
+    fn commit(
+        &mut self,
+        ctx: &Ctx,
+        ingress: HostIngress,
+        egress: HostEgress,
+        key: FlowKey,
+    ) -> Result<EntryId, DropReason> {
+        let masquerade = ingress == HostIngress::Gateway
+            && matches!(egress, HostEgress::Uplink { .. })
+            && !self.settings.no_snat
+            && self.settings.pod_cidr.contains(&key.source)
+            && !self.settings.cluster_pod_cidr.contains(&key.destination);
+        let committed = if masquerade {
+            self.conntrack
+                .insert_snat(key, self.settings.ip, ctx.now_ns)
+        } else {
+            self.conntrack.insert_untranslated(key, ctx.now_ns)
+        };
+        committed.map_err(|error| match error {
+            ConntrackError::Full => DropReason::ConntrackFull,
+            ConntrackError::PortsExhausted => DropReason::SnatPortsExhausted,
+        })
     }
 
     /// Traffic for the node itself: pings are answered; nothing else listens.
@@ -898,9 +878,7 @@ impl AntreaNode {
         ctx: &mut Ctx,
         ingress: HostIngress,
         packet: &Packet,
-        icmp_type: u8,
-        code: u8,
-        rest: u32,
+        message: ErrorMessage,
         out: &mut Outputs,
     ) {
         if !icmp::may_send_error(packet) {
@@ -916,23 +894,11 @@ impl AntreaNode {
                     ttl: icmp::DEFAULT_TTL,
                     identification,
                 };
-                let mut error = icmp::error(packet, icmp_type, code, rest, header);
-                ctx.generated(&mut error);
-                ctx.hop(
-                    self.settings.uplink_point,
-                    &error,
-                    HopAction::IcmpError,
-                    || {
-                        format!(
-                            "icmp type {icmp_type} code {code} to {}",
-                            packet.meta.key.source
-                        )
-                    },
-                );
+                let error =
+                    icmp::originate(ctx, self.settings.uplink_point, packet, message, header);
                 out.send(UPLINK_PORT, error);
             }
             HostIngress::Gateway => {
-                let source_mac = self.settings.gateway_mac;
                 let destination_mac = self
                     .pod_by_ip
                     .get(&packet.meta.key.source)
@@ -940,20 +906,13 @@ impl AntreaNode {
                     .unwrap_or(Mac::ANTREA_GLOBAL_VIRTUAL);
                 let header = ErrorHeader {
                     source: self.gateway_ip(),
-                    source_mac,
+                    source_mac: self.settings.gateway_mac,
                     destination_mac,
                     ttl: icmp::DEFAULT_TTL,
                     identification,
                 };
-                let mut error = icmp::error(packet, icmp_type, code, rest, header);
-                ctx.generated(&mut error);
-                let slot = ctx.begin_receive(self.settings.gateway_point, &error);
-                ctx.describe(slot, HopAction::IcmpError, || {
-                    format!(
-                        "icmp type {icmp_type} code {code} to {}",
-                        packet.meta.key.source
-                    )
-                });
+                let error =
+                    icmp::originate(ctx, self.settings.gateway_point, packet, message, header);
                 self.ovs(ctx, OvsSource::Gateway, None, error, out);
             }
         }

@@ -6,6 +6,7 @@
 //! as much of the offending datagram as fits in 576 bytes (§4.3.2.3), which Linux's
 //! `icmp_send` also does.
 
+use super::{Ctx, HopAction, PointId};
 use crate::packet::{IcmpKind, Packet};
 use crate::wire::{
     checksum, emit_ethernet, emit_ipv4, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN,
@@ -57,6 +58,77 @@ fn quote_len(ip_packet: &[u8]) -> usize {
         .map(|b| usize::from(b & 0x0f) * 4)
         .unwrap_or(IPV4_HEADER_LEN);
     (header_len + 8).min(ip_packet.len())
+}
+
+/// Which ICMP error: type, code and the 32-bit field after the checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorMessage {
+    pub icmp_type: u8,
+    pub code: u8,
+    pub rest: u32,
+}
+
+impl ErrorMessage {
+    pub const TIME_EXCEEDED: ErrorMessage = ErrorMessage {
+        icmp_type: TYPE_TIME_EXCEEDED,
+        code: CODE_TTL_EXCEEDED_IN_TRANSIT,
+        rest: 0,
+    };
+    pub const NET_UNREACHABLE: ErrorMessage = ErrorMessage {
+        icmp_type: TYPE_DESTINATION_UNREACHABLE,
+        code: CODE_NET_UNREACHABLE,
+        rest: 0,
+    };
+    pub const HOST_UNREACHABLE: ErrorMessage = ErrorMessage {
+        icmp_type: TYPE_DESTINATION_UNREACHABLE,
+        code: CODE_HOST_UNREACHABLE,
+        rest: 0,
+    };
+
+    /// "Fragmentation needed and DF set" with the next-hop MTU (RFC 1191 §4).
+    pub fn fragmentation_needed(mtu: u16) -> ErrorMessage {
+        ErrorMessage {
+            icmp_type: TYPE_DESTINATION_UNREACHABLE,
+            code: CODE_FRAGMENTATION_NEEDED,
+            rest: u32::from(mtu),
+        }
+    }
+
+    fn describe(self) -> String {
+        match (self.icmp_type, self.code) {
+            (TYPE_TIME_EXCEEDED, _) => "time-exceeded".into(),
+            (TYPE_DESTINATION_UNREACHABLE, CODE_NET_UNREACHABLE) => "net-unreachable".into(),
+            (TYPE_DESTINATION_UNREACHABLE, CODE_HOST_UNREACHABLE) => "host-unreachable".into(),
+            (TYPE_DESTINATION_UNREACHABLE, CODE_FRAGMENTATION_NEEDED) => {
+                format!("fragmentation-needed mtu={}", self.rest)
+            }
+            (icmp_type, code) => format!("type {icmp_type} code {code}"),
+        }
+    }
+}
+
+/// Builds an ICMP error about `original`, counts it as a packet this device sent, and
+/// records it at `point`.
+pub fn originate(
+    ctx: &mut Ctx,
+    point: PointId,
+    original: &Packet,
+    message: ErrorMessage,
+    header: ErrorHeader,
+) -> Packet {
+    let mut packet = error(
+        original,
+        message.icmp_type,
+        message.code,
+        message.rest,
+        header,
+    );
+    ctx.generated(&mut packet);
+    let to = original.meta.key.source;
+    ctx.hop(point, &packet, HopAction::IcmpError, || {
+        format!("icmp {} to {to}", message.describe())
+    });
+    packet
 }
 
 /// How the error's IP header is filled in.

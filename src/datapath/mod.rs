@@ -180,15 +180,7 @@ impl Ctx<'_> {
         detail: impl FnOnce() -> String,
     ) {
         if self.journal.capture {
-            self.journal.hops.push(Hop {
-                time_ns: self.now_ns,
-                point,
-                flow: packet.meta.flow,
-                packet_id: packet.meta.packet_id,
-                frame: packet.frame().to_vec(),
-                action,
-                detail: detail(),
-            });
+            self.record(point, packet, action, detail());
         }
     }
 
@@ -198,16 +190,20 @@ impl Ctx<'_> {
         if !self.journal.capture {
             return None;
         }
+        self.record(point, packet, HopAction::Receive, String::new());
+        Some(self.journal.hops.len() - 1)
+    }
+
+    fn record(&mut self, point: PointId, packet: &Packet, action: HopAction, detail: String) {
         self.journal.hops.push(Hop {
             time_ns: self.now_ns,
             point,
             flow: packet.meta.flow,
             packet_id: packet.meta.packet_id,
             frame: packet.frame().to_vec(),
-            action: HopAction::Receive,
-            detail: String::new(),
+            action,
+            detail,
         });
-        Some(self.journal.hops.len() - 1)
     }
 
     /// Fills in a reserved receive hop.

@@ -5,7 +5,7 @@
 //! net unreachable, host unreachable, fragmentation needed). It answers pings to its
 //! own addresses.
 
-use super::icmp::{self, ErrorHeader};
+use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::lpm::LpmTable;
 use crate::packet::{IcmpKind, Packet};
@@ -145,15 +145,7 @@ impl Router {
                     packet.meta.ttl, packet.meta.key.source
                 )
             });
-            self.send_error(
-                ctx,
-                in_port,
-                &packet,
-                icmp::TYPE_TIME_EXCEEDED,
-                icmp::CODE_TTL_EXCEEDED_IN_TRANSIT,
-                0,
-                out,
-            );
+            self.send_error(ctx, in_port, &packet, ErrorMessage::TIME_EXCEEDED, out);
             ctx.drop_packet(&self.name, &packet, DropReason::TtlExceeded, || {
                 format!("ttl expired forwarding to {destination}")
             });
@@ -167,15 +159,7 @@ impl Router {
             ctx.describe(slot, HopAction::Drop, || {
                 format!("no route to {destination}: icmp net-unreachable")
             });
-            self.send_error(
-                ctx,
-                in_port,
-                &packet,
-                icmp::TYPE_DESTINATION_UNREACHABLE,
-                icmp::CODE_NET_UNREACHABLE,
-                0,
-                out,
-            );
+            self.send_error(ctx, in_port, &packet, ErrorMessage::NET_UNREACHABLE, out);
             ctx.drop_packet(&self.name, &packet, DropReason::NoRoute, || {
                 format!("no route to {destination}")
             });
@@ -187,15 +171,7 @@ impl Router {
             ctx.describe(slot, HopAction::Drop, || {
                 format!("route {prefix} via {next_hop}: no neighbor answers for {next_hop}")
             });
-            self.send_error(
-                ctx,
-                in_port,
-                &packet,
-                icmp::TYPE_DESTINATION_UNREACHABLE,
-                icmp::CODE_HOST_UNREACHABLE,
-                0,
-                out,
-            );
+            self.send_error(ctx, in_port, &packet, ErrorMessage::HOST_UNREACHABLE, out);
             ctx.drop_packet(&self.name, &packet, DropReason::NoNeighbor, || {
                 format!("no neighbor {next_hop}")
             });
@@ -212,9 +188,7 @@ impl Router {
                     ctx,
                     in_port,
                     &packet,
-                    icmp::TYPE_DESTINATION_UNREACHABLE,
-                    icmp::CODE_FRAGMENTATION_NEEDED,
-                    u32::from(egress_mtu),
+                    ErrorMessage::fragmentation_needed(egress_mtu),
                     out,
                 );
             }
@@ -286,15 +260,12 @@ impl Router {
     /// Sends an ICMP error about `packet` to its source, from the address of the
     /// interface the packet arrived on (RFC 1812 §4.3.2.4), routed like any packet the
     /// router originates; when RFC 1812 allows one.
-    #[allow(clippy::too_many_arguments)]
     fn send_error(
         &mut self,
         ctx: &mut Ctx,
         in_port: PortId,
         packet: &Packet,
-        icmp_type: u8,
-        code: u8,
-        rest: u32,
+        message: ErrorMessage,
         out: &mut Outputs,
     ) {
         if !icmp::may_send_error(packet) {
@@ -319,12 +290,13 @@ impl Router {
             ttl: icmp::DEFAULT_TTL,
             identification,
         };
-        let mut error = icmp::error(packet, icmp_type, code, rest, header);
-        ctx.generated(&mut error);
-        let point = self.ports[usize::from(port)].point;
-        ctx.hop(point, &error, HopAction::IcmpError, || {
-            format!("icmp type {icmp_type} code {code} to {source}")
-        });
+        let error = icmp::originate(
+            ctx,
+            self.ports[usize::from(port)].point,
+            packet,
+            message,
+            header,
+        );
         out.send(port, error);
     }
 }

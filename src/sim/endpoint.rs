@@ -131,14 +131,71 @@ struct TcpClient {
     status: ConnectionStatus,
 }
 
+/// Request/answer bookkeeping of a datagram client (UDP or ICMP echo): one request
+/// outstanding at a time, each answered or given up after [`ANSWER_TIMEOUT`].
+struct Exchanges {
+    requests_left: u32,
+    waiting_until: Option<Instant>,
+    status: ConnectionStatus,
+}
+
+/// What a datagram client does next.
+enum NextStep {
+    Wait,
+    Send,
+    Done,
+}
+
+impl Exchanges {
+    fn new(requests: u32) -> Self {
+        Exchanges {
+            requests_left: requests,
+            waiting_until: None,
+            status: ConnectionStatus::default(),
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        self.waiting_until.is_some()
+    }
+
+    /// The outstanding request was answered.
+    fn answered(&mut self) {
+        self.status.answers += 1;
+        self.status.established = true;
+        self.waiting_until = None;
+        self.requests_left -= 1;
+    }
+
+    /// Gives up the outstanding request once its deadline has passed; then says
+    /// whether to send the next request, wait, or stop.
+    fn next_step(&mut self, now: Instant) -> NextStep {
+        if let Some(deadline) = self.waiting_until {
+            if now < deadline {
+                return NextStep::Wait;
+            }
+            self.waiting_until = None;
+            self.requests_left -= 1;
+        }
+        if self.requests_left == 0 {
+            self.status.completed = true;
+            NextStep::Done
+        } else {
+            NextStep::Send
+        }
+    }
+
+    fn sent(&mut self, now: Instant) {
+        self.waiting_until = Some(now + ANSWER_TIMEOUT);
+    }
+}
+
 struct UdpClient {
     flow: FlowTag,
     handle: SocketHandle,
     remote: IpEndpoint,
     bytes: usize,
-    requests_left: u32,
-    waiting_until: Option<Instant>,
-    status: ConnectionStatus,
+    exchanges: Exchanges,
 }
 
 struct PingClient {
@@ -148,9 +205,7 @@ struct PingClient {
     identifier: u16,
     sequence: u16,
     bytes: usize,
-    requests_left: u32,
-    waiting_until: Option<Instant>,
-    status: ConnectionStatus,
+    exchanges: Exchanges,
 }
 
 struct TcpServer {
@@ -342,9 +397,7 @@ impl Stack {
                     handle,
                     remote,
                     bytes,
-                    requests_left: flow.requests,
-                    waiting_until: None,
-                    status: ConnectionStatus::default(),
+                    exchanges: Exchanges::new(flow.requests),
                 }));
             }
             (Protocol::Icmp, Exchange::Ping | Exchange::RequestResponse) => {
@@ -370,9 +423,7 @@ impl Stack {
                     identifier,
                     sequence: 0,
                     bytes,
-                    requests_left: flow.requests,
-                    waiting_until: None,
-                    status: ConnectionStatus::default(),
+                    exchanges: Exchanges::new(flow.requests),
                 }));
             }
         }
@@ -449,8 +500,8 @@ impl Stack {
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
         let stack = self.iface.poll_at(now, &self.sockets);
         let applications = self.clients.iter().filter_map(|client| match client {
-            Client::Udp(c) => c.waiting_until,
-            Client::Ping(c) => c.waiting_until,
+            Client::Udp(c) => c.exchanges.waiting_until,
+            Client::Ping(c) => c.exchanges.waiting_until,
             Client::Tcp(_) => None,
         });
         stack.into_iter().chain(applications).min()
@@ -462,8 +513,8 @@ impl Stack {
             .iter()
             .map(|client| match client {
                 Client::Tcp(c) => (c.flow, c.status),
-                Client::Udp(c) => (c.flow, c.status),
-                Client::Ping(c) => (c.flow, c.status),
+                Client::Udp(c) => (c.flow, c.exchanges.status),
+                Client::Ping(c) => (c.flow, c.exchanges.status),
             })
             .collect()
     }
@@ -684,7 +735,7 @@ fn run_tcp_client(client: &mut TcpClient, sockets: &mut SocketSet<'static>) -> b
 }
 
 fn run_udp_client(client: &mut UdpClient, sockets: &mut SocketSet<'static>, now: Instant) -> bool {
-    if client.status.completed {
+    if client.exchanges.status.completed {
         return false;
     }
     let socket = sockets.get_mut::<udp::Socket>(client.handle);
@@ -694,36 +745,26 @@ fn run_udp_client(client: &mut UdpClient, sockets: &mut SocketSet<'static>, now:
         let Ok((count, _)) = socket.recv_slice(&mut buffer) else {
             break;
         };
-        if client.waiting_until.is_some() && count == client.bytes {
-            client.status.answers += 1;
-            client.status.established = true;
-            client.waiting_until = None;
-            client.requests_left -= 1;
+        if client.exchanges.waiting() && count == client.bytes {
+            client.exchanges.answered();
             progressed = true;
         }
     }
-    if let Some(deadline) = client.waiting_until {
-        if now >= deadline {
-            client.waiting_until = None;
-            client.requests_left -= 1;
-            progressed = true;
+    match client.exchanges.next_step(now) {
+        NextStep::Wait => progressed,
+        NextStep::Done => true,
+        NextStep::Send => {
+            if socket.can_send()
+                && socket
+                    .send_slice(&payload(client.bytes), client.remote)
+                    .is_ok()
+            {
+                client.exchanges.sent(now);
+                return true;
+            }
+            progressed
         }
     }
-    if client.waiting_until.is_none() {
-        if client.requests_left == 0 {
-            client.status.completed = true;
-            return true;
-        }
-        if socket.can_send()
-            && socket
-                .send_slice(&payload(client.bytes), client.remote)
-                .is_ok()
-        {
-            client.waiting_until = Some(now + ANSWER_TIMEOUT);
-            progressed = true;
-        }
-    }
-    progressed
 }
 
 fn run_ping_client(
@@ -731,7 +772,7 @@ fn run_ping_client(
     sockets: &mut SocketSet<'static>,
     now: Instant,
 ) -> bool {
-    if client.status.completed {
+    if client.exchanges.status.completed {
         return false;
     }
     let socket = sockets.get_mut::<icmp::Socket>(client.handle);
@@ -746,43 +787,33 @@ fn run_ping_client(
             continue;
         };
         if let Icmpv4Repr::EchoReply { ident, seq_no, .. } = repr {
-            if ident == client.identifier
-                && seq_no == client.sequence
-                && client.waiting_until.is_some()
+            if ident == client.identifier && seq_no == client.sequence && client.exchanges.waiting()
             {
-                client.status.answers += 1;
-                client.status.established = true;
-                client.waiting_until = None;
-                client.requests_left -= 1;
+                client.exchanges.answered();
                 progressed = true;
             }
         }
     }
-    if let Some(deadline) = client.waiting_until {
-        if now >= deadline {
-            client.waiting_until = None;
-            client.requests_left -= 1;
-            progressed = true;
+    match client.exchanges.next_step(now) {
+        NextStep::Wait => progressed,
+        NextStep::Done => true,
+        NextStep::Send => {
+            client.sequence = client.sequence.wrapping_add(1);
+            let data = payload(client.bytes);
+            let repr = Icmpv4Repr::EchoRequest {
+                ident: client.identifier,
+                seq_no: client.sequence,
+                data: &data,
+            };
+            if let Ok(buffer) = socket.send(repr.buffer_len(), IpAddress::Ipv4(client.remote)) {
+                repr.emit(
+                    &mut Icmpv4Packet::new_unchecked(buffer),
+                    &smoltcp::phy::ChecksumCapabilities::default(),
+                );
+                client.exchanges.sent(now);
+                return true;
+            }
+            progressed
         }
     }
-    if client.waiting_until.is_none() {
-        if client.requests_left == 0 {
-            client.status.completed = true;
-            return true;
-        }
-        client.sequence = client.sequence.wrapping_add(1);
-        let data = payload(client.bytes);
-        let repr = Icmpv4Repr::EchoRequest {
-            ident: client.identifier,
-            seq_no: client.sequence,
-            data: &data,
-        };
-        if let Ok(buffer) = socket.send(repr.buffer_len(), IpAddress::Ipv4(client.remote)) {
-            let mut packet = Icmpv4Packet::new_unchecked(buffer);
-            repr.emit(&mut packet, &smoltcp::phy::ChecksumCapabilities::default());
-            client.waiting_until = Some(now + ANSWER_TIMEOUT);
-            progressed = true;
-        }
-    }
-    progressed
 }

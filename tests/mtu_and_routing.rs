@@ -154,3 +154,43 @@ fn their_captures_are_clean() {
         lint(&["--min-packets", "4"], &[&out.join("capture.pcapng")]);
     }
 }
+
+#[test]
+fn nodes_answer_pings_from_their_own_pods_and_from_other_nodes_pods() {
+    let text = std::fs::read_to_string(topology_path("quickstart")).unwrap();
+    let text = &text[..text.find("[[flow]]").unwrap()];
+    let text = format!(
+        "{text}\n[[flow]]\nname = \"own-node\"\nfrom = \"pod:app01/web-1\"\nto = \"node:worker-1\"\nprotocol = \"icmp\"\n\
+         \n[[flow]]\nname = \"other-node\"\nfrom = \"pod:app01/web-1\"\nto = \"node:worker-2\"\nprotocol = \"icmp\"\n\
+         \n[[flow]]\nname = \"node-tcp\"\nfrom = \"pod:app01/web-1\"\nto = \"10.20.0.12:22\"\n"
+    );
+    let topology = netsim::topology::parse("nodes.toml", &text).unwrap();
+    let result = netsim::sim::runner::run(&topology);
+    let report = netsim::report::build(&topology, &result);
+    let own = flow(&report, "own-node");
+    assert_eq!(own.verdict, "delivered");
+    assert_eq!(
+        netsim::report::path_devices(&own.path),
+        ["app01/web-1", "worker-1"]
+    );
+    let other = flow(&report, "other-node");
+    assert_eq!(other.verdict, "delivered");
+    assert_eq!(
+        other.seen_source, None,
+        "a node is not an endpoint stack; it answers in its datapath"
+    );
+    assert!(
+        other
+            .nat
+            .iter()
+            .any(|n| n.kind == "snat" && n.to.starts_with("10.20.0.11:")),
+        "pod to another node is masqueraded"
+    );
+    let tcp = flow(&report, "node-tcp");
+    assert_eq!(tcp.verdict, "dropped");
+    let drop = tcp.drop.as_ref().unwrap();
+    assert_eq!(
+        (drop.device.as_str(), drop.reason.as_str()),
+        ("worker-2", "no-listener")
+    );
+}

@@ -219,3 +219,32 @@ proptest! {
         prop_assert_eq!(counters.packets_sent, counters.packets_delivered + counters.packets_dropped);
     }
 }
+
+proptest! {
+    /// Frame parsing and decapsulation never panic, whatever the bytes.
+    #[test]
+    fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = netsim::packet::parse_meta(&bytes);
+        if let Ok(mut packet) = Packet::from_frame(&bytes, 0) {
+            let _ = netsim::packet::quoted_flow_key(&packet);
+            if packet.meta.key.protocol == PROTOCOL_UDP {
+                let _ = decapsulate(&mut packet);
+            }
+        }
+        let _ = geneve::Packet::new_checked(&bytes[..]).and_then(|view| Repr::parse(&view).map(|_| ()));
+    }
+
+    /// The topology loader turns any text into a model or a located error, never a panic.
+    #[test]
+    fn loading_arbitrary_text_never_panics(text in "\\PC{0,200}", cut in 0usize..3000) {
+        let _ = netsim::topology::parse("fuzz.toml", &text);
+        let quickstart = include_str!("../topologies/quickstart.toml");
+        let mut cut = cut.min(quickstart.len());
+        while !quickstart.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if let Err(error) = netsim::topology::parse("cut.toml", &quickstart[..cut]) {
+            prop_assert!(error.line >= 1 && error.column >= 1);
+        }
+    }
+}

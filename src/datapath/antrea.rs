@@ -840,26 +840,29 @@ impl AntreaNode {
         out: &mut Outputs,
     ) {
         let destination = packet.meta.key.destination;
-        if packet.meta.icmp == IcmpKind::EchoRequest && ingress == HostIngress::Uplink {
+        if packet.meta.icmp == IcmpKind::EchoRequest {
             ctx.describe(slot, HopAction::Deliver, || {
                 format!("echo request to {destination}: reply")
             });
+            let (source_mac, point) = match ingress {
+                HostIngress::Uplink => (self.settings.mac, self.settings.uplink_point),
+                HostIngress::Gateway => (self.settings.gateway_mac, self.settings.gateway_point),
+            };
             let header = ErrorHeader {
                 source: destination,
-                source_mac: self.settings.mac,
+                source_mac,
                 destination_mac: packet.meta.source_mac,
                 ttl: icmp::DEFAULT_TTL,
                 identification: self.next_identification(),
             };
             icmp::answer_echo(&mut packet, destination, header);
             ctx.generated(&mut packet);
-            ctx.hop(
-                self.settings.uplink_point,
-                &packet,
-                HopAction::Transmit,
-                || "echo reply".into(),
-            );
-            out.send(UPLINK_PORT, packet);
+            ctx.hop(point, &packet, HopAction::Transmit, || "echo reply".into());
+            match ingress {
+                HostIngress::Uplink => out.send(UPLINK_PORT, packet),
+                // Back through antrea-gw0 into OVS, to the pod that asked.
+                HostIngress::Gateway => self.ovs(ctx, OvsSource::Gateway, None, packet, out),
+            }
             return;
         }
         ctx.describe(slot, HopAction::Drop, || {

@@ -331,11 +331,25 @@ fn scenario(
 
 /// Runs every scenario for every thread count.
 pub fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchResults, String> {
+    run_with_progress(topology, options, &mut |_, _| {})
+}
+
+/// Like [`run`], calling `progress(done, total)` before each scenario.
+pub fn run_with_progress(
+    topology: &Topology,
+    options: &BenchOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<BenchResults, String> {
+    let counts = thread_counts(options);
+    let total = counts.len() * 2;
     let mut scenarios = Vec::new();
-    for threads in thread_counts(options) {
-        scenarios.push(scenario(topology, options, threads, true)?);
-        scenarios.push(scenario(topology, options, threads, false)?);
+    for threads in counts {
+        for established in [true, false] {
+            progress(scenarios.len(), total);
+            scenarios.push(scenario(topology, options, threads, established)?);
+        }
     }
+    progress(total, total);
     Ok(BenchResults { scenarios })
 }
 

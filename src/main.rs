@@ -161,7 +161,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { topology: path } => {
             let topology = load(&path, None)?;
-            let result = netsim::sim::runner::run(&topology);
+            let result = simulate(&topology, true);
             let report = netsim::report::build(&topology, &result);
             print!("{}", netsim::report::text_summary(&report));
             Ok(exit_for(&report))
@@ -207,7 +207,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 threads,
                 capture: capture.into(),
             };
-            let results = netsim::bench::run(&topology, &options).map_err(anyhow::Error::msg)?;
+            let results = benchmark(&topology, &options, format == Format::Text)
+                .map_err(anyhow::Error::msg)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&results)?),
                 Format::Text => print!("{}", netsim::bench::text(&results)),
@@ -215,6 +216,45 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs the simulation, with a progress bar over simulated time when stderr is a
+/// terminal and the output is text (SPEC §1).
+fn simulate(topology: &Topology, text: bool) -> netsim::sim::runner::RunResult {
+    use std::io::IsTerminal;
+    if !text || !std::io::stderr().is_terminal() {
+        return netsim::sim::runner::run(topology);
+    }
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} simulating {msg} [{bar:30}] {percent}%")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(topology.name.clone());
+    let result = netsim::sim::runner::run_with_progress(topology, &mut |now, horizon| {
+        bar.set_position(now.saturating_mul(1000) / horizon.max(1));
+    });
+    bar.finish_and_clear();
+    result
+}
+
+/// Runs the benchmark, with a progress bar over scenarios on a terminal.
+fn benchmark(
+    topology: &Topology,
+    options: &netsim::bench::BenchOptions,
+    text: bool,
+) -> Result<netsim::bench::BenchResults, String> {
+    use std::io::IsTerminal;
+    if !text || !std::io::stderr().is_terminal() {
+        return netsim::bench::run(topology, options);
+    }
+    let bar = indicatif::ProgressBar::new(1);
+    let results = netsim::bench::run_with_progress(topology, options, &mut |done, total| {
+        bar.set_length(u64::try_from(total).unwrap_or(1));
+        bar.set_position(u64::try_from(done).unwrap_or(0));
+    });
+    bar.finish_and_clear();
+    results
 }
 
 fn exit_for(report: &netsim::report::Report) -> ExitCode {

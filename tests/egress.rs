@@ -8,9 +8,19 @@ use netsim::datapath::HopAction;
 use netsim::packet::{parse_meta, tcp_flags};
 use std::collections::BTreeSet;
 
-fn quickstart_with(antrea: &str, flows: &str) -> (netsim::topology::Topology, netsim::sim::runner::RunResult, netsim::report::Report) {
+fn quickstart_with(
+    antrea: &str,
+    flows: &str,
+) -> (
+    netsim::topology::Topology,
+    netsim::sim::runner::RunResult,
+    netsim::report::Report,
+) {
     let text = std::fs::read_to_string(topology_path("quickstart")).unwrap();
-    let text = text.replace("tunnel_type = \"geneve\"", &format!("tunnel_type = \"geneve\"\n{antrea}"));
+    let text = text.replace(
+        "tunnel_type = \"geneve\"",
+        &format!("tunnel_type = \"geneve\"\n{antrea}"),
+    );
     let text = format!("{}{flows}", &text[..text.find("[[flow]]").unwrap()]);
     let topology = netsim::topology::parse("egress.toml", &text).unwrap();
     let result = netsim::sim::runner::run(&topology);
@@ -24,7 +34,14 @@ fn parallel_connections_each_get_their_own_source_port_and_masquerade_binding() 
     let (topology, result, report) = quickstart_with("", flows);
     let flow = flow(&report, "pool");
     assert_eq!(flow.verdict, "delivered");
-    assert_eq!((flow.connections.attempted, flow.connections.established, flow.connections.failed), (3, 3, 0));
+    assert_eq!(
+        (
+            flow.connections.attempted,
+            flow.connections.established,
+            flow.connections.failed
+        ),
+        (3, 3, 0)
+    );
     assert_eq!(flow.nat.iter().filter(|n| n.kind == "snat").count(), 3);
     let tag = flow_index(&topology, "pool");
     let db = point(&result, "db:eth0");
@@ -38,19 +55,31 @@ fn parallel_connections_each_get_their_own_source_port_and_masquerade_binding() 
         .map(|meta| meta.key.source_port)
         .collect();
     assert_eq!(ports.len(), 3);
-    assert_eq!(flow.packets.sent, flow.packets.delivered + flow.packets.dropped);
+    assert_eq!(
+        flow.packets.sent,
+        flow.packets.delivered + flow.packets.dropped
+    );
 }
 
 #[test]
 fn without_snat_the_reply_is_lost_and_the_client_retransmits_its_syn() {
-    let flows = "[[flow]]\nname = \"unrouted-return\"\nfrom = \"pod:app01/client-1\"\nto = \"host:db\"\n";
+    let flows =
+        "[[flow]]\nname = \"unrouted-return\"\nfrom = \"pod:app01/client-1\"\nto = \"host:db\"\n";
     let (topology, result, report) = quickstart_with("no_snat = true", flows);
     let flow = flow(&report, "unrouted-return");
     assert_eq!(flow.verdict, "dropped");
-    assert_eq!(flow.seen_source.as_deref(), Some("172.20.1.11"), "the host saw the pod IP");
+    assert_eq!(
+        flow.seen_source.as_deref(),
+        Some("172.20.1.11"),
+        "the host saw the pod IP"
+    );
     assert!(flow.nat.is_empty());
     let drop = flow.drop.as_ref().unwrap();
-    assert_eq!((drop.device.as_str(), drop.reason.as_str()), ("r1", "no-route"), "nothing routes 172.20.0.0/16 back");
+    assert_eq!(
+        (drop.device.as_str(), drop.reason.as_str()),
+        ("r1", "no-route"),
+        "nothing routes 172.20.0.0/16 back"
+    );
     let tag = flow_index(&topology, "unrouted-return");
     let client = point(&result, "app01/client-1:eth0");
     let syns = result
@@ -58,7 +87,10 @@ fn without_snat_the_reply_is_lost_and_the_client_retransmits_its_syn() {
         .hops
         .iter()
         .filter(|hop| hop.flow == tag && hop.point == client && hop.action == HopAction::Send)
-        .filter(|hop| parse_meta(&hop.frame).unwrap().tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
+        .filter(|hop| {
+            parse_meta(&hop.frame).unwrap().tcp_flags & (tcp_flags::SYN | tcp_flags::ACK)
+                == tcp_flags::SYN
+        })
         .count();
     assert!(syns >= 3, "SYN retransmissions, got {syns}");
     let synacks_at_client = result
@@ -68,5 +100,8 @@ fn without_snat_the_reply_is_lost_and_the_client_retransmits_its_syn() {
         .filter(|hop| hop.flow == tag && hop.point == client && hop.action == HopAction::Deliver)
         .count();
     assert_eq!(synacks_at_client, 0, "no SYN-ACK ever reaches the pod");
-    assert_eq!(flow.packets.sent, flow.packets.delivered + flow.packets.dropped);
+    assert_eq!(
+        flow.packets.sent,
+        flow.packets.delivered + flow.packets.dropped
+    );
 }

@@ -10,6 +10,7 @@ use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPa
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
+use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, Endianness};
 use std::borrow::Cow;
@@ -54,7 +55,16 @@ pub fn write_pcapng<W: Write>(
     hops: &[&Hop],
     mode: CaptureMode,
 ) -> Result<W, CaptureError> {
-    let mut pcap = PcapNgWriter::with_endianness(writer, Endianness::Little)?;
+    let section = SectionHeaderBlock {
+        endianness: Endianness::Little,
+        major_version: 1,
+        minor_version: 0,
+        section_length: -1,
+        options: vec![SectionHeaderOption::UserApplication(Cow::Borrowed(
+            concat!("netsim ", env!("CARGO_PKG_VERSION")),
+        ))],
+    };
+    let mut pcap = PcapNgWriter::with_section_header(writer, section)?;
     // Interface ids in the file: the included points, in network order.
     let mut interface_of = vec![None; points.len()];
     let mut next_interface = 0u32;

@@ -111,6 +111,15 @@ fn nanoseconds(instant: Instant) -> u64 {
 
 /// Runs every flow of `topology` to completion.
 pub fn run(topology: &Topology) -> RunResult {
+    run_with_progress(topology, &mut |_, _| {})
+}
+
+/// Events between two progress reports.
+const PROGRESS_EVERY: u64 = 4096;
+
+/// Like [`run`], reporting `(simulated now, horizon)` in nanoseconds now and then, for
+/// a progress bar. The callback must not influence the run.
+pub fn run_with_progress(topology: &Topology, progress: &mut dyn FnMut(u64, u64)) -> RunResult {
     let network = build(topology);
     let stacks: Vec<Stack> = network
         .endpoints
@@ -166,7 +175,8 @@ pub fn run(topology: &Topology) -> RunResult {
     for (index, flow) in topology.flows.iter().enumerate() {
         runner.schedule(flow.start_ns, Event::Start { flow: index });
     }
-    runner.run_to_completion();
+    runner.run_to_completion(progress);
+    progress(runner.horizon_ns, runner.horizon_ns);
     runner.finish()
 }
 
@@ -198,10 +208,13 @@ impl Runner<'_> {
         }
     }
 
-    fn run_to_completion(&mut self) {
+    fn run_to_completion(&mut self, progress: &mut dyn FnMut(u64, u64)) {
         while let Some(Reverse(scheduled)) = self.queue.pop() {
             self.now_ns = scheduled.time_ns;
             self.events += 1;
+            if self.events.is_multiple_of(PROGRESS_EVERY) {
+                progress(self.now_ns.min(self.horizon_ns), self.horizon_ns);
+            }
             match scheduled.event {
                 Event::Arrive {
                     device,

@@ -73,7 +73,8 @@ pub fn emit_ethernet(buffer: &mut [u8], destination: Mac, source: Mac, ethertype
     buffer[12..14].copy_from_slice(&ethertype.to_be_bytes());
 }
 
-/// Writes a 20-byte IPv4 header (RFC 791) with a correct checksum.
+/// Writes a 20-byte IPv4 header (RFC 791) with a correct checksum. The header is
+/// built in a fixed-size array (no bounds checks, an unrolled checksum) and copied in.
 #[allow(clippy::too_many_arguments)]
 pub fn emit_ipv4(
     buffer: &mut [u8],
@@ -85,19 +86,42 @@ pub fn emit_ipv4(
     identification: u16,
     dont_fragment: bool,
 ) {
-    let total = u16::try_from(IPV4_HEADER_LEN + payload_len).unwrap_or(u16::MAX);
-    buffer[0] = 0x45;
-    buffer[1] = 0;
-    buffer[2..4].copy_from_slice(&total.to_be_bytes());
-    buffer[4..6].copy_from_slice(&identification.to_be_bytes());
-    buffer[6..8].copy_from_slice(&(if dont_fragment { 0x4000u16 } else { 0 }).to_be_bytes());
-    buffer[8] = ttl;
-    buffer[9] = protocol;
-    buffer[10..12].copy_from_slice(&[0, 0]);
-    buffer[12..16].copy_from_slice(&source.octets());
-    buffer[16..20].copy_from_slice(&destination.octets());
-    let sum = checksum::checksum(&buffer[..IPV4_HEADER_LEN]);
-    buffer[10..12].copy_from_slice(&sum.to_be_bytes());
+    let total = u16::try_from(IPV4_HEADER_LEN + payload_len)
+        .unwrap_or(u16::MAX)
+        .to_be_bytes();
+    let identification = identification.to_be_bytes();
+    let flags = if dont_fragment { 0x40 } else { 0 };
+    let source = source.octets();
+    let destination = destination.octets();
+    let mut header: [u8; IPV4_HEADER_LEN] = [
+        0x45,
+        0,
+        total[0],
+        total[1],
+        identification[0],
+        identification[1],
+        flags,
+        0,
+        ttl,
+        protocol,
+        0,
+        0,
+        source[0],
+        source[1],
+        source[2],
+        source[3],
+        destination[0],
+        destination[1],
+        destination[2],
+        destination[3],
+    ];
+    let mut sum = 0u32;
+    for word in header.chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([word[0], word[1]]));
+    }
+    let sum = !checksum::fold(sum);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+    buffer[..IPV4_HEADER_LEN].copy_from_slice(&header);
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! moves real frames ([`packet`], [`wire`]) between them on a simulated clock, with
 //! real TCP/UDP/ICMP endpoints ([`sim::endpoint`], smoltcp). What every hop did is
 //! journaled and written as pcapng ([`capture`]), a report ([`report`]) or a trace
-//! ([`trace`]); [`bench`] measures the same datapath.
+//! ([`trace`](mod@trace)); [`bench`](mod@bench) measures the same datapath.
 //!
 //! ```text
 //!  topology ─▶ sim::network ─▶ sim::runner ─▶ capture / report / trace

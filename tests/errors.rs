@@ -190,3 +190,40 @@ fn a_missing_file_is_an_input_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read the file"));
 }
+
+#[test]
+fn a_cluster_network_overlapping_a_segment_is_located() {
+    let stderr = refuse(&BASE.replace(
+        "service_cidr = \"10.96.0.0/23\"",
+        "service_cidr = \"10.20.0.0/23\"",
+    ));
+    assert_located(
+        &stderr,
+        15,
+        16,
+        "service_cidr 10.20.0.0/23 overlaps segment nodes (10.20.0.0/24)",
+    );
+}
+
+#[test]
+fn an_expectation_naming_an_unknown_device_is_located() {
+    let text = format!("{BASE}\n[[flow]]\nname = \"f\"\nfrom = \"pod:default/web\"\nto = \"10.20.0.1\"\nprotocol = \"icmp\"\n\n[[expect]]\nflow = \"f\"\nvia = [\"worker-1\", \"rl\"]\n");
+    let stderr = refuse(&text);
+    assert!(stderr.contains("no device named `rl`"), "{stderr}");
+}
+
+#[test]
+fn a_failing_expectation_exits_1_not_2() {
+    let text = format!("{BASE}\n[[flow]]\nname = \"f\"\nfrom = \"pod:default/web\"\nto = \"10.20.0.1\"\nprotocol = \"icmp\"\n\n[[expect]]\nflow = \"f\"\nverdict = \"dropped\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("expect.toml");
+    fs::write(&file, text).unwrap();
+    let check = netsim(&["check", file.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(1));
+    let stdout = String::from_utf8(check.stdout).unwrap();
+    assert!(stdout.contains("[FAIL] flow=f verdict=dropped"), "{stdout}");
+    assert!(
+        stdout.contains("got: flow f: verdict=delivered"),
+        "{stdout}"
+    );
+}

@@ -263,6 +263,16 @@ impl Topology {
         &cluster.nodes[cluster.pods[pod].node]
     }
 
+    /// True when `name` is a device on some path: a router, host, node or pod (`NS/NAME`).
+    pub fn has_device(&self, name: &str) -> bool {
+        self.routers.iter().any(|r| r.name == name)
+            || self.hosts.iter().any(|h| h.name == name)
+            || self.clusters.iter().any(|c| {
+                c.nodes.iter().any(|n| n.name == name)
+                    || c.pods.iter().any(|p| p.qualified_name() == name)
+            })
+    }
+
     /// The address an endpoint is reached at.
     pub fn endpoint_ip(&self, endpoint: EndpointRef) -> Ipv4Addr {
         match endpoint {

@@ -171,6 +171,7 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
         )?);
     }
     check_pod_cidrs_disjoint(&resolver, file, &clusters)?;
+    check_cluster_networks_off_segments(&resolver, file, &clusters, &segments)?;
     let hosts = resolve_hosts(&resolver, file, &lookup_segment, &mut addresses)?;
     check_static_routes(&resolver, file, &routers, &segments)?;
 
@@ -809,6 +810,47 @@ fn check_pod_cidrs_disjoint(
     Ok(())
 }
 
+/// A cluster's pod and service networks must not overlap a segment: a node could not
+/// tell a pod from a machine on its own wire.
+fn check_cluster_networks_off_segments(
+    resolver: &Resolver,
+    file: &TopologyFile,
+    clusters: &[Cluster],
+    segments: &[Segment],
+) -> Result<()> {
+    let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+    for (index, cluster) in clusters.iter().enumerate() {
+        let config = file.cluster[index].get_ref();
+        for (what, net, at) in [
+            (
+                "pod_cidr",
+                cluster.pod_cidr,
+                config.pod_cidr.as_ref().map(|s| s.span()),
+            ),
+            (
+                "service_cidr",
+                cluster.service_cidr,
+                config.service_cidr.as_ref().map(|s| s.span()),
+            ),
+        ] {
+            if let Some(segment) = segments
+                .iter()
+                .find(|segment| overlaps(&net, &segment.cidr))
+            {
+                let at = at.unwrap_or_else(|| config.name.span());
+                return Err(resolver.source.error(
+                    Some(at),
+                    format!(
+                        "{what} {net} overlaps segment {} ({})",
+                        segment.name, segment.cidr
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn resolve_namespaces(resolver: &Resolver, config: &ClusterConfig) -> Result<Vec<Namespace>> {
     unique_names(
         resolver,
@@ -1075,12 +1117,19 @@ fn resolve_expect(
             }
         }),
     };
-    let via = config
-        .via
-        .iter()
-        .flatten()
-        .map(|device| device.get_ref().clone())
-        .collect();
+    let mut via = Vec::new();
+    for device in config.via.iter().flatten() {
+        if !topology.has_device(device.get_ref()) {
+            return Err(resolver.error(
+                device,
+                format!(
+                    "no device named `{}` (routers, hosts, nodes and pods as NS/NAME)",
+                    device.get_ref()
+                ),
+            ));
+        }
+        via.push(device.get_ref().clone());
+    }
     Ok(Expectation::Flow {
         text,
         flow,

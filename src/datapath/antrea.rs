@@ -62,6 +62,8 @@ pub struct NodeSettings {
     pub mac: Mac,
     pub uplink_subnet: Ipv4Net,
     pub uplink_mtu: u16,
+    /// MTU of antrea-gw0 and the pods' interfaces.
+    pub pod_mtu: u16,
     pub default_gateway: Option<Ipv4Addr>,
     pub neighbors: Neighbors,
     pub gateway_mac: Mac,
@@ -135,12 +137,24 @@ enum HostEgress {
     Gateway,
 }
 
+/// A route in the node's kernel routing table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostRoute {
+    /// `dev antrea-gw0`: the local pod CIDR, and every peer pod CIDR (Antrea installs
+    /// `<peer podCIDR> via <peer gw IP> dev antrea-gw0 onlink` in encap mode).
+    Gateway,
+    /// `dev eth0`, to the destination itself (connected) or via a gateway.
+    Uplink { via: Option<Ipv4Addr> },
+}
+
 #[derive(Debug, Clone)]
 pub struct AntreaNode {
     settings: NodeSettings,
     pod_by_ip: FxHashMap<Ipv4Addr, usize>,
     pod_by_mac: FxHashMap<Mac, usize>,
     peers: LpmTable<PeerNode>,
+    /// The kernel routing table (`ip route` on the node).
+    routes: LpmTable<HostRoute>,
     pub conntrack: Conntrack,
     flow_cache: FlowCache<(OvsSource, FlowKey), OvsDecision>,
     identification: u16,
@@ -161,14 +175,25 @@ impl AntreaNode {
             .map(|(index, pod)| (pod.mac, index))
             .collect();
         let mut peers = LpmTable::new();
+        let mut routes = LpmTable::new();
         for (cidr, peer) in &settings.peers {
             peers.insert(*cidr, peer.clone());
+            routes.insert(*cidr, HostRoute::Gateway);
+        }
+        routes.insert(settings.pod_cidr, HostRoute::Gateway);
+        routes.insert(
+            settings.uplink_subnet.trunc(),
+            HostRoute::Uplink { via: None },
+        );
+        if let Some(gateway) = settings.default_gateway {
+            routes.insert(Ipv4Net::default(), HostRoute::Uplink { via: Some(gateway) });
         }
         let conntrack = Conntrack::new(settings.conntrack_max, settings.seed);
         AntreaNode {
             pod_by_ip,
             pod_by_mac,
             peers,
+            routes,
             conntrack,
             flow_cache: FlowCache::new(FLOW_CACHE_CAPACITY),
             identification: 0,
@@ -613,30 +638,31 @@ impl AntreaNode {
         }
         // ip_forward: the MTU check happens before POSTROUTING, so the ICMP quotes
         // the packet as the sender sent it.
-        if let HostEgress::Uplink { .. } = egress {
-            let mtu = self.settings.uplink_mtu;
-            if packet.ip_len() > usize::from(mtu) {
-                let size = packet.ip_len();
-                ctx.describe(slot, HopAction::Drop, || {
-                    format!("{size} bytes exceed eth0 mtu {mtu}")
-                });
-                if packet.meta.dont_fragment {
-                    self.send_error(
-                        ctx,
-                        ingress,
-                        &packet,
-                        ErrorMessage::fragmentation_needed(mtu),
-                        out,
-                    );
-                }
-                ctx.drop_packet(
-                    &self.settings.name,
+        let (mtu, device) = match egress {
+            HostEgress::Uplink { .. } => (self.settings.uplink_mtu, "eth0"),
+            HostEgress::Gateway => (self.settings.pod_mtu, "antrea-gw0"),
+        };
+        if packet.ip_len() > usize::from(mtu) {
+            let size = packet.ip_len();
+            ctx.describe(slot, HopAction::Drop, || {
+                format!("{size} bytes exceed {device} mtu {mtu}")
+            });
+            if packet.meta.dont_fragment {
+                self.send_error(
+                    ctx,
+                    ingress,
                     &packet,
-                    DropReason::MtuExceeded,
-                    || format!("{size} bytes > eth0 mtu {mtu}"),
+                    ErrorMessage::fragmentation_needed(mtu),
+                    out,
                 );
-                return;
             }
+            ctx.drop_packet(
+                &self.settings.name,
+                &packet,
+                DropReason::MtuExceeded,
+                || format!("{size} bytes > {device} mtu {mtu}"),
+            );
+            return;
         }
         packet.decrement_ttl();
         let before = packet.meta.key;
@@ -748,22 +774,18 @@ impl AntreaNode {
         );
     }
 
-    /// The node's routes (Antrea encap mode): local pod CIDR and every peer pod CIDR
-    /// via antrea-gw0; the node subnet on eth0; the default route via the segment
-    /// gateway.
+    /// One lookup in the node's routing table (Antrea encap mode): the local pod CIDR
+    /// and every peer pod CIDR via antrea-gw0, the node subnet on eth0, the default
+    /// route via the segment gateway.
     fn route(&self, destination: Ipv4Addr) -> Option<HostEgress> {
-        if self.settings.pod_cidr.contains(&destination) || self.peers.lookup(destination).is_some()
-        {
-            return Some(HostEgress::Gateway);
-        }
-        if self.settings.uplink_subnet.contains(&destination) {
-            return Some(HostEgress::Uplink {
-                next_hop: destination,
-            });
-        }
-        self.settings
-            .default_gateway
-            .map(|next_hop| HostEgress::Uplink { next_hop })
+        self.routes
+            .lookup(destination)
+            .map(|(_, route)| match *route {
+                HostRoute::Gateway => HostEgress::Gateway,
+                HostRoute::Uplink { via } => HostEgress::Uplink {
+                    next_hop: via.unwrap_or(destination),
+                },
+            })
     }
 
     /// POSTROUTING: apply the connection's SNAT (or un-DNAT), or commit a new

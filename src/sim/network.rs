@@ -389,6 +389,7 @@ pub fn build(topology: &Topology) -> Network {
                 mac: node_macs[cluster_id][node_id],
                 uplink_subnet: segment.cidr,
                 uplink_mtu: segment.mtu,
+                pod_mtu: cluster.antrea.pod_mtu,
                 default_gateway: segment.gateway_ip,
                 neighbors: segment_neighbors[cluster.node_segment].clone(),
                 gateway_mac,

@@ -252,7 +252,7 @@ impl AntreaNode {
         for stage in OVS_PIPELINE {
             let verdict = match stage {
                 OvsStage::Classifier => self.classifier(source, &packet),
-                OvsStage::EgressPolicy => Verdict::Continue,
+                OvsStage::EgressPolicy => self.egress_policy(source, &packet),
                 OvsStage::L3Forwarding => {
                     decision = self.l3_forwarding_cached(source, &packet);
                     match decision {
@@ -260,7 +260,7 @@ impl AntreaNode {
                         _ => Verdict::Continue,
                     }
                 }
-                OvsStage::IngressPolicy => Verdict::Forward(decision),
+                OvsStage::IngressPolicy => self.ingress_policy(decision, &packet),
             };
             match verdict {
                 Verdict::Continue => {}
@@ -338,6 +338,27 @@ impl AntreaNode {
             }
         }
         Verdict::Continue
+    }
+
+    /// EgressRule / EgressDefaultRule tables: Antrea enforces a pod's egress policy on
+    /// its own node, so only packets from a local pod are subject to it. No policy is
+    /// modelled yet: every packet passes.
+    fn egress_policy(&self, source: OvsSource, _packet: &Packet) -> Verdict<OvsDecision> {
+        match source {
+            OvsSource::Pod(_) | OvsSource::Gateway | OvsSource::Tunnel => Verdict::Continue,
+        }
+    }
+
+    /// IngressRule / IngressDefaultRule tables: a pod's ingress policy is enforced on
+    /// the destination node, for packets about to be output to a local pod. No policy
+    /// is modelled yet: every packet passes.
+    fn ingress_policy(&self, decision: OvsDecision, _packet: &Packet) -> Verdict<OvsDecision> {
+        match decision {
+            OvsDecision::ToPod { .. }
+            | OvsDecision::ToTunnel { .. }
+            | OvsDecision::ToGateway
+            | OvsDecision::Drop(_) => Verdict::Forward(decision),
+        }
     }
 
     fn l3_forwarding_cached(&mut self, source: OvsSource, packet: &Packet) -> OvsDecision {

@@ -123,6 +123,13 @@ const OVS_PIPELINE: [OvsStage; 4] = [
     OvsStage::IngressPolicy,
 ];
 
+/// Which end of a packet a NAT rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
 /// Where the host stack received a packet from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HostIngress {
@@ -739,28 +746,18 @@ impl AntreaNode {
         }
         let (id, direction) = self.conntrack.lookup(&packet.meta.key, ctx.now_ns)?;
         let entry = *self.conntrack.entry(id)?;
-        let (address, port) = entry.translated_destination(direction);
-        if (address, port)
-            != (
-                packet.meta.key.destination,
-                packet.meta.key.destination_port,
-            )
-        {
-            let before = packet.meta.key;
-            packet.set_destination(address, port);
-            let kind = if direction == Direction::Reply {
-                "unsnat"
-            } else {
-                "dnat"
-            };
-            ctx.nat(
-                &self.settings.name,
-                packet,
-                kind,
-                || format!("{}:{}", before.destination, before.destination_port),
-                || format!("{address}:{port}"),
-            );
-        }
+        let kind = if direction == Direction::Reply {
+            "unsnat"
+        } else {
+            "dnat"
+        };
+        self.translate(
+            ctx,
+            packet,
+            Side::Destination,
+            entry.translated_destination(direction),
+            kind,
+        );
         Some((id, direction))
     }
 
@@ -827,23 +824,49 @@ impl AntreaNode {
             None => (self.commit(ctx, ingress, egress, key)?, Direction::Original),
         };
         let entry = *self.conntrack.entry(id).ok_or(DropReason::ConntrackFull)?;
-        let (address, port) = entry.translated_source(direction);
-        if (address, port) != (key.source, key.source_port) {
-            packet.set_source(address, port);
-            let kind = if direction == Direction::Original {
-                "snat"
-            } else {
-                "undnat"
-            };
-            ctx.nat(
-                &self.settings.name,
-                packet,
-                kind,
-                || format!("{}:{}", key.source, key.source_port),
-                || format!("{address}:{port}"),
-            );
-        }
+        let kind = if direction == Direction::Original {
+            "snat"
+        } else {
+            "undnat"
+        };
+        self.translate(
+            ctx,
+            packet,
+            Side::Source,
+            entry.translated_source(direction),
+            kind,
+        );
         Ok(())
+    }
+
+    /// Rewrites one side of `packet` to `target` when it differs, and records the NAT.
+    fn translate(
+        &self,
+        ctx: &mut Ctx,
+        packet: &mut Packet,
+        side: Side,
+        target: (Ipv4Addr, u16),
+        kind: &'static str,
+    ) {
+        let key = packet.meta.key;
+        let current = match side {
+            Side::Source => (key.source, key.source_port),
+            Side::Destination => (key.destination, key.destination_port),
+        };
+        if current == target {
+            return;
+        }
+        match side {
+            Side::Source => packet.set_source(target.0, target.1),
+            Side::Destination => packet.set_destination(target.0, target.1),
+        }
+        ctx.nat(
+            &self.settings.name,
+            packet,
+            kind,
+            || format!("{}:{}", current.0, current.1),
+            || format!("{}:{}", target.0, target.1),
+        );
     }
 
     /// Commits a new connection: with MASQUERADE to the node IP for pod traffic

@@ -232,6 +232,22 @@ pub struct Stack {
     random: u64,
 }
 
+/// A TCP socket with [`TCP_BUFFER`] bytes of buffer each way.
+fn new_tcp_socket() -> tcp::Socket<'static> {
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+    )
+}
+
+/// A UDP socket with room for 64 datagrams each way.
+fn new_udp_socket() -> udp::Socket<'static> {
+    udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; UDP_BUFFER]),
+    )
+}
+
 /// A deterministic request payload.
 fn payload(length: usize) -> Vec<u8> {
     (0..length)
@@ -308,16 +324,7 @@ impl Stack {
             Protocol::Udp => {
                 if !self.udp_listen.contains(&port) {
                     self.udp_listen.push(port);
-                    let mut socket = udp::Socket::new(
-                        udp::PacketBuffer::new(
-                            vec![udp::PacketMetadata::EMPTY; 64],
-                            vec![0; UDP_BUFFER],
-                        ),
-                        udp::PacketBuffer::new(
-                            vec![udp::PacketMetadata::EMPTY; 64],
-                            vec![0; UDP_BUFFER],
-                        ),
-                    );
+                    let mut socket = new_udp_socket();
                     let _ = socket.bind(port);
                     let handle = self.sockets.add(socket);
                     self.udp_servers.push(handle);
@@ -328,10 +335,7 @@ impl Stack {
     }
 
     fn add_tcp_listener(&mut self, port: u16) {
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        );
+        let mut socket = new_tcp_socket();
         let _ = socket.listen(port);
         let handle = self.sockets.add(socket);
         self.tcp_listeners.insert(port, handle);
@@ -344,10 +348,7 @@ impl Stack {
         match (flow.protocol, flow.exchange) {
             (Protocol::Tcp, _) => {
                 let local_port = self.ephemeral_port(PROTOCOL_TCP);
-                let mut socket = tcp::Socket::new(
-                    tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-                    tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-                );
+                let mut socket = new_tcp_socket();
                 socket.set_timeout(Some(TCP_TIMEOUT));
                 let remote = IpEndpoint::new(IpAddress::Ipv4(remote_ip), flow.destination_port);
                 let connected = socket
@@ -375,16 +376,7 @@ impl Stack {
             }
             (Protocol::Udp, _) => {
                 let local_port = self.ephemeral_port(PROTOCOL_UDP);
-                let mut socket = udp::Socket::new(
-                    udp::PacketBuffer::new(
-                        vec![udp::PacketMetadata::EMPTY; 64],
-                        vec![0; UDP_BUFFER],
-                    ),
-                    udp::PacketBuffer::new(
-                        vec![udp::PacketMetadata::EMPTY; 64],
-                        vec![0; UDP_BUFFER],
-                    ),
-                );
+                let mut socket = new_udp_socket();
                 let _ = socket.bind(local_port);
                 let handle = self.sockets.add(socket);
                 self.tags.insert(

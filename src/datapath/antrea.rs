@@ -636,6 +636,7 @@ impl AntreaNode {
         mut packet: Packet,
         out: &mut Outputs,
     ) {
+        let arrived = packet.meta.key;
         let connection = self.prerouting(ctx, &mut packet);
         let destination = packet.meta.key.destination;
         if destination == self.settings.ip || destination == self.gateway_ip() {
@@ -724,7 +725,17 @@ impl AntreaNode {
             }
             HostEgress::Gateway => {
                 ctx.describe(slot, HopAction::Receive, || {
-                    format!("host stack: route {destination} dev antrea-gw0")
+                    let rewrite = if arrived.destination == destination {
+                        String::new()
+                    } else {
+                        format!(
+                            "unsnat {}:{} -> {destination}:{}; ",
+                            arrived.destination,
+                            arrived.destination_port,
+                            packet.meta.key.destination_port
+                        )
+                    };
+                    format!("{rewrite}host stack: route {destination} dev antrea-gw0")
                 });
                 let destination_mac = match self.pod_by_ip.get(&destination) {
                     Some(&pod) => self.settings.pods[pod].mac,

@@ -7,7 +7,7 @@
 //! only, outside the core.
 
 use crate::capture::CaptureMode;
-use crate::datapath::{Ctx, Journal, Outputs, PortId};
+use crate::datapath::{Ctx, Journal, Outputs, PortId, Recording};
 use crate::packet::Packet;
 use crate::sim::network::{build, Device, DeviceId, Network};
 use crate::topology::{EndpointRef, Topology};
@@ -100,7 +100,11 @@ impl Forwarder {
             .ok_or("client pod is not connected")?;
         Ok(Forwarder {
             journal: Journal {
-                capture,
+                recording: if capture {
+                    Recording::Everything
+                } else {
+                    Recording::Nothing
+                },
                 ..Journal::default()
             },
             source_device: link.device,

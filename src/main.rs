@@ -161,7 +161,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { topology: path } => {
             let topology = load(&path, None)?;
-            let result = simulate(&topology, true);
+            let result = simulate(&topology, false, true);
             let report = netsim::report::build(&topology, &result);
             print!("{}", netsim::report::text_summary(&report));
             Ok(exit_for(&report))
@@ -220,10 +220,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Runs the simulation, with a progress bar over simulated time when stderr is a
 /// terminal and the output is text (SPEC §1).
-fn simulate(topology: &Topology, text: bool) -> netsim::sim::runner::RunResult {
+fn simulate(topology: &Topology, every_hop: bool, text: bool) -> netsim::sim::runner::RunResult {
     use std::io::IsTerminal;
     if !text || !std::io::stderr().is_terminal() {
-        return netsim::sim::runner::run(topology);
+        return netsim::sim::runner::run_with_progress(topology, every_hop, &mut |_, _| {});
     }
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
@@ -231,9 +231,10 @@ fn simulate(topology: &Topology, text: bool) -> netsim::sim::runner::RunResult {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(topology.name.clone());
-    let result = netsim::sim::runner::run_with_progress(topology, &mut |now, horizon| {
-        bar.set_position(now.saturating_mul(1000) / horizon.max(1));
-    });
+    let result =
+        netsim::sim::runner::run_with_progress(topology, every_hop, &mut |now, horizon| {
+            bar.set_position(now.saturating_mul(1000) / horizon.max(1));
+        });
     bar.finish_and_clear();
     result
 }

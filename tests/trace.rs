@@ -82,7 +82,14 @@ fn trace_rejects_an_unknown_endpoint_with_exit_2() {
 /// hop reports, its timing or its order shows up in review.
 #[test]
 fn same_node_trace_snapshot() {
-    let output = netsim(&["trace", "topologies/quickstart.toml", "--from", "pod:app01/client-1", "--to", "pod:app01/web-1"]);
+    let output = netsim(&[
+        "trace",
+        "topologies/quickstart.toml",
+        "--from",
+        "pod:app01/client-1",
+        "--to",
+        "pod:app01/web-1",
+    ]);
     assert!(output.status.success());
     insta::assert_snapshot!(String::from_utf8(output.stdout).unwrap());
 }

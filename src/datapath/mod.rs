@@ -135,11 +135,35 @@ pub struct NatRecord {
     pub after: String,
 }
 
-/// The per-run log every device writes to. With `capture` off, hops are not
-/// recorded (no copies, no strings): the fast path then allocates nothing here.
+/// Which packets' hops a [`Journal`] keeps.
+#[derive(Debug, Clone, Default)]
+pub enum Recording {
+    /// None: no copies, no strings (the benchmark's fast path).
+    #[default]
+    Nothing,
+    /// Every hop of every packet (captures, traces).
+    Everything,
+    /// Only these packets (each flow's first packet and first reply, for the report's
+    /// paths when no capture is written), so memory stays flat however long the run.
+    Packets(rustc_hash::FxHashSet<u64>),
+}
+
+impl Recording {
+    /// True when hops of packet `packet_id` are kept.
+    pub fn includes(&self, packet_id: u64) -> bool {
+        match self {
+            Recording::Nothing => false,
+            Recording::Everything => true,
+            Recording::Packets(ids) => ids.contains(&packet_id),
+        }
+    }
+}
+
+/// The per-run log every device writes to. Hops are kept as [`Recording`] says; the
+/// rest costs nothing (no copies, no strings).
 #[derive(Debug, Default)]
 pub struct Journal {
-    pub capture: bool,
+    pub recording: Recording,
     pub hops: Vec<Hop>,
     pub drops: Vec<DropRecord>,
     pub nat: Vec<NatRecord>,
@@ -166,11 +190,6 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// True when hops are being recorded (build detail strings only then).
-    pub fn capturing(&self) -> bool {
-        self.journal.capture
-    }
-
     /// Records `packet` as seen at `point`.
     pub fn hop(
         &mut self,
@@ -179,7 +198,7 @@ impl Ctx<'_> {
         action: HopAction,
         detail: impl FnOnce() -> String,
     ) {
-        if self.journal.capture {
+        if self.journal.recording.includes(packet.meta.packet_id) {
             self.record(point, packet, action, detail());
         }
     }
@@ -187,7 +206,7 @@ impl Ctx<'_> {
     /// Reserves a hop for `packet` as received now, to be described once the device
     /// has decided what to do with it (so the receive record says what happened).
     pub fn begin_receive(&mut self, point: PointId, packet: &Packet) -> Option<usize> {
-        if !self.journal.capture {
+        if !self.journal.recording.includes(packet.meta.packet_id) {
             return None;
         }
         self.record(point, packet, HopAction::Receive, String::new());
@@ -229,7 +248,9 @@ impl Ctx<'_> {
         detail: impl FnOnce() -> String,
     ) {
         self.journal.drop_count += 1;
-        let detail = if self.journal.capture || packet.meta.flow != NO_FLOW {
+        let detail = if packet.meta.flow != NO_FLOW
+            || self.journal.recording.includes(packet.meta.packet_id)
+        {
             detail()
         } else {
             String::new()

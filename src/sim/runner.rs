@@ -5,7 +5,7 @@
 
 use super::endpoint::{Arrival, ConnectionStatus, Stack};
 use super::network::{build, Device, DeviceId, EndpointId, Network};
-use crate::datapath::{Ctx, DropReason, HopAction, Journal, Outputs, PortId};
+use crate::datapath::{Ctx, DropReason, HopAction, Journal, Outputs, PortId, Recording};
 use crate::packet::{tcp_flags, FlowTag, IcmpKind, Packet, NO_FLOW};
 use crate::topology::{EndpointRef, Topology};
 use smoltcp::time::Instant;
@@ -109,9 +109,9 @@ fn nanoseconds(instant: Instant) -> u64 {
     u64::try_from(instant.total_micros()).unwrap_or(0) * 1000
 }
 
-/// Runs every flow of `topology` to completion.
+/// Runs every flow of `topology` to completion, recording every hop.
 pub fn run(topology: &Topology) -> RunResult {
-    run_with_progress(topology, &mut |_, _| {})
+    run_with_progress(topology, true, &mut |_, _| {})
 }
 
 /// Events between two progress reports.
@@ -119,7 +119,13 @@ const PROGRESS_EVERY: u64 = 4096;
 
 /// Like [`run`], reporting `(simulated now, horizon)` in nanoseconds now and then, for
 /// a progress bar. The callback must not influence the run.
-pub fn run_with_progress(topology: &Topology, progress: &mut dyn FnMut(u64, u64)) -> RunResult {
+/// With `every_hop` false, only each flow's first packet and first reply are recorded
+/// (enough for the report; nothing to write a capture from).
+pub fn run_with_progress(
+    topology: &Topology,
+    every_hop: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> RunResult {
     let network = build(topology);
     let stacks: Vec<Stack> = network
         .endpoints
@@ -160,7 +166,11 @@ pub fn run_with_progress(topology: &Topology, progress: &mut dyn FnMut(u64, u64)
         horizon_ns: last_start + HORIZON_AFTER_LAST_START_NS,
         wake_at: vec![None; endpoint_count],
         journal: Journal {
-            capture: true,
+            recording: if every_hop {
+                Recording::Everything
+            } else {
+                Recording::Packets(Default::default())
+            },
             ..Journal::default()
         },
         flows: vec![FlowOutcome::default(); topology.flows.len()],
@@ -285,10 +295,18 @@ impl Runner<'_> {
         match self.flows.get_mut(flow as usize) {
             Some(outcome) => {
                 outcome.sent += 1;
-                if self.flow_sources[flow as usize] == Some(endpoint) {
-                    outcome.first_packet.get_or_insert(packet.meta.packet_id);
+                let first = if self.flow_sources[flow as usize] == Some(endpoint) {
+                    &mut outcome.first_packet
                 } else if self.flow_destinations[flow as usize] == Some(endpoint) {
-                    outcome.first_reply.get_or_insert(packet.meta.packet_id);
+                    &mut outcome.first_reply
+                } else {
+                    &mut None
+                };
+                if first.is_none() {
+                    *first = Some(packet.meta.packet_id);
+                    if let Recording::Packets(ids) = &mut self.journal.recording {
+                        ids.insert(packet.meta.packet_id);
+                    }
                 }
             }
             None => self.untagged_sent += 1,

@@ -296,13 +296,14 @@ impl Runner<'_> {
             Some(outcome) => {
                 outcome.sent += 1;
                 let first = if self.flow_sources[flow as usize] == Some(endpoint) {
-                    &mut outcome.first_packet
+                    Some(&mut outcome.first_packet)
                 } else if self.flow_destinations[flow as usize] == Some(endpoint) {
-                    &mut outcome.first_reply
+                    Some(&mut outcome.first_reply)
                 } else {
-                    &mut None
+                    None
                 };
-                if first.is_none() {
+                // The flow's first packet each way: its hops become the report's paths.
+                if let Some(first @ None) = first {
                     *first = Some(packet.meta.packet_id);
                     if let Recording::Packets(ids) = &mut self.journal.recording {
                         ids.insert(packet.meta.packet_id);

@@ -256,12 +256,13 @@ impl AntreaNode {
             return;
         }
         let mut decision = OvsDecision::Drop(DropReason::NoRoute);
+        let mut cache_hit = false;
         for stage in OVS_PIPELINE {
             let verdict = match stage {
                 OvsStage::Classifier => self.classifier(source, &packet),
                 OvsStage::EgressPolicy => self.egress_policy(source, &packet),
                 OvsStage::L3Forwarding => {
-                    decision = self.l3_forwarding_cached(source, &packet);
+                    (decision, cache_hit) = self.l3_forwarding_cached(source, &packet);
                     match decision {
                         OvsDecision::Drop(reason) => Verdict::Drop(reason),
                         _ => Verdict::Continue,
@@ -304,13 +305,16 @@ impl AntreaNode {
                 }
                 ctx.describe(slot, HopAction::Receive, || {
                     let destination = packet.meta.key.destination;
-                    let peer_name = self
+                    let (cidr, peer_name) = self
                         .peers
                         .lookup(destination)
-                        .map(|(_, p)| p.name.as_str())
-                        .unwrap_or("?");
+                        .map(|(cidr, p)| (cidr.to_string(), p.name.as_str()))
+                        .unwrap_or_default();
+                    let via = if cache_hit { "flow cache" } else { "L3Forwarding" };
+                    let ttl = packet.meta.ttl;
                     format!(
-                        "ovs l3 forward {destination} -> tunnel to {peer_name} ({peer}), dec ttl"
+                        "ovs {via}: {destination} in {cidr} ({peer_name}) -> antrea-tun0 tun_dst={peer}, ttl {}->{ttl}",
+                        ttl + 1
                     )
                 });
                 self.tunnel_output(ctx, peer, packet, out);
@@ -368,14 +372,15 @@ impl AntreaNode {
         }
     }
 
-    fn l3_forwarding_cached(&mut self, source: OvsSource, packet: &Packet) -> OvsDecision {
+    /// L3Forwarding through the flow cache; also says whether the cache answered.
+    fn l3_forwarding_cached(&mut self, source: OvsSource, packet: &Packet) -> (OvsDecision, bool) {
         let key = (source, packet.meta.key);
         if let Some(decision) = self.flow_cache.get(&key) {
-            return decision;
+            return (decision, true);
         }
         let decision = self.l3_forwarding(source, packet);
         self.flow_cache.insert(key, decision);
-        decision
+        (decision, false)
     }
 
     /// L3Forwarding: local pod (switched or routed), peer node's pod CIDR (tunnel),

@@ -222,7 +222,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
 /// terminal and the output is text (SPEC §1).
 fn simulate(topology: &Topology, every_hop: bool, text: bool) -> netsim::sim::runner::RunResult {
     use std::io::IsTerminal;
-    if !text || !std::io::stderr().is_terminal() {
+    if !text || !std::io::stderr().is_terminal() || !std::io::stdout().is_terminal() {
         return netsim::sim::runner::run_with_progress(topology, every_hop, &mut |_, _| {});
     }
     let bar = indicatif::ProgressBar::new(1000);
@@ -246,7 +246,7 @@ fn benchmark(
     text: bool,
 ) -> Result<netsim::bench::BenchResults, String> {
     use std::io::IsTerminal;
-    if !text || !std::io::stderr().is_terminal() {
+    if !text || !std::io::stderr().is_terminal() || !std::io::stdout().is_terminal() {
         return netsim::bench::run(topology, options);
     }
     let bar = indicatif::ProgressBar::new(1);

@@ -1,0 +1,174 @@
+//! A Kubernetes node running Antrea in `encap` mode with Geneve (reference §a, §b).
+//!
+//! The node owns three parts, each a pipeline of stages:
+//!
+//! * the **OVS bridge** `br-int`, with one port per pod (`veth-NS-POD`), `antrea-gw0`
+//!   and `antrea-tun0`. Its stages follow Antrea's OpenFlow pipeline
+//!   (docs/design/ovs-pipeline.md): Classifier -> EgressPolicy (Antrea's egress rules
+//!   are enforced on the source node) -> L3Forwarding (+ L3DecTTL) -> IngressPolicy
+//!   (ingress rules on the destination node) -> Output. The policy stages allow
+//!   everything until NetworkPolicy is modelled. A flow cache in front of
+//!   L3Forwarding replays the slow path's decision for every later packet of a flow.
+//! * the **tunnel**: Geneve encapsulation exactly as the OVS kernel datapath emits it
+//!   for Antrea — UDP 6081, VNI 0, no options, outer UDP checksum 0 (Antrea's default
+//!   `tunnelCsum: false`), outer DF set (OVS `df_default=true`), outer TTL 64, outer
+//!   UDP source port a hash of the inner 5-tuple (Linux `udp_flow_src_port`) — and
+//!   the bridged-tunnel PMTU check of Linux `skb_tunnel_check_pmtu`.
+//! * the **host network stack**: conntrack (PREROUTING un-NAT), routing, TTL,
+//!   the forwarding MTU check, and Antrea's `ANTREA-POSTROUTING` MASQUERADE of pod
+//!   traffic leaving the cluster to the node IP (pkg/agent/route/route_linux.go).
+
+mod host;
+mod ovs;
+mod tunnel;
+
+use host::{HostIngress, HostRoute};
+use ovs::{OvsDecision, OvsSource};
+pub use tunnel::{decapsulate, encapsulate, EncapHeader};
+
+use super::icmp::{self, ErrorHeader, ErrorMessage};
+use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId, Verdict};
+use crate::engine::conntrack::{Conntrack, ConntrackError, Direction, EntryId};
+use crate::engine::flow_cache::FlowCache;
+use crate::engine::hash::tunnel_source_port;
+use crate::engine::lpm::LpmTable;
+use crate::packet::{FlowKey, IcmpKind, Packet};
+use crate::wire::geneve::{self, Repr as GeneveRepr};
+use crate::wire::{emit_ethernet, emit_ipv4, Mac, ETHERTYPE_IPV4, PROTOCOL_UDP};
+use ipnet::Ipv4Net;
+use rustc_hash::FxHashMap;
+use std::net::Ipv4Addr;
+
+/// The node's uplink `eth0` is port 0; pod veths follow from port 1.
+pub const UPLINK_PORT: PortId = 0;
+/// Entries in a node's flow cache before it is emptied.
+const FLOW_CACHE_CAPACITY: usize = 65_536;
+
+/// A pod attached to this node's bridge.
+#[derive(Debug, Clone)]
+pub struct LocalPod {
+    /// `NS/NAME`.
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    /// Capture point of the node side of the veth (`NODE:veth-NS-POD`).
+    pub veth_point: PointId,
+}
+
+/// Another node of the cluster, reached through the tunnel.
+#[derive(Debug, Clone)]
+pub struct PeerNode {
+    pub name: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Everything a node is built from.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub uplink_subnet: Ipv4Net,
+    pub uplink_mtu: u16,
+    /// MTU of antrea-gw0 and the pods' interfaces.
+    pub pod_mtu: u16,
+    pub default_gateway: Option<Ipv4Addr>,
+    pub neighbors: Neighbors,
+    pub gateway_mac: Mac,
+    pub pod_cidr: Ipv4Net,
+    pub cluster_pod_cidr: Ipv4Net,
+    pub no_snat: bool,
+    pub pods: Vec<LocalPod>,
+    /// Peer pod CIDR -> peer node.
+    pub peers: Vec<(Ipv4Net, PeerNode)>,
+    pub conntrack_max: usize,
+    pub seed: u64,
+    pub uplink_point: PointId,
+    pub gateway_point: PointId,
+    pub tunnel_point: PointId,
+}
+
+#[derive(Debug, Clone)]
+pub struct AntreaNode {
+    settings: NodeSettings,
+    pod_by_ip: FxHashMap<Ipv4Addr, usize>,
+    pod_by_mac: FxHashMap<Mac, usize>,
+    peers: LpmTable<PeerNode>,
+    /// The kernel routing table (`ip route` on the node).
+    routes: LpmTable<HostRoute>,
+    pub conntrack: Conntrack,
+    flow_cache: FlowCache<(OvsSource, FlowKey), OvsDecision>,
+    identification: u16,
+}
+
+impl AntreaNode {
+    pub fn new(settings: NodeSettings) -> Self {
+        let pod_by_ip = settings
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(index, pod)| (pod.ip, index))
+            .collect();
+        let pod_by_mac = settings
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(index, pod)| (pod.mac, index))
+            .collect();
+        let mut peers = LpmTable::new();
+        let mut routes = LpmTable::new();
+        for (cidr, peer) in &settings.peers {
+            peers.insert(*cidr, peer.clone());
+            routes.insert(*cidr, HostRoute::Gateway);
+        }
+        routes.insert(settings.pod_cidr, HostRoute::Gateway);
+        routes.insert(
+            settings.uplink_subnet.trunc(),
+            HostRoute::Uplink { via: None },
+        );
+        if let Some(gateway) = settings.default_gateway {
+            routes.insert(Ipv4Net::default(), HostRoute::Uplink { via: Some(gateway) });
+        }
+        let conntrack = Conntrack::new(settings.conntrack_max, settings.seed);
+        AntreaNode {
+            pod_by_ip,
+            pod_by_mac,
+            peers,
+            routes,
+            conntrack,
+            flow_cache: FlowCache::new(FLOW_CACHE_CAPACITY),
+            identification: 0,
+            settings,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// antrea-gw0's address: the first address of the node's pod CIDR.
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.settings.pod_cidr.network()) + 1)
+    }
+
+    /// Flow cache hits and misses.
+    pub fn flow_cache_stats(&self) -> (u64, u64) {
+        (self.flow_cache.hits(), self.flow_cache.misses())
+    }
+
+    fn next_identification(&mut self) -> u16 {
+        self.identification = self.identification.wrapping_add(1);
+        self.identification
+    }
+
+    /// Entry point: a frame arrives on `in_port`.
+    pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, packet: Packet, out: &mut Outputs) {
+        if in_port == UPLINK_PORT {
+            self.uplink_input(ctx, packet, out);
+        } else {
+            let pod = usize::from(in_port - 1);
+            let slot = ctx.begin_receive(self.settings.pods[pod].veth_point, &packet);
+            self.ovs(ctx, OvsSource::Pod(pod), slot, packet, out);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The OVS bridge `br-int` of an Antrea node: its OpenFlow pipeline as stages.
+
+use super::*;
+
+/// Where a packet entered the OVS bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum OvsSource {
+    Pod(usize),
+    Gateway,
+    Tunnel,
+}
+
+/// What the OVS pipeline decided for a flow; cached per flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OvsDecision {
+    /// Output to a local pod's veth; `routed` packets get their MACs rewritten
+    /// (and, from a local pod, the TTL decremented).
+    ToPod {
+        pod: usize,
+        routed: bool,
+        decrement_ttl: bool,
+    },
+    /// Output to antrea-tun0 with `tun_dst` = the peer node.
+    ToTunnel {
+        peer: Ipv4Addr,
+    },
+    /// Output to antrea-gw0, into the host network stack.
+    ToGateway,
+    Drop(DropReason),
+}
+
+/// The OVS pipeline's stages, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OvsStage {
+    Classifier,
+    EgressPolicy,
+    L3Forwarding,
+    IngressPolicy,
+}
+
+pub(super) const OVS_PIPELINE: [OvsStage; 4] = [
+    OvsStage::Classifier,
+    OvsStage::EgressPolicy,
+    OvsStage::L3Forwarding,
+    OvsStage::IngressPolicy,
+];
+
+impl AntreaNode {
+    pub(super) fn ovs(
+        &mut self,
+        ctx: &mut Ctx,
+        source: OvsSource,
+        slot: Option<usize>,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
+        if packet.meta.ethertype != ETHERTYPE_IPV4 {
+            ctx.describe(slot, HopAction::Drop, || "not IPv4".into());
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
+                "non-IPv4 frame on br-int".into()
+            });
+            return;
+        }
+        let mut decision = OvsDecision::Drop(DropReason::NoRoute);
+        let mut cache_hit = false;
+        for stage in OVS_PIPELINE {
+            let verdict = match stage {
+                OvsStage::Classifier => self.classifier(source, &packet),
+                OvsStage::EgressPolicy => self.egress_policy(source, &packet),
+                OvsStage::L3Forwarding => {
+                    (decision, cache_hit) = self.l3_forwarding_cached(source, &packet);
+                    match decision {
+                        OvsDecision::Drop(reason) => Verdict::Drop(reason),
+                        _ => Verdict::Continue,
+                    }
+                }
+                OvsStage::IngressPolicy => self.ingress_policy(decision, &packet),
+            };
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Forward(_) => break,
+                Verdict::Drop(reason) => {
+                    let destination = packet.meta.key.destination;
+                    ctx.describe(slot, HopAction::Drop, || {
+                        format!("ovs {stage:?}: {reason} for {destination}")
+                    });
+                    ctx.drop_packet(&self.settings.name, &packet, reason, || {
+                        format!("ovs {stage:?}: {destination}")
+                    });
+                    return;
+                }
+            }
+        }
+        match decision {
+            OvsDecision::ToPod {
+                pod,
+                routed,
+                decrement_ttl,
+            } => self.output_to_pod(ctx, slot, pod, routed, decrement_ttl, packet, out),
+            OvsDecision::ToTunnel { peer } => {
+                let decrement = source != OvsSource::Tunnel;
+                if decrement && !packet.decrement_ttl() {
+                    ctx.describe(slot, HopAction::Drop, || "ovs L3DecTTL: ttl expired".into());
+                    ctx.drop_packet(
+                        &self.settings.name,
+                        &packet,
+                        DropReason::TtlExceeded,
+                        || "ttl expired in OVS dec_ttl".into(),
+                    );
+                    return;
+                }
+                ctx.describe(slot, HopAction::Receive, || {
+                    let destination = packet.meta.key.destination;
+                    let (cidr, peer_name) = self
+                        .peers
+                        .lookup(destination)
+                        .map(|(cidr, p)| (cidr.to_string(), p.name.as_str()))
+                        .unwrap_or_default();
+                    let via = if cache_hit { "flow cache" } else { "L3Forwarding" };
+                    let ttl = packet.meta.ttl;
+                    format!(
+                        "ovs {via}: {destination} in {cidr} ({peer_name}) -> antrea-tun0 tun_dst={peer}, ttl {}->{ttl}",
+                        ttl + 1
+                    )
+                });
+                self.tunnel_output(ctx, peer, packet, out);
+            }
+            OvsDecision::ToGateway => {
+                ctx.describe(slot, HopAction::Receive, || {
+                    format!(
+                        "ovs l3 forward {} -> antrea-gw0 (leaves the pod network)",
+                        packet.meta.key.destination
+                    )
+                });
+                packet.set_macs(self.settings.gateway_mac, self.settings.mac);
+                ctx.hop(
+                    self.settings.gateway_point,
+                    &packet,
+                    HopAction::Transmit,
+                    || "ovs -> host network stack".into(),
+                );
+                self.host_input(ctx, HostIngress::Gateway, None, packet, out);
+            }
+            OvsDecision::Drop(_) => unreachable!("drops leave the pipeline above"),
+        }
+    }
+
+    /// Classifier: where the packet came from; SpoofGuard for pod ports (a pod may
+    /// only send from its own IP and MAC).
+    pub(super) fn classifier(&self, source: OvsSource, packet: &Packet) -> Verdict<OvsDecision> {
+        if let OvsSource::Pod(pod) = source {
+            let local = &self.settings.pods[pod];
+            if packet.meta.key.source != local.ip || packet.meta.source_mac != local.mac {
+                return Verdict::Drop(DropReason::Policy);
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// EgressRule / EgressDefaultRule tables: Antrea enforces a pod's egress policy on
+    /// its own node, so only packets from a local pod are subject to it. No policy is
+    /// modelled yet: every packet passes.
+    pub(super) fn egress_policy(
+        &self,
+        source: OvsSource,
+        _packet: &Packet,
+    ) -> Verdict<OvsDecision> {
+        match source {
+            OvsSource::Pod(_) | OvsSource::Gateway | OvsSource::Tunnel => Verdict::Continue,
+        }
+    }
+
+    /// IngressRule / IngressDefaultRule tables: a pod's ingress policy is enforced on
+    /// the destination node, for packets about to be output to a local pod. No policy
+    /// is modelled yet: every packet passes.
+    pub(super) fn ingress_policy(
+        &self,
+        decision: OvsDecision,
+        _packet: &Packet,
+    ) -> Verdict<OvsDecision> {
+        match decision {
+            OvsDecision::ToPod { .. }
+            | OvsDecision::ToTunnel { .. }
+            | OvsDecision::ToGateway
+            | OvsDecision::Drop(_) => Verdict::Forward(decision),
+        }
+    }
+
+    /// L3Forwarding through the flow cache; also says whether the cache answered.
+    pub(super) fn l3_forwarding_cached(
+        &mut self,
+        source: OvsSource,
+        packet: &Packet,
+    ) -> (OvsDecision, bool) {
+        let key = (source, packet.meta.key);
+        if let Some(decision) = self.flow_cache.get(&key) {
+            return (decision, true);
+        }
+        let decision = self.l3_forwarding(source, packet);
+        self.flow_cache.insert(key, decision);
+        (decision, false)
+    }
+
+    /// L3Forwarding: local pod (switched or routed), peer node's pod CIDR (tunnel),
+    /// or out of the pod network (gateway).
+    pub(super) fn l3_forwarding(&self, source: OvsSource, packet: &Packet) -> OvsDecision {
+        let destination = packet.meta.key.destination;
+        let destination_mac = packet.meta.destination_mac;
+        if let OvsSource::Pod(_) = source {
+            if destination_mac != self.settings.gateway_mac {
+                // Same subnet: the pod addressed the peer's MAC itself; plain L2.
+                return match self.pod_by_mac.get(&destination_mac) {
+                    Some(&pod) => OvsDecision::ToPod {
+                        pod,
+                        routed: false,
+                        decrement_ttl: false,
+                    },
+                    None => OvsDecision::Drop(DropReason::NoNeighbor),
+                };
+            }
+        }
+        if let Some(&pod) = self.pod_by_ip.get(&destination) {
+            // Routed to a local pod; packets from the tunnel were decremented on the
+            // source node and the host stack decrements its own forwards.
+            let decrement_ttl = matches!(source, OvsSource::Pod(_));
+            return OvsDecision::ToPod {
+                pod,
+                routed: true,
+                decrement_ttl,
+            };
+        }
+        if self.settings.pod_cidr.contains(&destination) {
+            return OvsDecision::Drop(DropReason::NoNeighbor);
+        }
+        if source != OvsSource::Tunnel {
+            if let Some((_, peer)) = self.peers.lookup(destination) {
+                return OvsDecision::ToTunnel { peer: peer.ip };
+            }
+        }
+        match source {
+            OvsSource::Pod(_) => OvsDecision::ToGateway,
+            OvsSource::Gateway | OvsSource::Tunnel => OvsDecision::Drop(DropReason::NoRoute),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn output_to_pod(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        pod: usize,
+        routed: bool,
+        decrement_ttl: bool,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
+        let local = &self.settings.pods[pod];
+        if decrement_ttl && !packet.decrement_ttl() {
+            ctx.describe(slot, HopAction::Drop, || "ovs L3DecTTL: ttl expired".into());
+            ctx.drop_packet(
+                &self.settings.name,
+                &packet,
+                DropReason::TtlExceeded,
+                || "ttl expired in OVS dec_ttl".into(),
+            );
+            return;
+        }
+        if routed {
+            packet.set_macs(self.settings.gateway_mac, local.mac);
+        }
+        let how = if routed { "l3 forward" } else { "l2 switch" };
+        ctx.describe(slot, HopAction::Receive, || {
+            format!("ovs {how} -> local pod {}", local.name)
+        });
+        let port = PortId::try_from(pod + 1).unwrap_or(PortId::MAX);
+        ctx.hop(local.veth_point, &packet, HopAction::Transmit, || {
+            format!("ovs output to pod {}", local.name)
+        });
+        out.send(port, packet);
+    }
+}

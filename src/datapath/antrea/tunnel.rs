@@ -1,0 +1,245 @@
+//! antrea-tun0: Geneve encapsulation and decapsulation as the OVS kernel datapath does
+//! it for Antrea, and Linux's PMTU check for a bridged tunnel port.
+
+use super::*;
+
+impl AntreaNode {
+    /// Encapsulates toward `peer` and sends on eth0; or, when the result would not
+    /// fit the uplink, drops with the ICMP Linux's bridged-tunnel PMTU check builds.
+    pub(super) fn tunnel_output(
+        &mut self,
+        ctx: &mut Ctx,
+        peer: Ipv4Addr,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
+        packet.set_macs(self.settings.gateway_mac, Mac::ANTREA_GLOBAL_VIRTUAL);
+        let tunnel_mtu = usize::from(self.settings.uplink_mtu) - geneve::IPV4_OVERHEAD;
+        ctx.hop(
+            self.settings.tunnel_point,
+            &packet,
+            HopAction::Transmit,
+            || format!("output to antrea-tun0, tun_dst={peer}"),
+        );
+        if packet.ip_len() > tunnel_mtu {
+            self.tunnel_pmtu_exceeded(ctx, tunnel_mtu, packet, out);
+            return;
+        }
+        let next_hop = if self.settings.uplink_subnet.contains(&peer) {
+            Some(peer)
+        } else {
+            self.settings.default_gateway
+        };
+        let Some(next_mac) = next_hop.and_then(|hop| self.settings.neighbors.get(&hop).copied())
+        else {
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::NoNeighbor, || {
+                format!("no neighbor for tunnel peer {peer}")
+            });
+            return;
+        };
+        let inner_key = packet.meta.key;
+        let source_port = tunnel_source_port(&inner_key, self.settings.seed);
+        let identification = self.next_identification();
+        encapsulate(
+            &mut packet,
+            &EncapHeader {
+                source: self.settings.ip,
+                destination: peer,
+                source_mac: self.settings.mac,
+                destination_mac: next_mac,
+                source_port,
+                identification,
+            },
+        );
+        let node_ip = self.settings.ip;
+        ctx.hop(self.settings.uplink_point, &packet, HopAction::Encapsulate, || {
+            format!("geneve encap vni=0 {node_ip} -> {peer} udp {source_port}->6081 (inner {inner_key})")
+        });
+        out.send(UPLINK_PORT, packet);
+    }
+
+    /// Linux `skb_tunnel_check_pmtu` for a bridged (OVS) tunnel port: with DF set on
+    /// the inner packet, an ICMP "fragmentation needed" with MTU = uplink MTU - 50 is
+    /// built from the inner destination back to the inner source
+    /// (`iptunnel_pmtud_build_icmp`: addresses and MACs swapped, TTL copied, quoting up
+    /// to 576 bytes) and injected back as if received from the tunnel, so OVS delivers
+    /// it to the sending pod. The packet itself is dropped either way.
+    pub(super) fn tunnel_pmtu_exceeded(
+        &mut self,
+        ctx: &mut Ctx,
+        tunnel_mtu: usize,
+        packet: Packet,
+        out: &mut Outputs,
+    ) {
+        let size = packet.ip_len();
+        let sends_icmp =
+            packet.meta.dont_fragment && tunnel_mtu >= 576 && icmp::may_send_error(&packet);
+        if sends_icmp {
+            let header = ErrorHeader {
+                source: packet.meta.key.destination,
+                source_mac: packet.meta.destination_mac,
+                destination_mac: packet.meta.source_mac,
+                ttl: packet.meta.ttl,
+                identification: 0,
+            };
+            let mtu = u16::try_from(tunnel_mtu).unwrap_or(u16::MAX);
+            let point = self.settings.tunnel_point;
+            let error = icmp::originate(
+                ctx,
+                point,
+                &packet,
+                ErrorMessage::fragmentation_needed(mtu),
+                header,
+            );
+            ctx.drop_packet(
+                &self.settings.name,
+                &packet,
+                DropReason::MtuExceeded,
+                || {
+                    format!(
+                        "{size} bytes + 50 geneve overhead exceed uplink mtu {}",
+                        self.settings.uplink_mtu
+                    )
+                },
+            );
+            self.ovs(ctx, OvsSource::Tunnel, None, error, out);
+        } else {
+            ctx.drop_packet(
+                &self.settings.name,
+                &packet,
+                DropReason::MtuExceeded,
+                || {
+                    format!(
+                        "{size} bytes + 50 geneve overhead exceed uplink mtu {}",
+                        self.settings.uplink_mtu
+                    )
+                },
+            );
+        }
+    }
+
+    pub(super) fn uplink_input(&mut self, ctx: &mut Ctx, packet: Packet, out: &mut Outputs) {
+        let slot = ctx.begin_receive(self.settings.uplink_point, &packet);
+        let meta = &packet.meta;
+        if meta.ethertype != ETHERTYPE_IPV4
+            || (meta.destination_mac != self.settings.mac && meta.destination_mac != Mac::BROADCAST)
+        {
+            ctx.describe(slot, HopAction::Drop, || {
+                "not an IPv4 frame for this node".into()
+            });
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
+                "not an IPv4 frame for this node".into()
+            });
+            return;
+        }
+        if meta.key.destination == self.settings.ip
+            && meta.key.protocol == PROTOCOL_UDP
+            && meta.key.destination_port == geneve::UDP_PORT
+        {
+            self.decapsulate(ctx, slot, packet, out);
+        } else {
+            self.host_input(ctx, HostIngress::Uplink, slot, packet, out);
+        }
+    }
+
+    /// Geneve receive (RFC 8926 §3.4/§3.5): version 0 only; a packet whose options
+    /// include a critical one this endpoint does not understand (Antrea understands
+    /// none) is dropped, as is an OAM packet and any payload but Ethernet.
+    pub(super) fn decapsulate(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
+        let outer_source = packet.meta.key.source;
+        let vni = match decapsulate(&mut packet) {
+            Ok(vni) => vni,
+            Err(error) => {
+                ctx.describe(slot, HopAction::Drop, || {
+                    format!("geneve packet refused: {error}")
+                });
+                ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
+                    format!("geneve packet from {outer_source} refused: {error}")
+                });
+                return;
+            }
+        };
+        ctx.describe(slot, HopAction::Decapsulate, || {
+            format!("geneve decap vni={vni} from {outer_source}")
+        });
+        let tunnel_slot = ctx.begin_receive(self.settings.tunnel_point, &packet);
+        self.ovs(ctx, OvsSource::Tunnel, tunnel_slot, packet, out);
+    }
+}
+
+/// The outer headers of one Geneve encapsulation.
+#[derive(Debug, Clone, Copy)]
+pub struct EncapHeader {
+    pub source: Ipv4Addr,
+    pub destination: Ipv4Addr,
+    pub source_mac: Mac,
+    pub destination_mac: Mac,
+    pub source_port: u16,
+    pub identification: u16,
+}
+
+/// Prepends outer Ethernet / IPv4 (DF, TTL 64) / UDP (checksum 0) / Geneve (VNI 0, no
+/// options) to `packet`'s frame, in its headroom, and re-parses the metadata.
+pub fn encapsulate(packet: &mut Packet, header: &EncapHeader) {
+    let inner_len = packet.len();
+    let udp_len = crate::wire::UDP_HEADER_LEN + geneve::BASE_LEN + inner_len;
+    let bytes = packet.push_front(geneve::IPV4_OVERHEAD);
+    emit_ethernet(
+        bytes,
+        header.destination_mac,
+        header.source_mac,
+        ETHERTYPE_IPV4,
+    );
+    emit_ipv4(
+        &mut bytes[14..],
+        header.source,
+        header.destination,
+        PROTOCOL_UDP,
+        udp_len,
+        icmp::DEFAULT_TTL,
+        header.identification,
+        true,
+    );
+    let udp = &mut bytes[34..42];
+    udp[0..2].copy_from_slice(&header.source_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&geneve::UDP_PORT.to_be_bytes());
+    udp[4..6].copy_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
+    // Antrea's default tunnelCsum=false: the outer UDP checksum is 0 (allowed over IPv4).
+    udp[6..8].copy_from_slice(&[0, 0]);
+    let mut view = geneve::Packet::new_unchecked(&mut bytes[42..50]);
+    // Eight bytes were just reserved for a header without options; emit cannot fail.
+    let _ = GeneveRepr::antrea().emit(&mut view);
+    let _ = packet.parse();
+}
+
+/// Removes one Geneve encapsulation (outer Ethernet/IPv4/UDP/Geneve) in place and
+/// returns the VNI. Refuses (RFC 8926 §3.4/§3.5) an unknown version, a critical option
+/// (Antrea understands no option, so every critical one is unknown), an OAM packet and
+/// a payload other than Ethernet.
+pub fn decapsulate(packet: &mut Packet) -> Result<u32, crate::wire::WireError> {
+    let offset = packet.meta.l4_offset + crate::wire::UDP_HEADER_LEN;
+    let (vni, header_len) = {
+        let view = geneve::Packet::new_checked(&packet.frame()[offset..])?;
+        let repr = GeneveRepr::parse(&view)?;
+        if repr.critical
+            || repr
+                .options()
+                .any(|option| option.map(|o| o.is_critical()).unwrap_or(true))
+        {
+            return Err(crate::wire::WireError::Unsupported);
+        }
+        if repr.oam || repr.protocol_type != geneve::PROTOCOL_ETHERNET {
+            return Err(crate::wire::WireError::Unsupported);
+        }
+        (repr.vni, repr.buffer_len())
+    };
+    packet.pull_front(offset + header_len);
+    packet.parse()?;
+    Ok(vni)
+}

@@ -4,7 +4,7 @@
 use super::config::{FlowConfig, Text};
 use super::error::ConfigError;
 use super::model::*;
-use super::resolve::{parse_duration_ns, ResolverView};
+use super::resolve::{parse_duration_ns, Resolver};
 use std::net::Ipv4Addr;
 use toml::Spanned;
 
@@ -141,7 +141,7 @@ struct FlowRequest<'a> {
 
 /// Resolves a `[[flow]]`.
 pub fn resolve_flow(
-    resolver: &ResolverView,
+    resolver: &Resolver,
     topology: &Topology,
     spanned: &Spanned<FlowConfig>,
 ) -> Result<Flow> {
@@ -168,7 +168,7 @@ pub fn resolve_flow(
 
 /// The probe flow an `[[expect]]` with from/to runs.
 pub fn probe_flow(
-    resolver: &ResolverView,
+    resolver: &Resolver,
     topology: &Topology,
     name: &str,
     from: &Text,
@@ -196,7 +196,7 @@ pub fn probe_flow(
     )
 }
 
-fn build_flow(resolver: &ResolverView, topology: &Topology, request: FlowRequest) -> Result<Flow> {
+fn build_flow(resolver: &Resolver, topology: &Topology, request: FlowRequest) -> Result<Flow> {
     let (from, from_port) = parse_endpoint(topology, request.from.get_ref())
         .map_err(|m| resolver.error(request.from, m))?;
     if from_port.is_some() {
@@ -324,7 +324,7 @@ fn build_flow(resolver: &ResolverView, topology: &Topology, request: FlowRequest
     })
 }
 
-fn parse_flow_protocol(resolver: &ResolverView, text: &Text) -> Result<Protocol> {
+fn parse_flow_protocol(resolver: &Resolver, text: &Text) -> Result<Protocol> {
     match text.get_ref().to_ascii_lowercase().as_str() {
         "tcp" => Ok(Protocol::Tcp),
         "udp" => Ok(Protocol::Udp),
@@ -339,7 +339,7 @@ fn parse_flow_protocol(resolver: &ResolverView, text: &Text) -> Result<Protocol>
 /// A UDP or ICMP message must fit one datagram at the sender's MTU (netsim does not
 /// fragment at the source; Linux would refuse it with EMSGSIZE under DF).
 fn check_bytes(
-    resolver: &ResolverView,
+    resolver: &Resolver,
     topology: &Topology,
     from: EndpointRef,
     protocol: Protocol,
@@ -375,7 +375,7 @@ pub fn command_line_flow(
 ) -> Result<Flow> {
     let text = format!("--from {from} --to {to}");
     let source = super::error::Source::new("command line", text);
-    let resolver = ResolverView { source: &source };
+    let resolver = Resolver { source: &source };
     let from_at = 7..7 + from.len();
     let to_start = from_at.end + 6;
     let from_text = Spanned::new(from_at, from.to_string());

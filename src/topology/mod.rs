@@ -1,9 +1,11 @@
 //! The topology file: its serde mirror ([`config`]), the resolved model ([`model`])
 //! and the checks between them ([`resolve`]). Errors carry `file:line:column`.
 
+mod cluster;
 pub mod config;
 pub mod endpoint;
 pub mod error;
+mod expect;
 pub mod model;
 pub mod resolve;
 

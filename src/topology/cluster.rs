@@ -1,0 +1,530 @@
+//! Clusters: CNI settings, nodes and their pod CIDRs, namespaces, pods and
+//! deployments — checked and allocated as kube-controller-manager and Antrea's IPAM do.
+
+use super::config::*;
+use super::error::ConfigError;
+use super::model::*;
+use super::resolve::*;
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use toml::Spanned;
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Default cluster networks of a Tanzu Kubernetes cluster (TKC spec defaults
+/// `pods.cidrBlocks: 192.168.0.0/16`, `services.cidrBlocks: 10.96.0.0/12`) [K].
+const DEFAULT_POD_CIDR: &str = "192.168.0.0/16";
+const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+/// kube-controller-manager `--node-cidr-mask-size` for IPv4.
+const NODE_CIDR_PREFIX: u8 = 24;
+
+pub(super) fn resolve_cluster(
+    resolver: &Resolver,
+    spanned: &Spanned<ClusterConfig>,
+    segments: &[Segment],
+    lookup_segment: &dyn Fn(&Text) -> Result<SegmentId>,
+    addresses: &mut AddressBook,
+) -> Result<Cluster> {
+    let config = spanned.get_ref();
+    let name = config.name.get_ref().clone();
+    if let Some(cni) = &config.cni {
+        match cni.get_ref().as_str() {
+            "antrea" => {}
+            "calico" | "nsx" => {
+                return Err(resolver.error(
+                    cni,
+                    format!(
+                        "cni `{}` is not modelled by this netsim version yet; use cni = \"antrea\"",
+                        cni.get_ref()
+                    ),
+                ))
+            }
+            other => {
+                return Err(resolver.error(
+                    cni,
+                    format!("unknown cni `{other}` (expected antrea, calico or nsx)"),
+                ))
+            }
+        }
+    }
+    resolver.unsupported(&config.calico, "[cluster.calico]")?;
+    resolver.unsupported_list(&config.service, "Services")?;
+    resolver.unsupported_list(&config.network_policy, "NetworkPolicy")?;
+    resolver.unsupported_list(
+        &config.cluster_network_policy,
+        "Antrea ClusterNetworkPolicy",
+    )?;
+    resolver.unsupported_list(&config.egress, "Antrea Egress")?;
+
+    let node_segment = match &config.node_segment {
+        Some(name) => lookup_segment(name)?,
+        None if segments.len() == 1 => 0,
+        None => {
+            return Err(resolver.error(
+                &config.name,
+                "cluster needs `node_segment` (the topology has several segments)",
+            ))
+        }
+    };
+    let pod_cidr = parse_cidr_or_default(resolver, &config.pod_cidr, DEFAULT_POD_CIDR)?;
+    let service_cidr = parse_cidr_or_default(resolver, &config.service_cidr, DEFAULT_SERVICE_CIDR)?;
+    if pod_cidr.contains(&service_cidr.network()) || service_cidr.contains(&pod_cidr.network()) {
+        let at = config
+            .service_cidr
+            .as_ref()
+            .map(|s| s.span())
+            .or_else(|| config.pod_cidr.as_ref().map(|s| s.span()));
+        return Err(resolver.source.error(
+            at,
+            format!("service_cidr {service_cidr} overlaps pod_cidr {pod_cidr}"),
+        ));
+    }
+    let antrea = resolve_antrea(resolver, config, &segments[node_segment])?;
+    let nodes = resolve_nodes(resolver, config, node_segment, pod_cidr, addresses)?;
+    let namespaces = resolve_namespaces(resolver, config)?;
+    let pods = resolve_pods(resolver, config, &nodes, &namespaces)?;
+    Ok(Cluster {
+        name,
+        pod_cidr,
+        service_cidr,
+        node_segment,
+        antrea,
+        nodes,
+        namespaces,
+        pods,
+    })
+}
+
+pub(super) fn parse_cidr_or_default(
+    resolver: &Resolver,
+    value: &Option<Spanned<Ipv4Net>>,
+    default: &str,
+) -> Result<Ipv4Net> {
+    match value {
+        Some(cidr) => {
+            let net = *cidr.get_ref();
+            if net != net.trunc() {
+                return Err(resolver.error(
+                    cidr,
+                    format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+                ));
+            }
+            Ok(net)
+        }
+        None => Ok(default.parse().unwrap_or_default()),
+    }
+}
+
+pub(super) fn resolve_antrea(
+    resolver: &Resolver,
+    config: &ClusterConfig,
+    node_segment: &Segment,
+) -> Result<AntreaSettings> {
+    let default = Spanned::new(0..0, AntreaConfig::default());
+    let antrea = config.antrea.as_ref().unwrap_or(&default).get_ref();
+    if let Some(mode) = &antrea.traffic_encap_mode {
+        match mode.get_ref().as_str() {
+            "encap" => {}
+            "noEncap" | "hybrid" | "networkPolicyOnly" => return Err(resolver.error(mode, format!("traffic_encap_mode `{}` is not modelled by this netsim version yet; use \"encap\"", mode.get_ref()))),
+            other => return Err(resolver.error(mode, format!("unknown traffic_encap_mode `{other}` (expected encap, noEncap or hybrid)"))),
+        }
+    }
+    if let Some(tunnel) = &antrea.tunnel_type {
+        match tunnel.get_ref().as_str() {
+            "geneve" => {}
+            "vxlan" | "gre" | "stt" => {
+                return Err(resolver.error(
+                    tunnel,
+                    format!(
+                    "tunnel_type `{}` is not modelled by this netsim version yet; use \"geneve\"",
+                    tunnel.get_ref()
+                ),
+                ))
+            }
+            other => {
+                return Err(resolver.error(
+                    tunnel,
+                    format!("unknown tunnel_type `{other}` (expected geneve or vxlan)"),
+                ))
+            }
+        }
+    }
+    resolver.unsupported(&antrea.node_port_local, "NodePortLocal")?;
+    let requested = *antrea.mtu.get_ref();
+    // Antrea deducts the tunnel overhead from the uplink MTU (pkg/agent/config/node_config.go):
+    // 50 bytes for Geneve over IPv4.
+    let overhead = u16::try_from(crate::wire::geneve::IPV4_OVERHEAD).unwrap_or(50);
+    let pod_mtu = if requested == 0 {
+        node_segment.mtu - overhead
+    } else {
+        requested
+    };
+    if !(576..=9216).contains(&pod_mtu) {
+        return Err(resolver.error(
+            &antrea.mtu,
+            format!("pod mtu {pod_mtu} is outside 576..9216"),
+        ));
+    }
+    Ok(AntreaSettings {
+        traffic_encap_mode: TrafficEncapMode::Encap,
+        tunnel_type: TunnelType::Geneve,
+        no_snat: antrea.no_snat,
+        pod_mtu,
+    })
+}
+
+pub(super) fn resolve_nodes(
+    resolver: &Resolver,
+    config: &ClusterConfig,
+    node_segment: SegmentId,
+    pod_cidr: Ipv4Net,
+    addresses: &mut AddressBook,
+) -> Result<Vec<Node>> {
+    if config.node.is_empty() {
+        return Err(resolver.error(&config.name, "cluster has no [[cluster.node]]"));
+    }
+    // First the explicit pod CIDRs, so allocation skips them.
+    let mut taken: Vec<Ipv4Net> = Vec::new();
+    for node in &config.node {
+        if let Some(cidr) = &node.get_ref().pod_cidr {
+            let net = *cidr.get_ref();
+            if net != net.trunc() {
+                return Err(resolver.error(
+                    cidr,
+                    format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+                ));
+            }
+            if !pod_cidr.contains(&net.network()) || net.prefix_len() < pod_cidr.prefix_len() {
+                return Err(resolver.error(
+                    cidr,
+                    format!("node pod_cidr {net} is outside the cluster pod_cidr {pod_cidr}"),
+                ));
+            }
+            if net.prefix_len() > 30 {
+                return Err(resolver.error(
+                    cidr,
+                    format!("node pod_cidr {net} is too small for a gateway and pods"),
+                ));
+            }
+            if let Some(other) = taken
+                .iter()
+                .find(|other| other.contains(&net.network()) || net.contains(&other.network()))
+            {
+                return Err(resolver.error(
+                    cidr,
+                    format!("node pod_cidr {net} overlaps {other} of another node"),
+                ));
+            }
+            taken.push(net);
+        }
+    }
+    let mut free_blocks = pod_cidr
+        .subnets(NODE_CIDR_PREFIX.max(pod_cidr.prefix_len()))
+        .into_iter()
+        .flatten();
+    let mut nodes = Vec::new();
+    for spanned in &config.node {
+        let node = spanned.get_ref();
+        let name = node.name.get_ref().clone();
+        let owner = format!("node {name}");
+        let ip = match &node.ip {
+            Some(ip) => {
+                addresses
+                    .claim(node_segment, *ip.get_ref(), &owner)
+                    .map_err(|message| resolver.error(ip, format!("node {name}: {message}")))?;
+                *ip.get_ref()
+            }
+            None => addresses
+                .allocate(node_segment, 11, &owner)
+                .ok_or_else(|| {
+                    resolver.error(&node.name, "no free address left on the node segment")
+                })?,
+        };
+        let node_pod_cidr = match &node.pod_cidr {
+            Some(cidr) => *cidr.get_ref(),
+            None => {
+                let block = free_blocks
+                    .find(|block| !taken.iter().any(|other| other.contains(&block.network()) || block.contains(&other.network())))
+                    .ok_or_else(|| resolver.error(&node.name, format!("cluster pod_cidr {pod_cidr} has no free /{NODE_CIDR_PREFIX} left for this node")))?;
+                taken.push(block);
+                block
+            }
+        };
+        nodes.push(Node {
+            name,
+            ip,
+            pod_cidr: node_pod_cidr,
+        });
+    }
+    Ok(nodes)
+}
+
+pub(super) fn check_pod_cidrs_disjoint(
+    resolver: &Resolver,
+    file: &TopologyFile,
+    clusters: &[Cluster],
+) -> Result<()> {
+    for (index, cluster) in clusters.iter().enumerate() {
+        for other in &clusters[..index] {
+            if cluster.pod_cidr.contains(&other.pod_cidr.network())
+                || other.pod_cidr.contains(&cluster.pod_cidr.network())
+            {
+                let config = file.cluster[index].get_ref();
+                let at = config
+                    .pod_cidr
+                    .as_ref()
+                    .map(|s| s.span())
+                    .unwrap_or_else(|| config.name.span());
+                return Err(resolver.source.error(
+                    Some(at),
+                    format!(
+                        "pod_cidr {} overlaps cluster {}'s {}",
+                        cluster.pod_cidr, other.name, other.pod_cidr
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A cluster's pod and service networks must not overlap a segment: a node could not
+/// tell a pod from a machine on its own wire.
+pub(super) fn check_cluster_networks_off_segments(
+    resolver: &Resolver,
+    file: &TopologyFile,
+    clusters: &[Cluster],
+    segments: &[Segment],
+) -> Result<()> {
+    let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+    for (index, cluster) in clusters.iter().enumerate() {
+        let config = file.cluster[index].get_ref();
+        for (what, net, at) in [
+            (
+                "pod_cidr",
+                cluster.pod_cidr,
+                config.pod_cidr.as_ref().map(|s| s.span()),
+            ),
+            (
+                "service_cidr",
+                cluster.service_cidr,
+                config.service_cidr.as_ref().map(|s| s.span()),
+            ),
+        ] {
+            if let Some(segment) = segments
+                .iter()
+                .find(|segment| overlaps(&net, &segment.cidr))
+            {
+                let at = at.unwrap_or_else(|| config.name.span());
+                return Err(resolver.source.error(
+                    Some(at),
+                    format!(
+                        "{what} {net} overlaps segment {} ({})",
+                        segment.name, segment.cidr
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn resolve_namespaces(
+    resolver: &Resolver,
+    config: &ClusterConfig,
+) -> Result<Vec<Namespace>> {
+    unique_names(
+        resolver,
+        "namespace",
+        config.namespace.iter().map(|n| &n.get_ref().name),
+    )?;
+    let mut namespaces: Vec<Namespace> = config
+        .namespace
+        .iter()
+        .map(|n| {
+            let mut labels = n.get_ref().labels.clone();
+            // Every namespace carries its own name as a label (reference §d).
+            labels.insert(
+                "kubernetes.io/metadata.name".into(),
+                n.get_ref().name.get_ref().clone(),
+            );
+            Namespace {
+                name: n.get_ref().name.get_ref().clone(),
+                labels,
+            }
+        })
+        .collect();
+    if !namespaces.iter().any(|n| n.name == "default") {
+        let labels = BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            "default".to_string(),
+        )]);
+        namespaces.push(Namespace {
+            name: "default".into(),
+            labels,
+        });
+    }
+    Ok(namespaces)
+}
+
+/// A pod to place: from a `[[cluster.pod]]` or expanded from a deployment.
+pub(super) struct PodRequest<'a> {
+    name: String,
+    name_at: &'a Text,
+    namespace: Option<&'a Text>,
+    node: Option<&'a Text>,
+    ip: Option<&'a Spanned<Ipv4Addr>>,
+    labels: BTreeMap<String, String>,
+    ports: &'a [Spanned<ContainerPortConfig>],
+}
+
+pub(super) fn resolve_pods(
+    resolver: &Resolver,
+    config: &ClusterConfig,
+    nodes: &[Node],
+    namespaces: &[Namespace],
+) -> Result<Vec<Pod>> {
+    let mut requests: Vec<PodRequest> = config
+        .pod
+        .iter()
+        .map(|p| {
+            let pod = p.get_ref();
+            PodRequest {
+                name: pod.name.get_ref().clone(),
+                name_at: &pod.name,
+                namespace: pod.namespace.as_ref(),
+                node: pod.node.as_ref(),
+                ip: pod.ip.as_ref(),
+                labels: pod.labels.clone(),
+                ports: &pod.ports,
+            }
+        })
+        .collect();
+    for deployment in &config.deployment {
+        let deployment = deployment.get_ref();
+        for replica in 0..deployment.replicas {
+            requests.push(PodRequest {
+                name: format!("{}-{replica}", deployment.name.get_ref()),
+                name_at: &deployment.name,
+                namespace: deployment.namespace.as_ref(),
+                node: None,
+                ip: None,
+                labels: deployment.labels.clone(),
+                ports: &deployment.ports,
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut used_ips: Vec<BTreeSet<Ipv4Addr>> = nodes
+        .iter()
+        .map(|node| BTreeSet::from([node.gateway_ip()]))
+        .collect();
+    // Explicit IPs first, so allocation skips them.
+    let mut placements = Vec::new();
+    let mut round_robin = 0usize;
+    for request in &requests {
+        let namespace = match request.namespace {
+            Some(ns) => {
+                if !namespaces.iter().any(|n| &n.name == ns.get_ref()) {
+                    return Err(resolver.error(
+                        ns,
+                        format!(
+                            "no namespace named `{}` (declare it with [[cluster.namespace]])",
+                            ns.get_ref()
+                        ),
+                    ));
+                }
+                ns.get_ref().clone()
+            }
+            None => "default".to_string(),
+        };
+        if !seen.insert((namespace.clone(), request.name.clone())) {
+            return Err(resolver.error(
+                request.name_at,
+                format!("duplicate pod `{namespace}/{}`", request.name),
+            ));
+        }
+        let node = match request.node {
+            Some(node_name) => nodes
+                .iter()
+                .position(|n| &n.name == node_name.get_ref())
+                .ok_or_else(|| {
+                    resolver.error(
+                        node_name,
+                        format!("no node named `{}` in this cluster", node_name.get_ref()),
+                    )
+                })?,
+            None => {
+                round_robin += 1;
+                (round_robin - 1) % nodes.len()
+            }
+        };
+        if let Some(ip) = request.ip {
+            let address = *ip.get_ref();
+            let node_cidr = nodes[node].pod_cidr;
+            if !node_cidr.contains(&address)
+                || address == node_cidr.network()
+                || address == node_cidr.broadcast()
+            {
+                return Err(resolver.error(
+                    ip,
+                    format!(
+                        "pod ip {address} is outside node {}'s pod CIDR {node_cidr}",
+                        nodes[node].name
+                    ),
+                ));
+            }
+            if !used_ips[node].insert(address) {
+                return Err(resolver.error(
+                    ip,
+                    format!(
+                        "pod ip {address} is already in use on node {}",
+                        nodes[node].name
+                    ),
+                ));
+            }
+        }
+        placements.push((namespace, node));
+    }
+    let mut pods = Vec::new();
+    for (request, (namespace, node)) in requests.iter().zip(placements) {
+        let ip = match request.ip {
+            Some(ip) => *ip.get_ref(),
+            None => {
+                let cidr = nodes[node].pod_cidr;
+                let first = u32::from(cidr.network()) + 2;
+                let address = (first..u32::from(cidr.broadcast()))
+                    .map(Ipv4Addr::from)
+                    .find(|address| !used_ips[node].contains(address))
+                    .ok_or_else(|| {
+                        resolver.error(
+                            request.name_at,
+                            format!("node {}'s pod CIDR {cidr} is full", nodes[node].name),
+                        )
+                    })?;
+                used_ips[node].insert(address);
+                address
+            }
+        };
+        let mut ports = Vec::new();
+        for port in request.ports {
+            let port_config = port.get_ref();
+            let protocol = parse_listen_protocol(resolver, &port_config.protocol)?;
+            ports.push(ContainerPort {
+                name: port_config.name.clone(),
+                port: *port_config.port.get_ref(),
+                protocol,
+            });
+        }
+        pods.push(Pod {
+            name: request.name.clone(),
+            namespace,
+            node,
+            ip,
+            labels: request.labels.clone(),
+            ports,
+        });
+    }
+    Ok(pods)
+}

@@ -1,5 +1,6 @@
 //! The topology file: its serde mirror ([`config`]), the resolved model ([`model`])
-//! and the checks between them ([`resolve`]). Errors carry `file:line:column`.
+//! and the checks between them ([`resolve`]; clusters and expectations in their own
+//! private modules). Errors carry `file:line:column`.
 
 mod cluster;
 pub mod config;

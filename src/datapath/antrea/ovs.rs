@@ -99,14 +99,7 @@ impl AntreaNode {
             } => self.output_to_pod(ctx, slot, pod, routed, decrement_ttl, packet, out),
             OvsDecision::ToTunnel { peer } => {
                 let decrement = source != OvsSource::Tunnel;
-                if decrement && !packet.decrement_ttl() {
-                    ctx.describe(slot, HopAction::Drop, || "ovs L3DecTTL: ttl expired".into());
-                    ctx.drop_packet(
-                        &self.settings.name,
-                        &packet,
-                        DropReason::TtlExceeded,
-                        || "ttl expired in OVS dec_ttl".into(),
-                    );
+                if decrement && !self.l3_decrement_ttl(ctx, slot, &mut packet) {
                     return;
                 }
                 ctx.describe(slot, HopAction::Receive, || {
@@ -155,6 +148,24 @@ impl AntreaNode {
             }
         }
         Verdict::Continue
+    }
+
+    /// L3DecTTL: OVS `dec_ttl`; a packet whose TTL runs out is dropped (no ICMP: Antrea
+    /// installs no controller action for invalid TTL). False when it was dropped.
+    pub(super) fn l3_decrement_ttl(
+        &self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        packet: &mut Packet,
+    ) -> bool {
+        if packet.decrement_ttl() {
+            return true;
+        }
+        ctx.describe(slot, HopAction::Drop, || "ovs L3DecTTL: ttl expired".into());
+        ctx.drop_packet(&self.settings.name, packet, DropReason::TtlExceeded, || {
+            "ttl expired in OVS dec_ttl".into()
+        });
+        false
     }
 
     /// EgressRule / EgressDefaultRule tables: Antrea enforces a pod's egress policy on
@@ -255,14 +266,7 @@ impl AntreaNode {
         out: &mut Outputs,
     ) {
         let local = &self.settings.pods[pod];
-        if decrement_ttl && !packet.decrement_ttl() {
-            ctx.describe(slot, HopAction::Drop, || "ovs L3DecTTL: ttl expired".into());
-            ctx.drop_packet(
-                &self.settings.name,
-                &packet,
-                DropReason::TtlExceeded,
-                || "ttl expired in OVS dec_ttl".into(),
-            );
+        if decrement_ttl && !self.l3_decrement_ttl(ctx, slot, &mut packet) {
             return;
         }
         if routed {

@@ -74,6 +74,13 @@ impl AntreaNode {
         let size = packet.ip_len();
         let sends_icmp =
             packet.meta.dont_fragment && tunnel_mtu >= 576 && icmp::may_send_error(&packet);
+        let uplink_mtu = self.settings.uplink_mtu;
+        ctx.drop_packet(
+            &self.settings.name,
+            &packet,
+            DropReason::MtuExceeded,
+            || format!("{size} bytes + 50 geneve overhead exceed uplink mtu {uplink_mtu}"),
+        );
         if sends_icmp {
             let header = ErrorHeader {
                 source: packet.meta.key.destination,
@@ -91,30 +98,7 @@ impl AntreaNode {
                 ErrorMessage::fragmentation_needed(mtu),
                 header,
             );
-            ctx.drop_packet(
-                &self.settings.name,
-                &packet,
-                DropReason::MtuExceeded,
-                || {
-                    format!(
-                        "{size} bytes + 50 geneve overhead exceed uplink mtu {}",
-                        self.settings.uplink_mtu
-                    )
-                },
-            );
             self.ovs(ctx, OvsSource::Tunnel, None, error, out);
-        } else {
-            ctx.drop_packet(
-                &self.settings.name,
-                &packet,
-                DropReason::MtuExceeded,
-                || {
-                    format!(
-                        "{size} bytes + 50 geneve overhead exceed uplink mtu {}",
-                        self.settings.uplink_mtu
-                    )
-                },
-            );
         }
     }
 

@@ -194,3 +194,73 @@ fn nodes_answer_pings_from_their_own_pods_and_from_other_nodes_pods() {
         ("worker-2", "no-listener")
     );
 }
+
+#[test]
+fn senders_without_a_route_or_a_neighbor_drop_at_the_source_with_the_reason() {
+    let text = r#"
+[topology]
+name = "isolated"
+
+[[segment]]
+name = "nodes"
+cidr = "10.1.0.0/24"
+
+[[segment]]
+name = "island"
+cidr = "10.9.0.0/24"
+
+[[host]]
+name = "lonely"
+segment = "island"
+
+[[host]]
+name = "peer"
+segment = "nodes"
+
+[[cluster]]
+name = "c"
+pod_cidr = "10.244.0.0/16"
+service_cidr = "10.96.0.0/16"
+
+node_segment = "nodes"
+[[cluster.node]]
+name = "n1"
+
+[[cluster.pod]]
+name = "a"
+
+[[flow]]
+name = "off-subnet"
+from = "host:lonely"
+to = "10.1.0.50:80"
+
+[[flow]]
+name = "no-such-neighbor"
+from = "host:peer"
+to = "10.1.0.77:80"
+
+[[flow]]
+name = "pod-to-peer"
+from = "pod:default/a"
+to = "host:peer:22"
+"#;
+    let topology = netsim::topology::parse("isolated.toml", text).unwrap();
+    let result = netsim::sim::runner::run(&topology);
+    let report = netsim::report::build(&topology, &result);
+    let drop = |name: &str| {
+        let drop = flow(&report, name).drop.as_ref().unwrap();
+        format!("{}@{}", drop.reason, drop.device)
+    };
+    assert_eq!(drop("off-subnet"), "no-route@lonely");
+    assert_eq!(drop("no-such-neighbor"), "no-neighbor@peer");
+    // Without a segment gateway the node still reaches its own subnet, masqueraded.
+    let pod_to_peer = flow(&report, "pod-to-peer");
+    assert_eq!(drop("pod-to-peer"), "no-listener@peer");
+    assert_eq!(pod_to_peer.seen_source.as_deref(), Some("10.1.0.11"));
+    for flow in &report.flows {
+        assert_eq!(
+            flow.packets.sent,
+            flow.packets.delivered + flow.packets.dropped
+        );
+    }
+}

@@ -92,13 +92,13 @@ pub enum Arrival {
     NotForUs,
 }
 
-/// A frame an endpoint sends, with its flow tag. `resolved` is false when no
-/// neighbor answers for the next hop (ARP would fail): the frame is then lost at the
-/// sender.
+/// A frame an endpoint sends, with its flow tag. `undeliverable` says why it cannot
+/// leave the sender: no route (off-subnet without a gateway) or no neighbor (ARP for
+/// the next hop fails).
 pub struct Departure {
     pub frame: Vec<u8>,
     pub flow: FlowTag,
-    pub resolved: bool,
+    pub undeliverable: Option<crate::datapath::DropReason>,
 }
 
 /// How one client connection ended (or is going).
@@ -515,10 +515,15 @@ impl Stack {
     /// its flow tag. A destination with no neighbor is not sent (ARP would fail).
     fn frame(&self, ip_packet: Vec<u8>) -> Departure {
         let destination = Ipv4Addr::new(ip_packet[16], ip_packet[17], ip_packet[18], ip_packet[19]);
-        let next_mac: Option<Mac> = if self.nic.subnet.contains(&destination) {
-            self.nic.neighbors.get(&destination).copied()
+        use crate::datapath::DropReason;
+        let next_mac: Result<Mac, DropReason> = if self.nic.subnet.contains(&destination) {
+            self.nic
+                .neighbors
+                .get(&destination)
+                .copied()
+                .ok_or(DropReason::NoNeighbor)
         } else {
-            self.nic.gateway_mac
+            self.nic.gateway_mac.ok_or(DropReason::NoRoute)
         };
         let mut frame = vec![0u8; ETHERNET_HEADER_LEN + ip_packet.len()];
         emit_ethernet(
@@ -532,7 +537,7 @@ impl Stack {
         Departure {
             frame,
             flow,
-            resolved: next_mac.is_some(),
+            undeliverable: next_mac.err(),
         }
     }
 

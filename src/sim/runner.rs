@@ -265,7 +265,7 @@ impl Runner<'_> {
                 endpoint,
                 departure.frame,
                 departure.flow,
-                departure.resolved,
+                departure.undeliverable,
             );
         }
         if let Some(next) = self.stacks[endpoint].poll_at(instant(self.now_ns)) {
@@ -284,7 +284,7 @@ impl Runner<'_> {
         endpoint: EndpointId,
         frame: Vec<u8>,
         flow: FlowTag,
-        resolved: bool,
+        undeliverable: Option<DropReason>,
     ) {
         let Ok(mut packet) = Packet::from_frame(&frame, flow) else {
             return;
@@ -317,10 +317,13 @@ impl Runner<'_> {
             journal: &mut self.journal,
         };
         ctx.hop(point, &packet, HopAction::Send, || describe_packet(&packet));
-        if !resolved {
+        if let Some(reason) = undeliverable {
             let destination = packet.meta.key.destination;
-            ctx.drop_packet(&name, &packet, DropReason::NoNeighbor, || {
-                format!("no neighbor answers for {destination} (ARP fails)")
+            ctx.drop_packet(&name, &packet, reason, || match reason {
+                DropReason::NoRoute => {
+                    format!("{name} has no route to {destination} (no gateway on its segment)")
+                }
+                _ => format!("no neighbor answers for {destination} (ARP fails)"),
             });
             return;
         }

@@ -105,3 +105,19 @@ fn without_snat_the_reply_is_lost_and_the_client_retransmits_its_syn() {
         flow.packets.delivered + flow.packets.dropped
     );
 }
+
+#[test]
+fn an_expectation_with_from_and_to_runs_its_own_probe() {
+    let flows = "[[expect]]\nfrom = \"pod:app01/web-2\"\nto = \"host:db\"\nprotocol = \"udp\"\nport = 40053\nverdict = \"delivered\"\nseen_source = \"10.20.0.12\"\n\n\
+                 [[expect]]\nfrom = \"host:db\"\nto = \"pod:app01/web-1\"\nverdict = \"dropped\"\ndropped_by = \"no-route@r1\"\n";
+    let (topology, _, report) = quickstart_with("", flows);
+    assert_eq!(topology.flows.len(), 2, "one probe flow per expectation");
+    assert_eq!(flow(&report, "expect-1").protocol, "udp");
+    assert_eq!(flow(&report, "expect-1").destination, "192.168.50.10:40053");
+    assert_eq!(flow(&report, "expect-2").destination, "172.20.1.10:8080");
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+}

@@ -1,4 +1,9 @@
-//! The OVS bridge `br-int` of an Antrea node: its OpenFlow pipeline as stages.
+//! The OVS bridge `br-int` of an Antrea node: its OpenFlow pipeline as stages
+//! (antrea docs/design/ovs-pipeline.md): Classifier (+SpoofGuard) -> EgressRule ->
+//! L3Forwarding (+L3DecTTL) -> IngressRule -> output to a pod's veth, antrea-tun0 or
+//! antrea-gw0. Pods on one node share a subnet, so a frame addressed to a peer pod's
+//! MAC is switched at L2 (no TTL change); a frame to antrea-gw0's MAC is routed.
+//! The bridge knows nothing of the host stack's conntrack or routes.
 
 use super::*;
 

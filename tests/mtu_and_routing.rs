@@ -243,6 +243,12 @@ to = "10.1.0.77:80"
 name = "pod-to-peer"
 from = "pod:default/a"
 to = "host:peer:22"
+
+[[flow]]
+name = "pod-off-subnet"
+from = "pod:default/a"
+to = "203.0.113.5"
+protocol = "icmp"
 "#;
     let topology = netsim::topology::parse("isolated.toml", text).unwrap();
     let result = netsim::sim::runner::run(&topology);
@@ -257,6 +263,9 @@ to = "host:peer:22"
     let pod_to_peer = flow(&report, "pod-to-peer");
     assert_eq!(drop("pod-to-peer"), "no-listener@peer");
     assert_eq!(pod_to_peer.seen_source.as_deref(), Some("10.1.0.11"));
+    // The node has no default route: it drops and tells the pod, from antrea-gw0.
+    assert_eq!(drop("pod-off-subnet"), "no-route@n1");
+    assert_eq!(flow(&report, "pod-off-subnet").icmp_received, ["type 3 code 0 from 10.244.0.1"]);
     for flow in &report.flows {
         assert_eq!(
             flow.packets.sent,

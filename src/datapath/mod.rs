@@ -1,8 +1,8 @@
 //! The datapath: devices that own an ordered pipeline of stages, built on the
 //! mechanism in `engine/`. One module per real component: [`antrea`] (a Kubernetes
 //! node: OVS bridge, antrea-gw0, antrea-tun0 and the host network stack), [`router`]
-//! (an IP router), [`switch`] (an L2 segment), [`icmp`] (the ICMP errors every
-//! forwarding element sends).
+//! (an IP router), [`switch`] (an L2 segment), [`forwarding`] (the checks every IP
+//! forwarder makes) and [`icmp`] (the ICMP errors they send).
 //!
 //! A device is a pure function of `(now, ingress port, packet, its own state)`; it
 //! reads no clock and does no I/O. What it does is reported to [`Ctx`]: hops
@@ -11,6 +11,7 @@
 //! moves over links.
 
 pub mod antrea;
+pub mod forwarding;
 pub mod icmp;
 pub mod router;
 pub mod switch;

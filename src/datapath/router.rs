@@ -5,6 +5,7 @@
 //! net unreachable, host unreachable, fragmentation needed). It answers pings to its
 //! own addresses.
 
+use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::lpm::LpmTable;
@@ -41,6 +42,8 @@ pub struct Route {
 /// One interface of a router, on one segment.
 #[derive(Debug, Clone)]
 pub struct RouterPort {
+    /// The interface name: the segment it attaches to.
+    pub name: String,
     pub address: Ipv4Net,
     pub mac: Mac,
     pub mtu: u16,
@@ -138,17 +141,8 @@ impl Router {
             self.deliver_local(ctx, in_port, local, slot, packet, out);
             return;
         }
-        if packet.meta.ttl <= 1 {
-            ctx.describe(slot, HopAction::Drop, || {
-                format!(
-                    "ttl {} expires here: icmp time-exceeded to {}",
-                    packet.meta.ttl, packet.meta.key.source
-                )
-            });
-            self.send_error(ctx, in_port, &packet, ErrorMessage::TIME_EXCEEDED, out);
-            ctx.drop_packet(&self.name, &packet, DropReason::TtlExceeded, || {
-                format!("ttl expired forwarding to {destination}")
-            });
+        if let Err(refusal) = forwarding::check_ttl(&packet) {
+            self.refuse(ctx, slot, in_port, &packet, refusal, out);
             return;
         }
         let Some((prefix, route)) = self
@@ -156,45 +150,25 @@ impl Router {
             .lookup(destination)
             .map(|(prefix, route)| (prefix, *route))
         else {
-            ctx.describe(slot, HopAction::Drop, || {
-                format!("no route to {destination}: icmp net-unreachable")
-            });
-            self.send_error(ctx, in_port, &packet, ErrorMessage::NET_UNREACHABLE, out);
-            ctx.drop_packet(&self.name, &packet, DropReason::NoRoute, || {
-                format!("no route to {destination}")
-            });
+            self.refuse(
+                ctx,
+                slot,
+                in_port,
+                &packet,
+                forwarding::no_route(destination),
+                out,
+            );
             return;
         };
         let next_hop = route.next_hop.unwrap_or(destination);
         let egress = &self.ports[usize::from(route.port)];
         let Some(&next_mac) = egress.neighbors.get(&next_hop) else {
-            ctx.describe(slot, HopAction::Drop, || {
-                format!("route {prefix} via {next_hop}: no neighbor answers for {next_hop}")
-            });
-            self.send_error(ctx, in_port, &packet, ErrorMessage::HOST_UNREACHABLE, out);
-            ctx.drop_packet(&self.name, &packet, DropReason::NoNeighbor, || {
-                format!("no neighbor {next_hop}")
-            });
+            let refusal = forwarding::no_neighbor(next_hop, &egress.name);
+            self.refuse(ctx, slot, in_port, &packet, refusal, out);
             return;
         };
-        let egress_mtu = egress.mtu;
-        if packet.ip_len() > usize::from(egress_mtu) {
-            let size = packet.ip_len();
-            ctx.describe(slot, HopAction::Drop, || {
-                format!("{size} bytes exceed mtu {egress_mtu} toward {next_hop}")
-            });
-            if packet.meta.dont_fragment {
-                self.send_error(
-                    ctx,
-                    in_port,
-                    &packet,
-                    ErrorMessage::fragmentation_needed(egress_mtu),
-                    out,
-                );
-            }
-            ctx.drop_packet(&self.name, &packet, DropReason::MtuExceeded, || {
-                format!("{size} bytes > mtu {egress_mtu}")
-            });
+        if let Err(refusal) = forwarding::check_mtu(&packet, egress.mtu, &egress.name) {
+            self.refuse(ctx, slot, in_port, &packet, refusal, out);
             return;
         }
         let old_ttl = packet.meta.ttl;
@@ -255,6 +229,23 @@ impl Router {
         ctx.drop_packet(&self.name, &packet, DropReason::NoListener, || {
             format!("{} is the router itself", packet.meta.key.destination)
         });
+    }
+
+    /// Drops `packet` for `refusal`, answering the sender with the ICMP error it owes.
+    fn refuse(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        in_port: PortId,
+        packet: &Packet,
+        refusal: Refusal,
+        out: &mut Outputs,
+    ) {
+        ctx.describe(slot, HopAction::Drop, || refusal.detail.clone());
+        if let Some(message) = refusal.icmp {
+            self.send_error(ctx, in_port, packet, message, out);
+        }
+        ctx.drop_packet(&self.name, packet, refusal.reason, || refusal.detail);
     }
 
     /// Sends an ICMP error about `packet` to its source, from the address of the

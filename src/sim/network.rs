@@ -307,6 +307,7 @@ pub fn build(topology: &Topology) -> Network {
             let segment = &topology.segments[interface.segment];
             let point = network.add_point(&router.name, &segment.name, PointKind::Edge);
             ports.push(RouterPort {
+                name: segment.name.clone(),
                 address: interface.address,
                 mac: router_macs[router_id][index],
                 mtu: segment.mtu,

@@ -2,6 +2,7 @@
 //! the kernel routing table, TTL and MTU on forward, and answers for the node itself.
 
 use super::*;
+use crate::datapath::forwarding::{self, Refusal};
 
 /// Which end of a packet a NAT rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,53 +52,24 @@ impl AntreaNode {
             return;
         }
         let Some(egress) = self.route(destination) else {
-            ctx.describe(slot, HopAction::Drop, || {
-                format!("host routing: no route to {destination}")
-            });
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::NoRoute, || {
-                format!("no route to {destination}")
-            });
-            return;
-        };
-        if packet.meta.ttl <= 1 {
-            ctx.describe(slot, HopAction::Drop, || {
-                "ttl expired in the host stack".into()
-            });
-            self.send_error(ctx, ingress, &packet, ErrorMessage::TIME_EXCEEDED, out);
-            ctx.drop_packet(
-                &self.settings.name,
+            self.refuse(
+                ctx,
+                slot,
+                ingress,
                 &packet,
-                DropReason::TtlExceeded,
-                || format!("ttl expired forwarding to {destination}"),
+                forwarding::no_route(destination),
+                out,
             );
             return;
-        }
-        // ip_forward: the MTU check happens before POSTROUTING, so the ICMP quotes
-        // the packet as the sender sent it.
-        let (mtu, device) = match egress {
+        };
+        let (mtu, interface) = match egress {
             HostEgress::Uplink { .. } => (self.settings.uplink_mtu, "eth0"),
             HostEgress::Gateway => (self.settings.pod_mtu, "antrea-gw0"),
         };
-        if packet.ip_len() > usize::from(mtu) {
-            let size = packet.ip_len();
-            ctx.describe(slot, HopAction::Drop, || {
-                format!("{size} bytes exceed {device} mtu {mtu}")
-            });
-            if packet.meta.dont_fragment {
-                self.send_error(
-                    ctx,
-                    ingress,
-                    &packet,
-                    ErrorMessage::fragmentation_needed(mtu),
-                    out,
-                );
-            }
-            ctx.drop_packet(
-                &self.settings.name,
-                &packet,
-                DropReason::MtuExceeded,
-                || format!("{size} bytes > {device} mtu {mtu}"),
-            );
+        let checks = forwarding::check_ttl(&packet)
+            .and_then(|()| forwarding::check_mtu(&packet, mtu, interface));
+        if let Err(refusal) = checks {
+            self.refuse(ctx, slot, ingress, &packet, refusal, out);
             return;
         }
         packet.decrement_ttl();
@@ -112,10 +84,14 @@ impl AntreaNode {
         match egress {
             HostEgress::Uplink { next_hop } => {
                 let Some(&next_mac) = self.settings.neighbors.get(&next_hop) else {
-                    ctx.describe(slot, HopAction::Drop, || format!("no neighbor {next_hop}"));
-                    ctx.drop_packet(&self.settings.name, &packet, DropReason::NoNeighbor, || {
-                        format!("no neighbor {next_hop} on eth0")
-                    });
+                    self.refuse(
+                        ctx,
+                        slot,
+                        ingress,
+                        &packet,
+                        forwarding::no_neighbor(next_hop, "eth0"),
+                        out,
+                    );
                     return;
                 };
                 let route = format!("host stack: route {destination} via {next_hop} dev eth0");
@@ -358,6 +334,25 @@ impl AntreaNode {
         });
         ctx.drop_packet(&self.settings.name, &packet, DropReason::NoListener, || {
             format!("{destination} is node {}", self.settings.name)
+        });
+    }
+
+    /// Drops `packet` for `refusal`, answering the sender with the ICMP error it owes.
+    pub(super) fn refuse(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        ingress: HostIngress,
+        packet: &Packet,
+        refusal: Refusal,
+        out: &mut Outputs,
+    ) {
+        ctx.describe(slot, HopAction::Drop, || refusal.detail.clone());
+        if let Some(message) = refusal.icmp {
+            self.send_error(ctx, ingress, packet, message, out);
+        }
+        ctx.drop_packet(&self.settings.name, packet, refusal.reason, || {
+            refusal.detail
         });
     }
 

@@ -265,7 +265,10 @@ protocol = "icmp"
     assert_eq!(pod_to_peer.seen_source.as_deref(), Some("10.1.0.11"));
     // The node has no default route: it drops and tells the pod, from antrea-gw0.
     assert_eq!(drop("pod-off-subnet"), "no-route@n1");
-    assert_eq!(flow(&report, "pod-off-subnet").icmp_received, ["type 3 code 0 from 10.244.0.1"]);
+    assert_eq!(
+        flow(&report, "pod-off-subnet").icmp_received,
+        ["type 3 code 0 from 10.244.0.1"]
+    );
     for flow in &report.flows {
         assert_eq!(
             flow.packets.sent,

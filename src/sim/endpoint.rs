@@ -185,8 +185,18 @@ impl Exchanges {
         }
     }
 
-    fn sent(&mut self, now: Instant) {
-        self.waiting_until = Some(now + ANSWER_TIMEOUT);
+    /// After the answers are taken in: gives up an overdue request, then sends the next
+    /// one with `send` (true when it went out). True when anything moved.
+    fn advance(&mut self, now: Instant, progressed: bool, send: impl FnOnce() -> bool) -> bool {
+        match self.next_step(now) {
+            NextStep::Wait => progressed,
+            NextStep::Done => true,
+            NextStep::Send if send() => {
+                self.waiting_until = Some(now + ANSWER_TIMEOUT);
+                true
+            }
+            NextStep::Send => progressed,
+        }
     }
 }
 
@@ -747,21 +757,10 @@ fn run_udp_client(client: &mut UdpClient, sockets: &mut SocketSet<'static>, now:
             progressed = true;
         }
     }
-    match client.exchanges.next_step(now) {
-        NextStep::Wait => progressed,
-        NextStep::Done => true,
-        NextStep::Send => {
-            if socket.can_send()
-                && socket
-                    .send_slice(&payload(client.bytes), client.remote)
-                    .is_ok()
-            {
-                client.exchanges.sent(now);
-                return true;
-            }
-            progressed
-        }
-    }
+    let (bytes, remote) = (client.bytes, client.remote);
+    client.exchanges.advance(now, progressed, || {
+        socket.can_send() && socket.send_slice(&payload(bytes), remote).is_ok()
+    })
 }
 
 fn run_ping_client(
@@ -791,26 +790,23 @@ fn run_ping_client(
             }
         }
     }
-    match client.exchanges.next_step(now) {
-        NextStep::Wait => progressed,
-        NextStep::Done => true,
-        NextStep::Send => {
-            client.sequence = client.sequence.wrapping_add(1);
-            let data = payload(client.bytes);
-            let repr = Icmpv4Repr::EchoRequest {
-                ident: client.identifier,
-                seq_no: client.sequence,
-                data: &data,
-            };
-            if let Ok(buffer) = socket.send(repr.buffer_len(), IpAddress::Ipv4(client.remote)) {
-                repr.emit(
-                    &mut Icmpv4Packet::new_unchecked(buffer),
-                    &smoltcp::phy::ChecksumCapabilities::default(),
-                );
-                client.exchanges.sent(now);
-                return true;
-            }
-            progressed
-        }
-    }
+    let (identifier, remote, bytes) = (client.identifier, client.remote, client.bytes);
+    let sequence = &mut client.sequence;
+    client.exchanges.advance(now, progressed, || {
+        *sequence = sequence.wrapping_add(1);
+        let data = payload(bytes);
+        let repr = Icmpv4Repr::EchoRequest {
+            ident: identifier,
+            seq_no: *sequence,
+            data: &data,
+        };
+        let Ok(buffer) = socket.send(repr.buffer_len(), IpAddress::Ipv4(remote)) else {
+            return false;
+        };
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(buffer),
+            &smoltcp::phy::ChecksumCapabilities::default(),
+        );
+        true
+    })
 }

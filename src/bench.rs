@@ -12,8 +12,7 @@ use crate::packet::Packet;
 use crate::sim::network::{build, Device, DeviceId, Network};
 use crate::topology::{EndpointRef, Topology};
 use crate::wire::{
-    checksum, emit_ethernet, emit_ipv4, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN,
-    PROTOCOL_UDP,
+    checksum, transport_frame, FrameAddresses, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, PROTOCOL_UDP,
 };
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -123,15 +122,18 @@ impl Forwarder {
 
     /// A UDP frame of `size` IP bytes from the client pod, as the pod sends it.
     pub fn frame(&self, source_port: u16, size: usize) -> Vec<u8> {
-        udp_frame(
-            self.source_mac,
-            self.gateway_mac,
-            self.source_ip,
-            self.destination_ip,
+        let addresses = FrameAddresses {
+            source_mac: self.source_mac,
+            destination_mac: self.gateway_mac,
+            source: self.source_ip,
+            destination: self.destination_ip,
             source_port,
-            5000,
-            size,
-        )
+            destination_port: 5000,
+        };
+        let payload: Vec<u8> = (0..size.saturating_sub(IPV4_HEADER_LEN + 8))
+            .map(|index| u8::try_from(index % 251).unwrap_or(0))
+            .collect();
+        transport_frame(PROTOCOL_UDP, &addresses, &payload)
     }
 
     /// Forwards one frame end to end; true when it reached the server pod.
@@ -176,41 +178,6 @@ impl Forwarder {
         ctx.journal.drops.clear();
         delivered
     }
-}
-
-fn udp_frame(
-    source_mac: crate::wire::Mac,
-    destination_mac: crate::wire::Mac,
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
-    source_port: u16,
-    destination_port: u16,
-    size: usize,
-) -> Vec<u8> {
-    let size = size.max(IPV4_HEADER_LEN + 8);
-    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + size];
-    emit_ethernet(&mut frame, destination_mac, source_mac, ETHERTYPE_IPV4);
-    emit_ipv4(
-        &mut frame[ETHERNET_HEADER_LEN..],
-        source,
-        destination,
-        PROTOCOL_UDP,
-        size - IPV4_HEADER_LEN,
-        64,
-        1,
-        true,
-    );
-    let udp = &mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..];
-    let length = u16::try_from(udp.len()).unwrap_or(u16::MAX);
-    udp[0..2].copy_from_slice(&source_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&destination_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&length.to_be_bytes());
-    for (index, byte) in udp[8..].iter_mut().enumerate() {
-        *byte = u8::try_from(index % 251).unwrap_or(0);
-    }
-    let sum = checksum::transport_checksum(source, destination, PROTOCOL_UDP, udp);
-    udp[6..8].copy_from_slice(&sum.to_be_bytes());
-    frame
 }
 
 /// Rewrites a UDP frame's ports in place, with an RFC 1624 checksum update.

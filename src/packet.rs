@@ -543,7 +543,6 @@ pub fn quoted_flow_key(packet: &Packet) -> Option<FlowKey> {
 #[cfg(test)]
 pub(crate) mod tests_support {
     use super::*;
-    use crate::wire::{emit_ethernet, emit_ipv4, IPV4_HEADER_LEN};
 
     pub(crate) fn udp_frame(
         source: Ipv4Addr,
@@ -551,31 +550,15 @@ pub(crate) mod tests_support {
         ports: (u16, u16),
         payload: &[u8],
     ) -> Vec<u8> {
-        let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + 8 + payload.len()];
-        emit_ethernet(
-            &mut frame,
-            Mac::local(1, 2),
-            Mac::local(1, 1),
-            ETHERTYPE_IPV4,
-        );
-        emit_ipv4(
-            &mut frame[IP..],
+        let addresses = crate::wire::FrameAddresses {
+            source_mac: Mac::local(1, 1),
+            destination_mac: Mac::local(1, 2),
             source,
             destination,
-            PROTOCOL_UDP,
-            8 + payload.len(),
-            64,
-            7,
-            true,
-        );
-        let udp = &mut frame[IP + IPV4_HEADER_LEN..];
-        udp[0..2].copy_from_slice(&ports.0.to_be_bytes());
-        udp[2..4].copy_from_slice(&ports.1.to_be_bytes());
-        udp[4..6].copy_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
-        udp[8..].copy_from_slice(payload);
-        let sum = checksum::transport_checksum(source, destination, PROTOCOL_UDP, udp);
-        udp[6..8].copy_from_slice(&sum.to_be_bytes());
-        frame
+            source_port: ports.0,
+            destination_port: ports.1,
+        };
+        crate::wire::transport_frame(PROTOCOL_UDP, &addresses, payload)
     }
 }
 

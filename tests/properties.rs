@@ -7,7 +7,7 @@ use netsim::packet::Packet;
 use netsim::wire::checksum;
 use netsim::wire::geneve::{self, Repr};
 use netsim::wire::{
-    emit_ethernet, emit_ipv4, Ipv4Packet, Mac, TcpPacket, UdpPacket, ETHERTYPE_IPV4, PROTOCOL_TCP,
+    transport_frame, FrameAddresses, Ipv4Packet, Mac, TcpPacket, UdpPacket, PROTOCOL_TCP,
     PROTOCOL_UDP,
 };
 use proptest::prelude::*;
@@ -37,6 +37,7 @@ fn options_strategy() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// A UDP datagram or TCP segment as an endpoint sends it (the library's builder).
 fn l4_frame(
     protocol: u8,
     source: Ipv4Addr,
@@ -44,39 +45,15 @@ fn l4_frame(
     ports: (u16, u16),
     payload: &[u8],
 ) -> Vec<u8> {
-    let header_len = if protocol == PROTOCOL_TCP { 20 } else { 8 };
-    let l4_len = header_len + payload.len();
-    let mut frame = vec![0u8; 14 + 20 + l4_len];
-    emit_ethernet(
-        &mut frame,
-        Mac::local(9, 2),
-        Mac::local(9, 1),
-        ETHERTYPE_IPV4,
-    );
-    emit_ipv4(
-        &mut frame[14..],
+    let addresses = FrameAddresses {
+        source_mac: Mac::local(9, 1),
+        destination_mac: Mac::local(9, 2),
         source,
         destination,
-        protocol,
-        l4_len,
-        64,
-        1,
-        true,
-    );
-    let l4 = &mut frame[34..];
-    l4[0..2].copy_from_slice(&ports.0.to_be_bytes());
-    l4[2..4].copy_from_slice(&ports.1.to_be_bytes());
-    if protocol == PROTOCOL_TCP {
-        l4[12] = 0x50;
-        l4[13] = 0x18;
-    } else {
-        l4[4..6].copy_from_slice(&u16::try_from(l4_len).unwrap().to_be_bytes());
-    }
-    l4[header_len..].copy_from_slice(payload);
-    let sum = checksum::transport_checksum(source, destination, protocol, l4);
-    let at = if protocol == PROTOCOL_TCP { 16 } else { 6 };
-    l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
-    frame
+        source_port: ports.0,
+        destination_port: ports.1,
+    };
+    transport_frame(protocol, &addresses, payload)
 }
 
 fn checksums_hold(frame: &[u8]) -> bool {

@@ -124,5 +124,60 @@ pub fn emit_ipv4(
     buffer[..IPV4_HEADER_LEN].copy_from_slice(&header);
 }
 
+/// Who a built frame is from and to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameAddresses {
+    pub source_mac: Mac,
+    pub destination_mac: Mac,
+    pub source: std::net::Ipv4Addr,
+    pub destination: std::net::Ipv4Addr,
+    pub source_port: u16,
+    pub destination_port: u16,
+}
+
+/// Builds an Ethernet / IPv4 (TTL 64, DF, id 1) frame carrying `payload` in a UDP
+/// datagram or a TCP segment (PSH|ACK, no options), every checksum right. For
+/// benchmarks and tests that need a packet as an endpoint would send it.
+pub fn transport_frame(protocol: u8, addresses: &FrameAddresses, payload: &[u8]) -> Vec<u8> {
+    let header_len = if protocol == PROTOCOL_TCP {
+        20
+    } else {
+        UDP_HEADER_LEN
+    };
+    let l4_len = header_len + payload.len();
+    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + l4_len];
+    emit_ethernet(
+        &mut frame,
+        addresses.destination_mac,
+        addresses.source_mac,
+        ETHERTYPE_IPV4,
+    );
+    emit_ipv4(
+        &mut frame[ETHERNET_HEADER_LEN..],
+        addresses.source,
+        addresses.destination,
+        protocol,
+        l4_len,
+        64,
+        1,
+        true,
+    );
+    let l4 = &mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..];
+    l4[0..2].copy_from_slice(&addresses.source_port.to_be_bytes());
+    l4[2..4].copy_from_slice(&addresses.destination_port.to_be_bytes());
+    let checksum_at = if protocol == PROTOCOL_TCP {
+        l4[12] = 0x50; // data offset: 5 words
+        l4[13] = 0x18; // PSH|ACK
+        16
+    } else {
+        l4[4..6].copy_from_slice(&u16::try_from(l4_len).unwrap_or(u16::MAX).to_be_bytes());
+        6
+    };
+    l4[header_len..].copy_from_slice(payload);
+    let sum = checksum::transport_checksum(addresses.source, addresses.destination, protocol, l4);
+    l4[checksum_at..checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
 #[cfg(test)]
 mod tests;

@@ -266,3 +266,26 @@ fn icmp_parse_and_emit() {
     );
     assert_eq!(out, ICMP_BYTES);
 }
+
+#[test]
+fn transport_frame_builds_the_hand_written_udp_datagram_and_a_valid_tcp_segment() {
+    let addresses = FrameAddresses {
+        source_mac: Mac([2, 0, 0, 0, 0, 1]),
+        destination_mac: Mac([2, 0, 0, 0, 0, 2]),
+        source: Ipv4Addr::new(10, 0, 0, 1),
+        destination: Ipv4Addr::new(10, 0, 0, 2),
+        source_port: 40000,
+        destination_port: 53,
+    };
+    let udp = transport_frame(PROTOCOL_UDP, &addresses, b"ab");
+    assert_eq!(&udp[..12], &ETHERNET_BYTES[..12]);
+    assert_eq!(&udp[34..], &UDP_BYTES[..]);
+    assert!(Ipv4Packet::new_checked(&udp[14..])
+        .unwrap()
+        .verify_checksum());
+    let tcp = transport_frame(PROTOCOL_TCP, &addresses, b"hello");
+    let segment = TcpPacket::new_checked(&tcp[34..]).unwrap();
+    assert!(segment.psh() && segment.ack());
+    assert_eq!(segment.payload(), b"hello");
+    assert!(segment.verify_checksum(&IpAddress::v4(10, 0, 0, 1), &IpAddress::v4(10, 0, 0, 2)));
+}

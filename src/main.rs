@@ -148,8 +148,17 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let result = netsim::sim::runner::run(&topology);
             let report = netsim::report::build(&topology, &result);
             let out = out.unwrap_or_else(|| PathBuf::from("pcaps").join(&topology.name));
-            netsim::output::write_run(&out, &topology, &result, &report, capture.into(), threads)
-                .context("writing outputs")?;
+            netsim::output::write_run(
+                &out,
+                &netsim::output::RunOutputs {
+                    topology: &topology,
+                    result: &result,
+                    report: &report,
+                    capture: capture.into(),
+                    threads,
+                },
+            )
+            .context("writing outputs")?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Format::Text => {

@@ -32,22 +32,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
     }
 }
 
-/// Writes the outputs of a run to `out`, replacing what was there. Per-flow captures
-/// are encoded on up to `threads` threads; the bytes do not depend on the count.
-pub fn write_run(
-    out: &Path,
-    topology: &Topology,
-    result: &RunResult,
-    report: &Report,
-    mode: CaptureMode,
-    threads: usize,
-) -> Result<(), OutputError> {
+/// What a run produced, and how to write it.
+pub struct RunOutputs<'a> {
+    pub topology: &'a Topology,
+    pub result: &'a RunResult,
+    pub report: &'a Report,
+    pub capture: CaptureMode,
+    /// Threads that encode per-flow captures; the bytes do not depend on the count.
+    pub threads: usize,
+}
+
+/// Writes the outputs of a run to `out`, replacing what was there.
+pub fn write_run(out: &Path, run: &RunOutputs) -> Result<(), OutputError> {
     let staging = staging_dir(out);
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(io(&staging))?;
     }
     fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let written = write_into(&staging, topology, result, report, mode, threads);
+    let written = write_into(&staging, run);
     if let Err(error) = written {
         let _ = fs::remove_dir_all(&staging);
         return Err(error);
@@ -66,14 +68,14 @@ fn staging_dir(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.netsim-partial"))
 }
 
-fn write_into(
-    dir: &Path,
-    topology: &Topology,
-    result: &RunResult,
-    report: &Report,
-    mode: CaptureMode,
-    threads: usize,
-) -> Result<(), OutputError> {
+fn write_into(dir: &Path, run: &RunOutputs) -> Result<(), OutputError> {
+    let RunOutputs {
+        topology,
+        result,
+        report,
+        capture: mode,
+        threads,
+    } = *run;
     let report_path = dir.join("report.json");
     let mut json = serde_json::to_string_pretty(report)?;
     json.push('\n');

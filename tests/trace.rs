@@ -3,17 +3,18 @@
 mod common;
 
 use common::*;
+use std::process::Output;
+
+/// `netsim trace topologies/quickstart.toml ARGS...`.
+fn trace(args: &[&str]) -> Output {
+    let mut all = vec!["trace", "topologies/quickstart.toml"];
+    all.extend_from_slice(args);
+    netsim(&all)
+}
 
 #[test]
 fn trace_prints_every_hop_of_a_cross_node_exchange_in_order() {
-    let output = netsim(&[
-        "trace",
-        "topologies/quickstart.toml",
-        "--from",
-        "pod:app01/client-1",
-        "--to",
-        "pod:app01/web-2",
-    ]);
+    let output = trace(&["--from", "pod:app01/client-1", "--to", "pod:app01/web-2"]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(
@@ -48,9 +49,7 @@ fn trace_prints_every_hop_of_a_cross_node_exchange_in_order() {
 
 #[test]
 fn trace_to_an_external_host_shows_the_masquerade() {
-    let output = netsim(&[
-        "trace",
-        "topologies/quickstart.toml",
+    let output = trace(&[
         "--from",
         "pod:app01/web-1",
         "--to",
@@ -66,14 +65,7 @@ fn trace_to_an_external_host_shows_the_masquerade() {
 
 #[test]
 fn trace_rejects_an_unknown_endpoint_with_exit_2() {
-    let output = netsim(&[
-        "trace",
-        "topologies/quickstart.toml",
-        "--from",
-        "pod:app01/nope",
-        "--to",
-        "host:db",
-    ]);
+    let output = trace(&["--from", "pod:app01/nope", "--to", "host:db"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no pod `app01/nope`"));
 }
@@ -82,14 +74,7 @@ fn trace_rejects_an_unknown_endpoint_with_exit_2() {
 /// hop reports, its timing or its order shows up in review.
 #[test]
 fn same_node_trace_snapshot() {
-    let output = netsim(&[
-        "trace",
-        "topologies/quickstart.toml",
-        "--from",
-        "pod:app01/client-1",
-        "--to",
-        "pod:app01/web-1",
-    ]);
+    let output = trace(&["--from", "pod:app01/client-1", "--to", "pod:app01/web-1"]);
     assert!(output.status.success());
     insta::assert_snapshot!(String::from_utf8(output.stdout).unwrap());
 }

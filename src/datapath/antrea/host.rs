@@ -358,7 +358,6 @@ impl AntreaNode {
 
     /// An ICMP error from the host stack, sent back the way the packet came: from the
     /// node IP on eth0, or from antrea-gw0's address toward a pod.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn send_error(
         &mut self,
         ctx: &mut Ctx,

@@ -67,6 +67,13 @@ enum Command {
         /// Output directory (default: pcaps/<topology name>/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write into an output directory that holds files netsim did not write
+        /// (they are left untouched; only netsim's own outputs are replaced).
+        #[arg(long)]
+        force: bool,
+        /// all: every capture point; edges: only points on wires between devices
+        /// (pod eth0, node veth and eth0, router and host interfaces), not the
+        /// node-internal antrea-gw0 / antrea-tun0; none: report.json only.
         #[arg(long, value_enum, default_value = "all")]
         capture: CaptureArg,
         /// Threads used to write per-flow captures (results do not depend on it).
@@ -128,6 +135,10 @@ fn main() -> ExitCode {
                 eprintln!("{config}");
                 return ExitCode::from(2);
             }
+            if let Some(output) = error.downcast_ref::<netsim::output::OutputError>() {
+                eprintln!("netsim: {output}");
+                return ExitCode::from(2);
+            }
             eprintln!("netsim: {error:#}");
             ExitCode::from(2)
         }
@@ -139,15 +150,17 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             topology: path,
             out,
+            force,
             capture,
             threads,
             seed,
             format,
         } => {
             let topology = load(&path, seed)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("pcaps").join(&topology.name));
+            netsim::output::check_output_dir(&out, force)?;
             let result = netsim::sim::runner::run(&topology);
             let report = netsim::report::build(&topology, &result);
-            let out = out.unwrap_or_else(|| PathBuf::from("pcaps").join(&topology.name));
             netsim::output::write_run(
                 &out,
                 &netsim::output::RunOutputs {
@@ -157,6 +170,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     capture: capture.into(),
                     threads,
                 },
+                force,
             )
             .context("writing outputs")?;
             match format {

@@ -206,6 +206,11 @@ impl Packet {
         self.len() == 0
     }
 
+    /// The IPv4 type-of-service byte (DSCP and ECN).
+    pub fn tos(&self) -> u8 {
+        self.frame().get(IP + 1).copied().unwrap_or(0)
+    }
+
     /// Length of the IP packet (what an MTU limits).
     pub fn ip_len(&self) -> usize {
         self.len().saturating_sub(ETHERNET_HEADER_LEN)
@@ -321,10 +326,11 @@ impl Packet {
 
 impl Packet {
     /// For an ICMP error: rewrites the source address and port of the packet it quotes
-    /// (the inner IPv4 header checksum and, when the quote holds it whole, the inner
-    /// TCP/UDP checksum incrementally), then recomputes the ICMP checksum. This is how
-    /// NAT translates an error about a translated connection (netfilter
-    /// `nf_nat_icmp_reply_translation`).
+    /// (the inner IPv4 header checksum and, when the quote reaches it, the inner
+    /// TCP/UDP checksum incrementally — whether or not the quote holds the whole
+    /// segment, as netfilter's `tcp_manip_pkt` / `udp_manip_pkt` do), then recomputes
+    /// the ICMP checksum. This is how NAT translates an error about a translated
+    /// connection (netfilter `nf_nat_icmp_reply_translation`).
     pub fn rewrite_quoted_source(&mut self, address: Ipv4Addr, port: u16) {
         let Some(quoted_key) = quoted_flow_key(self) else {
             return;
@@ -339,8 +345,6 @@ impl Packet {
         let sum = checksum::update_address(sum, quoted_key.source, address);
         frame[inner + 10..inner + 12].copy_from_slice(&sum.to_be_bytes());
         let l4 = inner + inner_header_len;
-        let inner_total = usize::from(u16::from_be_bytes([frame[inner + 2], frame[inner + 3]]));
-        let quoted_whole = inner + inner_total <= icmp_end;
         match quoted_key.protocol {
             PROTOCOL_TCP | PROTOCOL_UDP => {
                 frame[l4..l4 + 2].copy_from_slice(&port.to_be_bytes());
@@ -349,7 +353,7 @@ impl Packet {
                 } else {
                     l4 + 6
                 };
-                if quoted_whole && checksum_offset + 2 <= icmp_end {
+                if checksum_offset + 2 <= icmp_end {
                     let mut sum =
                         u16::from_be_bytes([frame[checksum_offset], frame[checksum_offset + 1]]);
                     if !(quoted_key.protocol == PROTOCOL_UDP && sum == 0) {
@@ -364,7 +368,7 @@ impl Packet {
                 // An echo request's identifier.
                 let old = u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]);
                 frame[l4 + 4..l4 + 6].copy_from_slice(&port.to_be_bytes());
-                if quoted_whole {
+                if l4 + 4 <= icmp_end {
                     let sum = u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]);
                     let sum = checksum::update_word(sum, old, port);
                     frame[l4 + 2..l4 + 4].copy_from_slice(&sum.to_be_bytes());

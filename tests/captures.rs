@@ -182,7 +182,10 @@ fn capture_edges_leaves_out_node_internals_and_none_writes_only_the_report() {
         .any(|line| line.ends_with("antrea-tun0") || line.ends_with("antrea-gw0")));
     let none = dir.path().join("none");
     run_into(&none, &["--capture", "none"]);
-    assert_eq!(files_under(&none), vec![none.join("report.json")]);
+    assert_eq!(
+        files_under(&none),
+        vec![none.join(".netsim-outputs"), none.join("report.json")]
+    );
     // Recording only the report's paths changes nothing in the report.
     assert!(
         fs::read(none.join("report.json")).unwrap() == fs::read(edges.join("report.json")).unwrap()

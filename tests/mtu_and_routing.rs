@@ -176,8 +176,13 @@ fn nodes_answer_pings_from_their_own_pods_and_from_other_nodes_pods() {
     let other = flow(&report, "other-node");
     assert_eq!(other.verdict, "delivered");
     assert_eq!(
-        other.seen_source, None,
-        "a node is not an endpoint stack; it answers in its datapath"
+        other.seen_source.as_deref(),
+        Some("10.20.0.11"),
+        "the node saw the masqueraded source"
+    );
+    assert_eq!(
+        other.packets.sent,
+        other.packets.delivered + other.packets.dropped
     );
     assert!(
         other

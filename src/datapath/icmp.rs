@@ -9,8 +9,8 @@
 use super::{Ctx, HopAction, PointId};
 use crate::packet::{IcmpKind, Packet};
 use crate::wire::{
-    checksum, emit_ethernet, emit_ipv4, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN,
-    PROTOCOL_ICMP,
+    checksum, emit_ethernet, emit_ipv4, set_ipv4_tos, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4,
+    IPV4_HEADER_LEN, PROTOCOL_ICMP,
 };
 use std::net::Ipv4Addr;
 
@@ -42,22 +42,24 @@ pub fn may_send_error(packet: &Packet) -> bool {
         && !meta.key.destination.is_multicast()
 }
 
-/// How much of the offending datagram an error quotes. Linux quotes as much as fits
-/// in 576 bytes (RFC 1812 §4.3.2.3). netsim does the same when the whole datagram
-/// fits; when it does not, it quotes the RFC 792 minimum (the IP header and the first
-/// 8 payload bytes) instead of a truncated segment, because Wireshark checks the
-/// TCP checksum of a truncated quote as if it were whole and flags it as bad — the
-/// one place netsim's bytes differ from the kernel's, so that every capture reads
-/// clean. The ports and addresses conntrack and the sender need are in both.
+/// How much of the offending datagram an error quotes: as much as fits in a 576-byte
+/// error datagram (RFC 1812 §4.3.2.3; Linux `__icmp_send` caps `room` at 576 less the
+/// IP and ICMP headers, `iptunnel_pmtud_build_icmp` trims to the same 548 bytes). A
+/// long packet's quote is cut short, so its own TCP/UDP checksum cannot verify; the
+/// ICMP checksum covers the quote as it is.
 fn quote_len(ip_packet: &[u8]) -> usize {
-    if ip_packet.len() <= MAX_ERROR_DATAGRAM - IPV4_HEADER_LEN - 8 {
-        return ip_packet.len();
-    }
-    let header_len = ip_packet
-        .first()
-        .map(|b| usize::from(b & 0x0f) * 4)
-        .unwrap_or(IPV4_HEADER_LEN);
-    (header_len + 8).min(ip_packet.len())
+    ip_packet
+        .len()
+        .min(MAX_ERROR_DATAGRAM - IPV4_HEADER_LEN - 8)
+}
+
+/// The type of service Linux gives an ICMP error: the offending packet's TOS bits
+/// with precedence "internetwork control" (`__icmp_send`: `(iph->tos &
+/// IPTOS_TOS_MASK) | IPTOS_PREC_INTERNETCONTROL`), 0xc0 for an ordinary packet.
+pub fn error_tos(original: &Packet) -> u8 {
+    const IPTOS_TOS_MASK: u8 = 0x1e;
+    const IPTOS_PREC_INTERNETCONTROL: u8 = 0xc0;
+    (original.tos() & IPTOS_TOS_MASK) | IPTOS_PREC_INTERNETCONTROL
 }
 
 /// Which ICMP error: type, code and the 32-bit field after the checksum.
@@ -124,6 +126,9 @@ pub fn originate(
         header,
     );
     ctx.generated(&mut packet);
+    ctx.journal
+        .error_origins
+        .insert(packet.meta.packet_id, point);
     let to = original.meta.key.source;
     ctx.hop(point, &packet, HopAction::IcmpError, || {
         format!("icmp {} to {to}", message.describe())
@@ -139,6 +144,33 @@ pub struct ErrorHeader {
     pub destination_mac: Mac,
     pub ttl: u8,
     pub identification: u16,
+    /// Type of service ([`error_tos`] for `icmp_send`; 0 for the tunnel's PMTU reply).
+    pub tos: u8,
+    /// DF: clear for `icmp_send` (the ICMP socket uses `IP_PMTUDISC_DONT`), set by
+    /// `iptunnel_pmtud_build_icmp`.
+    pub dont_fragment: bool,
+}
+
+impl ErrorHeader {
+    /// The header Linux `icmp_send` gives an error about `original`: TTL 64
+    /// (`ip_default_ttl`), TOS 0xc0 ([`error_tos`]), DF clear.
+    pub fn icmp_send(
+        original: &Packet,
+        source: Ipv4Addr,
+        source_mac: Mac,
+        destination_mac: Mac,
+        identification: u16,
+    ) -> Self {
+        ErrorHeader {
+            source,
+            source_mac,
+            destination_mac,
+            ttl: DEFAULT_TTL,
+            identification,
+            tos: error_tos(original),
+            dont_fragment: false,
+        }
+    }
 }
 
 /// Builds an ICMP error of `icmp_type`/`code` about `original`, addressed to its
@@ -163,8 +195,9 @@ pub fn error(original: &Packet, icmp_type: u8, code: u8, rest: u32, header: Erro
         icmp_len,
         header.ttl,
         header.identification,
-        false,
+        header.dont_fragment,
     );
+    set_ipv4_tos(&mut frame[ETHERNET_HEADER_LEN..], header.tos);
     let icmp = &mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..];
     icmp[0] = icmp_type;
     icmp[1] = code;
@@ -177,9 +210,11 @@ pub fn error(original: &Packet, icmp_type: u8, code: u8, rest: u32, header: Erro
 }
 
 /// Turns an echo request addressed to `local` into the echo reply, in place
-/// (RFC 792: swap addresses, type 0, same identifier, sequence and data).
+/// (RFC 792: swap addresses, type 0, same identifier, sequence and data). As Linux
+/// `icmp_reply` builds it: the request's TOS, DF clear, TTL and id from `header`.
 pub fn answer_echo(packet: &mut Packet, local: Ipv4Addr, header: ErrorHeader) {
     let requester = packet.meta.key.source;
+    let tos = packet.tos();
     let l4 = packet.meta.l4_offset;
     let total = usize::from(packet.meta.ip_total_len);
     let frame = packet.frame_mut();
@@ -203,6 +238,7 @@ pub fn answer_echo(packet: &mut Packet, local: Ipv4Addr, header: ErrorHeader) {
         header.identification,
         false,
     );
+    set_ipv4_tos(&mut reply[ETHERNET_HEADER_LEN..], tos);
     let icmp = &mut reply[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..];
     icmp.copy_from_slice(&frame[l4..l4 + payload_len]);
     icmp[0] = TYPE_ECHO_REPLY;
@@ -229,13 +265,13 @@ mod tests {
             &[0u8; 1472],
         );
         let original = Packet::from_frame(&frame, 3).unwrap();
-        let header = ErrorHeader {
-            source: Ipv4Addr::new(172, 20, 2, 10),
-            source_mac: Mac::local(1, 9),
-            destination_mac: Mac::local(1, 8),
-            ttl: 64,
-            identification: 0,
-        };
+        let header = ErrorHeader::icmp_send(
+            &original,
+            Ipv4Addr::new(172, 20, 2, 10),
+            Mac::local(1, 9),
+            Mac::local(1, 8),
+            0,
+        );
         let reply = error(
             &original,
             TYPE_DESTINATION_UNREACHABLE,
@@ -243,8 +279,12 @@ mod tests {
             1450,
             header,
         );
-        // 1500 bytes do not fit in 576: the RFC 792 minimum quote (20 + 8).
-        assert_eq!(reply.len(), 14 + 20 + 8 + 28);
+        // 1500 bytes do not fit in 576: the quote is cut to 548 bytes, the error
+        // datagram is 576 bytes, TOS 0xc0, DF clear.
+        assert_eq!(reply.len(), 14 + 576);
+        assert_eq!(reply.tos(), 0xc0);
+        assert!(!reply.meta.dont_fragment);
+        assert_eq!(&reply.frame()[42..42 + 548], &frame[14..14 + 548]);
         let meta = parse_meta(reply.frame()).unwrap();
         assert_eq!(meta.key.destination, Ipv4Addr::new(172, 20, 1, 10));
         assert_eq!(

@@ -13,6 +13,7 @@
 pub mod antrea;
 pub mod forwarding;
 pub mod icmp;
+pub mod local;
 pub mod router;
 pub mod switch;
 
@@ -170,6 +171,12 @@ pub struct Journal {
     pub nat: Vec<NatRecord>,
     /// Packets generated inside the network (ICMP errors and replies), per flow tag.
     pub generated: Vec<(FlowTag, u64)>,
+    /// Packets of a flow a device accepted as addressed to itself (a node or router
+    /// answering a ping), with the source it saw.
+    pub local_deliveries: Vec<(FlowTag, std::net::Ipv4Addr)>,
+    /// The capture point where each device-generated ICMP error was built, by packet
+    /// id: where a path MTU or an unreachable came from.
+    pub error_origins: rustc_hash::FxHashMap<u64, PointId>,
     pub drop_count: u64,
     pub generated_count: u64,
     /// The last packet id handed out.
@@ -271,6 +278,15 @@ impl Ctx<'_> {
         packet.meta.packet_id = self.journal.next_packet_id();
         self.journal.generated_count += 1;
         self.journal.generated.push((packet.meta.flow, self.now_ns));
+    }
+
+    /// Records that a device accepted `packet` as addressed to itself.
+    pub fn delivered_here(&mut self, packet: &Packet) {
+        if packet.meta.flow != NO_FLOW {
+            self.journal
+                .local_deliveries
+                .push((packet.meta.flow, packet.meta.key.source));
+        }
     }
 
     /// Records a NAT rewrite for the report.

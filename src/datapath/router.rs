@@ -7,9 +7,10 @@
 
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
+use super::local::{self, describe_refusal, AnswerLink, LocalAnswer};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::lpm::LpmTable;
-use crate::packet::{IcmpKind, Packet};
+use crate::packet::Packet;
 use crate::wire::{Mac, ETHERTYPE_IPV4};
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
@@ -133,12 +134,12 @@ impl Router {
             return;
         }
         let destination = packet.meta.key.destination;
-        if let Some(local) = self
+        if self
             .ports
             .iter()
-            .position(|port| port.address.addr() == destination)
+            .any(|port| port.address.addr() == destination)
         {
-            self.deliver_local(ctx, in_port, local, slot, packet, out);
+            self.deliver_local(ctx, in_port, slot, packet, out);
             return;
         }
         if let Err(refusal) = forwarding::check_ttl(&packet) {
@@ -188,47 +189,56 @@ impl Router {
         out.send(route.port, packet);
     }
 
+    /// A packet for one of the router's own addresses: a ping is answered, TCP is
+    /// reset and UDP refused with port unreachable (nothing listens on a router).
     fn deliver_local(
         &mut self,
         ctx: &mut Ctx,
         in_port: PortId,
-        local: usize,
         slot: Option<usize>,
-        mut packet: Packet,
+        packet: Packet,
         out: &mut Outputs,
     ) {
-        if packet.meta.icmp == IcmpKind::EchoRequest {
-            let address = self.ports[local].address.addr();
-            let ingress = &self.ports[usize::from(in_port)];
-            let header = ErrorHeader {
-                source: address,
-                source_mac: ingress.mac,
-                destination_mac: packet.meta.source_mac,
-                ttl: icmp::DEFAULT_TTL,
-                identification: 0,
-            };
-            ctx.describe(slot, HopAction::Deliver, || {
-                format!("echo request to {address}: reply")
-            });
-            let header = ErrorHeader {
-                identification: self.next_identification(),
-                ..header
-            };
-            icmp::answer_echo(&mut packet, address, header);
-            ctx.generated(&mut packet);
-            let ingress = &self.ports[usize::from(in_port)];
-            ctx.hop(ingress.point, &packet, HopAction::Transmit, || {
-                "echo reply".into()
-            });
-            out.send(in_port, packet);
-            return;
+        let identification = self.next_identification();
+        let ingress = &self.ports[usize::from(in_port)];
+        let link = AnswerLink {
+            source_mac: ingress.mac,
+            destination_mac: packet.meta.source_mac,
+            identification,
+        };
+        let point = ingress.point;
+        let destination = packet.meta.key.destination;
+        match local::answer(&packet, link) {
+            LocalAnswer::Reply(mut reply) => {
+                ctx.describe(slot, HopAction::Deliver, || {
+                    format!("echo request to {destination}: reply")
+                });
+                ctx.delivered_here(&packet);
+                ctx.generated(&mut reply);
+                ctx.hop(point, &reply, HopAction::Transmit, || "echo reply".into());
+                out.send(in_port, reply);
+            }
+            answer => {
+                let key = packet.meta.key;
+                ctx.describe(slot, HopAction::Drop, || {
+                    format!(
+                        "{destination} is the router itself; nothing listens on {}/{}",
+                        key.protocol_name(),
+                        key.destination_port
+                    )
+                });
+                ctx.drop_packet(&self.name, &packet, DropReason::NoListener, || {
+                    format!("{destination} is the router itself")
+                });
+                if let LocalAnswer::Refuse(mut refusal) = answer {
+                    ctx.generated(&mut refusal);
+                    ctx.hop(point, &refusal, HopAction::Transmit, || {
+                        describe_refusal(&refusal)
+                    });
+                    out.send(in_port, refusal);
+                }
+            }
         }
-        ctx.describe(slot, HopAction::Drop, || {
-            "addressed to the router; nothing listens".into()
-        });
-        ctx.drop_packet(&self.name, &packet, DropReason::NoListener, || {
-            format!("{} is the router itself", packet.meta.key.destination)
-        });
     }
 
     /// Drops `packet` for `refusal`, answering the sender with the ICMP error it owes.
@@ -248,9 +258,10 @@ impl Router {
         ctx.drop_packet(&self.name, packet, refusal.reason, || refusal.detail);
     }
 
-    /// Sends an ICMP error about `packet` to its source, from the address of the
-    /// interface the packet arrived on (RFC 1812 §4.3.2.4), routed like any packet the
-    /// router originates; when RFC 1812 allows one.
+    /// Sends an ICMP error about `packet` to its source, routed like any packet the
+    /// router originates, from the address of the interface the error leaves by (Linux
+    /// `__icmp_send` with `icmp_errors_use_inbound_ifaddr = 0`: the route back to the
+    /// sender picks the source); when RFC 1812 allows one.
     fn send_error(
         &mut self,
         ctx: &mut Ctx,
@@ -274,20 +285,15 @@ impl Router {
             }
             None => (in_port, packet.meta.source_mac),
         };
-        let header = ErrorHeader {
-            source: self.ports[usize::from(in_port)].address.addr(),
-            source_mac: self.ports[usize::from(port)].mac,
-            destination_mac: next_mac,
-            ttl: icmp::DEFAULT_TTL,
-            identification,
-        };
-        let error = icmp::originate(
-            ctx,
-            self.ports[usize::from(port)].point,
+        let egress = &self.ports[usize::from(port)];
+        let header = ErrorHeader::icmp_send(
             packet,
-            message,
-            header,
+            egress.address.addr(),
+            egress.mac,
+            next_mac,
+            identification,
         );
+        let error = icmp::originate(ctx, egress.point, packet, message, header);
         out.send(port, error);
     }
 }

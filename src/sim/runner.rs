@@ -446,6 +446,13 @@ impl Runner<'_> {
                 outcome.dropped += 1;
             }
         }
+        // Packets a device (a node, a router) accepted as addressed to itself.
+        for (flow, source) in &self.journal.local_deliveries {
+            if let Some(outcome) = self.flows.get_mut(*flow as usize) {
+                outcome.delivered += 1;
+                outcome.seen_source.get_or_insert(*source);
+            }
+        }
         for (flow, _) in &self.journal.generated {
             if let Some(outcome) = self.flows.get_mut(*flow as usize) {
                 outcome.sent += 1;

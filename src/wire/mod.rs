@@ -124,6 +124,17 @@ pub fn emit_ipv4(
     buffer[..IPV4_HEADER_LEN].copy_from_slice(&header);
 }
 
+/// Sets the type-of-service byte of the IPv4 header at the start of `header`, keeping
+/// its checksum right (RFC 1624).
+pub fn set_ipv4_tos(header: &mut [u8], tos: u8) {
+    let old_word = u16::from_be_bytes([header[0], header[1]]);
+    header[1] = tos;
+    let new_word = u16::from_be_bytes([header[0], header[1]]);
+    let sum = u16::from_be_bytes([header[10], header[11]]);
+    let sum = checksum::update_word(sum, old_word, new_word);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// Who a built frame is from and to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameAddresses {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::datapath::forwarding::{self, Refusal};
+use crate::datapath::local::{self, describe_refusal, AnswerLink, LocalAnswer};
 
 /// Which end of a packet a NAT rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,18 +49,11 @@ impl AntreaNode {
         let connection = self.prerouting(ctx, &mut packet);
         let destination = packet.meta.key.destination;
         if destination == self.settings.ip || destination == self.gateway_ip() {
-            self.local_delivery(ctx, ingress, slot, packet, out);
+            self.local_delivery(ctx, slot, packet, out);
             return;
         }
         let Some(egress) = self.route(destination) else {
-            self.refuse(
-                ctx,
-                slot,
-                ingress,
-                &packet,
-                forwarding::no_route(destination),
-                out,
-            );
+            self.refuse(ctx, slot, &packet, forwarding::no_route(destination), out);
             return;
         };
         let (mtu, interface) = match egress {
@@ -69,10 +63,25 @@ impl AntreaNode {
         let checks = forwarding::check_ttl(&packet)
             .and_then(|()| forwarding::check_mtu(&packet, mtu, interface));
         if let Err(refusal) = checks {
-            self.refuse(ctx, slot, ingress, &packet, refusal, out);
+            self.refuse(ctx, slot, &packet, refusal, out);
             return;
         }
         packet.decrement_ttl();
+        // Neighbour resolution. Linux resolves after POSTROUTING and sends the
+        // host-unreachable to the translated source, which the RELATED conntrack
+        // entry then un-NATs back to the pod (nf_nat_icmp_reply_translation); checking
+        // before POSTROUTING sends the pod the same error.
+        let next_mac = match egress {
+            HostEgress::Uplink { next_hop } => match self.settings.neighbors.get(&next_hop) {
+                Some(&mac) => Some(mac),
+                None => {
+                    let refusal = forwarding::no_neighbor(next_hop, "eth0");
+                    self.refuse(ctx, slot, &packet, refusal, out);
+                    return;
+                }
+            },
+            HostEgress::Gateway => None,
+        };
         let before = packet.meta.key;
         if let Err(reason) = self.postrouting(ctx, ingress, egress, connection, &mut packet) {
             ctx.describe(slot, HopAction::Drop, || format!("postrouting: {reason}"));
@@ -81,19 +90,8 @@ impl AntreaNode {
             });
             return;
         }
-        match egress {
-            HostEgress::Uplink { next_hop } => {
-                let Some(&next_mac) = self.settings.neighbors.get(&next_hop) else {
-                    self.refuse(
-                        ctx,
-                        slot,
-                        ingress,
-                        &packet,
-                        forwarding::no_neighbor(next_hop, "eth0"),
-                        out,
-                    );
-                    return;
-                };
+        match (egress, next_mac) {
+            (HostEgress::Uplink { next_hop }, Some(next_mac)) => {
                 let route = format!("host stack: route {destination} via {next_hop} dev eth0");
                 ctx.describe(slot, HopAction::Receive, || route.clone());
                 packet.set_macs(self.settings.mac, next_mac);
@@ -106,7 +104,7 @@ impl AntreaNode {
                 );
                 out.send(UPLINK_PORT, packet);
             }
-            HostEgress::Gateway => {
+            _ => {
                 ctx.describe(slot, HopAction::Receive, || {
                     let rewrite = if arrived.destination == destination {
                         String::new()
@@ -294,47 +292,107 @@ impl AntreaNode {
         })
     }
 
-    /// Traffic for the node itself: pings are answered; nothing else listens.
+    /// Traffic for the node itself (its node IP or antrea-gw0's address): a ping is
+    /// answered, TCP is reset and UDP refused with port unreachable, as the node's
+    /// kernel does when nothing listens (datapath::local). Answers leave the way
+    /// routing sends them: eth0, or antrea-gw0 into OVS toward a pod.
     pub(super) fn local_delivery(
         &mut self,
         ctx: &mut Ctx,
-        ingress: HostIngress,
         slot: Option<usize>,
-        mut packet: Packet,
+        packet: Packet,
         out: &mut Outputs,
     ) {
         let destination = packet.meta.key.destination;
-        if packet.meta.icmp == IcmpKind::EchoRequest {
-            ctx.describe(slot, HopAction::Deliver, || {
-                format!("echo request to {destination}: reply")
+        let Some(route) = self.local_route(packet.meta.key.source) else {
+            ctx.describe(slot, HopAction::Drop, || {
+                format!("{destination} is the node; no route back to the sender")
             });
-            let (source_mac, point) = match ingress {
-                HostIngress::Uplink => (self.settings.mac, self.settings.uplink_point),
-                HostIngress::Gateway => (self.settings.gateway_mac, self.settings.gateway_point),
-            };
-            let header = ErrorHeader {
-                source: destination,
-                source_mac,
-                destination_mac: packet.meta.source_mac,
-                ttl: icmp::DEFAULT_TTL,
-                identification: self.next_identification(),
-            };
-            icmp::answer_echo(&mut packet, destination, header);
-            ctx.generated(&mut packet);
-            ctx.hop(point, &packet, HopAction::Transmit, || "echo reply".into());
-            match ingress {
-                HostIngress::Uplink => out.send(UPLINK_PORT, packet),
-                // Back through antrea-gw0 into OVS, to the pod that asked.
-                HostIngress::Gateway => self.ovs(ctx, OvsSource::Gateway, None, packet, out),
-            }
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::NoRoute, || {
+                format!("no route back to {}", packet.meta.key.source)
+            });
             return;
+        };
+        let link = AnswerLink {
+            source_mac: route.source_mac,
+            destination_mac: route.destination_mac,
+            identification: self.next_identification(),
+        };
+        match local::answer(&packet, link) {
+            LocalAnswer::Reply(mut reply) => {
+                ctx.describe(slot, HopAction::Deliver, || {
+                    format!("echo request to {destination}: reply")
+                });
+                ctx.delivered_here(&packet);
+                ctx.generated(&mut reply);
+                ctx.hop(route.point, &reply, HopAction::Transmit, || {
+                    "echo reply".into()
+                });
+                self.send_local(ctx, route.egress, reply, out);
+            }
+            answer => {
+                let key = packet.meta.key;
+                ctx.describe(slot, HopAction::Drop, || {
+                    format!(
+                        "{destination} is the node itself; nothing listens on {}/{}",
+                        key.protocol_name(),
+                        key.destination_port
+                    )
+                });
+                ctx.drop_packet(&self.settings.name, &packet, DropReason::NoListener, || {
+                    format!("{destination} is node {}", self.settings.name)
+                });
+                if let LocalAnswer::Refuse(mut refusal) = answer {
+                    ctx.generated(&mut refusal);
+                    ctx.hop(route.point, &refusal, HopAction::Transmit, || {
+                        describe_refusal(&refusal)
+                    });
+                    self.send_local(ctx, route.egress, refusal, out);
+                }
+            }
         }
-        ctx.describe(slot, HopAction::Drop, || {
-            format!("{destination} is the node itself; nothing listens")
-        });
-        ctx.drop_packet(&self.settings.name, &packet, DropReason::NoListener, || {
-            format!("{destination} is node {}", self.settings.name)
-        });
+    }
+
+    /// How a packet the node itself sends to `destination` leaves: the interface the
+    /// routing table picks, that interface's address (the source Linux chooses when
+    /// none is bound) and MACs, and its capture point. None when there is no route or
+    /// the next hop does not resolve.
+    pub(super) fn local_route(&self, destination: Ipv4Addr) -> Option<LocalRoute> {
+        match self.route(destination)? {
+            egress @ HostEgress::Uplink { next_hop } => Some(LocalRoute {
+                egress,
+                source: self.settings.ip,
+                source_mac: self.settings.mac,
+                destination_mac: *self.settings.neighbors.get(&next_hop)?,
+                point: self.settings.uplink_point,
+            }),
+            egress @ HostEgress::Gateway => Some(LocalRoute {
+                egress,
+                source: self.gateway_ip(),
+                source_mac: self.settings.gateway_mac,
+                destination_mac: self
+                    .pod_by_ip
+                    .get(&destination)
+                    .map(|&pod| self.settings.pods[pod].mac)
+                    .unwrap_or(Mac::ANTREA_GLOBAL_VIRTUAL),
+                point: self.settings.gateway_point,
+            }),
+        }
+    }
+
+    /// Sends a packet the node originated out of `egress`.
+    pub(super) fn send_local(
+        &mut self,
+        ctx: &mut Ctx,
+        egress: HostEgress,
+        packet: Packet,
+        out: &mut Outputs,
+    ) {
+        match egress {
+            HostEgress::Uplink { .. } => out.send(UPLINK_PORT, packet),
+            // Through antrea-gw0 into OVS, toward the pod.
+            HostEgress::Gateway => self.ovs(ctx, OvsSource::Gateway, None, packet, out),
+        }
     }
 
     /// Drops `packet` for `refusal`, answering the sender with the ICMP error it owes.
@@ -342,26 +400,26 @@ impl AntreaNode {
         &mut self,
         ctx: &mut Ctx,
         slot: Option<usize>,
-        ingress: HostIngress,
         packet: &Packet,
         refusal: Refusal,
         out: &mut Outputs,
     ) {
         ctx.describe(slot, HopAction::Drop, || refusal.detail.clone());
         if let Some(message) = refusal.icmp {
-            self.send_error(ctx, ingress, packet, message, out);
+            self.send_error(ctx, packet, message, out);
         }
         ctx.drop_packet(&self.settings.name, packet, refusal.reason, || {
             refusal.detail
         });
     }
 
-    /// An ICMP error from the host stack, sent back the way the packet came: from the
-    /// node IP on eth0, or from antrea-gw0's address toward a pod.
+    /// An ICMP error from the host stack to the packet's source, routed like any
+    /// packet the node sends, from the address of the interface it leaves by (Linux
+    /// `__icmp_send`, `icmp_errors_use_inbound_ifaddr = 0`): the node IP on eth0,
+    /// antrea-gw0's address toward a pod.
     pub(super) fn send_error(
         &mut self,
         ctx: &mut Ctx,
-        ingress: HostIngress,
         packet: &Packet,
         message: ErrorMessage,
         out: &mut Outputs,
@@ -369,39 +427,29 @@ impl AntreaNode {
         if !icmp::may_send_error(packet) {
             return;
         }
-        let identification = self.next_identification();
-        match ingress {
-            HostIngress::Uplink => {
-                let header = ErrorHeader {
-                    source: self.settings.ip,
-                    source_mac: self.settings.mac,
-                    destination_mac: packet.meta.source_mac,
-                    ttl: icmp::DEFAULT_TTL,
-                    identification,
-                };
-                let error =
-                    icmp::originate(ctx, self.settings.uplink_point, packet, message, header);
-                out.send(UPLINK_PORT, error);
-            }
-            HostIngress::Gateway => {
-                let destination_mac = self
-                    .pod_by_ip
-                    .get(&packet.meta.key.source)
-                    .map(|&pod| self.settings.pods[pod].mac)
-                    .unwrap_or(Mac::ANTREA_GLOBAL_VIRTUAL);
-                let header = ErrorHeader {
-                    source: self.gateway_ip(),
-                    source_mac: self.settings.gateway_mac,
-                    destination_mac,
-                    ttl: icmp::DEFAULT_TTL,
-                    identification,
-                };
-                let error =
-                    icmp::originate(ctx, self.settings.gateway_point, packet, message, header);
-                self.ovs(ctx, OvsSource::Gateway, None, error, out);
-            }
-        }
+        let Some(route) = self.local_route(packet.meta.key.source) else {
+            return;
+        };
+        let header = ErrorHeader::icmp_send(
+            packet,
+            route.source,
+            route.source_mac,
+            route.destination_mac,
+            self.next_identification(),
+        );
+        let error = icmp::originate(ctx, route.point, packet, message, header);
+        self.send_local(ctx, route.egress, error, out);
     }
+}
+
+/// Where a packet the node originates leaves (see [`AntreaNode::local_route`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LocalRoute {
+    pub egress: HostEgress,
+    pub source: Ipv4Addr,
+    pub source_mac: Mac,
+    pub destination_mac: Mac,
+    pub point: PointId,
 }
 
 /// `snat A:a -> B:b; ` when the source changed between `before` and `after`.

@@ -103,7 +103,8 @@ impl AntreaNode {
                 decrement_ttl,
             } => self.output_to_pod(ctx, slot, pod, routed, decrement_ttl, packet, out),
             OvsDecision::ToTunnel { peer } => {
-                let decrement = source != OvsSource::Tunnel;
+                // L3DecTTL (pipeline.go decTTLFlows) skips only packets from antrea-gw0.
+                let decrement = matches!(source, OvsSource::Pod(_));
                 if decrement && !self.l3_decrement_ttl(ctx, slot, &mut packet) {
                     return;
                 }
@@ -126,11 +127,13 @@ impl AntreaNode {
             OvsDecision::ToGateway => {
                 ctx.describe(slot, HopAction::Receive, || {
                     format!(
-                        "ovs l3 forward {} -> antrea-gw0 (leaves the pod network)",
+                        "ovs l3 forward {} -> antrea-gw0 (to the host network stack)",
                         packet.meta.key.destination
                     )
                 });
-                packet.set_macs(self.settings.gateway_mac, self.settings.mac);
+                // The pod addressed antrea-gw0's MAC already; L3Forwarding outputs the
+                // frame to the gateway port as the pod sent it (no TTL change: the
+                // host stack decrements its own forwards).
                 ctx.hop(
                     self.settings.gateway_point,
                     &packet,
@@ -236,13 +239,22 @@ impl AntreaNode {
             }
         }
         if let Some(&pod) = self.pod_by_ip.get(&destination) {
-            // Routed to a local pod; packets from the tunnel were decremented on the
-            // source node and the host stack decrements its own forwards.
-            let decrement_ttl = matches!(source, OvsSource::Pod(_));
+            // Routed to a local pod. L3DecTTL decrements every routed packet except
+            // those from antrea-gw0 (pipeline.go decTTLFlows; the host stack
+            // decrements its own forwards): a packet from the tunnel is decremented
+            // again here, so a cross-node packet reaches the pod with TTL 62.
+            let decrement_ttl = source != OvsSource::Gateway;
             return OvsDecision::ToPod {
                 pod,
                 routed: true,
                 decrement_ttl,
+            };
+        }
+        if destination == self.gateway_ip() {
+            // antrea-gw0's own address: the host stack answers.
+            return match source {
+                OvsSource::Pod(_) | OvsSource::Tunnel => OvsDecision::ToGateway,
+                OvsSource::Gateway => OvsDecision::Drop(DropReason::NoRoute),
             };
         }
         if self.settings.pod_cidr.contains(&destination) {

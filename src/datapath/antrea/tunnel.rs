@@ -61,9 +61,15 @@ impl AntreaNode {
     /// Linux `skb_tunnel_check_pmtu` for a bridged (OVS) tunnel port: with DF set on
     /// the inner packet, an ICMP "fragmentation needed" with MTU = uplink MTU - 50 is
     /// built from the inner destination back to the inner source
-    /// (`iptunnel_pmtud_build_icmp`: addresses and MACs swapped, TTL copied, quoting up
-    /// to 576 bytes) and injected back as if received from the tunnel, so OVS delivers
-    /// it to the sending pod. The packet itself is dropped either way.
+    /// (`iptunnel_pmtud_build_icmp`: addresses and MACs swapped, TTL copied, TOS 0, DF
+    /// set, quoting up to 548 bytes) and injected back as if received from the tunnel,
+    /// so OVS delivers it to the sending pod (decrementing its TTL like any packet from
+    /// the tunnel). The packet itself is dropped either way.
+    ///
+    /// An inner packet without DF gets no ICMP (`iptunnel_pmtud_check_icmp` answers
+    /// only `frag_off == IP_DF`) and is not fragmented either: OVS sets DF on the outer
+    /// header (`df_default=true`), so `ip_fragment` refuses the encapsulated packet and
+    /// it is lost — the silent drop users see with an oversized pod MTU.
     pub(super) fn tunnel_pmtu_exceeded(
         &mut self,
         ctx: &mut Ctx,
@@ -82,12 +88,15 @@ impl AntreaNode {
             || format!("{size} bytes + 50 geneve overhead exceed uplink mtu {uplink_mtu}"),
         );
         if sends_icmp {
+            // iptunnel_pmtud_build_icmp: TOS 0, id 0, DF set, the inner TTL.
             let header = ErrorHeader {
                 source: packet.meta.key.destination,
                 source_mac: packet.meta.destination_mac,
                 destination_mac: packet.meta.source_mac,
                 ttl: packet.meta.ttl,
                 identification: 0,
+                tos: 0,
+                dont_fragment: true,
             };
             let mtu = u16::try_from(tunnel_mtu).unwrap_or(u16::MAX);
             let point = self.settings.tunnel_point;

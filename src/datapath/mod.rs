@@ -273,6 +273,20 @@ impl Ctx<'_> {
         });
     }
 
+    /// Records a packet an endpoint's own stack refused before it existed on any wire
+    /// (EMSGSIZE over the path MTU): a drop at `device` with no frame.
+    pub fn drop_unsent(&mut self, device: &str, flow: FlowTag, reason: DropReason, detail: String) {
+        self.journal.drop_count += 1;
+        self.journal.drops.push(DropRecord {
+            time_ns: self.now_ns,
+            flow,
+            packet_id: 0,
+            device: device.to_string(),
+            reason,
+            detail,
+        });
+    }
+
     /// Counts a packet a device created (an ICMP error or reply) as sent.
     pub fn generated(&mut self, packet: &mut Packet) {
         packet.meta.packet_id = self.journal.next_packet_id();

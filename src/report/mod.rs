@@ -36,6 +36,19 @@ pub struct FlowReport {
     pub policy: Vec<PolicyReport>,
     pub drop: Option<DropReport>,
     pub icmp_received: Vec<String>,
+    /// The path MTU the sender discovered (from ICMP fragmentation-needed), and where.
+    pub path_mtu: Option<PathMtuReport>,
+    /// What the endpoints' stacks refused locally or reported to the application.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct PathMtuReport {
+    pub mtu: u16,
+    /// The source of the fragmentation-needed the sender received.
+    pub from: String,
+    /// The capture point (`DEVICE:INTERFACE`) of the device that built it.
+    pub reported_by: String,
 }
 
 #[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +265,12 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
                 .iter()
                 .map(|(t, c, from)| format!("type {t} code {c} from {from}"))
                 .collect(),
+            path_mtu: outcome.path_mtu.as_ref().map(|p| PathMtuReport {
+                mtu: p.mtu,
+                from: p.from.to_string(),
+                reported_by: p.reported_by.clone(),
+            }),
+            notes: outcome.notes.clone(),
         });
     }
     let expectations = topology

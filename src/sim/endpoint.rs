@@ -110,6 +110,68 @@ pub struct ConnectionStatus {
     pub answers: u32,
 }
 
+/// An ICMP error as a Linux socket sees it (`icmp_err_convert` in net/ipv4/icmp.c
+/// gives each destination-unreachable code an errno and whether it is "fatal").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IcmpError {
+    /// Fragmentation needed, with a usable next-hop MTU (RFC 1191).
+    FragmentationNeeded { mtu: u16 },
+    /// A fatal error: protocol or port unreachable, unknown or prohibited destination.
+    Hard,
+    /// Net or host unreachable, time exceeded: a soft error.
+    Soft,
+}
+
+/// The errno Linux gives an ICMP error (`icmp_err_convert`; time exceeded is
+/// EHOSTUNREACH in `tcp_v4_err`).
+fn errno_name(icmp_type: u8, code: u8) -> &'static str {
+    match (icmp_type, code) {
+        (3, 0 | 6 | 9 | 11) => "ENETUNREACH (network is unreachable)",
+        (3, 2) => "ENOPROTOOPT (protocol not available)",
+        (3, 3) => "ECONNREFUSED (connection refused)",
+        (3, 4) => "EMSGSIZE (message too long)",
+        (3, 5) => "EOPNOTSUPP (source route failed)",
+        (3, 7) => "EHOSTDOWN (host is down)",
+        (3, 8) => "ENONET (machine is not on the network)",
+        _ => "EHOSTUNREACH (no route to host)",
+    }
+}
+
+impl IcmpError {
+    fn classify(icmp_type: u8, code: u8, next_hop_mtu: u16) -> IcmpError {
+        const DESTINATION_UNREACHABLE: u8 = 3;
+        const FRAGMENTATION_NEEDED: u8 = 4;
+        match (icmp_type, code) {
+            (DESTINATION_UNREACHABLE, FRAGMENTATION_NEEDED) if next_hop_mtu >= 68 => {
+                IcmpError::FragmentationNeeded { mtu: next_hop_mtu }
+            }
+            // ENOPROTOOPT, ECONNREFUSED, ENETUNREACH/EHOSTDOWN/ENONET (unknown,
+            // isolated), administratively prohibited, filtered, precedence: fatal.
+            (DESTINATION_UNREACHABLE, 2 | 3 | 6..=10 | 13..=15) => IcmpError::Hard,
+            _ => IcmpError::Soft,
+        }
+    }
+}
+
+/// True when a socket's remote endpoint is `remote`.
+fn endpoint_is(endpoint: IpEndpoint, remote: (Ipv4Addr, u16)) -> bool {
+    let IpAddress::Ipv4(address) = endpoint.addr;
+    (address, endpoint.port) == remote
+}
+
+/// Clears DF in the IPv4 header of an Ethernet frame (with the checksum update): the
+/// sender of a flow with `dont_fragment = false` (IP_PMTUDISC_DONT).
+fn clear_dont_fragment(frame: &mut [u8]) {
+    let at = ETHERNET_HEADER_LEN + 6;
+    let old_word = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let new_word = old_word & !0x4000;
+    frame[at..at + 2].copy_from_slice(&new_word.to_be_bytes());
+    let sum_at = ETHERNET_HEADER_LEN + 10;
+    let sum = u16::from_be_bytes([frame[sum_at], frame[sum_at + 1]]);
+    let sum = crate::wire::checksum::update_word(sum, old_word, new_word);
+    frame[sum_at..sum_at + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// (protocol, local port, remote address, remote port): how a stack maps its traffic
 /// back to a flow.
 type TagKey = (u8, u16, Ipv4Addr, u16);
@@ -128,6 +190,10 @@ struct TcpClient {
     to_send: usize,
     to_receive: usize,
     closing: bool,
+    /// Ended by an ICMP error in SYN-SENT; the socket is gone.
+    aborted: bool,
+    /// The path MTU already applied to the connection's MSS.
+    applied_path_mtu: Option<u16>,
     status: ConnectionStatus,
 }
 
@@ -146,6 +212,16 @@ enum NextStep {
     Done,
 }
 
+/// What became of a datagram the client tried to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendOutcome {
+    Sent,
+    /// The socket could not take it now; try again at the next poll.
+    Blocked,
+    /// The stack refused it for good (EMSGSIZE over the path MTU): the request fails.
+    Refused,
+}
+
 impl Exchanges {
     fn new(requests: u32) -> Self {
         Exchanges {
@@ -157,6 +233,22 @@ impl Exchanges {
 
     fn waiting(&self) -> bool {
         self.waiting_until.is_some()
+    }
+
+    /// The outstanding request failed with an ICMP error (Linux reports it on the
+    /// socket; the client stops waiting for an answer).
+    fn errored(&mut self) {
+        if self.waiting_until.take().is_some() {
+            self.requests_left -= 1;
+            self.status.failed = true;
+        }
+    }
+
+    /// The peer refused: ECONNREFUSED on a connected socket ends the exchange.
+    fn refused(&mut self) {
+        self.waiting_until = None;
+        self.requests_left = 0;
+        self.status.failed = true;
     }
 
     /// The outstanding request was answered.
@@ -174,8 +266,10 @@ impl Exchanges {
             if now < deadline {
                 return NextStep::Wait;
             }
+            // Unanswered: this request failed.
             self.waiting_until = None;
             self.requests_left -= 1;
+            self.status.failed = true;
         }
         if self.requests_left == 0 {
             self.status.completed = true;
@@ -186,16 +280,28 @@ impl Exchanges {
     }
 
     /// After the answers are taken in: gives up an overdue request, then sends the next
-    /// one with `send` (true when it went out). True when anything moved.
-    fn advance(&mut self, now: Instant, progressed: bool, send: impl FnOnce() -> bool) -> bool {
+    /// one with `send`. True when anything moved.
+    fn advance(
+        &mut self,
+        now: Instant,
+        progressed: bool,
+        send: impl FnOnce() -> SendOutcome,
+    ) -> bool {
         match self.next_step(now) {
             NextStep::Wait => progressed,
             NextStep::Done => true,
-            NextStep::Send if send() => {
-                self.waiting_until = Some(now + ANSWER_TIMEOUT);
-                true
-            }
-            NextStep::Send => progressed,
+            NextStep::Send => match send() {
+                SendOutcome::Sent => {
+                    self.waiting_until = Some(now + ANSWER_TIMEOUT);
+                    true
+                }
+                SendOutcome::Refused => {
+                    self.requests_left -= 1;
+                    self.status.failed = true;
+                    true
+                }
+                SendOutcome::Blocked => progressed,
+            },
         }
     }
 }
@@ -203,6 +309,8 @@ impl Exchanges {
 struct UdpClient {
     flow: FlowTag,
     handle: SocketHandle,
+    local_port: u16,
+    dont_fragment: bool,
     remote: IpEndpoint,
     bytes: usize,
     exchanges: Exchanges,
@@ -211,6 +319,7 @@ struct UdpClient {
 struct PingClient {
     flow: FlowTag,
     handle: SocketHandle,
+    dont_fragment: bool,
     remote: Ipv4Addr,
     identifier: u16,
     sequence: u16,
@@ -240,6 +349,22 @@ pub struct Stack {
     client_ports: FxHashSet<(u8, u16)>,
     tags: FxHashMap<TagKey, FlowTag>,
     random: u64,
+    /// Path MTU per destination, learned from ICMP fragmentation-needed (the kernel's
+    /// route exception cache, `ipv4_sk_update_pmtu`).
+    path_mtu: FxHashMap<Ipv4Addr, u16>,
+    /// What the stack reported to applications (errors from ICMP) and what it refused
+    /// locally (EMSGSIZE), since the runner last looked.
+    reports: Vec<StackReport>,
+}
+
+/// Something an endpoint's stack told an application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackReport {
+    pub flow: FlowTag,
+    /// What the application saw, as `strace` would show it.
+    pub message: String,
+    /// The stack refused to send the datagram (a drop at the sender).
+    pub refused: bool,
 }
 
 /// A TCP socket with [`TCP_BUFFER`] bytes of buffer each way.
@@ -300,6 +425,8 @@ impl Stack {
             client_ports: FxHashSet::default(),
             tags: FxHashMap::default(),
             random,
+            path_mtu: FxHashMap::default(),
+            reports: Vec::new(),
         }
     }
 
@@ -381,6 +508,8 @@ impl Stack {
                     to_send: bytes,
                     to_receive: bytes,
                     closing: false,
+                    aborted: false,
+                    applied_path_mtu: None,
                     status,
                 }));
             }
@@ -397,6 +526,8 @@ impl Stack {
                 self.clients.push(Client::Udp(UdpClient {
                     flow: tag,
                     handle,
+                    local_port,
+                    dont_fragment: flow.dont_fragment,
                     remote,
                     bytes,
                     exchanges: Exchanges::new(flow.requests),
@@ -421,6 +552,7 @@ impl Stack {
                 self.clients.push(Client::Ping(PingClient {
                     flow: tag,
                     handle,
+                    dont_fragment: flow.dont_fragment,
                     remote: remote_ip,
                     identifier,
                     sequence: 0,
@@ -453,6 +585,9 @@ impl Stack {
                     key.source_port,
                 ))
                 .or_insert(flow);
+        }
+        if let IcmpKind::Error { icmp_type, code } = meta.icmp {
+            self.react_to_icmp_error(frame, icmp_type, code);
         }
         let arrival = match key.protocol {
             PROTOCOL_TCP
@@ -494,7 +629,7 @@ impl Stack {
         packets
             .into_iter()
             .filter(|ip_packet| ip_packet.len() >= 20)
-            .map(|ip_packet| self.frame(ip_packet))
+            .map(|ip_packet| self.frame(ip_packet, flows))
             .collect()
     }
 
@@ -521,9 +656,156 @@ impl Stack {
             .collect()
     }
 
+    /// What the stack reported to applications since the last call; a refused
+    /// datagram (EMSGSIZE) is a drop at this endpoint.
+    pub fn take_reports(&mut self) -> Vec<StackReport> {
+        std::mem::take(&mut self.reports)
+    }
+
+    fn report(&mut self, flow: FlowTag, message: String) {
+        self.reports.push(StackReport {
+            flow,
+            message,
+            refused: false,
+        });
+    }
+
+    /// How a Linux endpoint reacts to an ICMP error about a packet it sent
+    /// (`icmp_unreach` → `tcp_v4_err` / `__udp4_lib_err` / `ping_err`):
+    ///
+    /// * fragmentation needed: the path MTU to that destination is lowered (kept per
+    ///   destination, as the kernel's route exception); a TCP connection lowers its
+    ///   MSS to MTU − 40 and resends at once (`tcp_v4_mtu_reduced`), a datagram
+    ///   socket with DF gets EMSGSIZE and refuses later datagrams over it;
+    /// * any other destination unreachable or time exceeded aborts a TCP connection
+    ///   still in SYN-SENT (`tcp_v4_err` → `tcp_done`, no reset sent); on an
+    ///   established connection it is a soft error and retransmission goes on;
+    /// * port unreachable (and the other "hard" codes of `icmp_err_convert`) refuses
+    ///   a UDP client (ECONNREFUSED); a ping client sees the error and moves on.
+    fn react_to_icmp_error(&mut self, frame: &[u8], icmp_type: u8, code: u8) {
+        let Ok(packet) = crate::packet::Packet::from_frame(frame, NO_FLOW) else {
+            return;
+        };
+        let Some(quoted) = quoted_flow_key(&packet) else {
+            return;
+        };
+        if quoted.source != self.nic.ip {
+            return;
+        }
+        let l4 = packet.meta.l4_offset;
+        let next_hop_mtu = u16::from_be_bytes([frame[l4 + 6], frame[l4 + 7]]);
+        let error = IcmpError::classify(icmp_type, code, next_hop_mtu);
+        if let IcmpError::FragmentationNeeded { mtu } = error {
+            let known = self.path_mtu.entry(quoted.destination).or_insert(u16::MAX);
+            *known = (*known).min(mtu);
+        }
+        let remote = (quoted.destination, quoted.destination_port);
+        let from = packet.meta.key.source;
+        let errno = errno_name(icmp_type, code);
+        match quoted.protocol {
+            PROTOCOL_TCP => self.tcp_error(quoted.source_port, remote, error, errno, from),
+            PROTOCOL_UDP => {
+                for client in &mut self.clients {
+                    if let Client::Udp(c) = client {
+                        if c.local_port == quoted.source_port && endpoint_is(c.remote, remote) {
+                            if error != IcmpError::Soft {
+                                self.reports.push(StackReport {
+                                    flow: c.flow,
+                                    message: format!("recv: {errno}, ICMP from {from}"),
+                                    refused: false,
+                                });
+                            }
+                            match error {
+                                IcmpError::Hard => c.exchanges.refused(),
+                                IcmpError::FragmentationNeeded { .. } => c.exchanges.errored(),
+                                IcmpError::Soft => {}
+                            }
+                        }
+                    }
+                }
+            }
+            PROTOCOL_ICMP => {
+                for client in &mut self.clients {
+                    if let Client::Ping(c) = client {
+                        if c.identifier == quoted.source_port && c.remote == quoted.destination {
+                            if c.exchanges.waiting() {
+                                self.reports.push(StackReport {
+                                    flow: c.flow,
+                                    message: format!(
+                                        "ping: seq {}: {errno}, ICMP from {from}",
+                                        c.sequence
+                                    ),
+                                    refused: false,
+                                });
+                            }
+                            c.exchanges.errored();
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A TCP socket's reaction to an ICMP error about one of its segments.
+    fn tcp_error(
+        &mut self,
+        local_port: u16,
+        remote: (Ipv4Addr, u16),
+        error: IcmpError,
+        errno: &str,
+        from: Ipv4Addr,
+    ) {
+        let matching: Vec<SocketHandle> = self
+            .sockets
+            .iter()
+            .filter_map(|(handle, socket)| match socket {
+                smoltcp::socket::Socket::Tcp(tcp) => {
+                    let local = tcp.local_endpoint()?;
+                    let peer = tcp.remote_endpoint()?;
+                    (local.port == local_port && endpoint_is(peer, remote)).then_some(handle)
+                }
+                _ => None,
+            })
+            .collect();
+        for handle in matching {
+            match error {
+                IcmpError::FragmentationNeeded { mtu } => {
+                    let mss = usize::from(mtu).saturating_sub(40);
+                    self.sockets.get_mut::<tcp::Socket>(handle).reduce_mss(mss);
+                }
+                IcmpError::Hard | IcmpError::Soft => {
+                    let state = self.sockets.get::<tcp::Socket>(handle).state();
+                    if matches!(state, tcp::State::SynSent | tcp::State::SynReceived) {
+                        self.abort_quietly(handle, &format!("connect: {errno}, ICMP from {from}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends a connection the way `tcp_done` does: the socket is gone, no reset is sent.
+    fn abort_quietly(&mut self, handle: SocketHandle, note: &str) {
+        let mut aborted = Vec::new();
+        for client in &mut self.clients {
+            if let Client::Tcp(c) = client {
+                if c.handle == handle && !c.status.completed {
+                    c.status.failed = true;
+                    c.aborted = true;
+                    aborted.push(c.flow);
+                }
+            }
+        }
+        for flow in aborted {
+            self.report(flow, note.to_string());
+        }
+        self.tcp_servers.retain(|server| server.handle != handle);
+        self.sockets.remove(handle);
+    }
+
     /// Wraps an IP packet from smoltcp in Ethernet toward the right neighbor and finds
     /// its flow tag. A destination with no neighbor is not sent (ARP would fail).
-    fn frame(&self, ip_packet: Vec<u8>) -> Departure {
+    fn frame(&self, ip_packet: Vec<u8>, flows: &[Flow]) -> Departure {
         let destination = Ipv4Addr::new(ip_packet[16], ip_packet[17], ip_packet[18], ip_packet[19]);
         use crate::datapath::DropReason;
         let next_mac: Result<Mac, DropReason> = if self.nic.subnet.contains(&destination) {
@@ -544,6 +826,9 @@ impl Stack {
         );
         frame[ETHERNET_HEADER_LEN..].copy_from_slice(&ip_packet);
         let flow = self.tag_of(&frame);
+        if flows.get(flow as usize).is_some_and(|f| !f.dont_fragment) {
+            clear_dont_fragment(&mut frame);
+        }
         Departure {
             frame,
             flow,
@@ -610,10 +895,16 @@ impl Stack {
         }
         let mut clients = std::mem::take(&mut self.clients);
         for client in &mut clients {
+            let mut local = ClientContext {
+                sockets: &mut self.sockets,
+                path_mtu: &self.path_mtu,
+                reports: &mut self.reports,
+                now,
+            };
             progressed |= match client {
-                Client::Tcp(c) => run_tcp_client(c, &mut self.sockets),
-                Client::Udp(c) => run_udp_client(c, &mut self.sockets, now),
-                Client::Ping(c) => run_ping_client(c, &mut self.sockets, now),
+                Client::Tcp(c) => run_tcp_client(c, &mut local),
+                Client::Udp(c) => run_udp_client(c, &mut local),
+                Client::Ping(c) => run_ping_client(c, &mut local),
             };
         }
         self.clients = clients;
@@ -686,10 +977,41 @@ impl Stack {
     }
 }
 
-fn run_tcp_client(client: &mut TcpClient, sockets: &mut SocketSet<'static>) -> bool {
-    let socket = sockets.get_mut::<tcp::Socket>(client.handle);
-    if client.status.completed || client.status.failed {
+/// What a client application reaches of its stack while it runs.
+struct ClientContext<'a> {
+    sockets: &'a mut SocketSet<'static>,
+    path_mtu: &'a FxHashMap<Ipv4Addr, u16>,
+    reports: &'a mut Vec<StackReport>,
+    now: Instant,
+}
+
+/// Linux refuses a datagram with DF over the known path MTU before it is sent
+/// (`ip_append_data` → EMSGSIZE). Returns the path MTU when it does.
+fn exceeds_path_mtu(
+    path_mtu: &FxHashMap<Ipv4Addr, u16>,
+    remote: Ipv4Addr,
+    ip_len: usize,
+    dont_fragment: bool,
+) -> Option<u16> {
+    let mtu = *path_mtu.get(&remote)?;
+    (dont_fragment && ip_len > usize::from(mtu)).then_some(mtu)
+}
+
+fn run_tcp_client(client: &mut TcpClient, local: &mut ClientContext) -> bool {
+    if client.status.completed || client.status.failed || client.aborted {
         return false;
+    }
+    let socket = local.sockets.get_mut::<tcp::Socket>(client.handle);
+    // A path MTU learned earlier toward this destination (the route exception)
+    // bounds the MSS of a new connection too, once the handshake set the peer's.
+    if let (Some(remote), tcp::State::Established) = (socket.remote_endpoint(), socket.state()) {
+        let IpAddress::Ipv4(address) = remote.addr;
+        if let Some(&mtu) = local.path_mtu.get(&address) {
+            if client.applied_path_mtu != Some(mtu) {
+                client.applied_path_mtu = Some(mtu);
+                socket.reduce_mss(usize::from(mtu).saturating_sub(40));
+            }
+        }
     }
     let mut progressed = false;
     if socket.state() == tcp::State::Established && !client.status.established {
@@ -741,11 +1063,12 @@ fn run_tcp_client(client: &mut TcpClient, sockets: &mut SocketSet<'static>) -> b
     progressed
 }
 
-fn run_udp_client(client: &mut UdpClient, sockets: &mut SocketSet<'static>, now: Instant) -> bool {
+fn run_udp_client(client: &mut UdpClient, local: &mut ClientContext) -> bool {
     if client.exchanges.status.completed {
         return false;
     }
-    let socket = sockets.get_mut::<udp::Socket>(client.handle);
+    let now = local.now;
+    let socket = local.sockets.get_mut::<udp::Socket>(client.handle);
     let mut progressed = false;
     let mut buffer = vec![0u8; UDP_BUFFER];
     while socket.can_recv() {
@@ -758,20 +1081,36 @@ fn run_udp_client(client: &mut UdpClient, sockets: &mut SocketSet<'static>, now:
         }
     }
     let (bytes, remote) = (client.bytes, client.remote);
+    let IpAddress::Ipv4(remote_ip) = remote.addr;
+    let refused = exceeds_path_mtu(local.path_mtu, remote_ip, bytes + 28, client.dont_fragment);
+    let flow = client.flow;
+    let reports = &mut *local.reports;
     client.exchanges.advance(now, progressed, || {
-        socket.can_send() && socket.send_slice(&payload(bytes), remote).is_ok()
+        if let Some(mtu) = refused {
+            reports.push(StackReport {
+                flow,
+                message: format!(
+                    "send: EMSGSIZE (message too long): {} bytes exceed the path MTU {mtu} to {remote_ip}",
+                    bytes + 28
+                ),
+                refused: true,
+            });
+            return SendOutcome::Refused;
+        }
+        if socket.can_send() && socket.send_slice(&payload(bytes), remote).is_ok() {
+            SendOutcome::Sent
+        } else {
+            SendOutcome::Blocked
+        }
     })
 }
 
-fn run_ping_client(
-    client: &mut PingClient,
-    sockets: &mut SocketSet<'static>,
-    now: Instant,
-) -> bool {
+fn run_ping_client(client: &mut PingClient, local: &mut ClientContext) -> bool {
     if client.exchanges.status.completed {
         return false;
     }
-    let socket = sockets.get_mut::<icmp::Socket>(client.handle);
+    let now = local.now;
+    let socket = local.sockets.get_mut::<icmp::Socket>(client.handle);
     let mut progressed = false;
     while socket.can_recv() {
         let Ok((data, _)) = socket.recv() else { break };
@@ -791,8 +1130,19 @@ fn run_ping_client(
         }
     }
     let (identifier, remote, bytes) = (client.identifier, client.remote, client.bytes);
+    let refused = exceeds_path_mtu(local.path_mtu, remote, bytes + 28, client.dont_fragment);
+    let flow = client.flow;
+    let reports = &mut *local.reports;
     let sequence = &mut client.sequence;
     client.exchanges.advance(now, progressed, || {
+        if let Some(mtu) = refused {
+            reports.push(StackReport {
+                flow,
+                message: format!("ping: local error: message too long, mtu={mtu} (to {remote})"),
+                refused: true,
+            });
+            return SendOutcome::Refused;
+        }
         *sequence = sequence.wrapping_add(1);
         let data = payload(bytes);
         let repr = Icmpv4Repr::EchoRequest {
@@ -801,12 +1151,12 @@ fn run_ping_client(
             data: &data,
         };
         let Ok(buffer) = socket.send(repr.buffer_len(), IpAddress::Ipv4(remote)) else {
-            return false;
+            return SendOutcome::Blocked;
         };
         repr.emit(
             &mut Icmpv4Packet::new_unchecked(buffer),
             &smoltcp::phy::ChecksumCapabilities::default(),
         );
-        true
+        SendOutcome::Sent
     })
 }

@@ -397,6 +397,7 @@ pub fn build(topology: &Topology) -> Network {
                 pod_cidr: node.pod_cidr,
                 cluster_pod_cidr: cluster.pod_cidr,
                 no_snat: cluster.antrea.no_snat,
+                tunnel_pmtu_icmp: cluster.node_kernel.answers_tunnel_pmtu(),
                 pods: local_pods.clone(),
                 peers,
                 conntrack_max: topology.conntrack_max,

@@ -68,6 +68,19 @@ pub struct FlowOutcome {
     pub first_reply: Option<u64>,
     /// ICMP errors the client received (type, code, from).
     pub icmp_errors: Vec<(u8, u8, Ipv4Addr)>,
+    /// The path MTU the client learned from fragmentation-needed, if it did.
+    pub path_mtu: Option<PathMtuDiscovery>,
+    /// What the endpoints' stacks refused locally or reported (EMSGSIZE, …).
+    pub notes: Vec<String>,
+}
+
+/// A path MTU learned from ICMP fragmentation-needed: the MTU, the address the ICMP
+/// came from, and the capture point (`DEVICE:INTERFACE`) of the device that built it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathMtuDiscovery {
+    pub mtu: u16,
+    pub from: Ipv4Addr,
+    pub reported_by: String,
 }
 
 /// Everything a run produced.
@@ -260,6 +273,7 @@ impl Runner<'_> {
             return;
         }
         let departures = self.stacks[endpoint].poll(instant(self.now_ns), &self.topology.flows);
+        self.take_stack_reports(endpoint);
         for departure in departures {
             self.send_from_endpoint(
                 endpoint,
@@ -275,6 +289,28 @@ impl Runner<'_> {
             {
                 self.wake_at[endpoint] = Some(next_ns);
                 self.schedule(next_ns, Event::Wake { endpoint });
+            }
+        }
+    }
+
+    /// What an endpoint's stack told its applications: notes for the report, and a
+    /// datagram it refused to send (EMSGSIZE) as a drop at the endpoint — the
+    /// application handed it over, so it counts as sent.
+    fn take_stack_reports(&mut self, endpoint: EndpointId) {
+        for report in self.stacks[endpoint].take_reports() {
+            if let Some(outcome) = self.flows.get_mut(report.flow as usize) {
+                outcome.notes.push(report.message.clone());
+                if report.refused {
+                    outcome.sent += 1;
+                }
+            }
+            if report.refused {
+                let name = self.network.endpoints[endpoint].name.clone();
+                let mut ctx = Ctx {
+                    now_ns: self.now_ns,
+                    journal: &mut self.journal,
+                };
+                ctx.drop_unsent(&name, report.flow, DropReason::MtuExceeded, report.message);
             }
         }
     }
@@ -399,6 +435,23 @@ impl Runner<'_> {
                                 outcome
                                     .icmp_errors
                                     .push((icmp_type, code, packet.meta.key.source));
+                                if (icmp_type, code) == (3, 4) && outcome.path_mtu.is_none() {
+                                    let l4 = packet.meta.l4_offset;
+                                    let frame = packet.frame();
+                                    let mtu = u16::from_be_bytes([frame[l4 + 6], frame[l4 + 7]]);
+                                    let reported_by = self
+                                        .journal
+                                        .error_origins
+                                        .get(&packet.meta.packet_id)
+                                        .and_then(|&p| self.network.points.get(p as usize))
+                                        .map(|p| p.name.clone())
+                                        .unwrap_or_default();
+                                    outcome.path_mtu = Some(PathMtuDiscovery {
+                                        mtu,
+                                        from: packet.meta.key.source,
+                                        reported_by,
+                                    });
+                                }
                             }
                         }
                     }

@@ -80,6 +80,7 @@ pub(super) fn resolve_cluster(
             format!("service_cidr {service_cidr} overlaps pod_cidr {pod_cidr}"),
         ));
     }
+    let node_kernel = resolve_kernel(resolver, &config.node_kernel)?;
     let antrea = resolve_antrea(resolver, config, &segments[node_segment])?;
     let nodes = resolve_nodes(resolver, config, node_segment, pod_cidr, addresses)?;
     let namespaces = resolve_namespaces(resolver, config)?;
@@ -89,6 +90,7 @@ pub(super) fn resolve_cluster(
         pod_cidr,
         service_cidr,
         node_segment,
+        node_kernel,
         antrea,
         nodes,
         namespaces,
@@ -113,6 +115,29 @@ pub(super) fn parse_cidr_or_default(
             Ok(net)
         }
         None => Ok(default.parse().unwrap_or_default()),
+    }
+}
+
+/// `node_kernel = "MAJOR.MINOR"` (a patch level or suffix after it is accepted).
+fn resolve_kernel(resolver: &Resolver, value: &Option<Text>) -> Result<KernelVersion> {
+    let Some(text) = value else {
+        return Ok(KernelVersion::DEFAULT);
+    };
+    let mut parts = text
+        .get_ref()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u16>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) if (2..=9).contains(&major) => {
+            Ok(KernelVersion { major, minor })
+        }
+        _ => Err(resolver.error(
+            text,
+            format!(
+                "node_kernel `{}` is not a Linux version such as \"5.15\" or \"4.19\"",
+                text.get_ref()
+            ),
+        )),
     }
 }
 

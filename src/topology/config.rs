@@ -148,6 +148,9 @@ pub struct ClusterConfig {
     pub service_cidr: Option<Spanned<Ipv4Net>>,
     #[serde(default)]
     pub node_segment: Option<Text>,
+    /// The nodes' Linux kernel, "MAJOR.MINOR" (default "5.15", Ubuntu 22.04 TKrs).
+    #[serde(default)]
+    pub node_kernel: Option<Text>,
     #[serde(default)]
     pub antrea: Option<Spanned<AntreaConfig>>,
     #[serde(default)]

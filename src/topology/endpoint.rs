@@ -36,11 +36,28 @@ pub fn parse_endpoint(
 ) -> std::result::Result<(EndpointRef, Option<u16>), String> {
     if let Some(rest) = text.strip_prefix("pod:") {
         let (name, port) = split_port(rest)?;
-        let (namespace, pod_name) = name
-            .split_once('/')
-            .ok_or_else(|| format!("`{text}`: a pod is written pod:NAMESPACE/NAME"))?;
+        // pod:NAMESPACE/NAME, or pod:CLUSTER/NAMESPACE/NAME when several clusters
+        // have a pod of that name.
+        let parts: Vec<&str> = name.split('/').collect();
+        let (cluster_name, namespace, pod_name) = match parts.as_slice() {
+            [namespace, pod] => (None, *namespace, *pod),
+            [cluster, namespace, pod] => (Some(*cluster), *namespace, *pod),
+            _ => {
+                return Err(format!(
+                    "`{text}`: a pod is written pod:NAMESPACE/NAME (or pod:CLUSTER/NAMESPACE/NAME)"
+                ))
+            }
+        };
+        if let Some(cluster_name) = cluster_name {
+            if !topology.clusters.iter().any(|c| c.name == cluster_name) {
+                return Err(format!("no cluster `{cluster_name}`"));
+            }
+        }
         let mut found = Vec::new();
         for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
+            if cluster_name.is_some_and(|wanted| wanted != cluster.name) {
+                continue;
+            }
             for (pod_id, pod) in cluster.pods.iter().enumerate() {
                 if pod.namespace == namespace && pod.name == pod_name {
                     found.push(EndpointRef::Pod {
@@ -54,7 +71,7 @@ pub fn parse_endpoint(
             [one] => Ok((*one, port)),
             [] => Err(format!("no pod `{namespace}/{pod_name}`")),
             _ => Err(format!(
-                "pod `{namespace}/{pod_name}` exists in several clusters"
+                "pod `{namespace}/{pod_name}` exists in several clusters; name one: pod:CLUSTER/{namespace}/{pod_name}"
             )),
         };
     }

@@ -126,10 +126,40 @@ pub struct Cluster {
     pub pod_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
     pub node_segment: SegmentId,
+    pub node_kernel: KernelVersion,
     pub antrea: AntreaSettings,
     pub nodes: Vec<Node>,
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
+}
+
+/// The Linux kernel the nodes run, where its behaviour differs by version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelVersion {
+    pub major: u16,
+    pub minor: u16,
+}
+
+impl KernelVersion {
+    /// Ubuntu 22.04, the kernel of current VKS Tanzu Kubernetes releases.
+    pub const DEFAULT: KernelVersion = KernelVersion {
+        major: 5,
+        minor: 15,
+    };
+
+    /// Linux 5.9 added PMTU discovery for bridged UDP tunnels (commit 4cb47a8644cc,
+    /// "tunnels: PMTU discovery support for directly bridged IP packets":
+    /// `skb_tunnel_check_pmtu` answers an oversize DF packet on an OVS or bridge
+    /// tunnel port with ICMP fragmentation-needed). Older kernels drop it silently.
+    pub fn answers_tunnel_pmtu(self) -> bool {
+        self >= KernelVersion { major: 5, minor: 9 }
+    }
+}
+
+impl std::fmt::Display for KernelVersion {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}.{}", self.major, self.minor)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -78,6 +78,9 @@ pub struct NodeSettings {
     pub pod_cidr: Ipv4Net,
     pub cluster_pod_cidr: Ipv4Net,
     pub no_snat: bool,
+    /// The kernel answers an oversize DF packet at the tunnel port with ICMP
+    /// fragmentation-needed (Linux ≥ 5.9); older kernels drop it silently.
+    pub tunnel_pmtu_icmp: bool,
     pub pods: Vec<LocalPod>,
     /// Peer pod CIDR -> peer node.
     pub peers: Vec<(Ipv4Net, PeerNode)>,

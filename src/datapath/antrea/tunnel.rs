@@ -78,14 +78,25 @@ impl AntreaNode {
         out: &mut Outputs,
     ) {
         let size = packet.ip_len();
-        let sends_icmp =
-            packet.meta.dont_fragment && tunnel_mtu >= 576 && icmp::may_send_error(&packet);
+        let sends_icmp = self.settings.tunnel_pmtu_icmp
+            && packet.meta.dont_fragment
+            && tunnel_mtu >= 576
+            && icmp::may_send_error(&packet);
         let uplink_mtu = self.settings.uplink_mtu;
+        let answer = if sends_icmp {
+            "; the kernel answers with fragmentation-needed"
+        } else if !self.settings.tunnel_pmtu_icmp {
+            "; dropped silently (kernel < 5.9 sends no ICMP for a bridged tunnel)"
+        } else if !packet.meta.dont_fragment {
+            "; dropped silently (DF clear: no ICMP, and OVS sets DF on the outer header)"
+        } else {
+            ""
+        };
         ctx.drop_packet(
             &self.settings.name,
             &packet,
             DropReason::MtuExceeded,
-            || format!("{size} bytes + 50 geneve overhead exceed uplink mtu {uplink_mtu}"),
+            || format!("{size} bytes + 50 geneve overhead exceed uplink mtu {uplink_mtu}{answer}"),
         );
         if sends_icmp {
             // iptunnel_pmtud_build_icmp: TOS 0, id 0, DF set, the inner TTL.

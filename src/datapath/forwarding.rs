@@ -2,13 +2,13 @@
 //! error each failure calls for: no route (net unreachable), no neighbor for the next
 //! hop (host unreachable), TTL expiry (time exceeded, RFC 1812 §5.3.1), and a packet
 //! larger than the egress MTU (fragmentation needed when DF is set, RFC 1191 §4;
-//! silently otherwise, since netsim does not fragment).
+//! fragmentation otherwise, RFC 791 §3.2 and Linux `ip_fragment`).
 //!
 //! Shared by routers and the node's host stack; each device only decides how it
 //! sends the ICMP back (its own `refuse`).
 
 use super::icmp::ErrorMessage;
-use super::DropReason;
+use super::{Ctx, DropReason};
 use crate::packet::Packet;
 use std::net::Ipv4Addr;
 
@@ -55,10 +55,11 @@ pub fn check_ttl(packet: &Packet) -> Result<(), Refusal> {
 }
 
 /// The egress MTU check (Linux `ip_forward` runs it before POSTROUTING, so an ICMP
-/// quotes the packet as it arrived).
+/// quotes the packet as it arrived). An oversize packet without DF passes: it is
+/// fragmented on output ([`fragment_for_mtu`]).
 pub fn check_mtu(packet: &Packet, mtu: u16, interface: &str) -> Result<(), Refusal> {
     let size = packet.ip_len();
-    if size <= usize::from(mtu) {
+    if size <= usize::from(mtu) || !packet.meta.dont_fragment {
         return Ok(());
     }
     Err(Refusal {
@@ -69,6 +70,42 @@ pub fn check_mtu(packet: &Packet, mtu: u16, interface: &str) -> Result<(), Refus
             .then(|| ErrorMessage::fragmentation_needed(mtu)),
         detail: format!("{size} bytes exceed the mtu {mtu} of {interface}"),
     })
+}
+
+/// Cuts `packet` into fragments that fit `mtu` (RFC 791 §3.2, Linux `ip_fragment`);
+/// a packet that fits comes back alone. The first fragment keeps the packet's
+/// identity; the others are new packets the device sends (counted as generated, so
+/// every one is accounted for).
+pub fn fragment_for_mtu(ctx: &mut Ctx, packet: Packet, mtu: usize) -> Vec<Packet> {
+    if packet.ip_len() <= mtu {
+        return vec![packet];
+    }
+    let pieces = crate::engine::reassembly::fragment(packet.frame(), mtu);
+    let mut fragments = Vec::with_capacity(pieces.len());
+    for (index, piece) in pieces.iter().enumerate() {
+        let Ok(mut fragment) = Packet::from_frame(piece, packet.meta.flow) else {
+            continue;
+        };
+        if index == 0 {
+            fragment.meta.packet_id = packet.meta.packet_id;
+        } else {
+            ctx.generated(&mut fragment);
+        }
+        fragments.push(fragment);
+    }
+    fragments
+}
+
+/// How a fragment reads in a capture comment: `fragment 2/3 offset 1480`.
+pub fn describe_fragment(index: usize, count: usize, packet: &Packet) -> String {
+    let frame = packet.frame();
+    let at = crate::wire::ETHERNET_HEADER_LEN + 6;
+    let offset = u16::from_be_bytes([frame[at], frame[at + 1]]) & 0x1fff;
+    format!(
+        "fragment {}/{count} offset {}",
+        index + 1,
+        usize::from(offset) * 8
+    )
 }
 
 #[cfg(test)]
@@ -95,6 +132,13 @@ mod tests {
             (refusal.reason, refusal.icmp),
             (DropReason::TtlExceeded, Some(ErrorMessage::TIME_EXCEEDED))
         );
+    }
+
+    #[test]
+    fn oversize_without_df_passes_to_be_fragmented() {
+        let mut oversize = packet(64, 1473);
+        oversize.clear_dont_fragment();
+        assert_eq!(check_mtu(&oversize, 1500, "eth0"), Ok(()));
     }
 
     #[test]

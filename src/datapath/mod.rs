@@ -174,6 +174,9 @@ pub struct Journal {
     /// Packets of a flow a device accepted as addressed to itself (a node or router
     /// answering a ping), with the source it saw.
     pub local_deliveries: Vec<(FlowTag, std::net::Ipv4Addr)>,
+    /// Fragments of a flow a device merged into a reassembled datagram (all but the
+    /// one that completed it): they end there.
+    pub merged: Vec<FlowTag>,
     /// The capture point where each device-generated ICMP error was built, by packet
     /// id: where a path MTU or an unreachable came from.
     pub error_origins: rustc_hash::FxHashMap<u64, PointId>,
@@ -292,6 +295,11 @@ impl Ctx<'_> {
         packet.meta.packet_id = self.journal.next_packet_id();
         self.journal.generated_count += 1;
         self.journal.generated.push((packet.meta.flow, self.now_ns));
+    }
+
+    /// Records that a held fragment was merged into a reassembled datagram.
+    pub fn merged(&mut self, packet: &Packet) {
+        self.journal.merged.push(packet.meta.flow);
     }
 
     /// Records that a device accepted `packet` as addressed to itself.

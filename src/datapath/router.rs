@@ -1,9 +1,9 @@
 //! An IPv4 router (`kind = "router"`): connected and static routes in one
 //! longest-prefix-match FIB, forwarding as RFC 1812 describes — check and decrement
 //! the TTL (§5.3.1), look up the route, resolve the next hop on the egress segment,
-//! check the egress MTU — and the ICMP errors of each failure (time exceeded,
-//! net unreachable, host unreachable, fragmentation needed). It answers pings to its
-//! own addresses.
+//! check the egress MTU, fragmenting a packet without DF that does not fit (RFC 791
+//! §3.2) — and the ICMP errors of each failure (time exceeded, net unreachable, host
+//! unreachable, fragmentation needed). It answers pings to its own addresses.
 
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
@@ -183,10 +183,22 @@ impl Router {
         });
         let egress = &self.ports[usize::from(route.port)];
         packet.set_macs(egress.mac, next_mac);
-        ctx.hop(egress.point, &packet, HopAction::Transmit, || {
-            format!("forward to {next_hop} ({next_mac})")
-        });
-        out.send(route.port, packet);
+        let (point, mtu) = (egress.point, usize::from(egress.mtu));
+        let fragments = forwarding::fragment_for_mtu(ctx, packet, mtu);
+        let count = fragments.len();
+        for (index, fragment) in fragments.into_iter().enumerate() {
+            ctx.hop(point, &fragment, HopAction::Transmit, || {
+                if count == 1 {
+                    format!("forward to {next_hop} ({next_mac})")
+                } else {
+                    format!(
+                        "forward to {next_hop} ({next_mac}), {} to fit mtu {mtu}",
+                        forwarding::describe_fragment(index, count, &fragment)
+                    )
+                }
+            });
+            out.send(route.port, fragment);
+        }
     }
 
     /// A packet for one of the router's own addresses: a ping is answered, TCP is

@@ -349,6 +349,8 @@ pub struct Stack {
     client_ports: FxHashSet<(u8, u16)>,
     tags: FxHashMap<TagKey, FlowTag>,
     random: u64,
+    /// The flow of each datagram the stack fragmented, by IP identification.
+    fragment_tags: FxHashMap<u16, FlowTag>,
     /// Path MTU per destination, learned from ICMP fragmentation-needed (the kernel's
     /// route exception cache, `ipv4_sk_update_pmtu`).
     path_mtu: FxHashMap<Ipv4Addr, u16>,
@@ -425,6 +427,7 @@ impl Stack {
             client_ports: FxHashSet::default(),
             tags: FxHashMap::default(),
             random,
+            fragment_tags: FxHashMap::default(),
             path_mtu: FxHashMap::default(),
             reports: Vec::new(),
         }
@@ -576,7 +579,11 @@ impl Stack {
             return Arrival::NotForUs;
         }
         let key = meta.key;
-        if flow != NO_FLOW && !matches!(meta.icmp, IcmpKind::Error { .. }) {
+        let fragment = crate::engine::reassembly::is_fragment(frame);
+        if flow != NO_FLOW
+            && !meta.is_later_fragment
+            && !matches!(meta.icmp, IcmpKind::Error { .. })
+        {
             self.tags
                 .entry((
                     key.protocol,
@@ -590,6 +597,9 @@ impl Stack {
             self.react_to_icmp_error(frame, icmp_type, code);
         }
         let arrival = match key.protocol {
+            // A fragment goes to the stack's reassembly (smoltcp
+            // proto-ipv4-fragmentation); the whole datagram then finds its socket.
+            _ if fragment => Arrival::Delivered,
             PROTOCOL_TCP
                 if !self.tcp_listen.contains(&key.destination_port)
                     && !self
@@ -805,7 +815,7 @@ impl Stack {
 
     /// Wraps an IP packet from smoltcp in Ethernet toward the right neighbor and finds
     /// its flow tag. A destination with no neighbor is not sent (ARP would fail).
-    fn frame(&self, ip_packet: Vec<u8>, flows: &[Flow]) -> Departure {
+    fn frame(&mut self, ip_packet: Vec<u8>, flows: &[Flow]) -> Departure {
         let destination = Ipv4Addr::new(ip_packet[16], ip_packet[17], ip_packet[18], ip_packet[19]);
         use crate::datapath::DropReason;
         let next_mac: Result<Mac, DropReason> = if self.nic.subnet.contains(&destination) {
@@ -836,10 +846,28 @@ impl Stack {
         }
     }
 
-    fn tag_of(&self, frame: &[u8]) -> FlowTag {
+    fn tag_of(&mut self, frame: &[u8]) -> FlowTag {
         let Ok(meta) = parse_meta(frame) else {
             return NO_FLOW;
         };
+        // Later fragments carry no ports: they belong to the flow of the first
+        // fragment with the same identification.
+        let identification = u16::from_be_bytes([frame[18], frame[19]]);
+        if meta.is_later_fragment {
+            return self
+                .fragment_tags
+                .get(&identification)
+                .copied()
+                .unwrap_or(NO_FLOW);
+        }
+        let tag = self.tag_of_whole(&meta, frame);
+        if crate::engine::reassembly::is_fragment(frame) {
+            self.fragment_tags.insert(identification, tag);
+        }
+        tag
+    }
+
+    fn tag_of_whole(&self, meta: &crate::packet::Meta, frame: &[u8]) -> FlowTag {
         let key = if matches!(meta.icmp, IcmpKind::Error { .. }) {
             // An error the stack sends about a packet it received: that packet's flow.
             let Ok(packet) = crate::packet::Packet::from_frame(frame, NO_FLOW) else {

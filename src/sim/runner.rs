@@ -506,6 +506,13 @@ impl Runner<'_> {
                 outcome.seen_source.get_or_insert(*source);
             }
         }
+        // Fragments merged into a reassembled datagram end there.
+        for flow in &self.journal.merged {
+            match self.flows.get_mut(*flow as usize) {
+                Some(outcome) => outcome.delivered += 1,
+                None => self.untagged_delivered += 1,
+            }
+        }
         for (flow, _) in &self.journal.generated {
             if let Some(outcome) = self.flows.get_mut(*flow as usize) {
                 outcome.sent += 1;
@@ -535,6 +542,18 @@ impl Runner<'_> {
 /// A one-line summary of a packet, like tcpdump's.
 pub fn describe_packet(packet: &Packet) -> String {
     let key = packet.meta.key;
+    if packet.meta.is_later_fragment {
+        let frame = packet.frame();
+        let at = crate::wire::ETHERNET_HEADER_LEN + 6;
+        let offset = usize::from(u16::from_be_bytes([frame[at], frame[at + 1]]) & 0x1fff) * 8;
+        return format!(
+            "{} fragment {} > {} offset {offset} len {}",
+            key.protocol_name(),
+            key.source,
+            key.destination,
+            packet.ip_len().saturating_sub(20)
+        );
+    }
     match key.protocol {
         crate::wire::PROTOCOL_TCP => {
             let flags = packet.meta.tcp_flags;

@@ -299,7 +299,16 @@ fn build_flow(resolver: &Resolver, topology: &Topology, request: FlowRequest) ->
         } else {
             DEFAULT_BYTES
         });
-    check_bytes(resolver, topology, from, protocol, bytes, request.bytes)?;
+    let dont_fragment = request.dont_fragment.unwrap_or(true);
+    check_bytes(
+        resolver,
+        topology,
+        from,
+        protocol,
+        bytes,
+        dont_fragment,
+        request.bytes,
+    )?;
     let start_ns = match request.start {
         Some(text) => parse_duration_ns(text.get_ref()).ok_or_else(|| {
             resolver.error(
@@ -336,7 +345,7 @@ fn build_flow(resolver: &Resolver, topology: &Topology, request: FlowRequest) ->
         requests,
         bytes,
         start_ns,
-        dont_fragment: request.dont_fragment.unwrap_or(true),
+        dont_fragment,
         connections,
     })
 }
@@ -353,14 +362,19 @@ fn parse_flow_protocol(resolver: &Resolver, text: &Text) -> Result<Protocol> {
     }
 }
 
-/// A UDP or ICMP message must fit one datagram at the sender's MTU (netsim does not
-/// fragment at the source; Linux would refuse it with EMSGSIZE under DF).
+/// Largest UDP or ICMP message a sender without DF may send: it is fragmented at the
+/// source and must fit the endpoints' reassembly buffer (16 KiB).
+pub const FRAGMENTED_MESSAGE_MAX: u32 = 16 * 1024 - 28;
+
+/// A UDP or ICMP message with DF must fit one datagram at the sender's MTU (Linux
+/// refuses a larger one with EMSGSIZE); without DF the sender fragments it.
 fn check_bytes(
     resolver: &Resolver,
     topology: &Topology,
     from: EndpointRef,
     protocol: Protocol,
     bytes: u32,
+    dont_fragment: bool,
     at: Option<&Spanned<u32>>,
 ) -> Result<()> {
     let mtu = match from {
@@ -370,12 +384,18 @@ fn check_bytes(
     };
     let limit = match protocol {
         Protocol::Tcp => 16 * 1024 * 1024,
-        Protocol::Udp | Protocol::Icmp => u32::from(mtu) - 28,
+        Protocol::Udp | Protocol::Icmp if dont_fragment => u32::from(mtu) - 28,
+        Protocol::Udp | Protocol::Icmp => FRAGMENTED_MESSAGE_MAX,
     };
     if bytes == 0 || bytes > limit {
+        let why = if protocol == Protocol::Tcp || !dont_fragment {
+            String::new()
+        } else {
+            " with dont_fragment = true; set it to false to send fragments".to_string()
+        };
         return Err(resolver.source.error(
             at.map(|b| b.span()),
-            format!("bytes = {bytes} does not fit: a {} message from this sender carries 1..={limit} bytes (MTU {mtu})", protocol.name()),
+            format!("bytes = {bytes} does not fit: a {} message from this sender carries 1..={limit} bytes (MTU {mtu}){why}", protocol.name()),
         ));
     }
     Ok(())

@@ -4,6 +4,7 @@
 use super::*;
 use crate::datapath::forwarding::{self, Refusal};
 use crate::datapath::local::{self, describe_refusal, AnswerLink, LocalAnswer};
+use crate::engine::reassembly::{self, Reassembly};
 
 /// Which end of a packet a NAT rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,32 @@ impl AntreaNode {
         mut packet: Packet,
         out: &mut Outputs,
     ) {
+        // nf_defrag_ipv4: conntrack sees whole datagrams, so fragments are held until
+        // the datagram is complete; ip_fragment cuts it again on output to the
+        // largest fragment size seen (`frag_max_size`).
+        let mut fragment_size = None;
+        if reassembly::is_fragment(packet.frame()) {
+            match self.reassembler.add(packet.frame(), ctx.now_ns) {
+                Reassembly::Held => {
+                    ctx.describe(slot, HopAction::Receive, || {
+                        "fragment held for reassembly (nf_defrag_ipv4, before conntrack)".into()
+                    });
+                    ctx.merged(&packet);
+                    return;
+                }
+                Reassembly::Complete {
+                    frame,
+                    largest_fragment,
+                } => {
+                    let Ok(mut whole) = Packet::from_frame(&frame, packet.meta.flow) else {
+                        return;
+                    };
+                    whole.meta.packet_id = packet.meta.packet_id;
+                    packet = whole;
+                    fragment_size = Some(largest_fragment);
+                }
+            }
+        }
         let arrived = packet.meta.key;
         let connection = self.prerouting(ctx, &mut packet);
         let destination = packet.meta.key.destination;
@@ -90,19 +117,40 @@ impl AntreaNode {
             });
             return;
         }
+        let reassembled = if fragment_size.is_some() {
+            "reassembled; "
+        } else {
+            ""
+        };
+        let size_limit = usize::from(mtu).min(fragment_size.unwrap_or(usize::MAX));
         match (egress, next_mac) {
             (HostEgress::Uplink { next_hop }, Some(next_mac)) => {
                 let route = format!("host stack: route {destination} via {next_hop} dev eth0");
-                ctx.describe(slot, HopAction::Receive, || route.clone());
+                ctx.describe(slot, HopAction::Receive, || format!("{reassembled}{route}"));
                 packet.set_macs(self.settings.mac, next_mac);
                 let after = packet.meta.key;
-                ctx.hop(
-                    self.settings.uplink_point,
-                    &packet,
-                    HopAction::Transmit,
-                    || describe_source_rewrite(&before, &after) + &format!("{route} ({next_mac})"),
-                );
-                out.send(UPLINK_PORT, packet);
+                let fragments = forwarding::fragment_for_mtu(ctx, packet, size_limit);
+                let count = fragments.len();
+                for (index, fragment) in fragments.into_iter().enumerate() {
+                    ctx.hop(
+                        self.settings.uplink_point,
+                        &fragment,
+                        HopAction::Transmit,
+                        || {
+                            let cut = if count > 1 {
+                                format!(
+                                    ", {}",
+                                    forwarding::describe_fragment(index, count, &fragment)
+                                )
+                            } else {
+                                String::new()
+                            };
+                            describe_source_rewrite(&before, &after)
+                                + &format!("{route} ({next_mac}){cut}")
+                        },
+                    );
+                    out.send(UPLINK_PORT, fragment);
+                }
             }
             _ => {
                 ctx.describe(slot, HopAction::Receive, || {
@@ -116,15 +164,17 @@ impl AntreaNode {
                             packet.meta.key.destination_port
                         )
                     };
-                    format!("{rewrite}host stack: route {destination} dev antrea-gw0")
+                    format!("{reassembled}{rewrite}host stack: route {destination} dev antrea-gw0")
                 });
                 let destination_mac = match self.pod_by_ip.get(&destination) {
                     Some(&pod) => self.settings.pods[pod].mac,
                     None => Mac::ANTREA_GLOBAL_VIRTUAL,
                 };
                 packet.set_macs(self.settings.gateway_mac, destination_mac);
-                let gateway_slot = ctx.begin_receive(self.settings.gateway_point, &packet);
-                self.ovs(ctx, OvsSource::Gateway, gateway_slot, packet, out);
+                for fragment in forwarding::fragment_for_mtu(ctx, packet, size_limit) {
+                    let gateway_slot = ctx.begin_receive(self.settings.gateway_point, &fragment);
+                    self.ovs(ctx, OvsSource::Gateway, gateway_slot, fragment, out);
+                }
             }
         }
     }

@@ -101,6 +101,8 @@ pub struct AntreaNode {
     routes: LpmTable<HostRoute>,
     pub conntrack: Conntrack,
     flow_cache: FlowCache<(OvsSource, FlowKey), OvsDecision>,
+    /// The host stack's fragment reassembly in front of conntrack.
+    reassembler: crate::engine::reassembly::Reassembler,
     identification: u16,
 }
 
@@ -140,6 +142,7 @@ impl AntreaNode {
             routes,
             conntrack,
             flow_cache: FlowCache::new(FLOW_CACHE_CAPACITY),
+            reassembler: Default::default(),
             identification: 0,
             settings,
         }

@@ -12,6 +12,12 @@ fn mix64(mut value: u64) -> u64 {
     value ^ (value >> 33)
 }
 
+/// A stable 64-bit mix of `value` (murmur3's finalizer), for seeded choices such as
+/// MAC addresses.
+pub fn mix(value: u64) -> u64 {
+    mix64(value)
+}
+
 /// A 32-bit hash of a flow's 5-tuple, salted with `seed`.
 pub fn flow_hash(key: &FlowKey, seed: u64) -> u32 {
     let addresses =

@@ -8,6 +8,7 @@
 //! TCP server that answers each full request with as many bytes; UDP client and echo
 //! server; an ICMP echo client (smoltcp's interface answers echo requests itself).
 
+use super::application::Application;
 use super::network::EndpointNic;
 use crate::packet::{parse_meta, quoted_flow_key, FlowTag, IcmpKind, NO_FLOW};
 use crate::topology::{Exchange, Flow, Protocol};
@@ -185,10 +186,16 @@ enum Client {
 struct TcpClient {
     flow: FlowTag,
     handle: SocketHandle,
-    bytes: usize,
-    requests_left: u32,
-    to_send: usize,
+    /// The current request, and how much of it is written to the socket.
+    request: Vec<u8>,
+    written: usize,
+    /// Bytes of the current answer still to come.
     to_receive: usize,
+    requests_left: u32,
+    /// Requests sent so far (the next request's index).
+    sent_requests: u32,
+    /// What the flow's requests are, to build the next one.
+    messages: Messages,
     closing: bool,
     /// Ended by an ICMP error in SYN-SENT; the socket is gone.
     aborted: bool,
@@ -312,8 +319,30 @@ struct UdpClient {
     local_port: u16,
     dont_fragment: bool,
     remote: IpEndpoint,
-    bytes: usize,
+    messages: Messages,
+    sent_requests: u32,
     exchanges: Exchanges,
+}
+
+/// How a client builds its requests: the flow's application, name and size.
+#[derive(Debug, Clone)]
+struct Messages {
+    application: Application,
+    protocol: Protocol,
+    flow_name: String,
+    bytes: usize,
+}
+
+impl Messages {
+    fn request(&self, index: u32) -> Vec<u8> {
+        self.application
+            .request(self.protocol, &self.flow_name, self.bytes, index)
+    }
+
+    fn response_len(&self) -> usize {
+        self.application
+            .response_len(self.protocol, &self.flow_name, self.bytes)
+    }
 }
 
 struct PingClient {
@@ -329,9 +358,13 @@ struct PingClient {
 
 struct TcpServer {
     handle: SocketHandle,
-    request_bytes: Option<usize>,
-    received: usize,
-    pending_response: usize,
+    application: Application,
+    /// How long one request is, once the connection's flow is known.
+    request_len: Option<usize>,
+    /// Request bytes received and not yet answered.
+    received: Vec<u8>,
+    /// Answer bytes not yet written to the socket.
+    pending_response: Vec<u8>,
 }
 
 /// One endpoint's stack and applications.
@@ -344,7 +377,9 @@ pub struct Stack {
     udp_listen: Vec<u16>,
     tcp_listeners: BTreeMap<u16, SocketHandle>,
     tcp_servers: Vec<TcpServer>,
-    udp_servers: Vec<SocketHandle>,
+    udp_servers: Vec<(SocketHandle, Application)>,
+    /// The application on each listening TCP port.
+    tcp_applications: BTreeMap<u16, Application>,
     clients: Vec<Client>,
     client_ports: FxHashSet<(u8, u16)>,
     tags: FxHashMap<TagKey, FlowTag>,
@@ -385,13 +420,6 @@ fn new_udp_socket() -> udp::Socket<'static> {
     )
 }
 
-/// A deterministic request payload.
-fn payload(length: usize) -> Vec<u8> {
-    (0..length)
-        .map(|index| b'a' + u8::try_from(index % 26).unwrap_or(0))
-        .collect()
-}
-
 impl Stack {
     pub fn new(nic: EndpointNic, seed: u64, now: Instant) -> Self {
         let mut device = SimDevice {
@@ -421,6 +449,7 @@ impl Stack {
             tcp_listen: Vec::new(),
             udp_listen: Vec::new(),
             tcp_listeners: BTreeMap::new(),
+            tcp_applications: BTreeMap::new(),
             tcp_servers: Vec::new(),
             udp_servers: Vec::new(),
             clients: Vec::new(),
@@ -452,12 +481,15 @@ impl Stack {
         }
     }
 
-    /// Opens a listening port.
-    pub fn listen(&mut self, protocol: Protocol, port: u16) {
+    /// Opens a listening port (named `name` on a pod, if it is): a server that
+    /// answers each request with its application's response.
+    pub fn listen(&mut self, protocol: Protocol, port: u16, name: Option<&str>) {
+        let application = Application::for_port(protocol, port, name);
         match protocol {
             Protocol::Tcp => {
                 if !self.tcp_listen.contains(&port) {
                     self.tcp_listen.push(port);
+                    self.tcp_applications.insert(port, application);
                     self.add_tcp_listener(port);
                 }
             }
@@ -467,7 +499,7 @@ impl Stack {
                     let mut socket = new_udp_socket();
                     let _ = socket.bind(port);
                     let handle = self.sockets.add(socket);
-                    self.udp_servers.push(handle);
+                    self.udp_servers.push((handle, application));
                 }
             }
             Protocol::Icmp => {}
@@ -481,10 +513,16 @@ impl Stack {
         self.tcp_listeners.insert(port, handle);
     }
 
-    /// Starts one connection of `flow` (tagged `tag`).
-    pub fn start(&mut self, tag: FlowTag, flow: &Flow) {
+    /// Starts one connection of `flow` (tagged `tag`) speaking `application`.
+    pub fn start(&mut self, tag: FlowTag, flow: &Flow, application: Application) {
         let remote_ip = flow.destination_ip;
         let bytes = usize::try_from(flow.bytes).unwrap_or(0);
+        let messages = Messages {
+            application,
+            protocol: flow.protocol,
+            flow_name: flow.name.clone(),
+            bytes,
+        };
         match (flow.protocol, flow.exchange) {
             (Protocol::Tcp, _) => {
                 let local_port = self.ephemeral_port(PROTOCOL_TCP);
@@ -506,10 +544,12 @@ impl Stack {
                 self.clients.push(Client::Tcp(TcpClient {
                     flow: tag,
                     handle,
-                    bytes,
+                    request: messages.request(0),
+                    written: 0,
+                    to_receive: messages.response_len(),
                     requests_left: flow.requests,
-                    to_send: bytes,
-                    to_receive: bytes,
+                    sent_requests: 1,
+                    messages,
                     closing: false,
                     aborted: false,
                     applied_path_mtu: None,
@@ -532,7 +572,8 @@ impl Stack {
                     local_port,
                     dont_fragment: flow.dont_fragment,
                     remote,
-                    bytes,
+                    messages,
+                    sent_requests: 0,
                     exchanges: Exchanges::new(flow.requests),
                 }));
             }
@@ -903,11 +944,17 @@ impl Stack {
             .map(|(port, handle)| (*port, *handle))
             .collect();
         for (port, handle) in used {
+            let application = self
+                .tcp_applications
+                .get(&port)
+                .copied()
+                .unwrap_or(Application::Opaque);
             self.tcp_servers.push(TcpServer {
                 handle,
-                request_bytes: None,
-                received: 0,
-                pending_response: 0,
+                application,
+                request_len: None,
+                received: Vec::new(),
+                pending_response: Vec::new(),
             });
             self.add_tcp_listener(port);
         }
@@ -919,7 +966,8 @@ impl Stack {
             progressed |= self.run_tcp_server(index, flows);
         }
         for index in 0..self.udp_servers.len() {
-            progressed |= self.run_udp_server(self.udp_servers[index]);
+            let (handle, application) = self.udp_servers[index];
+            progressed |= self.run_udp_server(handle, application);
         }
         let mut clients = std::mem::take(&mut self.clients);
         for client in &mut clients {
@@ -941,23 +989,26 @@ impl Stack {
 
     fn run_tcp_server(&mut self, index: usize, flows: &[Flow]) -> bool {
         let handle = self.tcp_servers[index].handle;
-        if self.tcp_servers[index].request_bytes.is_none() {
+        if self.tcp_servers[index].request_len.is_none() {
             let socket = self.sockets.get::<tcp::Socket>(handle);
             if let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint())
             {
-                {
-                    let IpAddress::Ipv4(remote_ip) = remote.addr;
-                    let tag = self
-                        .tags
-                        .get(&(PROTOCOL_TCP, local.port, remote_ip, remote.port))
-                        .copied();
-                    let bytes = tag
-                        .and_then(|tag| flows.get(tag as usize))
-                        .map(|flow| usize::try_from(flow.bytes).unwrap_or(1));
-                    self.tcp_servers[index].request_bytes = Some(bytes.unwrap_or(1).max(1));
-                }
+                let IpAddress::Ipv4(remote_ip) = remote.addr;
+                let tag = self
+                    .tags
+                    .get(&(PROTOCOL_TCP, local.port, remote_ip, remote.port))
+                    .copied();
+                let application = self.tcp_servers[index].application;
+                let length = tag.and_then(|tag| flows.get(tag as usize)).map(|flow| {
+                    let bytes = usize::try_from(flow.bytes).unwrap_or(1);
+                    application
+                        .request(Protocol::Tcp, &flow.name, bytes, 0)
+                        .len()
+                });
+                self.tcp_servers[index].request_len = Some(length.unwrap_or(1).max(1));
             }
         }
+        let local_ip = self.nic.ip;
         let server = &mut self.tcp_servers[index];
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         let mut progressed = false;
@@ -967,30 +1018,34 @@ impl Stack {
                 Ok(0) | Err(_) => break,
                 Ok(count) => {
                     progressed = true;
-                    server.received += count;
-                    let request = server.request_bytes.unwrap_or(1);
-                    while server.received >= request {
-                        server.received -= request;
-                        server.pending_response += request;
+                    server.received.extend_from_slice(&buffer[..count]);
+                    let length = server.request_len.unwrap_or(1);
+                    while server.received.len() >= length {
+                        let request: Vec<u8> = server.received.drain(..length).collect();
+                        let response =
+                            server
+                                .application
+                                .response(Protocol::Tcp, &request, local_ip);
+                        server.pending_response.extend_from_slice(&response);
                     }
                 }
             }
         }
-        if server.pending_response > 0 && socket.can_send() {
-            let chunk = payload(server.pending_response.min(buffer.len()));
-            if let Ok(sent) = socket.send_slice(&chunk) {
+        if !server.pending_response.is_empty() && socket.can_send() {
+            if let Ok(sent) = socket.send_slice(&server.pending_response) {
                 progressed |= sent > 0;
-                server.pending_response -= sent;
+                server.pending_response.drain(..sent);
             }
         }
-        if socket.state() == tcp::State::CloseWait && server.pending_response == 0 {
+        if socket.state() == tcp::State::CloseWait && server.pending_response.is_empty() {
             socket.close();
             progressed = true;
         }
         progressed
     }
 
-    fn run_udp_server(&mut self, handle: SocketHandle) -> bool {
+    fn run_udp_server(&mut self, handle: SocketHandle, application: Application) -> bool {
+        let local_ip = self.nic.ip;
         let socket = self.sockets.get_mut::<udp::Socket>(handle);
         let mut progressed = false;
         let mut buffer = vec![0u8; UDP_BUFFER];
@@ -998,7 +1053,13 @@ impl Stack {
             let Ok((count, metadata)) = socket.recv_slice(&mut buffer) else {
                 break;
             };
-            let _ = socket.send_slice(&buffer[..count], metadata.endpoint);
+            let request = &buffer[..count];
+            let response = match application {
+                // An echo server: the datagram back as it came.
+                Application::Opaque => request.to_vec(),
+                _ => application.response(Protocol::Udp, request, local_ip),
+            };
+            let _ = socket.send_slice(&response, metadata.endpoint);
             progressed = true;
         }
         progressed
@@ -1058,10 +1119,9 @@ fn run_tcp_client(client: &mut TcpClient, local: &mut ClientContext) -> bool {
     if client.closing {
         return progressed;
     }
-    if client.to_send > 0 && socket.can_send() {
-        let chunk = payload(client.to_send.min(16 * 1024));
-        if let Ok(sent) = socket.send_slice(&chunk) {
-            client.to_send -= sent;
+    if client.written < client.request.len() && socket.can_send() {
+        if let Ok(sent) = socket.send_slice(&client.request[client.written..]) {
+            client.written += sent;
             progressed |= sent > 0;
         }
     }
@@ -1075,7 +1135,7 @@ fn run_tcp_client(client: &mut TcpClient, local: &mut ClientContext) -> bool {
             }
         }
     }
-    if client.to_send == 0 && client.to_receive == 0 {
+    if client.written == client.request.len() && client.to_receive == 0 {
         client.status.answers += 1;
         client.requests_left -= 1;
         if client.requests_left == 0 {
@@ -1083,8 +1143,10 @@ fn run_tcp_client(client: &mut TcpClient, local: &mut ClientContext) -> bool {
             client.closing = true;
             client.status.completed = true;
         } else {
-            client.to_send = client.bytes;
-            client.to_receive = client.bytes;
+            client.request = client.messages.request(client.sent_requests);
+            client.sent_requests += 1;
+            client.written = 0;
+            client.to_receive = client.messages.response_len();
         }
         progressed = true;
     }
@@ -1103,14 +1165,17 @@ fn run_udp_client(client: &mut UdpClient, local: &mut ClientContext) -> bool {
         let Ok((count, _)) = socket.recv_slice(&mut buffer) else {
             break;
         };
-        if client.exchanges.waiting() && count == client.bytes {
+        if client.exchanges.waiting() && count > 0 {
             client.exchanges.answered();
             progressed = true;
         }
     }
-    let (bytes, remote) = (client.bytes, client.remote);
+    let remote = client.remote;
+    let request = client.messages.request(client.sent_requests);
+    let size = request.len() + 28;
     let IpAddress::Ipv4(remote_ip) = remote.addr;
-    let refused = exceeds_path_mtu(local.path_mtu, remote_ip, bytes + 28, client.dont_fragment);
+    let refused = exceeds_path_mtu(local.path_mtu, remote_ip, size, client.dont_fragment);
+    let sent_requests = &mut client.sent_requests;
     let flow = client.flow;
     let reports = &mut *local.reports;
     client.exchanges.advance(now, progressed, || {
@@ -1118,14 +1183,14 @@ fn run_udp_client(client: &mut UdpClient, local: &mut ClientContext) -> bool {
             reports.push(StackReport {
                 flow,
                 message: format!(
-                    "send: EMSGSIZE (message too long): {} bytes exceed the path MTU {mtu} to {remote_ip}",
-                    bytes + 28
+                    "send: EMSGSIZE (message too long): {size} bytes exceed the path MTU {mtu} to {remote_ip}"
                 ),
                 refused: true,
             });
             return SendOutcome::Refused;
         }
-        if socket.can_send() && socket.send_slice(&payload(bytes), remote).is_ok() {
+        if socket.can_send() && socket.send_slice(&request, remote).is_ok() {
+            *sent_requests += 1;
             SendOutcome::Sent
         } else {
             SendOutcome::Blocked
@@ -1172,7 +1237,7 @@ fn run_ping_client(client: &mut PingClient, local: &mut ClientContext) -> bool {
             return SendOutcome::Refused;
         }
         *sequence = sequence.wrapping_add(1);
-        let data = payload(bytes);
+        let data = crate::sim::application::text(bytes);
         let repr = Icmpv4Repr::EchoRequest {
             ident: identifier,
             seq_no: *sequence,

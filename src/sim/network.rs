@@ -22,7 +22,6 @@ pub const VETH_LATENCY_NS: u64 = 5_000;
 
 /// MAC address kinds, so every interface gets a stable, distinct MAC.
 mod mac_kind {
-    pub const NODE_UPLINK: u8 = 1;
     pub const NODE_GATEWAY: u8 = 2;
     pub const POD: u8 = 3;
     pub const ROUTER: u8 = 4;
@@ -217,7 +216,8 @@ pub fn build(topology: &Topology) -> Network {
                 .iter()
                 .enumerate()
                 .map(|(index, interface)| {
-                    let mac = Mac::local(
+                    let mac = Mac::seeded(
+                        seed,
                         mac_kind::ROUTER,
                         u32::try_from(router * 256 + index).unwrap_or(0),
                     );
@@ -232,7 +232,8 @@ pub fn build(topology: &Topology) -> Network {
     for cluster in &topology.clusters {
         let mut macs = Vec::new();
         for node in &cluster.nodes {
-            let mac = Mac::local(mac_kind::NODE_UPLINK, node_counter);
+            // Nodes are vSphere VMs: their NICs carry VMware's OUI.
+            let mac = Mac::vmware(seed, node_counter);
             node_counter += 1;
             segment_neighbors[cluster.node_segment].insert(node.ip, mac);
             macs.push(mac);
@@ -244,7 +245,7 @@ pub fn build(topology: &Topology) -> Network {
         .iter()
         .enumerate()
         .map(|(index, host)| {
-            let mac = Mac::local(mac_kind::HOST, u32::try_from(index).unwrap_or(0));
+            let mac = Mac::seeded(seed, mac_kind::HOST, u32::try_from(index).unwrap_or(0));
             segment_neighbors[host.segment].insert(host.ip, mac);
             mac
         })
@@ -345,7 +346,7 @@ pub fn build(topology: &Topology) -> Network {
             let uplink_point = network.add_point(&node.name, "eth0", PointKind::Edge);
             let gateway_point = network.add_point(&node.name, "antrea-gw0", PointKind::Internal);
             let tunnel_point = network.add_point(&node.name, "antrea-tun0", PointKind::Internal);
-            let gateway_mac = Mac::local(mac_kind::NODE_GATEWAY, gateway_counter);
+            let gateway_mac = Mac::seeded(seed, mac_kind::NODE_GATEWAY, gateway_counter);
             gateway_counter += 1;
             let node_pods: Vec<usize> = (0..cluster.pods.len())
                 .filter(|&pod| cluster.pods[pod].node == node_id)
@@ -354,7 +355,7 @@ pub fn build(topology: &Topology) -> Network {
             let mut pod_macs = Vec::new();
             for &pod in &node_pods {
                 let pod_config = &cluster.pods[pod];
-                let mac = Mac::local(mac_kind::POD, pod_counter);
+                let mac = Mac::seeded(seed, mac_kind::POD, pod_counter);
                 pod_counter += 1;
                 let veth_point = network.add_point(
                     &node.name,

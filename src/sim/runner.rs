@@ -3,6 +3,7 @@
 //! timer fires, frames moved over links with their latency. Single-threaded and
 //! deterministic: the same topology and seed give the same events in the same order.
 
+use super::application::Application;
 use super::endpoint::{Arrival, ConnectionStatus, Stack};
 use super::network::{build, Device, DeviceId, EndpointId, Network};
 use crate::datapath::{Ctx, DropReason, HopAction, Journal, Outputs, PortId, Recording};
@@ -218,12 +219,12 @@ impl Runner<'_> {
             match nic.reference {
                 EndpointRef::Pod { cluster, pod } => {
                     for port in &self.topology.pod(cluster, pod).ports {
-                        self.stacks[index].listen(port.protocol, port.port);
+                        self.stacks[index].listen(port.protocol, port.port, port.name.as_deref());
                     }
                 }
                 EndpointRef::Host(host) => {
                     for port in &self.topology.hosts[host].listen {
-                        self.stacks[index].listen(port.protocol, port.port);
+                        self.stacks[index].listen(port.protocol, port.port, None);
                     }
                 }
                 _ => {}
@@ -261,8 +262,9 @@ impl Runner<'_> {
         };
         let flow = &self.topology.flows[flow_index];
         let tag = FlowTag::try_from(flow_index).unwrap_or(NO_FLOW);
+        let application = flow_application(self.topology, flow);
         for _ in 0..flow.connections {
-            self.stacks[endpoint].start(tag, flow);
+            self.stacks[endpoint].start(tag, flow, application);
         }
         self.poll_endpoint(endpoint);
     }
@@ -537,6 +539,21 @@ impl Runner<'_> {
             untagged_delivered: self.untagged_delivered,
         }
     }
+}
+
+/// The application a flow speaks: by its destination port, and the port's name when
+/// the destination is a pod.
+pub fn flow_application(topology: &Topology, flow: &crate::topology::Flow) -> Application {
+    let port_name = match flow.to {
+        EndpointRef::Pod { cluster, pod } => topology
+            .pod(cluster, pod)
+            .ports
+            .iter()
+            .find(|p| p.port == flow.destination_port && p.protocol == flow.protocol)
+            .and_then(|p| p.name.as_deref()),
+        _ => None,
+    };
+    Application::for_port(flow.protocol, flow.destination_port, port_name)
 }
 
 /// A one-line summary of a packet, like tcpdump's.

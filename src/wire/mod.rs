@@ -48,10 +48,49 @@ impl Mac {
     pub const ANTREA_GLOBAL_VIRTUAL: Mac = Mac([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
 
     /// A locally administered unicast address derived from a device kind and index,
-    /// so every run gives every interface the same MAC.
+    /// so every run gives every interface the same MAC (see [`Mac::seeded`]).
     pub fn local(kind: u8, index: u32) -> Mac {
+        Mac::seeded(0, kind, index)
+    }
+
+    /// A locally administered unicast address that looks random, as Linux gives a
+    /// veth or an OVS internal port (`eth_random_addr`: random bytes, the local bit
+    /// set, the multicast bit clear), derived from the topology seed, a device kind
+    /// and an index so every run gives every interface the same MAC. Distinct
+    /// (kind < 16, index < 2^24) give distinct MACs. The first byte is one that no
+    /// vendor or well-known-address entry of Wireshark's (`manuf`, `wka`) starts with,
+    /// so Wireshark never names these MACs after a vendor (02:xx is MS-NLB there).
+    pub fn seeded(seed: u64, kind: u8, index: u32) -> Mac {
+        const FIRST_BYTES: [u8; 12] = [
+            0x12, 0x16, 0x22, 0x26, 0x32, 0x36, 0x42, 0x46, 0x62, 0x66, 0x72, 0x76,
+        ];
+        let hash = crate::engine::hash::mix(seed ^ (u64::from(kind) << 40) ^ 0x6d61_6373);
+        let bytes = hash.to_be_bytes();
         let index = index.to_be_bytes();
-        Mac([0x02, kind, index[0], index[1], index[2], index[3]])
+        Mac([
+            FIRST_BYTES[usize::from(bytes[0]) % FIRST_BYTES.len()],
+            bytes[1],
+            (kind << 4) | (bytes[2] & 0x0f),
+            index[1] ^ bytes[3],
+            index[2] ^ bytes[4],
+            index[3] ^ bytes[5],
+        ])
+    }
+
+    /// A vSphere VM's NIC: VMware's OUI 00:50:56 in the range vCenter assigns
+    /// automatically (00:50:56:80:00:00 – 00:50:56:BF:FF:FF), seeded, distinct per
+    /// index (< 2^22).
+    pub fn vmware(seed: u64, index: u32) -> Mac {
+        let hash = crate::engine::hash::mix(seed ^ 0x766d_7761_7265).to_be_bytes();
+        let index = index.to_be_bytes();
+        Mac([
+            0x00,
+            0x50,
+            0x56,
+            0x80 | ((index[1] ^ hash[0]) & 0x3f),
+            index[2] ^ hash[1],
+            index[3] ^ hash[2],
+        ])
     }
 }
 

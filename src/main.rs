@@ -159,7 +159,13 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let topology = load(&path, seed)?;
             let out = out.unwrap_or_else(|| PathBuf::from("pcaps").join(&topology.name));
             netsim::output::check_output_dir(&out, force)?;
-            let result = netsim::sim::runner::run(&topology);
+            let capture: CaptureMode = capture.into();
+            // Without captures only the report's paths are recorded: memory stays flat.
+            let result = simulate(
+                &topology,
+                capture != CaptureMode::None,
+                format == Format::Text,
+            );
             let report = netsim::report::build(&topology, &result);
             netsim::output::write_run(
                 &out,
@@ -167,7 +173,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     topology: &topology,
                     result: &result,
                     report: &report,
-                    capture: capture.into(),
+                    capture,
                     threads,
                 },
                 force,

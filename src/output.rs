@@ -209,6 +209,14 @@ fn write_into(dir: &Path, run: &RunOutputs) -> Result<Vec<PathBuf>, OutputError>
             .iter()
             .map(|flow| Path::new("flows").join(flow_file_name(&flow.name))),
     );
+    // Each flow's hops, grouped once (in time order, as the journal holds them).
+    let mut hops_by_flow: Vec<Vec<&Hop>> = vec![Vec::new(); topology.flows.len()];
+    for hop in &result.journal.hops {
+        if let Some(list) = hops_by_flow.get_mut(hop.flow as usize) {
+            list.push(hop);
+        }
+    }
+    let hops_by_flow = &hops_by_flow;
     let threads = threads.clamp(1, jobs.len().max(1));
     let chunk = jobs.len().div_ceil(threads).max(1);
     let results: Vec<Result<(), OutputError>> = crossbeam::thread::scope(|scope| {
@@ -217,14 +225,7 @@ fn write_into(dir: &Path, run: &RunOutputs) -> Result<Vec<PathBuf>, OutputError>
             .map(|batch| {
                 scope.spawn(move |_| -> Result<(), OutputError> {
                     for (index, path) in batch {
-                        let tag = u32::try_from(*index).unwrap_or(u32::MAX);
-                        let hops: Vec<&Hop> = result
-                            .journal
-                            .hops
-                            .iter()
-                            .filter(|hop| hop.flow == tag)
-                            .collect();
-                        write_capture_file(path, points, &hops, mode)?;
+                        write_capture_file(path, points, &hops_by_flow[*index], mode)?;
                     }
                     Ok(())
                 })

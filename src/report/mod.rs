@@ -115,6 +115,8 @@ pub struct Counters {
     pub flow_cache_hits: u64,
     pub flow_cache_misses: u64,
     pub conntrack_entries: usize,
+    /// Endpoints (pods, hosts) whose TCP/IP stack was built: those some flow touched.
+    pub endpoint_stacks: usize,
     pub events: u64,
     pub simulated_ns: u64,
 }
@@ -302,6 +304,7 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
             flow_cache_hits: hits,
             flow_cache_misses: misses,
             conntrack_entries: result.network.conntrack_entries(),
+            endpoint_stacks: result.stacks_built,
             events: result.events,
             simulated_ns: result.end_ns,
         },

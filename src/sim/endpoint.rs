@@ -30,8 +30,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a TCP client waits without progress before it gives up (smoltcp aborts
 /// the connection, as a socket timeout would).
 const TCP_TIMEOUT: Duration = Duration::from_secs(20);
-/// Socket buffer sizes.
-const TCP_BUFFER: usize = 256 * 1024;
+/// Socket buffer sizes (Linux's default `tcp_rmem` is 128 KiB; 32 KiB each way keeps
+/// a large topology's memory small and a bulk flow's window open).
+const TCP_BUFFER: usize = 32 * 1024;
 const UDP_BUFFER: usize = 64 * 1024;
 /// Linux's default `net.ipv4.ip_local_port_range`.
 const EPHEMERAL_PORTS: std::ops::Range<u16> = 32768..61000;
@@ -197,8 +198,9 @@ struct TcpClient {
     /// What the flow's requests are, to build the next one.
     messages: Messages,
     closing: bool,
-    /// Ended by an ICMP error in SYN-SENT; the socket is gone.
-    aborted: bool,
+    /// The socket is gone: ended by an ICMP error in SYN-SENT, or closed and its
+    /// buffers given back.
+    socket_released: bool,
     /// The path MTU already applied to the connection's MSS.
     applied_path_mtu: Option<u16>,
     status: ConnectionStatus,
@@ -375,11 +377,16 @@ pub struct Stack {
     sockets: SocketSet<'static>,
     tcp_listen: Vec<u16>,
     udp_listen: Vec<u16>,
-    tcp_listeners: BTreeMap<u16, SocketHandle>,
+    /// Listening TCP sockets per port, and the SYNs queued for each port that the
+    /// stack has not processed yet (each needs a listening socket of its own).
+    tcp_listeners: BTreeMap<u16, Vec<SocketHandle>>,
+    queued_syns: BTreeMap<u16, usize>,
     tcp_servers: Vec<TcpServer>,
-    udp_servers: Vec<(SocketHandle, Application)>,
+    udp_servers: Vec<(SocketHandle, Application, u16)>,
     /// The application on each listening TCP port.
     tcp_applications: BTreeMap<u16, Application>,
+    /// The application on each listening UDP port (its socket is made on first use).
+    udp_applications: BTreeMap<u16, Application>,
     clients: Vec<Client>,
     client_ports: FxHashSet<(u8, u16)>,
     tags: FxHashMap<TagKey, FlowTag>,
@@ -449,7 +456,9 @@ impl Stack {
             tcp_listen: Vec::new(),
             udp_listen: Vec::new(),
             tcp_listeners: BTreeMap::new(),
+            queued_syns: BTreeMap::new(),
             tcp_applications: BTreeMap::new(),
+            udp_applications: BTreeMap::new(),
             tcp_servers: Vec::new(),
             udp_servers: Vec::new(),
             clients: Vec::new(),
@@ -486,23 +495,53 @@ impl Stack {
     pub fn listen(&mut self, protocol: Protocol, port: u16, name: Option<&str>) {
         let application = Application::for_port(protocol, port, name);
         match protocol {
+            // The sockets themselves are made when the first segment or datagram
+            // for the port arrives ([`Stack::receive`]): no buffers until then.
             Protocol::Tcp => {
                 if !self.tcp_listen.contains(&port) {
                     self.tcp_listen.push(port);
                     self.tcp_applications.insert(port, application);
-                    self.add_tcp_listener(port);
                 }
             }
             Protocol::Udp => {
                 if !self.udp_listen.contains(&port) {
                     self.udp_listen.push(port);
-                    let mut socket = new_udp_socket();
-                    let _ = socket.bind(port);
-                    let handle = self.sockets.add(socket);
-                    self.udp_servers.push((handle, application));
+                    self.udp_applications.insert(port, application);
                 }
             }
             Protocol::Icmp => {}
+        }
+    }
+
+    /// A server socket for a listening port, made when the first traffic for it
+    /// arrives: a listening TCP socket for a SYN when none listens (a listen backlog:
+    /// one per connection being set up), the UDP socket for a datagram.
+    fn open_server_socket(&mut self, protocol: u8, port: u16, tcp_flags: u8) {
+        match protocol {
+            PROTOCOL_TCP
+                if tcp_flags & crate::packet::tcp_flags::SYN != 0
+                    && tcp_flags & crate::packet::tcp_flags::ACK == 0
+                    && self.tcp_listen.contains(&port) =>
+            {
+                let queued = self.queued_syns.entry(port).or_insert(0);
+                *queued += 1;
+                let queued = *queued;
+                let listening = self.tcp_listeners.get(&port).map_or(0, Vec::len);
+                if listening < queued {
+                    self.add_tcp_listener(port);
+                }
+            }
+            PROTOCOL_UDP => {
+                if let Some(&application) = self.udp_applications.get(&port) {
+                    if !self.udp_servers.iter().any(|(_, _, p)| *p == port) {
+                        let mut socket = new_udp_socket();
+                        let _ = socket.bind(port);
+                        let handle = self.sockets.add(socket);
+                        self.udp_servers.push((handle, application, port));
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -510,7 +549,7 @@ impl Stack {
         let mut socket = new_tcp_socket();
         let _ = socket.listen(port);
         let handle = self.sockets.add(socket);
-        self.tcp_listeners.insert(port, handle);
+        self.tcp_listeners.entry(port).or_default().push(handle);
     }
 
     /// Starts one connection of `flow` (tagged `tag`) speaking `application`.
@@ -551,7 +590,7 @@ impl Stack {
                     sent_requests: 1,
                     messages,
                     closing: false,
-                    aborted: false,
+                    socket_released: false,
                     applied_path_mtu: None,
                     status,
                 }));
@@ -636,6 +675,9 @@ impl Stack {
         }
         if let IcmpKind::Error { icmp_type, code } = meta.icmp {
             self.react_to_icmp_error(frame, icmp_type, code);
+        }
+        if !meta.is_later_fragment {
+            self.open_server_socket(key.protocol, key.destination_port, meta.tcp_flags);
         }
         let arrival = match key.protocol {
             // A fragment goes to the stack's reassembly (smoltcp
@@ -842,7 +884,7 @@ impl Stack {
             if let Client::Tcp(c) = client {
                 if c.handle == handle && !c.status.completed {
                     c.status.failed = true;
-                    c.aborted = true;
+                    c.socket_released = true;
                     aborted.push(c.flow);
                 }
             }
@@ -935,14 +977,20 @@ impl Stack {
     }
 
     /// A listening TCP socket that accepted a connection becomes that connection's
-    /// server; a fresh one listens in its place (a listen backlog).
+    /// server; the next SYN gets a fresh listening socket (a listen backlog).
     fn replace_used_listeners(&mut self) {
-        let used: Vec<(u16, SocketHandle)> = self
-            .tcp_listeners
-            .iter()
-            .filter(|(_, handle)| !self.sockets.get::<tcp::Socket>(**handle).is_listening())
-            .map(|(port, handle)| (*port, *handle))
-            .collect();
+        self.queued_syns.clear();
+        let mut used: Vec<(u16, SocketHandle)> = Vec::new();
+        for (port, handles) in &mut self.tcp_listeners {
+            let sockets = &self.sockets;
+            handles.retain(|handle| {
+                let listening = sockets.get::<tcp::Socket>(*handle).is_listening();
+                if !listening {
+                    used.push((*port, *handle));
+                }
+                listening
+            });
+        }
         for (port, handle) in used {
             let application = self
                 .tcp_applications
@@ -956,7 +1004,6 @@ impl Stack {
                 received: Vec::new(),
                 pending_response: Vec::new(),
             });
-            self.add_tcp_listener(port);
         }
     }
 
@@ -966,7 +1013,7 @@ impl Stack {
             progressed |= self.run_tcp_server(index, flows);
         }
         for index in 0..self.udp_servers.len() {
-            let (handle, application) = self.udp_servers[index];
+            let (handle, application, _) = self.udp_servers[index];
             progressed |= self.run_udp_server(handle, application);
         }
         let mut clients = std::mem::take(&mut self.clients);
@@ -984,7 +1031,35 @@ impl Stack {
             };
         }
         self.clients = clients;
+        self.release_closed_sockets();
         progressed
+    }
+
+    /// Gives back the buffers of connections that are over (closed, or in TIME-WAIT,
+    /// where Linux keeps only a small timewait socket without buffers), so memory
+    /// follows the connections open now, not every connection ever made.
+    fn release_closed_sockets(&mut self) {
+        let over = |state: tcp::State| matches!(state, tcp::State::Closed | tcp::State::TimeWait);
+        let sockets = &mut self.sockets;
+        self.tcp_servers.retain(|server| {
+            let done = over(sockets.get::<tcp::Socket>(server.handle).state());
+            if done {
+                sockets.remove(server.handle);
+            }
+            !done
+        });
+        for client in &mut self.clients {
+            if let Client::Tcp(c) = client {
+                let finished = c.status.completed || c.status.failed;
+                if finished
+                    && !c.socket_released
+                    && over(sockets.get::<tcp::Socket>(c.handle).state())
+                {
+                    sockets.remove(c.handle);
+                    c.socket_released = true;
+                }
+            }
+        }
     }
 
     fn run_tcp_server(&mut self, index: usize, flows: &[Flow]) -> bool {
@@ -1087,7 +1162,7 @@ fn exceeds_path_mtu(
 }
 
 fn run_tcp_client(client: &mut TcpClient, local: &mut ClientContext) -> bool {
-    if client.status.completed || client.status.failed || client.aborted {
+    if client.status.completed || client.status.failed || client.socket_released {
         return false;
     }
     let socket = local.sockets.get_mut::<tcp::Socket>(client.handle);

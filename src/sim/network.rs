@@ -31,9 +31,11 @@ mod mac_kind {
 /// What a capture point is, for `--capture edges`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PointKind {
-    /// An interface on a physical or virtual wire between devices.
+    /// One view of a wire between devices (a pod's eth0, a node's eth0, router and
+    /// host interfaces).
     Edge,
-    /// An interface inside a node (antrea-gw0, antrea-tun0).
+    /// An interface inside a node (antrea-gw0, antrea-tun0), or the node's end of a
+    /// pod's veth (the same frames as the pod's eth0).
     Internal,
 }
 
@@ -360,7 +362,7 @@ pub fn build(topology: &Topology) -> Network {
                 let veth_point = network.add_point(
                     &node.name,
                     &format!("veth-{}-{}", pod_config.namespace, pod_config.name),
-                    PointKind::Edge,
+                    PointKind::Internal,
                 );
                 local_pods.push(LocalPod {
                     name: pod_config.qualified_name(),

@@ -94,12 +94,16 @@ pub struct RunResult {
     /// Packets sent by endpoints that belong to no flow (e.g. answers to strays).
     pub untagged_sent: u64,
     pub untagged_delivered: u64,
+    /// Endpoints whose TCP/IP stack was built (those some flow touched).
+    pub stacks_built: usize,
 }
 
 struct Runner<'t> {
     topology: &'t Topology,
     network: Network,
-    stacks: Vec<Stack>,
+    /// Each endpoint's TCP/IP stack, built the first time the endpoint sends or
+    /// receives: a pod no flow touches costs no stack and no socket buffers.
+    stacks: Vec<Option<Box<Stack>>>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     sequence: u64,
     now_ns: u64,
@@ -141,11 +145,7 @@ pub fn run_with_progress(
     progress: &mut dyn FnMut(u64, u64),
 ) -> RunResult {
     let network = build(topology);
-    let stacks: Vec<Stack> = network
-        .endpoints
-        .iter()
-        .map(|nic| Stack::new(nic.clone(), topology.seed, instant(0)))
-        .collect();
+    let stacks: Vec<Option<Box<Stack>>> = network.endpoints.iter().map(|_| None).collect();
     let flow_sources = topology
         .flows
         .iter()
@@ -195,7 +195,6 @@ pub fn run_with_progress(
         outputs: Outputs::default(),
         events: 0,
     };
-    runner.open_listeners();
     for (index, flow) in topology.flows.iter().enumerate() {
         runner.schedule(flow.start_ns, Event::Start { flow: index });
     }
@@ -214,22 +213,30 @@ impl Runner<'_> {
         }));
     }
 
-    fn open_listeners(&mut self) {
-        for (index, nic) in self.network.endpoints.iter().enumerate() {
-            match nic.reference {
+    /// The endpoint's stack, built on first use with its listening ports open.
+    fn stack(&mut self, endpoint: EndpointId) -> &mut Stack {
+        if self.stacks[endpoint].is_none() {
+            let nic = self.network.endpoints[endpoint].clone();
+            let reference = nic.reference;
+            let mut stack = Stack::new(nic, self.topology.seed, instant(self.now_ns));
+            match reference {
                 EndpointRef::Pod { cluster, pod } => {
                     for port in &self.topology.pod(cluster, pod).ports {
-                        self.stacks[index].listen(port.protocol, port.port, port.name.as_deref());
+                        stack.listen(port.protocol, port.port, port.name.as_deref());
                     }
                 }
                 EndpointRef::Host(host) => {
                     for port in &self.topology.hosts[host].listen {
-                        self.stacks[index].listen(port.protocol, port.port, None);
+                        stack.listen(port.protocol, port.port, None);
                     }
                 }
                 _ => {}
             }
+            self.stacks[endpoint] = Some(Box::new(stack));
         }
+        self.stacks[endpoint]
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("built just above"))
     }
 
     fn run_to_completion(&mut self, progress: &mut dyn FnMut(u64, u64)) {
@@ -264,7 +271,7 @@ impl Runner<'_> {
         let tag = FlowTag::try_from(flow_index).unwrap_or(NO_FLOW);
         let application = flow_application(self.topology, flow);
         for _ in 0..flow.connections {
-            self.stacks[endpoint].start(tag, flow, application);
+            self.stack(endpoint).start(tag, flow, application);
         }
         self.poll_endpoint(endpoint);
     }
@@ -274,7 +281,12 @@ impl Runner<'_> {
         if self.now_ns > self.horizon_ns {
             return;
         }
-        let departures = self.stacks[endpoint].poll(instant(self.now_ns), &self.topology.flows);
+        let now = instant(self.now_ns);
+        let flows = &self.topology.flows;
+        let Some(stack) = self.stacks[endpoint].as_deref_mut() else {
+            return;
+        };
+        let departures = stack.poll(now, flows);
         self.take_stack_reports(endpoint);
         for departure in departures {
             self.send_from_endpoint(
@@ -284,7 +296,10 @@ impl Runner<'_> {
                 departure.undeliverable,
             );
         }
-        if let Some(next) = self.stacks[endpoint].poll_at(instant(self.now_ns)) {
+        let next = self.stacks[endpoint]
+            .as_deref_mut()
+            .and_then(|stack| stack.poll_at(now));
+        if let Some(next) = next {
             let next_ns = nanoseconds(next).max(self.now_ns + 1_000);
             if next_ns <= self.horizon_ns
                 && self.wake_at[endpoint].is_none_or(|scheduled| next_ns < scheduled)
@@ -299,7 +314,11 @@ impl Runner<'_> {
     /// datagram it refused to send (EMSGSIZE) as a drop at the endpoint — the
     /// application handed it over, so it counts as sent.
     fn take_stack_reports(&mut self, endpoint: EndpointId) {
-        for report in self.stacks[endpoint].take_reports() {
+        let reports = match self.stacks[endpoint].as_deref_mut() {
+            Some(stack) => stack.take_reports(),
+            None => Vec::new(),
+        };
+        for report in reports {
             if let Some(outcome) = self.flows.get_mut(report.flow as usize) {
                 outcome.notes.push(report.message.clone());
                 if report.refused {
@@ -414,7 +433,7 @@ impl Runner<'_> {
 
     fn deliver(&mut self, endpoint: EndpointId, packet: Packet) {
         let flow = packet.meta.flow;
-        let arrival = self.stacks[endpoint].receive(packet.frame(), flow);
+        let arrival = self.stack(endpoint).receive(packet.frame(), flow);
         let nic = &self.network.endpoints[endpoint];
         let (name, point) = (nic.name.clone(), nic.point);
         let mut ctx = Ctx {
@@ -522,7 +541,7 @@ impl Runner<'_> {
                 self.untagged_sent += 1;
             }
         }
-        for stack in &self.stacks {
+        for stack in self.stacks.iter().flatten() {
             for (flow, status) in stack.client_status() {
                 if let Some(outcome) = self.flows.get_mut(flow as usize) {
                     outcome.connections.push(status);
@@ -537,6 +556,7 @@ impl Runner<'_> {
             events: self.events,
             untagged_sent: self.untagged_sent,
             untagged_delivered: self.untagged_delivered,
+            stacks_built: self.stacks.iter().filter(|s| s.is_some()).count(),
         }
     }
 }

@@ -84,9 +84,18 @@ enum Command {
         seed: Option<u64>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+        /// Print nothing on success (the exit code says how it went; errors still
+        /// go to stderr).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Validate the file and evaluate every [[expect]]; exit 1 if one fails.
-    Check { topology: PathBuf },
+    Check {
+        topology: PathBuf,
+        /// Print only the expectations that failed.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Send one exchange and print every hop: device, interface, lookup, match, rewrite.
     Trace {
         topology: PathBuf,
@@ -155,6 +164,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             threads,
             seed,
             format,
+            quiet,
         } => {
             let topology = load(&path, seed)?;
             let out = out.unwrap_or_else(|| PathBuf::from("pcaps").join(&topology.name));
@@ -181,6 +191,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             .context("writing outputs")?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text if quiet => {}
                 Format::Text => {
                     print!("{}", netsim::report::text_summary(&report));
                     println!("wrote {}", out.display());
@@ -188,11 +199,20 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(exit_for(&report))
         }
-        Command::Check { topology: path } => {
+        Command::Check {
+            topology: path,
+            quiet,
+        } => {
             let topology = load(&path, None)?;
-            let result = simulate(&topology, false, true);
+            let result = simulate(&topology, false, !quiet);
             let report = netsim::report::build(&topology, &result);
-            print!("{}", netsim::report::text_summary(&report));
+            if quiet {
+                for failed in report.expectations.iter().filter(|e| !e.ok) {
+                    println!("[FAIL] {}\n        got: {}", failed.expect, failed.got);
+                }
+            } else {
+                print!("{}", netsim::report::text_summary(&report));
+            }
             Ok(exit_for(&report))
         }
         Command::Trace {

@@ -109,6 +109,10 @@ pub struct Meta {
     /// Which packet this is, run-wide (assigned when an endpoint or a device creates
     /// it; kept through every rewrite and encapsulation). Never on the wire.
     pub packet_id: u64,
+    /// The packet travels back toward the flow's client: sent by the flow's
+    /// destination, or a device's answer (an ICMP error, an echo reply, a reset) to a
+    /// packet that was not. Never on the wire.
+    pub reply: bool,
 }
 
 impl Default for Meta {
@@ -133,6 +137,7 @@ impl Default for Meta {
             icmp: IcmpKind::None,
             flow: NO_FLOW,
             packet_id: 0,
+            reply: false,
         }
     }
 }
@@ -238,10 +243,11 @@ impl Packet {
     /// Parses Ethernet, IPv4 and the L4 ports into `meta`. Non-IPv4 frames parse with
     /// only the Ethernet fields set.
     pub fn parse(&mut self) -> Result<(), WireError> {
-        let (flow, packet_id) = (self.meta.flow, self.meta.packet_id);
+        let (flow, packet_id, reply) = (self.meta.flow, self.meta.packet_id, self.meta.reply);
         self.meta = parse_meta(self.frame())?;
         self.meta.flow = flow;
         self.meta.packet_id = packet_id;
+        self.meta.reply = reply;
         Ok(())
     }
 

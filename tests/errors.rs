@@ -227,3 +227,33 @@ fn a_failing_expectation_exits_1_not_2() {
         "{stdout}"
     );
 }
+
+#[test]
+fn every_bad_flow_is_reported_in_one_pass() {
+    let text = format!(
+        "{BASE}\n[[flow]]\nname = \"a\"\nfrom = \"pod:default/web\"\nto = \"pod:default/nobody\"\n\
+         \n[[flow]]\nname = \"b\"\nfrom = \"pod:default/web\"\nto = \"host:missing\"\n\
+         \n[[flow]]\nname = \"c\"\nfrom = \"pod:default/web\"\nto = \"10.20.0.11:80\"\nprotocol = \"sctp\"\n\
+         \n[[expect]]\nflow = \"a\"\nverdict = \"delivered\"\n"
+    );
+    let stderr = refuse(&text);
+    // `refuse` strips the first error's file name; the others carry theirs.
+    let carets = stderr.lines().filter(|line| line.trim() == "^").count();
+    assert_eq!(carets, 3, "{stderr}");
+    assert!(stderr.contains("no pod `default/nobody`"), "{stderr}");
+    assert!(stderr.contains("no host `missing`"), "{stderr}");
+    assert!(stderr.contains("unknown protocol `sctp`"), "{stderr}");
+}
+
+#[test]
+fn a_value_of_the_wrong_kind_is_explained_in_the_users_words() {
+    let text = BASE.replace(
+        "name = \"nodes\"\ncidr = \"10.20.0.0/24\"",
+        "name = \"nodes\"\ncidr = \"10.20.0.0/24\"\nmtu = 70000",
+    );
+    let stderr = refuse(&text);
+    assert!(
+        stderr.contains("`mtu` must be an MTU in bytes (576–9216), not the number 70000"),
+        "{stderr}"
+    );
+}

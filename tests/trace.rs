@@ -78,3 +78,90 @@ fn same_node_trace_snapshot() {
     assert!(output.status.success());
     insta::assert_snapshot!(String::from_utf8(output.stdout).unwrap());
 }
+
+#[test]
+fn a_trace_reads_in_milliseconds_names_echoes_and_folds_a_loop() {
+    let output = netsim(&[
+        "trace",
+        "topologies/routing-failures.toml",
+        "--from",
+        "pod:default/probe",
+        "--to",
+        "203.0.113.10",
+        "--protocol",
+        "icmp",
+    ]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.starts_with("trace pod:default/probe -> 203.0.113.10 (icmp echo to 203.0.113.10)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("#1       0.000 ms  icmp echo request id="),
+        "{text}"
+    );
+    assert!(
+        text.contains(" seq=1 172.20.0.2 > 203.0.113.10 len 56"),
+        "{text}"
+    );
+    assert!(!text.contains("IP:0"));
+    // The loop: a few hops shown, the rest folded, in the trace and in the path.
+    assert!(
+        text.contains("… 116 more hops between r1 and r2 …"),
+        "{text}"
+    );
+    assert!(text.lines().count() < 40, "{text}");
+    assert!(
+        text.contains(
+            "path: default/probe -> worker-1 -> r1 -> r2 -> … 58 more hops between r1 and r2 …"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("drop: ttl-exceeded@r1 (ttl 1 expires"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_drop_on_the_way_back_says_so_and_quiet_prints_nothing() {
+    // The reply from db is dropped at r1: there is no route back to the pod CIDR once
+    // no_snat keeps the pod address.
+    let text = std::fs::read_to_string(topology_path("quickstart")).unwrap();
+    let text = text.replace(
+        "tunnel_type = \"geneve\"       # pod MTU = 1500 - 50 = 1450",
+        "tunnel_type = \"geneve\"\nno_snat = true",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("no-snat.toml");
+    std::fs::write(&file, text).unwrap();
+    let output = netsim(&[
+        "trace",
+        file.to_str().unwrap(),
+        "--from",
+        "pod:app01/api-1",
+        "--to",
+        "host:db",
+        "--protocol",
+        "icmp",
+    ]);
+    let trace = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        trace.contains("drop: no-route@r1 on the reply path"),
+        "{trace}"
+    );
+    let quiet = netsim(&[
+        "run",
+        "topologies/two-node.toml",
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(quiet.status.success());
+    assert!(
+        quiet.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stdout)
+    );
+}

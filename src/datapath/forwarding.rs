@@ -86,6 +86,7 @@ pub fn fragment_for_mtu(ctx: &mut Ctx, packet: Packet, mtu: usize) -> Vec<Packet
         let Ok(mut fragment) = Packet::from_frame(piece, packet.meta.flow) else {
             continue;
         };
+        fragment.meta.reply = packet.meta.reply;
         if index == 0 {
             fragment.meta.packet_id = packet.meta.packet_id;
         } else {

@@ -206,7 +206,10 @@ pub fn error(original: &Packet, icmp_type: u8, code: u8, rest: u32, header: Erro
     let sum = checksum::checksum(icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     // The frame was built well-formed just above.
-    Packet::from_frame(&frame, original.meta.flow).unwrap_or_else(|_| original.clone())
+    let mut packet =
+        Packet::from_frame(&frame, original.meta.flow).unwrap_or_else(|_| original.clone());
+    packet.meta.reply = !original.meta.reply;
+    packet
 }
 
 /// Turns an echo request addressed to `local` into the echo reply, in place
@@ -245,8 +248,9 @@ pub fn answer_echo(packet: &mut Packet, local: Ipv4Addr, header: ErrorHeader) {
     icmp[2..4].copy_from_slice(&[0, 0]);
     let sum = checksum::checksum(icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let flow = packet.meta.flow;
-    if let Ok(built) = Packet::from_frame(&reply, flow) {
+    let (flow, reply_direction) = (packet.meta.flow, !packet.meta.reply);
+    if let Ok(mut built) = Packet::from_frame(&reply, flow) {
+        built.meta.reply = reply_direction;
         *packet = built;
     }
 }

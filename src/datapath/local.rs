@@ -151,7 +151,9 @@ pub fn reset(packet: &Packet, link: AnswerLink) -> Option<Packet> {
     segment[13] = reset_flags;
     let sum = checksum::transport_checksum(local, remote, PROTOCOL_TCP, segment);
     segment[16..18].copy_from_slice(&sum.to_be_bytes());
-    Packet::from_frame(&out, meta.flow).ok()
+    let mut reset = Packet::from_frame(&out, meta.flow).ok()?;
+    reset.meta.reply = !meta.reply;
+    Some(reset)
 }
 
 #[cfg(test)]

@@ -125,6 +125,8 @@ pub struct DropRecord {
     pub device: String,
     pub reason: DropReason,
     pub detail: String,
+    /// The dropped packet was on its way back to the flow's client.
+    pub reply: bool,
 }
 
 /// Where a network address translation happened, for the report's `nat` list.
@@ -273,6 +275,7 @@ impl Ctx<'_> {
             device: device.to_string(),
             reason,
             detail,
+            reply: packet.meta.reply,
         });
     }
 
@@ -287,6 +290,7 @@ impl Ctx<'_> {
             device: device.to_string(),
             reason,
             detail,
+            reply: false,
         });
     }
 

@@ -96,6 +96,8 @@ pub struct DropReport {
     pub device: String,
     pub reason: String,
     pub detail: String,
+    /// `request` (on the way to the destination) or `reply` (on the way back).
+    pub direction: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -174,6 +176,94 @@ pub fn path_devices(path: &[PathHop]) -> Vec<String> {
         }
     }
     devices
+}
+
+/// A stretch of a sequence: an item kept, or repetitions folded away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    /// The item at this index.
+    Keep(usize),
+    /// `count` items repeating the cycle that starts at index `cycle` (of `period`).
+    Folded {
+        cycle: usize,
+        period: usize,
+        count: usize,
+    },
+}
+
+/// Folds a sequence where a cycle of up to six items repeats three times or more
+/// (a routing loop): the first cycle and the last are kept, the ones between are
+/// folded into one [`Fold::Folded`].
+pub fn fold_repeats<T: PartialEq>(items: &[T]) -> Vec<Fold> {
+    let mut out = Vec::new();
+    let mut index = 0;
+    while index < items.len() {
+        let cycle = (1..=6).find_map(|period| {
+            let repeats = (0..)
+                .take_while(|k| {
+                    let start = index + k * period;
+                    start + period <= items.len()
+                        && items[start..start + period] == items[index..index + period]
+                })
+                .count();
+            (repeats >= 3).then_some((period, repeats))
+        });
+        match cycle {
+            Some((period, repeats)) => {
+                out.extend((index..index + period).map(Fold::Keep));
+                out.push(Fold::Folded {
+                    cycle: index,
+                    period,
+                    count: (repeats - 2) * period,
+                });
+                let last = index + (repeats - 1) * period;
+                out.extend((last..last + period).map(Fold::Keep));
+                index += repeats * period;
+            }
+            None => {
+                out.push(Fold::Keep(index));
+                index += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The devices of a cycle, for "… 58 more hops between r1 and r2 …".
+pub fn cycle_devices(names: &[String]) -> String {
+    let mut devices: Vec<&str> = Vec::new();
+    for name in names {
+        let device = name.rsplit_once(':').map_or(name.as_str(), |(d, _)| d);
+        // A capture point is DEVICE:INTERFACE, and a pod is NS/NAME:eth0.
+        if !devices.contains(&device) {
+            devices.push(device);
+        }
+    }
+    match devices.as_slice() {
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        [] => String::new(),
+    }
+}
+
+/// A path as `a -> b -> c`, a routing loop folded:
+/// `pod -> node -> r1 -> r2 -> … 58 more hops between r1 and r2 … -> r1 -> r2`.
+pub fn fold_path(devices: &[String]) -> String {
+    fold_repeats(devices)
+        .into_iter()
+        .map(|fold| match fold {
+            Fold::Keep(index) => devices[index].clone(),
+            Fold::Folded {
+                cycle,
+                period,
+                count,
+            } => format!(
+                "… {count} more hops between {} …",
+                cycle_devices(&devices[cycle..cycle + period])
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 fn is_subsequence(wanted: &[String], devices: &[String]) -> bool {
@@ -260,6 +350,7 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
                     device: d.device.clone(),
                     reason: d.reason.name().to_string(),
                     detail: d.detail.clone(),
+                    direction: if d.reply { "reply" } else { "request" }.to_string(),
                 })
             },
             icmp_received: outcome
@@ -404,9 +495,15 @@ pub fn text_summary(report: &Report) -> String {
         "topology {} (seed {})\n",
         report.topology, report.seed
     ));
+    let name_width = report
+        .flows
+        .iter()
+        .map(|f| f.name.chars().count())
+        .max()
+        .unwrap_or(0);
     for flow in &report.flows {
         out.push_str(&format!(
-            "  {:<20} {:<9} sent {:>4} delivered {:>4} dropped {:>3}  {} -> {}\n",
+            "  {:<name_width$}  {:<9} sent {:>5} delivered {:>5} dropped {:>4}  {} -> {}\n",
             flow.name,
             flow.verdict,
             flow.packets.sent,
@@ -417,7 +514,7 @@ pub fn text_summary(report: &Report) -> String {
         ));
         out.push_str(&format!(
             "      path: {}\n",
-            path_devices(&flow.path).join(" -> ")
+            fold_path(&path_devices(&flow.path))
         ));
         if let Some(seen) = &flow.seen_source {
             out.push_str(&format!("      seen source: {seen}\n"));
@@ -428,11 +525,17 @@ pub fn text_summary(report: &Report) -> String {
                 nat.kind, nat.device, nat.from, nat.to
             ));
         }
-        if let Some(drop) = &flow.drop {
+        if let Some(path_mtu) = &flow.path_mtu {
             out.push_str(&format!(
-                "      drop: {}@{} ({})\n",
-                drop.reason, drop.device, drop.detail
+                "      path mtu {} learned from {} (sent by {})\n",
+                path_mtu.mtu, path_mtu.from, path_mtu.reported_by
             ));
+        }
+        for note in &flow.notes {
+            out.push_str(&format!("      {note}\n"));
+        }
+        if let Some(drop) = &flow.drop {
+            out.push_str(&format!("      drop: {}\n", describe_drop(drop)));
         }
     }
     let failed = report.expectations.iter().filter(|e| !e.ok).count();
@@ -457,4 +560,38 @@ pub fn text_summary(report: &Report) -> String {
         c.packets_sent, c.packets_delivered, c.packets_dropped
     ));
     out
+}
+
+/// `no-route@r3 (no route to 198.51.100.20)`, and ` on the reply path` when the
+/// dropped packet was on its way back.
+pub fn describe_drop(drop: &DropReport) -> String {
+    let direction = if drop.direction == "reply" {
+        " on the reply path"
+    } else {
+        ""
+    };
+    format!(
+        "{}@{}{direction} ({})",
+        drop.reason, drop.device, drop.detail
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_routing_loop_is_folded_and_a_plain_path_is_not() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut looped = names(&["pod", "node", "r1"]);
+        for _ in 0..30 {
+            looped.extend(names(&["r2", "r1"]));
+        }
+        assert_eq!(
+            fold_path(&looped),
+            "pod -> node -> r1 -> r2 -> … 56 more hops between r1 and r2 … -> r1 -> r2 -> r1"
+        );
+        let plain = names(&["pod", "node", "r1", "host"]);
+        assert_eq!(fold_path(&plain), "pod -> node -> r1 -> host");
+    }
 }

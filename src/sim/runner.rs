@@ -347,6 +347,10 @@ impl Runner<'_> {
             return;
         };
         packet.meta.packet_id = self.journal.next_packet_id();
+        packet.meta.reply = self
+            .flow_destinations
+            .get(flow as usize)
+            .is_some_and(|destination| *destination == Some(endpoint));
         let nic = &self.network.endpoints[endpoint];
         let (name, point, device) = (nic.name.clone(), nic.point, nic.device);
         match self.flows.get_mut(flow as usize) {
@@ -636,14 +640,29 @@ pub fn describe_packet(packet: &Packet) -> String {
             usize::from(packet.meta.ip_total_len).saturating_sub(28)
         ),
         crate::wire::PROTOCOL_ICMP => match packet.meta.icmp {
-            IcmpKind::EchoRequest => format!(
-                "icmp echo request {} > {} id {}",
-                key.source, key.destination, key.source_port
-            ),
-            IcmpKind::EchoReply => format!(
-                "icmp echo reply {} > {} id {}",
-                key.source, key.destination, key.source_port
-            ),
+            IcmpKind::EchoRequest | IcmpKind::EchoReply => {
+                let frame = packet.frame();
+                let l4 = packet.meta.l4_offset;
+                let word = |at: usize| {
+                    frame
+                        .get(at..at + 2)
+                        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+                };
+                let kind = if packet.meta.icmp == IcmpKind::EchoRequest {
+                    "request"
+                } else {
+                    "reply"
+                };
+                format!(
+                    "icmp echo {kind} id={} seq={} {} > {} len {}",
+                    word(l4 + 4),
+                    word(l4 + 6),
+                    key.source,
+                    key.destination,
+                    usize::from(packet.meta.ip_total_len)
+                        .saturating_sub(l4 - crate::wire::ETHERNET_HEADER_LEN + 8)
+                )
+            }
             IcmpKind::Error { icmp_type, code } => format!(
                 "icmp error type {icmp_type} code {code} {} > {}",
                 key.source, key.destination

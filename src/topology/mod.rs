@@ -18,9 +18,24 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
     let source = Source::new(file, text);
     let parsed: config::TopologyFile = toml::from_str(text).map_err(|error| {
         let message = error.message().trim().replace('\n', "; ");
-        source.error(error.span(), message)
+        let key = error.span().and_then(|span| key_at(text, span.start));
+        source.error(
+            error.span(),
+            error::in_users_words(&message, key.as_deref()),
+        )
     })?;
     resolve::resolve(&parsed, &source)
+}
+
+/// The key being assigned on the line holding byte `offset` (`mtu` in `mtu = 70000`).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_start_matches('{').trim();
+    let key = key.rsplit([',', '{']).next()?.trim();
+    (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then(|| key.to_string())
 }
 
 /// Reads, parses and resolves a topology file.
@@ -32,6 +47,8 @@ pub fn load(path: &std::path::Path) -> Result<Topology, ConfigError> {
         column: 1,
         message: format!("cannot read the file: {error}"),
         snippet: String::new(),
+        also: Vec::new(),
+        hidden: 0,
     })?;
     parse(&file, &text)
 }

@@ -197,15 +197,37 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
         "flow",
         file.flow.iter().map(|f| &f.get_ref().name),
     )?;
+    // Flows and expectations are independent of one another: every mistake among
+    // them is reported in one pass (up to 20), not the first only.
+    let mut errors = Vec::new();
+    let mut failed_flows = std::collections::BTreeSet::new();
     for flow in &file.flow {
-        let resolved = super::endpoint::resolve_flow(&resolver, &topology, flow)?;
-        topology.flows.push(resolved);
+        match super::endpoint::resolve_flow(&resolver, &topology, flow) {
+            Ok(resolved) => topology.flows.push(resolved),
+            Err(error) => {
+                failed_flows.insert(flow.get_ref().name.get_ref().clone());
+                errors.push(error);
+            }
+        }
     }
     for expect in &file.expect {
-        let expectation = resolve_expect(&resolver, &mut topology, expect)?;
-        topology.expectations.push(expectation);
+        let about_failed_flow = expect
+            .get_ref()
+            .flow
+            .as_ref()
+            .is_some_and(|name| failed_flows.contains(name.get_ref()));
+        if about_failed_flow {
+            continue;
+        }
+        match resolve_expect(&resolver, &mut topology, expect) {
+            Ok(expectation) => topology.expectations.push(expectation),
+            Err(error) => errors.push(error),
+        }
     }
-    Ok(topology)
+    match ConfigError::many(errors) {
+        Some(error) => Err(error),
+        None => Ok(topology),
+    }
 }
 
 pub(super) fn resolve_segments(

@@ -67,6 +67,7 @@ impl AntreaNode {
                         return;
                     };
                     whole.meta.packet_id = packet.meta.packet_id;
+                    whole.meta.reply = packet.meta.reply;
                     packet = whole;
                     fragment_size = Some(largest_fragment);
                 }

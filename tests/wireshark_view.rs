@@ -221,3 +221,50 @@ fn nodes_carry_vmware_macs_and_pods_no_vendor_name() {
         assert_eq!(fields[2], fields[3], "{line}");
     }
 }
+
+#[test]
+fn the_shipped_wireshark_profile_shows_capture_points_and_hops_and_its_colours_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_into(dir.path());
+    let home = dir.path().join("home");
+    let profiles = home.join(".config/wireshark/profiles/netsim");
+    std::fs::create_dir_all(&profiles).unwrap();
+    for file in ["preferences", "colorfilters", "recent"] {
+        std::fs::copy(
+            root().join("wireshark/netsim").join(file),
+            profiles.join(file),
+        )
+        .unwrap();
+    }
+    let output = Command::new("tshark")
+        .env("HOME", &home)
+        .args(["-C", "netsim", "--color", "-r"])
+        .arg(out.join("flows/web.pcapng"))
+        .output()
+        .expect("tshark runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("does not exist"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("colorfilter"), "{stderr}");
+    // The capture point and the hop's comment are columns.
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.contains("default/client:eth0"), "{first}");
+    assert!(first.contains("send: tcp"), "{first}");
+    // Every colouring rule is a display filter Wireshark compiles.
+    let rules = std::fs::read_to_string(root().join("wireshark/netsim/colorfilters")).unwrap();
+    for rule in rules.lines().filter(|l| l.starts_with('@')) {
+        let filter = rule.split('@').nth(2).unwrap();
+        let check = Command::new("tshark")
+            .args(["-r"])
+            .arg(out.join("flows/web.pcapng"))
+            .args(["-Y", filter, "-c", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{filter}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}

@@ -9,6 +9,7 @@
 //! Owns building those answers; the caller records the hop and sends them.
 
 use super::icmp::{self, ErrorHeader, ErrorMessage};
+use super::{Ctx, DropReason, HopAction, PointId};
 use crate::packet::{tcp_flags, IcmpKind, Packet};
 use crate::wire::{
     checksum, emit_ethernet, emit_ipv4, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN,
@@ -46,16 +47,16 @@ pub struct AnswerLink {
 /// addresses where nothing listens.
 pub fn answer(packet: &Packet, link: AnswerLink) -> LocalAnswer {
     let local = packet.meta.key.destination;
+    let header = ErrorHeader::icmp_send(
+        packet,
+        local,
+        link.source_mac,
+        link.destination_mac,
+        link.identification,
+    );
     match (packet.meta.key.protocol, packet.meta.icmp) {
         (_, IcmpKind::EchoRequest) => {
             let mut reply = packet.clone();
-            let header = ErrorHeader::icmp_send(
-                packet,
-                local,
-                link.source_mac,
-                link.destination_mac,
-                link.identification,
-            );
             icmp::answer_echo(&mut reply, local, header);
             LocalAnswer::Reply(reply)
         }
@@ -63,23 +64,69 @@ pub fn answer(packet: &Packet, link: AnswerLink) -> LocalAnswer {
             Some(reset) => LocalAnswer::Refuse(reset),
             None => LocalAnswer::Ignore,
         },
-        (PROTOCOL_UDP, _) if icmp::may_send_error(packet) => {
-            let header = ErrorHeader::icmp_send(
-                packet,
-                local,
-                link.source_mac,
-                link.destination_mac,
-                link.identification,
-            );
-            LocalAnswer::Refuse(icmp::error(
-                packet,
-                PORT_UNREACHABLE.icmp_type,
-                PORT_UNREACHABLE.code,
-                PORT_UNREACHABLE.rest,
-                header,
-            ))
-        }
+        (PROTOCOL_UDP, _) if icmp::may_send_error(packet) => LocalAnswer::Refuse(icmp::error(
+            packet,
+            PORT_UNREACHABLE.icmp_type,
+            PORT_UNREACHABLE.code,
+            PORT_UNREACHABLE.rest,
+            header,
+        )),
         _ => LocalAnswer::Ignore,
+    }
+}
+
+/// Where and how a host settles a packet addressed to itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Settle<'a> {
+    /// The device, for drop records.
+    pub device: &'a str,
+    /// What the address is, for the trace: `the router itself`, `node worker-1`.
+    pub what: &'a str,
+    /// The packet's reserved receive hop.
+    pub slot: Option<usize>,
+    /// Where the answer leaves.
+    pub point: PointId,
+}
+
+/// Records what the host did with `packet`: delivered and answered (an echo), or
+/// refused (dropped as `no-listener`, with the reset or port unreachable it sends, if
+/// any). Returns the answer to send.
+pub fn settle(ctx: &mut Ctx, at: Settle, packet: &Packet, answer: LocalAnswer) -> Option<Packet> {
+    let destination = packet.meta.key.destination;
+    match answer {
+        LocalAnswer::Reply(mut reply) => {
+            ctx.describe(at.slot, HopAction::Deliver, || {
+                format!("echo request to {destination}: reply")
+            });
+            ctx.delivered_here(packet);
+            ctx.generated(&mut reply);
+            ctx.hop(at.point, &reply, HopAction::Transmit, || {
+                "echo reply".into()
+            });
+            Some(reply)
+        }
+        refused => {
+            let key = packet.meta.key;
+            ctx.describe(at.slot, HopAction::Drop, || {
+                format!(
+                    "{destination} is {}; nothing listens on {}/{}",
+                    at.what,
+                    key.protocol_name(),
+                    key.destination_port
+                )
+            });
+            ctx.drop_packet(at.device, packet, DropReason::NoListener, || {
+                format!("{destination} is {}", at.what)
+            });
+            let LocalAnswer::Refuse(mut refusal) = refused else {
+                return None;
+            };
+            ctx.generated(&mut refusal);
+            ctx.hop(at.point, &refusal, HopAction::Transmit, || {
+                describe_refusal(&refusal)
+            });
+            Some(refusal)
+        }
     }
 }
 

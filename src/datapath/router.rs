@@ -7,7 +7,7 @@
 
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
-use super::local::{self, describe_refusal, AnswerLink, LocalAnswer};
+use super::local::{self, AnswerLink, Settle};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::lpm::LpmTable;
 use crate::packet::Packet;
@@ -218,38 +218,15 @@ impl Router {
             destination_mac: packet.meta.source_mac,
             identification,
         };
-        let point = ingress.point;
-        let destination = packet.meta.key.destination;
-        match local::answer(&packet, link) {
-            LocalAnswer::Reply(mut reply) => {
-                ctx.describe(slot, HopAction::Deliver, || {
-                    format!("echo request to {destination}: reply")
-                });
-                ctx.delivered_here(&packet);
-                ctx.generated(&mut reply);
-                ctx.hop(point, &reply, HopAction::Transmit, || "echo reply".into());
-                out.send(in_port, reply);
-            }
-            answer => {
-                let key = packet.meta.key;
-                ctx.describe(slot, HopAction::Drop, || {
-                    format!(
-                        "{destination} is the router itself; nothing listens on {}/{}",
-                        key.protocol_name(),
-                        key.destination_port
-                    )
-                });
-                ctx.drop_packet(&self.name, &packet, DropReason::NoListener, || {
-                    format!("{destination} is the router itself")
-                });
-                if let LocalAnswer::Refuse(mut refusal) = answer {
-                    ctx.generated(&mut refusal);
-                    ctx.hop(point, &refusal, HopAction::Transmit, || {
-                        describe_refusal(&refusal)
-                    });
-                    out.send(in_port, refusal);
-                }
-            }
+        let at = Settle {
+            device: &self.name,
+            what: "the router itself",
+            slot,
+            point: ingress.point,
+        };
+        let answer = local::answer(&packet, link);
+        if let Some(answer) = local::settle(ctx, at, &packet, answer) {
+            out.send(in_port, answer);
         }
     }
 

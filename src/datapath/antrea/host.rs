@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::datapath::forwarding::{self, Refusal};
-use crate::datapath::local::{self, describe_refusal, AnswerLink, LocalAnswer};
+use crate::datapath::local::{self, AnswerLink, Settle};
 use crate::engine::reassembly::{self, Reassembly};
 
 /// Which end of a packet a NAT rewrites.
@@ -369,38 +369,16 @@ impl AntreaNode {
             destination_mac: route.destination_mac,
             identification: self.next_identification(),
         };
-        match local::answer(&packet, link) {
-            LocalAnswer::Reply(mut reply) => {
-                ctx.describe(slot, HopAction::Deliver, || {
-                    format!("echo request to {destination}: reply")
-                });
-                ctx.delivered_here(&packet);
-                ctx.generated(&mut reply);
-                ctx.hop(route.point, &reply, HopAction::Transmit, || {
-                    "echo reply".into()
-                });
-                self.send_local(ctx, route.egress, reply, out);
-            }
-            answer => {
-                let key = packet.meta.key;
-                ctx.describe(slot, HopAction::Drop, || {
-                    format!(
-                        "{destination} is the node itself; nothing listens on {}/{}",
-                        key.protocol_name(),
-                        key.destination_port
-                    )
-                });
-                ctx.drop_packet(&self.settings.name, &packet, DropReason::NoListener, || {
-                    format!("{destination} is node {}", self.settings.name)
-                });
-                if let LocalAnswer::Refuse(mut refusal) = answer {
-                    ctx.generated(&mut refusal);
-                    ctx.hop(route.point, &refusal, HopAction::Transmit, || {
-                        describe_refusal(&refusal)
-                    });
-                    self.send_local(ctx, route.egress, refusal, out);
-                }
-            }
+        let what = format!("node {}", self.settings.name);
+        let at = Settle {
+            device: &self.settings.name,
+            what: &what,
+            slot,
+            point: route.point,
+        };
+        let answer = local::answer(&packet, link);
+        if let Some(answer) = local::settle(ctx, at, &packet, answer) {
+            self.send_local(ctx, route.egress, answer, out);
         }
     }
 

@@ -54,9 +54,12 @@ fn finish_header(frame: &mut [u8], total: usize, flags_offset: u16) {
 /// offset counts 8-byte units from the original's own offset). A datagram that fits
 /// comes back whole. The Ethernet header is copied into each.
 pub fn fragment(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+    if frame.len() < IP + 20 {
+        return vec![frame.to_vec()];
+    }
     let header = header_len(frame);
     let total = total_len(frame).min(frame.len() - IP);
-    if total <= mtu || mtu < header + 8 {
+    if total <= mtu || mtu < header + 8 || total < header {
         return vec![frame.to_vec()];
     }
     let original = flags_offset(frame);
@@ -119,6 +122,8 @@ struct Pending {
 /// What became of a fragment handed to the [`Reassembler`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reassembly {
+    /// Not a well-formed IPv4 fragment (lengths that do not add up).
+    Invalid,
     /// Held until the rest arrives.
     Held,
     /// The datagram is complete: the whole frame, and the largest fragment's IP size.
@@ -137,10 +142,16 @@ pub struct Reassembler {
 impl Reassembler {
     /// Takes one fragment (an Ethernet frame with IPv4) at simulated time `now_ns`.
     pub fn add(&mut self, frame: &[u8], now_ns: u64) -> Reassembly {
+        if frame.len() < IP + 20 {
+            return Reassembly::Invalid;
+        }
+        let header = header_len(frame);
+        let total = total_len(frame);
+        if header < 20 || total < header || IP + total > frame.len() {
+            return Reassembly::Invalid;
+        }
         self.expire(now_ns);
         let key = DatagramKey::of(frame);
-        let header = header_len(frame);
-        let total = total_len(frame).min(frame.len() - IP);
         let flags = flags_offset(frame);
         let offset = usize::from(flags & OFFSET_MASK) * 8;
         let data = frame[IP + header..IP + total].to_vec();
@@ -271,6 +282,17 @@ mod tests {
         assert_eq!(frame, whole);
         assert_eq!(largest_fragment, 996);
         assert!(reassembler.is_empty());
+    }
+
+    #[test]
+    fn a_fragment_whose_lengths_do_not_add_up_is_invalid() {
+        let mut frame = fragment(&datagram(2972), 1000)[0].clone();
+        frame[IP + 2..IP + 4].copy_from_slice(&4000u16.to_be_bytes());
+        assert_eq!(Reassembler::default().add(&frame, 0), Reassembly::Invalid);
+        assert_eq!(
+            Reassembler::default().add(&frame[..20], 0),
+            Reassembly::Invalid
+        );
     }
 
     #[test]

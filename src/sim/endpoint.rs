@@ -786,7 +786,9 @@ impl Stack {
             return;
         }
         let l4 = packet.meta.l4_offset;
-        let next_hop_mtu = u16::from_be_bytes([frame[l4 + 6], frame[l4 + 7]]);
+        let next_hop_mtu = frame
+            .get(l4 + 6..l4 + 8)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
         let error = IcmpError::classify(icmp_type, code, next_hop_mtu);
         if let IcmpError::FragmentationNeeded { mtu } = error {
             let known = self.path_mtu.entry(quoted.destination).or_insert(u16::MAX);

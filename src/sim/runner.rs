@@ -462,8 +462,10 @@ impl Runner<'_> {
                                     .push((icmp_type, code, packet.meta.key.source));
                                 if (icmp_type, code) == (3, 4) && outcome.path_mtu.is_none() {
                                     let l4 = packet.meta.l4_offset;
-                                    let frame = packet.frame();
-                                    let mtu = u16::from_be_bytes([frame[l4 + 6], frame[l4 + 7]]);
+                                    let mtu = packet
+                                        .frame()
+                                        .get(l4 + 6..l4 + 8)
+                                        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
                                     let reported_by = self
                                         .journal
                                         .error_origins

@@ -52,6 +52,13 @@ impl AntreaNode {
         let mut fragment_size = None;
         if reassembly::is_fragment(packet.frame()) {
             match self.reassembler.add(packet.frame(), ctx.now_ns) {
+                Reassembly::Invalid => {
+                    ctx.describe(slot, HopAction::Drop, || "malformed fragment".into());
+                    ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
+                        "a fragment whose lengths do not add up".into()
+                    });
+                    return;
+                }
                 Reassembly::Held => {
                     ctx.describe(slot, HopAction::Receive, || {
                         "fragment held for reassembly (nf_defrag_ipv4, before conntrack)".into()

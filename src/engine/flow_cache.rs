@@ -42,8 +42,12 @@ impl<K: Hash + Eq, V: Clone> FlowCache<K, V> {
     }
 
     /// Stores the slow path's decision. A full cache is emptied first (entries are
-    /// cheap to recompute; the bound keeps memory flat under a flood of new flows).
+    /// cheap to recompute; the bound keeps memory flat under a flood of new flows). A
+    /// cache of capacity 0 stores nothing: every packet takes the slow path.
     pub fn insert(&mut self, key: K, value: V) {
+        if self.capacity == 0 {
+            return;
+        }
         if self.entries.len() >= self.capacity {
             self.entries.clear();
         }

@@ -404,6 +404,11 @@ pub fn build(topology: &Topology) -> Network {
                 pods: local_pods.clone(),
                 peers,
                 conntrack_max: topology.conntrack_max,
+                flow_cache_capacity: if topology.flow_cache {
+                    crate::datapath::antrea::FLOW_CACHE_CAPACITY
+                } else {
+                    0
+                },
                 seed,
                 uplink_point,
                 gateway_point,

@@ -16,6 +16,9 @@ pub struct Topology {
     pub name: String,
     pub seed: u64,
     pub conntrack_max: usize,
+    /// Devices keep a flow cache in front of their slow path (always, but for the
+    /// test that checks the cache changes nothing but speed).
+    pub flow_cache: bool,
     pub segments: Vec<Segment>,
     pub routers: Vec<Router>,
     pub hosts: Vec<Host>,

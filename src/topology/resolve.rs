@@ -176,6 +176,7 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
         name: file.topology.name.get_ref().clone(),
         seed: file.topology.seed,
         conntrack_max: file.topology.conntrack_max,
+        flow_cache: true,
         segments,
         routers,
         hosts,

@@ -42,7 +42,7 @@ use std::net::Ipv4Addr;
 /// The node's uplink `eth0` is port 0; pod veths follow from port 1.
 pub const UPLINK_PORT: PortId = 0;
 /// Entries in a node's flow cache before it is emptied.
-const FLOW_CACHE_CAPACITY: usize = 65_536;
+pub const FLOW_CACHE_CAPACITY: usize = 65_536;
 
 /// A pod attached to this node's bridge.
 #[derive(Debug, Clone)]
@@ -85,6 +85,8 @@ pub struct NodeSettings {
     /// Peer pod CIDR -> peer node.
     pub peers: Vec<(Ipv4Net, PeerNode)>,
     pub conntrack_max: usize,
+    /// Entries in the OVS flow cache (0: no cache, every packet takes the slow path).
+    pub flow_cache_capacity: usize,
     pub seed: u64,
     pub uplink_point: PointId,
     pub gateway_point: PointId,
@@ -141,7 +143,7 @@ impl AntreaNode {
             peers,
             routes,
             conntrack,
-            flow_cache: FlowCache::new(FLOW_CACHE_CAPACITY),
+            flow_cache: FlowCache::new(settings.flow_cache_capacity),
             reassembler: Default::default(),
             identification: 0,
             settings,

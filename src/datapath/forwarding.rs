@@ -72,13 +72,42 @@ pub fn check_mtu(packet: &Packet, mtu: u16, interface: &str) -> Result<(), Refus
     })
 }
 
+/// The packets a forwarder sends for one it forwards: the packet itself (the common
+/// case, with no allocation), or its fragments.
+#[derive(Debug)]
+pub enum Fragments {
+    Whole(Option<Packet>),
+    Cut(std::vec::IntoIter<Packet>),
+}
+
+impl Iterator for Fragments {
+    type Item = Packet;
+
+    fn next(&mut self) -> Option<Packet> {
+        match self {
+            Fragments::Whole(packet) => packet.take(),
+            Fragments::Cut(fragments) => fragments.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = match self {
+            Fragments::Whole(packet) => usize::from(packet.is_some()),
+            Fragments::Cut(fragments) => fragments.len(),
+        };
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Fragments {}
+
 /// Cuts `packet` into fragments that fit `mtu` (RFC 791 §3.2, Linux `ip_fragment`);
 /// a packet that fits comes back alone. The first fragment keeps the packet's
 /// identity; the others are new packets the device sends (counted as generated, so
 /// every one is accounted for).
-pub fn fragment_for_mtu(ctx: &mut Ctx, packet: Packet, mtu: usize) -> Vec<Packet> {
+pub fn fragment_for_mtu(ctx: &mut Ctx, packet: Packet, mtu: usize) -> Fragments {
     if packet.ip_len() <= mtu {
-        return vec![packet];
+        return Fragments::Whole(Some(packet));
     }
     let pieces = crate::engine::reassembly::fragment(packet.frame(), mtu);
     let mut fragments = Vec::with_capacity(pieces.len());
@@ -94,7 +123,7 @@ pub fn fragment_for_mtu(ctx: &mut Ctx, packet: Packet, mtu: usize) -> Vec<Packet
         }
         fragments.push(fragment);
     }
-    fragments
+    Fragments::Cut(fragments.into_iter())
 }
 
 /// How a fragment reads in a capture comment: `fragment 2/3 offset 1480`.

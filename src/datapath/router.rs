@@ -186,7 +186,7 @@ impl Router {
         let (point, mtu) = (egress.point, usize::from(egress.mtu));
         let fragments = forwarding::fragment_for_mtu(ctx, packet, mtu);
         let count = fragments.len();
-        for (index, fragment) in fragments.into_iter().enumerate() {
+        for (index, fragment) in fragments.enumerate() {
             ctx.hop(point, &fragment, HopAction::Transmit, || {
                 if count == 1 {
                     format!("forward to {next_hop} ({next_mac})")

@@ -139,7 +139,7 @@ impl AntreaNode {
                 let after = packet.meta.key;
                 let fragments = forwarding::fragment_for_mtu(ctx, packet, size_limit);
                 let count = fragments.len();
-                for (index, fragment) in fragments.into_iter().enumerate() {
+                for (index, fragment) in fragments.enumerate() {
                     ctx.hop(
                         self.settings.uplink_point,
                         &fragment,

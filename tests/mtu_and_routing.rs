@@ -55,6 +55,14 @@ fn a_full_size_datagram_with_df_is_dropped_at_the_tunnel_and_the_sender_gets_fra
         1450,
         "next-hop MTU = 1500 - 50"
     );
+    // As iptunnel_pmtud_build_icmp builds it: DF set, TOS 0, id 0, the inner TTL
+    // (63 after the source node's L3DecTTL), then decremented again by OVS on its way
+    // from the tunnel port to the pod; the quote cut to 548 bytes (576 in all).
+    assert!(packet.meta.dont_fragment);
+    assert_eq!(packet.tos(), 0);
+    assert_eq!(&error.frame[18..20], &[0, 0], "IP id 0");
+    assert_eq!(packet.meta.ttl, 62);
+    assert_eq!(packet.ip_len(), 576);
     let quoted = quoted_flow_key(&packet).unwrap();
     assert_eq!(
         (quoted.source, quoted.destination, quoted.destination_port),

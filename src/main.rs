@@ -21,8 +21,13 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum CaptureArg {
+    /// Every capture point, including what a node does inside (antrea-gw0,
+    /// antrea-tun0, the node's end of each pod veth)
     All,
+    /// One view of each wire: pod eth0, node eth0 (Geneve as on the underlay),
+    /// router and host interfaces; about half the packets of `all`
     Edges,
+    /// No pcapng, report.json only (memory stays flat)
     None,
 }
 
@@ -71,9 +76,7 @@ enum Command {
         /// (they are left untouched; only netsim's own outputs are replaced).
         #[arg(long)]
         force: bool,
-        /// all: every capture point; edges: only points on wires between devices
-        /// (pod eth0, node veth and eth0, router and host interfaces), not the
-        /// node-internal antrea-gw0 / antrea-tun0; none: report.json only.
+        /// Which capture points are written.
         #[arg(long, value_enum, default_value = "all")]
         capture: CaptureArg,
         /// Threads used to write per-flow captures (results do not depend on it).

@@ -3,12 +3,12 @@
 //! is a real handshake, real segments sized by the MSS the MTU allows, real
 //! retransmissions when the network loses something, a real RST from a closed port.
 //!
-//! The applications on top are small state machines ([`clients`]; the messages they
+//! The applications on top are small state machines (`clients`; the messages they
 //! exchange are `sim::application`'s): a TCP client that sends `requests` requests and
 //! waits for each whole answer, then closes; a TCP server that answers each whole
 //! request; UDP client and server; an ICMP echo client (smoltcp's interface answers
 //! echo requests itself). The stack reacts to ICMP errors as Linux does
-//! ([`icmp_errors`]). A stack is built on first use, its server sockets when the
+//! (`icmp_errors`). A stack is built on first use, its server sockets when the
 //! first SYN or datagram arrives, and closed connections give their buffers back.
 
 use super::application::Application;

@@ -180,11 +180,16 @@ pub struct StackReport {
 }
 
 /// A TCP socket with [`TCP_BUFFER`] bytes of buffer each way.
+/// Nagle's algorithm is off (TCP_NODELAY), as the applications netsim stands in for
+/// set it: HTTP clients (curl, Go's net/http) and servers (nginx `tcp_nodelay on`)
+/// send a message's last, short segment at once rather than after the first ACK.
 fn new_tcp_socket() -> tcp::Socket<'static> {
-    tcp::Socket::new(
+    let mut socket = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
         tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-    )
+    );
+    socket.set_nagle_enabled(false);
+    socket
 }
 
 /// A UDP socket with room for 64 datagrams each way.

@@ -257,3 +257,14 @@ fn a_value_of_the_wrong_kind_is_explained_in_the_users_words() {
         "{stderr}"
     );
 }
+
+#[test]
+fn mistakes_in_a_cluster_and_in_a_host_are_reported_together() {
+    let text = BASE.replace(
+        "node = \"worker-1\"\nip = \"172.20.1.10\"",
+        "node = \"worker-9\"\nip = \"172.20.1.10\"",
+    ) + "\n[[host]]\nname = \"db\"\nip = \"192.168.50.10\"\nsegment = \"nowhere\"\n";
+    let stderr = refuse(&text);
+    assert!(stderr.contains("worker-9"), "{stderr}");
+    assert!(stderr.contains("no segment named `nowhere`"), "{stderr}");
+}

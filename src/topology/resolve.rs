@@ -155,21 +155,38 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
             .ok_or_else(|| resolver.error(name, format!("no segment named `{}`", name.get_ref())))
     };
 
+    // Routers, each cluster and the hosts are resolved independently of one another:
+    // their mistakes are reported together (the flows, which name them, wait).
+    let mut errors = Vec::new();
     let mut addresses = AddressBook::new(&segments);
-    let routers = resolve_routers(&resolver, file, &segments, &lookup_segment, &mut addresses)?;
+    let routers = resolve_routers(&resolver, file, &segments, &lookup_segment, &mut addresses)
+        .unwrap_or_else(|error| {
+            errors.push(error);
+            Vec::new()
+        });
     let mut clusters = Vec::new();
     for cluster in &file.cluster {
-        clusters.push(resolve_cluster(
+        match resolve_cluster(
             &resolver,
             cluster,
             &segments,
             &lookup_segment,
             &mut addresses,
-        )?);
+        ) {
+            Ok(resolved) => clusters.push(resolved),
+            Err(error) => errors.push(error),
+        }
+    }
+    let hosts =
+        resolve_hosts(&resolver, file, &lookup_segment, &mut addresses).unwrap_or_else(|error| {
+            errors.push(error);
+            Vec::new()
+        });
+    if let Some(error) = ConfigError::many(errors) {
+        return Err(error);
     }
     check_pod_cidrs_disjoint(&resolver, file, &clusters)?;
     check_cluster_networks_off_segments(&resolver, file, &clusters, &segments)?;
-    let hosts = resolve_hosts(&resolver, file, &lookup_segment, &mut addresses)?;
     check_static_routes(&resolver, file, &routers, &segments)?;
 
     let mut topology = Topology {

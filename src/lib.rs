@@ -1,7 +1,8 @@
 //! netsim: a userspace packet-path emulator for Kubernetes CNI networking as it runs
 //! on VMware Tanzu / vSphere Kubernetes Service.
 //!
-//! A topology file is parsed and resolved once ([`topology`]); [`sim::network`] builds
+//! A topology file is parsed and resolved once ([`topology`]); the control plane
+//! ([`control`]) computes every router's routes before traffic; [`sim::network`] builds
 //! the devices of [`datapath`] from it — nodes running Antrea, routers, segments — on
 //! the generic mechanism of [`engine`] (LPM, conntrack, flow cache). [`sim::runner`]
 //! moves real frames ([`packet`], [`wire`]) between them on a simulated clock, with
@@ -21,6 +22,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod control;
 pub mod datapath;
 pub mod engine;
 pub mod output;

@@ -111,6 +111,16 @@ enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
+    /// Print each router's RIB (every candidate, its origin, why it lost) and FIB,
+    /// and each node's routing table.
+    Routes {
+        topology: PathBuf,
+        /// Only this router (or node).
+        #[arg(long)]
+        router: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Measure the forwarding core: packets/s, bits/s and ns/packet per thread count.
     Bench {
         topology: Option<PathBuf>,
@@ -237,6 +247,31 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             topology.expectations.clear();
             let result = netsim::sim::runner::run(&topology);
             print!("{}", netsim::trace::render(&topology, &result));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Routes {
+            topology: path,
+            router,
+            format,
+        } => {
+            let topology = load(&path, None)?;
+            if let Some(name) = &router {
+                let known = topology.routers.iter().any(|r| &r.name == name)
+                    || topology
+                        .clusters
+                        .iter()
+                        .any(|c| c.nodes.iter().any(|n| &n.name == name));
+                if !known {
+                    eprintln!("netsim: no router or node named `{name}`");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            let network = netsim::sim::network::build(&topology);
+            let routes = netsim::report::routes::build(&network, router.as_deref());
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&routes)?),
+                Format::Text => print!("{}", netsim::report::routes::text(&routes)),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -1,14 +1,18 @@
-//! An IPv4 router (`kind = "router"`): connected and static routes in one
-//! longest-prefix-match FIB, forwarding as RFC 1812 describes — check and decrement
-//! the TTL (§5.3.1), look up the route, resolve the next hop on the egress segment,
-//! check the egress MTU, fragmenting a packet without DF that does not fit (RFC 791
-//! §3.2) — and the ICMP errors of each failure (time exceeded, net unreachable, host
-//! unreachable, fragmentation needed). It answers pings to its own addresses.
+//! An IPv4 router: a pipeline of stages, like a node. Classify (an IPv4 frame for
+//! this interface; a packet for one of the router's own addresses is answered
+//! locally) -> uRPF (strict: the source must be routed back out of the interface the
+//! packet came in on) -> Route (longest-prefix match in the FIB the control plane
+//! computed, `control`; one of several equal-cost next hops by a seeded hash of the
+//! 5-tuple) -> Forward (RFC 1812: TTL §5.3.1, next-hop resolution, egress MTU with
+//! fragmentation of a packet without DF, RFC 791 §3.2) -> Output. Each failure owes
+//! its ICMP error (time exceeded, net / host unreachable, fragmentation needed).
 
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::local::{self, AnswerLink, Settle};
-use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
+use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId, Verdict};
+use crate::control::RouteTables;
+use crate::engine::hash::flow_hash;
 use crate::engine::lpm::LpmTable;
 use crate::packet::Packet;
 use crate::wire::{Mac, ETHERTYPE_IPV4};
@@ -16,7 +20,7 @@ use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
 
 /// Where a route came from (`netsim routes` prints it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteOrigin {
     Connected,
     Static,
@@ -29,15 +33,40 @@ impl RouteOrigin {
             RouteOrigin::Static => "static",
         }
     }
+
+    /// Administrative distance: the lower wins between origins (Cisco/FRR/NSX
+    /// values: connected 0, static 1).
+    pub fn distance(self) -> u8 {
+        match self {
+            RouteOrigin::Connected => 0,
+            RouteOrigin::Static => 1,
+        }
+    }
 }
 
-/// A FIB entry: out of `port`, to `next_hop` (or to the destination itself when the
-/// prefix is connected).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
+/// One next hop of a route: out of `port`, to `address` (or to the destination
+/// itself when the prefix is connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NextHop {
     pub port: PortId,
-    pub next_hop: Option<Ipv4Addr>,
+    pub address: Option<Ipv4Addr>,
+}
+
+/// A FIB entry: one next hop, or several of equal cost (ECMP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub next_hops: Vec<NextHop>,
     pub origin: RouteOrigin,
+}
+
+/// Unicast reverse-path forwarding (RFC 3704).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urpf {
+    /// No check.
+    None,
+    /// Drop a packet whose source is not routed back out of the interface it came
+    /// in on (NSX's default on gateway interfaces).
+    Strict,
 }
 
 /// One interface of a router, on one segment.
@@ -52,57 +81,63 @@ pub struct RouterPort {
     pub neighbors: Neighbors,
 }
 
+/// The router's stages, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RouterStage {
+    Classify,
+    Urpf,
+    Route,
+}
+
+const ROUTER_PIPELINE: [RouterStage; 3] =
+    [RouterStage::Classify, RouterStage::Urpf, RouterStage::Route];
+
+/// What the route stage decided: the prefix matched and the next hop chosen.
+#[derive(Debug, Clone, Copy)]
+struct Forwarding {
+    prefix: Ipv4Net,
+    origin: RouteOrigin,
+    next_hop: NextHop,
+    paths: usize,
+}
+
+/// Why a stage stopped a packet.
+enum Stop {
+    /// Addressed to the router itself.
+    Local,
+    Refuse(Refusal),
+    Drop(DropReason, String),
+}
+
 #[derive(Debug, Clone)]
 pub struct Router {
     pub name: String,
     pub ports: Vec<RouterPort>,
     pub fib: LpmTable<Route>,
+    /// Every candidate route and why it won or lost (`netsim routes`).
+    pub rib: Vec<crate::control::Candidate>,
+    pub urpf: Urpf,
+    /// Salt of the ECMP hash (the topology seed).
+    seed: u64,
     identification: u16,
 }
 
 impl Router {
-    /// A router with connected routes for its ports and the given static routes
-    /// (each resolved to the port whose subnet holds its next hop).
+    /// A router forwarding with the tables the control plane computed.
     pub fn new(
         name: String,
         ports: Vec<RouterPort>,
-        static_routes: &[(Ipv4Net, Ipv4Addr)],
+        tables: RouteTables,
+        urpf: Urpf,
+        seed: u64,
     ) -> Self {
-        let mut fib = LpmTable::new();
-        for (index, port) in ports.iter().enumerate() {
-            let port_id = PortId::try_from(index).unwrap_or(PortId::MAX);
-            fib.insert(
-                port.address.trunc(),
-                Route {
-                    port: port_id,
-                    next_hop: None,
-                    origin: RouteOrigin::Connected,
-                },
-            );
-        }
-        for (prefix, next_hop) in static_routes {
-            if let Some(index) = ports
-                .iter()
-                .position(|port| port.address.contains(next_hop))
-            {
-                let port_id = PortId::try_from(index).unwrap_or(PortId::MAX);
-                // A connected route for the same prefix wins (administrative distance 0 < 1).
-                if fib.get_exact(*prefix).is_none() {
-                    fib.insert(
-                        *prefix,
-                        Route {
-                            port: port_id,
-                            next_hop: Some(*next_hop),
-                            origin: RouteOrigin::Static,
-                        },
-                    );
-                }
-            }
-        }
         Router {
             name,
             ports,
-            fib,
+            fib: tables.fib,
+            rib: tables.rib,
+            urpf,
+            seed,
             identification: 0,
         }
     }
@@ -112,26 +147,60 @@ impl Router {
         self.identification
     }
 
-    pub fn process(
-        &mut self,
-        ctx: &mut Ctx,
-        in_port: PortId,
-        mut packet: Packet,
-        out: &mut Outputs,
-    ) {
+    pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, packet: Packet, out: &mut Outputs) {
+        let slot = ctx.begin_receive(self.ports[usize::from(in_port)].point, &packet);
+        let mut forwarding = None;
+        for stage in ROUTER_PIPELINE {
+            let verdict = match stage {
+                RouterStage::Classify => self.classify(in_port, &packet),
+                RouterStage::Urpf => self.check_urpf(in_port, &packet),
+                RouterStage::Route => match self.route(&packet) {
+                    Ok(chosen) => {
+                        forwarding = Some(chosen);
+                        Verdict::Continue
+                    }
+                    Err(stop) => Verdict::Forward(stop),
+                },
+            };
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Forward(Stop::Local) => {
+                    self.deliver_local(ctx, in_port, slot, packet, out);
+                    return;
+                }
+                Verdict::Forward(Stop::Refuse(refusal)) => {
+                    self.refuse(ctx, slot, in_port, &packet, refusal, out);
+                    return;
+                }
+                Verdict::Forward(Stop::Drop(reason, detail)) => {
+                    ctx.describe(slot, HopAction::Drop, || detail.clone());
+                    ctx.drop_packet(&self.name, &packet, reason, || detail);
+                    return;
+                }
+                Verdict::Drop(reason) => {
+                    ctx.drop_packet(&self.name, &packet, reason, String::new);
+                    return;
+                }
+            }
+        }
+        let Some(chosen) = forwarding else {
+            return;
+        };
+        self.forward(ctx, slot, in_port, chosen, packet, out);
+    }
+
+    /// Classify: an IPv4 frame addressed to this interface; a packet for one of the
+    /// router's own addresses stops here to be answered.
+    fn classify(&self, in_port: PortId, packet: &Packet) -> Verdict<Stop> {
         let ingress = &self.ports[usize::from(in_port)];
-        let slot = ctx.begin_receive(ingress.point, &packet);
         if packet.meta.ethertype != ETHERTYPE_IPV4
             || (packet.meta.destination_mac != ingress.mac
                 && packet.meta.destination_mac != Mac::BROADCAST)
         {
-            ctx.describe(slot, HopAction::Drop, || {
-                "not IPv4 for this interface".into()
-            });
-            ctx.drop_packet(&self.name, &packet, DropReason::Malformed, || {
-                "not an IPv4 frame addressed to the router".into()
-            });
-            return;
+            return Verdict::Forward(Stop::Drop(
+                DropReason::Malformed,
+                "not an IPv4 frame addressed to this interface".into(),
+            ));
         }
         let destination = packet.meta.key.destination;
         if self
@@ -139,30 +208,78 @@ impl Router {
             .iter()
             .any(|port| port.address.addr() == destination)
         {
-            self.deliver_local(ctx, in_port, slot, packet, out);
-            return;
+            return Verdict::Forward(Stop::Local);
         }
+        Verdict::Continue
+    }
+
+    /// uRPF strict (RFC 3704 §2.2): the route back to the source must leave by the
+    /// interface the packet came in on.
+    fn check_urpf(&self, in_port: PortId, packet: &Packet) -> Verdict<Stop> {
+        if self.urpf == Urpf::None {
+            return Verdict::Continue;
+        }
+        let source = packet.meta.key.source;
+        let back = self.fib.lookup(source);
+        let ok = back.is_some_and(|(_, route)| route.next_hops.iter().any(|h| h.port == in_port));
+        if ok {
+            return Verdict::Continue;
+        }
+        let ingress = &self.ports[usize::from(in_port)].name;
+        let detail = match back {
+            Some((prefix, route)) => format!(
+                "urpf strict: source {source} arrived on {ingress} but {prefix} leaves by {}",
+                route
+                    .next_hops
+                    .iter()
+                    .map(|h| self.ports[usize::from(h.port)].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => format!("urpf strict: no route back to source {source} (arrived on {ingress})"),
+        };
+        Verdict::Forward(Stop::Drop(DropReason::Urpf, detail))
+    }
+
+    /// Route: the longest prefix that matches, and among its equal-cost next hops the
+    /// one a seeded hash of the 5-tuple picks (every packet of a flow takes the same).
+    fn route(&self, packet: &Packet) -> Result<Forwarding, Stop> {
+        let destination = packet.meta.key.destination;
+        let (prefix, route) = self
+            .fib
+            .lookup(destination)
+            .ok_or_else(|| Stop::Refuse(forwarding::no_route(destination)))?;
+        let paths = route.next_hops.len();
+        let index = if paths > 1 {
+            usize::try_from(flow_hash(&packet.meta.key, self.seed)).unwrap_or(0) % paths
+        } else {
+            0
+        };
+        Ok(Forwarding {
+            prefix,
+            origin: route.origin,
+            next_hop: route.next_hops[index],
+            paths,
+        })
+    }
+
+    /// Forward: TTL, next-hop resolution, MTU, then out (in fragments if need be).
+    fn forward(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        in_port: PortId,
+        chosen: Forwarding,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         if let Err(refusal) = forwarding::check_ttl(&packet) {
             self.refuse(ctx, slot, in_port, &packet, refusal, out);
             return;
         }
-        let Some((prefix, route)) = self
-            .fib
-            .lookup(destination)
-            .map(|(prefix, route)| (prefix, *route))
-        else {
-            self.refuse(
-                ctx,
-                slot,
-                in_port,
-                &packet,
-                forwarding::no_route(destination),
-                out,
-            );
-            return;
-        };
-        let next_hop = route.next_hop.unwrap_or(destination);
-        let egress = &self.ports[usize::from(route.port)];
+        let destination = packet.meta.key.destination;
+        let next_hop = chosen.next_hop.address.unwrap_or(destination);
+        let egress = &self.ports[usize::from(chosen.next_hop.port)];
         let Some(&next_mac) = egress.neighbors.get(&next_hop) else {
             let refusal = forwarding::no_neighbor(next_hop, &egress.name);
             self.refuse(ctx, slot, in_port, &packet, refusal, out);
@@ -175,13 +292,20 @@ impl Router {
         let old_ttl = packet.meta.ttl;
         packet.decrement_ttl();
         ctx.describe(slot, HopAction::Receive, || {
+            let ecmp = if chosen.paths > 1 {
+                format!(" (ecmp: 1 of {} paths)", chosen.paths)
+            } else {
+                String::new()
+            };
             format!(
-                "route {prefix} ({}) via {next_hop}, ttl {old_ttl}->{}",
-                route.origin.name(),
+                "route {} ({}) via {next_hop}{ecmp}, ttl {old_ttl}->{}",
+                chosen.prefix,
+                chosen.origin.name(),
                 old_ttl - 1
             )
         });
-        let egress = &self.ports[usize::from(route.port)];
+        let port = chosen.next_hop.port;
+        let egress = &self.ports[usize::from(port)];
         packet.set_macs(egress.mac, next_mac);
         let (point, mtu) = (egress.point, usize::from(egress.mtu));
         let fragments = forwarding::fragment_for_mtu(ctx, packet, mtu);
@@ -197,7 +321,7 @@ impl Router {
                     )
                 }
             });
-            out.send(route.port, fragment);
+            out.send(port, fragment);
         }
     }
 
@@ -266,9 +390,10 @@ impl Router {
         let source = packet.meta.key.source;
         let (port, next_mac) = match self.fib.lookup(source) {
             Some((_, route)) => {
-                let next_hop = route.next_hop.unwrap_or(source);
-                match self.ports[usize::from(route.port)].neighbors.get(&next_hop) {
-                    Some(mac) => (route.port, *mac),
+                let hop = route.next_hops[0];
+                let next_hop = hop.address.unwrap_or(source);
+                match self.ports[usize::from(hop.port)].neighbors.get(&next_hop) {
+                    Some(mac) => (hop.port, *mac),
                     None => (in_port, packet.meta.source_mac),
                 }
             }

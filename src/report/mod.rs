@@ -2,6 +2,8 @@
 //! path, NAT and drop; every expectation with what was seen; run-wide counters.
 //! Fields are serialized in a fixed order, so reports are byte-identical run to run.
 
+pub mod routes;
+
 use crate::datapath::Hop;
 use crate::sim::network::Network;
 use crate::sim::runner::{FlowOutcome, RunResult};
@@ -463,25 +465,37 @@ fn evaluate(
             router,
             prefix,
             present,
+            next_hop,
         } => {
             let name = &topology.routers[*router].name;
             let route = network
                 .router(name)
-                .and_then(|r| r.fib.get_exact(*prefix).copied());
-            let got = match route {
-                Some(route) => format!(
-                    "{name} has {prefix} ({}{})",
-                    route.origin.name(),
-                    route
-                        .next_hop
-                        .map(|h| format!(" via {h}"))
-                        .unwrap_or_default()
-                ),
+                .and_then(|r| r.fib.get_exact(*prefix).cloned());
+            let got = match &route {
+                Some(route) => {
+                    let hops: Vec<String> = route
+                        .next_hops
+                        .iter()
+                        .filter_map(|h| h.address.map(|a| a.to_string()))
+                        .collect();
+                    let via = if hops.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" via {}", hops.join(", "))
+                    };
+                    format!("{name} has {prefix} ({}{via})", route.origin.name())
+                }
                 None => format!("{name} has no route for exactly {prefix}"),
+            };
+            let hop_ok = match (&route, next_hop) {
+                (Some(route), Some(wanted)) => {
+                    route.next_hops.iter().any(|h| h.address == Some(*wanted))
+                }
+                _ => true,
             };
             ExpectationReport {
                 expect: text.clone(),
-                ok: route.is_some() == *present,
+                ok: route.is_some() == *present && hop_ok,
                 got,
             }
         }

@@ -323,9 +323,20 @@ pub fn build(topology: &Topology) -> Network {
             .iter()
             .map(|r| (r.prefix, r.next_hop))
             .collect();
+        let interfaces: Vec<Ipv4Net> = ports.iter().map(|p| p.address).collect();
+        let tables = crate::control::select(
+            crate::control::connected_and_static(&interfaces, &static_routes),
+            router.ecmp,
+        );
         let device = network.add_device(
             router.name.clone(),
-            Device::Router(Router::new(router.name.clone(), ports, &static_routes)),
+            Device::Router(Router::new(
+                router.name.clone(),
+                ports,
+                tables,
+                router.urpf,
+                seed,
+            )),
         );
         for (index, interface) in router.interfaces.iter().enumerate() {
             let port = PortId::try_from(index).unwrap_or(PortId::MAX);

@@ -86,10 +86,12 @@ pub struct RouterConfig {
     pub advertise: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub snat: Option<Spanned<toml::Value>>,
+    /// Equal-cost multipath (default: on for an NSX Tier-0, off otherwise).
     #[serde(default)]
-    pub ecmp: Option<Spanned<toml::Value>>,
+    pub ecmp: Option<Spanned<bool>>,
+    /// `strict` or `none` (default: strict on NSX gateways, none otherwise).
     #[serde(default)]
-    pub urpf: Option<Spanned<toml::Value>>,
+    pub urpf: Option<Text>,
     #[serde(default)]
     pub aggregate: Option<Spanned<toml::Value>>,
     #[serde(default)]
@@ -308,6 +310,10 @@ pub struct ExpectConfig {
     pub prefix: Option<Spanned<Ipv4Net>>,
     #[serde(default)]
     pub present: Option<bool>,
+    /// With `router` and `prefix`: the route must have this next hop (one of them,
+    /// under ECMP).
+    #[serde(default)]
+    pub next_hop: Option<Spanned<Ipv4Addr>>,
     // The from/to/protocol/port form of an expectation.
     #[serde(default)]
     pub from: Option<Text>,

@@ -35,6 +35,7 @@ pub(super) fn resolve_expect(
             router,
             prefix: prefix.get_ref().trunc(),
             present: config.present.unwrap_or(true),
+            next_hop: config.next_hop.as_ref().map(|h| *h.get_ref()),
         });
     }
     let flow = match (&config.flow, &config.from, &config.to) {
@@ -140,6 +141,9 @@ pub(super) fn describe_expect(config: &ExpectConfig) -> String {
     }
     if let Some(present) = config.present {
         parts.push(format!("present={present}"));
+    }
+    if let Some(next_hop) = &config.next_hop {
+        parts.push(format!("next_hop={}", next_hop.get_ref()));
     }
     parts.join(" ")
 }

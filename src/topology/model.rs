@@ -50,6 +50,9 @@ pub struct Router {
     pub kind: RouterKind,
     pub interfaces: Vec<RouterInterface>,
     pub static_routes: Vec<StaticRoute>,
+    /// Several equal-cost next hops per prefix, chosen by a hash of the 5-tuple.
+    pub ecmp: bool,
+    pub urpf: crate::datapath::router::Urpf,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -281,6 +284,8 @@ pub enum Expectation {
         router: RouterId,
         prefix: Ipv4Net,
         present: bool,
+        /// The route must use this next hop (one of them, under ECMP).
+        next_hop: Option<Ipv4Addr>,
     },
 }
 

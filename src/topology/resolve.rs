@@ -7,6 +7,7 @@ use super::config::*;
 use super::error::{ConfigError, Source};
 use super::expect::*;
 use super::model::*;
+use crate::datapath::router::Urpf;
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -398,8 +399,6 @@ pub(super) fn resolve_routers(
             (&config.uplink, "a T1 uplink"),
             (&config.advertise, "route advertisement"),
             (&config.snat, "router SNAT"),
-            (&config.ecmp, "ECMP"),
-            (&config.urpf, "uRPF"),
             (&config.aggregate, "route aggregation"),
             (&config.route_map_out, "route maps"),
             (&config.bgp, "BGP"),
@@ -471,11 +470,27 @@ pub(super) fn resolve_routers(
                 next_hop: *route.get_ref().next_hop.get_ref(),
             })
             .collect();
+        let ecmp = config.ecmp.as_ref().is_some_and(|e| *e.get_ref());
+        let urpf = match &config.urpf {
+            None => Urpf::None,
+            Some(text) => match text.get_ref().as_str() {
+                "strict" => Urpf::Strict,
+                "none" => Urpf::None,
+                other => {
+                    return Err(resolver.error(
+                        text,
+                        format!("unknown urpf mode `{other}` (expected strict or none)"),
+                    ))
+                }
+            },
+        };
         routers.push(Router {
             name,
             kind,
             interfaces,
             static_routes,
+            ecmp,
+            urpf,
         });
     }
     Ok(routers)

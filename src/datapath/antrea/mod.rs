@@ -159,6 +159,19 @@ impl AntreaNode {
         Ipv4Addr::from(u32::from(self.settings.pod_cidr.network()) + 1)
     }
 
+    /// The node's kernel routing table as `ip route` shows it: prefix, next hop (if
+    /// any) and device.
+    pub fn route_table(&self) -> Vec<(Ipv4Net, Option<Ipv4Addr>, &'static str)> {
+        self.routes
+            .entries()
+            .into_iter()
+            .map(|(prefix, route)| match *route {
+                HostRoute::Gateway => (prefix, None, "antrea-gw0"),
+                HostRoute::Uplink { via } => (prefix, via, "eth0"),
+            })
+            .collect()
+    }
+
     /// Flow cache hits and misses.
     pub fn flow_cache_stats(&self) -> (u64, u64) {
         (self.flow_cache.hits(), self.flow_cache.misses())

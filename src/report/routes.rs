@@ -1,0 +1,173 @@
+//! `netsim routes` (SPEC §1): each router's RIB — every candidate route with its
+//! origin, whether it won and why not — and its FIB (the winners, with every
+//! equal-cost next hop), and each node's kernel routing table. Text for people, JSON
+//! in the SPEC's shape for tools.
+
+use crate::sim::network::{Device, Network};
+use serde::Serialize;
+use std::fmt::Write;
+
+#[derive(Debug, Serialize)]
+pub struct RoutesReport {
+    pub routers: Vec<RouterRoutes>,
+    pub nodes: Vec<NodeRoutes>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouterRoutes {
+    pub name: String,
+    pub fib: Vec<FibEntry>,
+    pub rib: Vec<RibEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FibEntry {
+    pub prefix: String,
+    pub next_hops: Vec<String>,
+    pub origin: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RibEntry {
+    pub prefix: String,
+    pub next_hop: Option<String>,
+    pub interface: String,
+    pub origin: String,
+    pub as_path: Vec<u32>,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub best: bool,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeRoutes {
+    pub name: String,
+    pub fib: Vec<FibEntry>,
+}
+
+/// The routes of every router (or only `only`) and node of `network`.
+pub fn build(network: &Network, only: Option<&str>) -> RoutesReport {
+    let mut routers = Vec::new();
+    let mut nodes = Vec::new();
+    for device in &network.devices {
+        match device {
+            Device::Router(router) if only.is_none_or(|name| name == router.name) => {
+                let interface = |port: u16| {
+                    router
+                        .ports
+                        .get(usize::from(port))
+                        .map_or(String::new(), |p| p.name.clone())
+                };
+                let fib = router
+                    .fib
+                    .entries()
+                    .into_iter()
+                    .map(|(prefix, route)| FibEntry {
+                        prefix: prefix.to_string(),
+                        next_hops: route
+                            .next_hops
+                            .iter()
+                            .map(|hop| match hop.address {
+                                Some(address) => format!("{address} ({})", interface(hop.port)),
+                                None => format!("directly connected ({})", interface(hop.port)),
+                            })
+                            .collect(),
+                        origin: route.origin.name().to_string(),
+                    })
+                    .collect();
+                let rib = router
+                    .rib
+                    .iter()
+                    .map(|candidate| RibEntry {
+                        prefix: candidate.prefix.to_string(),
+                        next_hop: candidate.next_hop.map(|h| h.to_string()),
+                        interface: interface(candidate.port),
+                        origin: candidate.origin.name().to_string(),
+                        as_path: Vec::new(),
+                        local_pref: None,
+                        med: None,
+                        best: candidate.best,
+                        reason: candidate.reason.clone(),
+                    })
+                    .collect();
+                routers.push(RouterRoutes {
+                    name: router.name.clone(),
+                    fib,
+                    rib,
+                });
+            }
+            Device::Node(node) if only.is_none_or(|name| name == node.name()) => {
+                let fib = node
+                    .route_table()
+                    .into_iter()
+                    .map(|(prefix, via, device)| FibEntry {
+                        prefix: prefix.to_string(),
+                        next_hops: vec![match via {
+                            Some(via) => format!("{via} ({device})"),
+                            None => format!("directly connected ({device})"),
+                        }],
+                        origin: if via.is_some() { "static" } else { "connected" }.to_string(),
+                    })
+                    .collect();
+                nodes.push(NodeRoutes {
+                    name: node.name().to_string(),
+                    fib,
+                });
+            }
+            _ => {}
+        }
+    }
+    RoutesReport { routers, nodes }
+}
+
+/// The routes as text: per device, the FIB, then every RIB candidate with `*` on the
+/// winners and the reason the others lost.
+pub fn text(report: &RoutesReport) -> String {
+    let mut out = String::new();
+    for router in &report.routers {
+        let _ = writeln!(out, "router {}", router.name);
+        let _ = writeln!(out, "  fib:");
+        let width = router.fib.iter().map(|e| e.prefix.len()).max().unwrap_or(0);
+        for entry in &router.fib {
+            let _ = writeln!(
+                out,
+                "    {:<width$}  {:<10} {}",
+                entry.prefix,
+                entry.origin,
+                entry.next_hops.join(", ")
+            );
+        }
+        let _ = writeln!(out, "  rib:");
+        for candidate in &router.rib {
+            let mark = if candidate.best { '*' } else { ' ' };
+            let via = candidate
+                .next_hop
+                .as_ref()
+                .map_or("directly connected".to_string(), |h| format!("via {h}"));
+            let reason = candidate
+                .reason
+                .as_ref()
+                .map(|r| format!("  — lost: {r}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {mark} {:<width$}  {:<10} {via} ({}){reason}",
+                candidate.prefix, candidate.origin, candidate.interface
+            );
+        }
+    }
+    for node in &report.nodes {
+        let _ = writeln!(out, "node {}", node.name);
+        let width = node.fib.iter().map(|e| e.prefix.len()).max().unwrap_or(0);
+        for entry in &node.fib {
+            let _ = writeln!(
+                out,
+                "    {:<width$}  {}",
+                entry.prefix,
+                entry.next_hops.join(", ")
+            );
+        }
+    }
+    out
+}

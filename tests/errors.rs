@@ -173,13 +173,11 @@ fn a_udp_message_larger_than_the_pod_mtu_allows_is_refused() {
 
 #[test]
 fn features_not_modelled_yet_are_refused_not_ignored() {
-    let text = BASE.replace("name = \"r1\"\n", "name = \"r1\"\nkind = \"nsx-t1\"\n");
-    assert_located(
-        &refuse(&text),
-        11,
-        8,
-        "router kind `nsx-t1` is not modelled",
+    let text = BASE.replace(
+        "name = \"r1\"\n",
+        "name = \"r1\"\nsnat = [ { match_source = \"172.20.0.0/16\", translated = \"10.30.0.5\" } ]\n",
     );
+    assert_located(&refuse(&text), 11, 8, "router SNAT is not modelled");
     let text = format!("{BASE}\n[[cluster.service]]\nname = \"web\"\n");
     assert_located(&refuse(&text), 34, 1, "Services is not modelled");
 }

@@ -3,14 +3,20 @@
 //! others lost, and the FIB installed from the winners. Forwarding only reads the
 //! FIB; nothing here runs per packet.
 //!
+//! The candidates come from connected subnets and static routes, an NSX Tier-1's
+//! default route to its Tier-0, what each Tier-1 advertises to its Tier-0 (only the
+//! types it advertises), and BGP ([`bgp`]), run to convergence among the speakers.
 //! Selection follows the usual router order: the origin with the lowest
-//! administrative distance wins (connected 0, static 1 — Cisco, FRR and NSX use these
-//! values); among equals, the first by next-hop address, or up to eight of them as
-//! equal-cost next hops when the router does ECMP.
+//! administrative distance wins (`RouteOrigin::distance`); among equals, BGP's own
+//! best path, or the first by next-hop address, or up to eight equal-cost next hops
+//! when the router does ECMP.
+
+pub mod bgp;
 
 use crate::datapath::router::{NextHop, Route, RouteOrigin};
 use crate::datapath::PortId;
 use crate::engine::lpm::LpmTable;
+use crate::topology::{Redistribute, RouteKind, Topology};
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -27,17 +33,43 @@ pub struct Candidate {
     /// The interface toward the next hop.
     pub port: PortId,
     pub origin: RouteOrigin,
+    /// BGP attributes, for a BGP route.
+    pub bgp: Option<BgpAttributes>,
     /// Installed in the FIB.
     pub best: bool,
-    /// Why it lost, when it did.
+    /// Why it lost, when it did (set before selection when it cannot win: a BGP path
+    /// that is not BGP's best, a next hop that does not resolve).
     pub reason: Option<String>,
 }
 
-/// A router's RIB and the FIB computed from it.
+/// The attributes of a BGP candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpAttributes {
+    pub as_path: Vec<u32>,
+    pub local_pref: u32,
+    pub med: u32,
+}
+
+impl Candidate {
+    fn new(prefix: Ipv4Net, next_hop: Option<Ipv4Addr>, port: PortId, origin: RouteOrigin) -> Self {
+        Candidate {
+            prefix,
+            next_hop,
+            port,
+            origin,
+            bgp: None,
+            best: false,
+            reason: None,
+        }
+    }
+}
+
+/// A router's RIB and the FIB computed from it, and its BGP sessions.
 #[derive(Debug, Clone)]
 pub struct RouteTables {
     pub rib: Vec<Candidate>,
     pub fib: LpmTable<Route>,
+    pub sessions: Vec<bgp::SessionState>,
 }
 
 /// Picks each prefix's winners among `candidates` and builds the FIB. `ecmp` allows
@@ -48,7 +80,16 @@ pub fn select(mut candidates: Vec<Candidate>, ecmp: bool) -> RouteTables {
         by_prefix.entry(candidate.prefix).or_default().push(index);
     }
     let mut fib = LpmTable::new();
-    for (prefix, indices) in by_prefix {
+    for (prefix, all) in by_prefix {
+        // Candidates that cannot win keep the reason they were given.
+        let indices: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| candidates[i].reason.is_none())
+            .collect();
+        if indices.is_empty() {
+            continue;
+        }
         let best_distance = indices
             .iter()
             .map(|&i| candidates[i].origin.distance())
@@ -59,7 +100,10 @@ pub fn select(mut candidates: Vec<Candidate>, ecmp: bool) -> RouteTables {
             .copied()
             .filter(|&i| candidates[i].origin.distance() == best_distance)
             .collect();
-        equal.sort_by_key(|&i| (candidates[i].next_hop, candidates[i].port));
+        // BGP candidates come in BGP's own order (its best first); others by next hop.
+        if !matches!(candidates[equal[0]].origin, RouteOrigin::Bgp { .. }) {
+            equal.sort_by_key(|&i| (candidates[i].next_hop, candidates[i].port));
+        }
         equal.dedup_by_key(|i| (candidates[*i].next_hop, candidates[*i].port));
         let paths = if ecmp { MAX_ECMP_PATHS } else { 1 };
         let winners: Vec<usize> = equal.iter().copied().take(paths).collect();
@@ -98,6 +142,7 @@ pub fn select(mut candidates: Vec<Candidate>, ecmp: bool) -> RouteTables {
     RouteTables {
         rib: candidates,
         fib,
+        sessions: Vec::new(),
     }
 }
 
@@ -110,28 +155,274 @@ pub fn connected_and_static(
 ) -> Vec<Candidate> {
     let mut candidates = Vec::new();
     for (index, address) in interfaces.iter().enumerate() {
-        candidates.push(Candidate {
-            prefix: address.trunc(),
-            next_hop: None,
-            port: PortId::try_from(index).unwrap_or(PortId::MAX),
-            origin: RouteOrigin::Connected,
-            best: false,
-            reason: None,
-        });
+        candidates.push(Candidate::new(
+            address.trunc(),
+            None,
+            port_id(index),
+            RouteOrigin::Connected,
+        ));
     }
     for (prefix, next_hop) in static_routes {
         if let Some(index) = interfaces.iter().position(|a| a.contains(next_hop)) {
-            candidates.push(Candidate {
-                prefix: *prefix,
-                next_hop: Some(*next_hop),
-                port: PortId::try_from(index).unwrap_or(PortId::MAX),
-                origin: RouteOrigin::Static,
-                best: false,
-                reason: None,
-            });
+            candidates.push(Candidate::new(
+                *prefix,
+                Some(*next_hop),
+                port_id(index),
+                RouteOrigin::Static,
+            ));
         }
     }
     candidates
+}
+
+fn port_id(index: usize) -> PortId {
+    PortId::try_from(index).unwrap_or(PortId::MAX)
+}
+
+/// The port of `interfaces` whose subnet holds `address`.
+fn port_toward(interfaces: &[Ipv4Net], address: Ipv4Addr) -> Option<PortId> {
+    interfaces
+        .iter()
+        .position(|a| a.contains(&address))
+        .map(port_id)
+}
+
+/// Every router's route tables, computed together: base routes, Tier-1
+/// advertisement to Tier-0s, then BGP to convergence.
+pub fn compute(topology: &Topology) -> Vec<RouteTables> {
+    let interfaces: Vec<Vec<Ipv4Net>> = topology
+        .routers
+        .iter()
+        .map(|r| r.interfaces.iter().map(|i| i.address).collect())
+        .collect();
+    // Connected, static, and a Tier-1's default route up its transit link.
+    let mut candidates: Vec<Vec<Candidate>> = topology
+        .routers
+        .iter()
+        .enumerate()
+        .map(|(index, router)| {
+            let statics: Vec<(Ipv4Net, Ipv4Addr)> = router
+                .static_routes
+                .iter()
+                .map(|r| (r.prefix, r.next_hop))
+                .collect();
+            let mut list = connected_and_static(&interfaces[index], &statics);
+            if let Some(uplink) = router.uplink {
+                if let Some(port) = port_toward(&interfaces[index], uplink.tier0_address) {
+                    list.push(Candidate::new(
+                        Ipv4Net::default(),
+                        Some(uplink.tier0_address),
+                        port,
+                        RouteOrigin::Tier0Uplink,
+                    ));
+                }
+            }
+            list
+        })
+        .collect();
+    advertise_to_tier0s(topology, &interfaces, &mut candidates);
+    let sessions = run_bgp(topology, &interfaces, &mut candidates);
+    candidates
+        .into_iter()
+        .enumerate()
+        .map(|(index, list)| {
+            let mut tables = select(list, topology.routers[index].ecmp);
+            tables.sessions = sessions[index].clone();
+            tables
+        })
+        .collect()
+}
+
+/// NSX route advertisement (reference §e): a Tier-1 tells its Tier-0 the prefixes of
+/// each type it advertises — its connected segments (not the transit link) and its
+/// static routes; NAT and LB VIP addresses once SNAT and load balancers exist. Only
+/// what is advertised reaches the Tier-0, with the Tier-1's transit address as next
+/// hop.
+fn advertise_to_tier0s(
+    topology: &Topology,
+    interfaces: &[Vec<Ipv4Net>],
+    candidates: &mut [Vec<Candidate>],
+) {
+    for router in &topology.routers {
+        let Some(uplink) = router.uplink else {
+            continue;
+        };
+        let Some(port) = port_toward(&interfaces[uplink.tier0], uplink.tier1_address) else {
+            continue;
+        };
+        for kind in &router.advertise {
+            let prefixes: Vec<Ipv4Net> = match kind {
+                RouteKind::Connected => router
+                    .interfaces
+                    .iter()
+                    .filter(|i| i.segment != uplink.segment)
+                    .map(|i| i.address.trunc())
+                    .collect(),
+                RouteKind::Static => router.static_routes.iter().map(|r| r.prefix).collect(),
+                RouteKind::Nat | RouteKind::LbVip => Vec::new(),
+            };
+            for prefix in prefixes {
+                candidates[uplink.tier0].push(Candidate::new(
+                    prefix,
+                    Some(uplink.tier1_address),
+                    port,
+                    RouteOrigin::Tier1(*kind),
+                ));
+            }
+        }
+    }
+}
+
+/// Builds the BGP speakers, runs BGP, and adds each router's BGP paths to its
+/// candidates (the best ones eligible; the others with the reason they lost).
+/// Returns each router's session states.
+fn run_bgp(
+    topology: &Topology,
+    interfaces: &[Vec<Ipv4Net>],
+    candidates: &mut [Vec<Candidate>],
+) -> Vec<Vec<bgp::SessionState>> {
+    let mut speaker_of_router = vec![None; topology.routers.len()];
+    let mut speakers = Vec::new();
+    for (index, router) in topology.routers.iter().enumerate() {
+        let Some(config) = &router.bgp else {
+            continue;
+        };
+        speaker_of_router[index] = Some(speakers.len());
+        let transit: Vec<usize> = router
+            .interfaces
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.name == Some("transit"))
+            .map(|(position, _)| position)
+            .collect();
+        let mut originated: Vec<bgp::Path> = Vec::new();
+        for redistribute in &config.redistribute {
+            for candidate in &candidates[index] {
+                let wanted = match (redistribute, candidate.origin) {
+                    (Redistribute::Connected, RouteOrigin::Connected) => {
+                        !transit.contains(&usize::from(candidate.port))
+                    }
+                    (Redistribute::Static, RouteOrigin::Static) => true,
+                    (Redistribute::Tier1(kind), RouteOrigin::Tier1(origin)) => *kind == origin,
+                    _ => false,
+                };
+                if wanted && !originated.iter().any(|p| p.prefix == candidate.prefix) {
+                    originated.push(bgp::Path {
+                        prefix: candidate.prefix,
+                        next_hop: None,
+                        as_path: Vec::new(),
+                        origin: bgp::OriginCode::Incomplete,
+                        med: 0,
+                        local_pref: bgp::DEFAULT_LOCAL_PREF,
+                        from_session: None,
+                        from_ebgp: false,
+                        peer_router_id: config.router_id,
+                        peer_address: None,
+                        originator_id: None,
+                        cluster_list: Vec::new(),
+                    });
+                }
+            }
+        }
+        speakers.push(bgp::Speaker {
+            name: router.name.clone(),
+            asn: config.asn,
+            router_id: config.router_id,
+            addresses: interfaces[index].clone(),
+            neighbors: config
+                .neighbors
+                .iter()
+                .map(|n| (n.ip, n.asn, n.route_reflector_client))
+                .collect(),
+            originated,
+            aggregates: router.aggregates.clone(),
+            route_map_out: router.route_map_out.clone(),
+            multipath: router.ecmp,
+        });
+    }
+    let owner_of = |address: Ipv4Addr| -> Result<usize, String> {
+        for (index, router) in topology.routers.iter().enumerate() {
+            if router
+                .interfaces
+                .iter()
+                .any(|i| i.address.addr() == address)
+            {
+                return speaker_of_router[index]
+                    .ok_or_else(|| format!("router {} does not speak BGP", router.name));
+            }
+        }
+        if let Some(host) = topology.hosts.iter().find(|h| h.ip == address) {
+            return Err(format!(
+                "{address} is host {}, not a BGP speaker",
+                host.name
+            ));
+        }
+        for cluster in &topology.clusters {
+            if let Some(node) = cluster.nodes.iter().find(|n| n.ip == address) {
+                return Err(format!(
+                    "{address} is node {}, not a BGP speaker",
+                    node.name
+                ));
+            }
+        }
+        Err(format!("no device has address {address}"))
+    };
+    let (sessions, states) = bgp::sessions(&speakers, &owner_of);
+    let outcome = bgp::converge(&speakers, &sessions, states);
+    let mut per_router = vec![Vec::new(); topology.routers.len()];
+    for state in &outcome.sessions {
+        if let Some(router) = speaker_of_router
+            .iter()
+            .position(|s| *s == Some(state.speaker))
+        {
+            per_router[router].push(state.clone());
+        }
+    }
+    for (router, speaker) in speaker_of_router.iter().enumerate() {
+        let Some(speaker) = *speaker else {
+            continue;
+        };
+        let best = &outcome.best[speaker];
+        for path in &outcome.received[speaker] {
+            let (Some(next_hop), Some(_)) = (path.next_hop, path.from_session) else {
+                continue; // originated here: the router has the route already
+            };
+            let chosen = best
+                .get(&path.prefix)
+                .map(|paths| paths.contains(path))
+                .unwrap_or(false);
+            let port = port_toward(&interfaces[router], next_hop);
+            let mut candidate = Candidate::new(
+                path.prefix,
+                Some(next_hop),
+                port.unwrap_or(PortId::MAX),
+                RouteOrigin::Bgp {
+                    internal: !path.from_ebgp,
+                },
+            );
+            candidate.bgp = Some(BgpAttributes {
+                as_path: path.as_path.clone(),
+                local_pref: path.local_pref,
+                med: path.med,
+            });
+            candidate.reason = if port.is_none() {
+                Some(format!("next hop {next_hop} is not on a connected subnet"))
+            } else if !chosen {
+                let winner = best.get(&path.prefix).and_then(|p| p.first());
+                Some(match winner {
+                    Some(winner) => format!(
+                        "BGP best path is {}",
+                        bgp::describe_preference(winner, path)
+                    ),
+                    None => "not a BGP best path".to_string(),
+                })
+            } else {
+                None
+            };
+            candidates[router].push(candidate);
+        }
+    }
+    per_router
 }
 
 #[cfg(test)]

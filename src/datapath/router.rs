@@ -24,22 +24,43 @@ use std::net::Ipv4Addr;
 pub enum RouteOrigin {
     Connected,
     Static,
+    /// An NSX Tier-1's default route to its Tier-0 over the transit link.
+    Tier0Uplink,
+    /// What a Tier-1 advertised to this Tier-0, by type.
+    Tier1(crate::topology::RouteKind),
+    /// Learned over BGP: external (eBGP) or internal (iBGP).
+    Bgp {
+        internal: bool,
+    },
 }
 
 impl RouteOrigin {
     pub fn name(self) -> &'static str {
+        use crate::topology::RouteKind;
         match self {
             RouteOrigin::Connected => "connected",
             RouteOrigin::Static => "static",
+            RouteOrigin::Tier0Uplink => "t0-uplink",
+            RouteOrigin::Tier1(RouteKind::Connected) => "t1-connected",
+            RouteOrigin::Tier1(RouteKind::Static) => "t1-static",
+            RouteOrigin::Tier1(RouteKind::Nat) => "t1-nat",
+            RouteOrigin::Tier1(RouteKind::LbVip) => "t1-lb-vip",
+            RouteOrigin::Bgp { internal: false } => "ebgp",
+            RouteOrigin::Bgp { internal: true } => "ibgp",
         }
     }
 
-    /// Administrative distance: the lower wins between origins (Cisco/FRR/NSX
-    /// values: connected 0, static 1).
+    /// Administrative distance: the lower wins between origins. Connected 0, static
+    /// 1, eBGP 20, iBGP 200 are the values Cisco, FRR and NSX share; NSX installs a
+    /// Tier-1's default route like a static one and ranks what Tier-1s advertise
+    /// (its internal "NSX" routes) at 3 [K: NSX admin guide's distance table].
     pub fn distance(self) -> u8 {
         match self {
             RouteOrigin::Connected => 0,
-            RouteOrigin::Static => 1,
+            RouteOrigin::Static | RouteOrigin::Tier0Uplink => 1,
+            RouteOrigin::Tier1(_) => 3,
+            RouteOrigin::Bgp { internal: false } => 20,
+            RouteOrigin::Bgp { internal: true } => 200,
         }
     }
 }
@@ -116,6 +137,8 @@ pub struct Router {
     pub fib: LpmTable<Route>,
     /// Every candidate route and why it won or lost (`netsim routes`).
     pub rib: Vec<crate::control::Candidate>,
+    /// Each configured BGP neighbor's session state.
+    pub sessions: Vec<crate::control::bgp::SessionState>,
     pub urpf: Urpf,
     /// Salt of the ECMP hash (the topology seed).
     seed: u64,
@@ -136,6 +159,7 @@ impl Router {
             ports,
             fib: tables.fib,
             rib: tables.rib,
+            sessions: tables.sessions,
             urpf,
             seed,
             identification: 0,

@@ -18,6 +18,17 @@ pub struct RouterRoutes {
     pub name: String,
     pub fib: Vec<FibEntry>,
     pub rib: Vec<RibEntry>,
+    pub sessions: Vec<SessionEntry>,
+}
+
+/// A configured BGP neighbor and its session's state.
+#[derive(Debug, Serialize)]
+pub struct SessionEntry {
+    pub peer: String,
+    pub asn: u32,
+    /// `established` or `down`.
+    pub state: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,17 +95,32 @@ pub fn build(network: &Network, only: Option<&str>) -> RoutesReport {
                         next_hop: candidate.next_hop.map(|h| h.to_string()),
                         interface: interface(candidate.port),
                         origin: candidate.origin.name().to_string(),
-                        as_path: Vec::new(),
-                        local_pref: None,
-                        med: None,
+                        as_path: candidate
+                            .bgp
+                            .as_ref()
+                            .map(|b| b.as_path.clone())
+                            .unwrap_or_default(),
+                        local_pref: candidate.bgp.as_ref().map(|b| b.local_pref),
+                        med: candidate.bgp.as_ref().map(|b| b.med),
                         best: candidate.best,
                         reason: candidate.reason.clone(),
+                    })
+                    .collect();
+                let sessions = router
+                    .sessions
+                    .iter()
+                    .map(|s| SessionEntry {
+                        peer: s.peer_address.to_string(),
+                        asn: s.peer_asn,
+                        state: if s.established { "established" } else { "down" }.to_string(),
+                        reason: s.reason.clone(),
                     })
                     .collect();
                 routers.push(RouterRoutes {
                     name: router.name.clone(),
                     fib,
                     rib,
+                    sessions,
                 });
             }
             Device::Node(node) if only.is_none_or(|name| name == node.name()) => {
@@ -138,13 +164,39 @@ pub fn text(report: &RoutesReport) -> String {
                 entry.next_hops.join(", ")
             );
         }
+        if !router.sessions.is_empty() {
+            let _ = writeln!(out, "  bgp sessions:");
+            for session in &router.sessions {
+                let _ = if session.state == "established" {
+                    writeln!(
+                        out,
+                        "    {} AS {}  {}",
+                        session.peer, session.asn, session.reason
+                    )
+                } else {
+                    writeln!(
+                        out,
+                        "    {} AS {}  down: {}",
+                        session.peer, session.asn, session.reason
+                    )
+                };
+            }
+        }
         let _ = writeln!(out, "  rib:");
         for candidate in &router.rib {
             let mark = if candidate.best { '*' } else { ' ' };
-            let via = candidate
+            let mut via = candidate
                 .next_hop
                 .as_ref()
                 .map_or("directly connected".to_string(), |h| format!("via {h}"));
+            if let Some(local_pref) = candidate.local_pref {
+                let path: Vec<String> = candidate.as_path.iter().map(u32::to_string).collect();
+                via.push_str(&format!(
+                    " as-path [{}] local-pref {local_pref} med {}",
+                    path.join(" "),
+                    candidate.med.unwrap_or(0)
+                ));
+            }
             let reason = candidate
                 .reason
                 .as_ref()

@@ -303,14 +303,26 @@ pub fn build(topology: &Topology) -> Network {
         attach(&mut network, host.segment, device, 0, host_macs[index]);
     }
 
-    // Routers.
+    // Routers, with the route tables the control plane computed for all of them.
+    let mut route_tables = crate::control::compute(topology).into_iter();
     for (router_id, router) in topology.routers.iter().enumerate() {
         let mut ports = Vec::new();
+        let transit_links = router
+            .interfaces
+            .iter()
+            .filter(|i| i.name == Some("transit"))
+            .count();
         for (index, interface) in router.interfaces.iter().enumerate() {
             let segment = &topology.segments[interface.segment];
-            let point = network.add_point(&router.name, &segment.name, PointKind::Edge);
+            // An NSX transit link is `transit` at both ends (a Tier-0 with several
+            // Tier-1s names each after its segment, `transit-T1`).
+            let name = match interface.name {
+                Some(name) if transit_links == 1 => name.to_string(),
+                _ => segment.name.clone(),
+            };
+            let point = network.add_point(&router.name, &name, PointKind::Edge);
             ports.push(RouterPort {
-                name: segment.name.clone(),
+                name,
                 address: interface.address,
                 mac: router_macs[router_id][index],
                 mtu: segment.mtu,
@@ -318,16 +330,9 @@ pub fn build(topology: &Topology) -> Network {
                 neighbors: segment_neighbors[interface.segment].clone(),
             });
         }
-        let static_routes: Vec<(Ipv4Net, Ipv4Addr)> = router
-            .static_routes
-            .iter()
-            .map(|r| (r.prefix, r.next_hop))
-            .collect();
-        let interfaces: Vec<Ipv4Net> = ports.iter().map(|p| p.address).collect();
-        let tables = crate::control::select(
-            crate::control::connected_and_static(&interfaces, &static_routes),
-            router.ecmp,
-        );
+        let tables = route_tables
+            .next()
+            .unwrap_or_else(|| crate::control::select(Vec::new(), router.ecmp));
         let device = network.add_device(
             router.name.clone(),
             Device::Router(Router::new(

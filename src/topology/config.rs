@@ -79,11 +79,13 @@ pub struct RouterConfig {
     pub interfaces: Vec<Spanned<RouterInterfaceConfig>>,
     #[serde(default)]
     pub static_routes: Vec<Spanned<StaticRouteConfig>>,
-    // Capabilities of later issues, accepted by the schema and refused when used.
+    /// NSX Tier-1: the link to its Tier-0.
     #[serde(default)]
-    pub uplink: Option<Spanned<toml::Value>>,
+    pub uplink: Option<Spanned<UplinkConfig>>,
+    /// NSX Tier-1: the route types advertised to the Tier-0.
     #[serde(default)]
-    pub advertise: Option<Spanned<toml::Value>>,
+    pub advertise: Option<Vec<Text>>,
+    // A capability of a later issue, accepted by the schema and refused when used.
     #[serde(default)]
     pub snat: Option<Spanned<toml::Value>>,
     /// Equal-cost multipath (default: on for an NSX Tier-0, off otherwise).
@@ -93,11 +95,63 @@ pub struct RouterConfig {
     #[serde(default)]
     pub urpf: Option<Text>,
     #[serde(default)]
-    pub aggregate: Option<Spanned<toml::Value>>,
+    pub aggregate: Vec<Spanned<AggregateConfig>>,
     #[serde(default)]
-    pub route_map_out: Option<Spanned<toml::Value>>,
+    pub route_map_out: Vec<Spanned<RouteMapEntryConfig>>,
     #[serde(default)]
-    pub bgp: Option<Spanned<toml::Value>>,
+    pub bgp: Option<Spanned<BgpConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// The Tier-0.
+    pub router: Text,
+    /// This Tier-1's address on the transit link (100.64.0.0/16 style); the Tier-0
+    /// takes the other address of the /31.
+    pub ip: Spanned<Ipv4Addr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    pub prefix: Spanned<Ipv4Net>,
+    #[serde(default)]
+    pub summary_only: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMapEntryConfig {
+    /// permit | deny
+    pub action: Text,
+    pub prefix: Spanned<Ipv4Net>,
+    #[serde(default)]
+    pub ge: Option<Spanned<u8>>,
+    #[serde(default)]
+    pub le: Option<Spanned<u8>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpConfig {
+    pub asn: Spanned<u32>,
+    #[serde(default)]
+    pub router_id: Option<Spanned<Ipv4Addr>>,
+    #[serde(default)]
+    pub neighbors: Vec<Spanned<BgpNeighborConfig>>,
+    #[serde(default)]
+    pub redistribute: Option<Vec<Text>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpNeighborConfig {
+    pub ip: Spanned<Ipv4Addr>,
+    pub asn: Spanned<u32>,
+    /// This speaker reflects iBGP routes to the neighbor (RFC 4456).
+    #[serde(default)]
+    pub route_reflector_client: bool,
 }
 
 #[derive(Debug, Deserialize)]

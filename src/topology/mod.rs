@@ -9,6 +9,7 @@ pub mod error;
 mod expect;
 pub mod model;
 pub mod resolve;
+mod routing;
 
 pub use error::{ConfigError, Source};
 pub use model::*;

@@ -40,8 +40,85 @@ pub struct Segment {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouterKind {
-    /// A plain IP router: connected and static routes.
+    /// A plain IP router: connected and static routes (and BGP when configured).
     Router,
+    /// An NSX Tier-1 gateway: segments' gateway, uplink to a Tier-0, advertisement.
+    NsxTier1,
+    /// An NSX Tier-0 gateway: uplinks, redistribution of Tier-1 routes, BGP.
+    NsxTier0,
+    /// A top-of-rack switch routing with BGP.
+    Tor,
+}
+
+/// The route types an NSX Tier-1 advertises to its Tier-0 (NSX "route
+/// advertisement"), and a Tier-0 redistributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    Connected,
+    Static,
+    Nat,
+    LbVip,
+}
+
+impl RouteKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Connected => "connected",
+            RouteKind::Static => "static",
+            RouteKind::Nat => "nat",
+            RouteKind::LbVip => "lb-vip",
+        }
+    }
+}
+
+/// What a BGP speaker announces (`bgp.redistribute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Redistribute {
+    /// Its own connected subnets.
+    Connected,
+    /// Its own static routes.
+    Static,
+    /// What its Tier-1s advertise, by type.
+    Tier1(RouteKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aggregate {
+    pub prefix: Ipv4Net,
+    pub summary_only: bool,
+}
+
+/// One entry of a prefix list (first match wins, implicit deny at the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteMapEntry {
+    pub permit: bool,
+    pub prefix: Ipv4Net,
+    /// Prefix lengths matched: `ge..=le` (both the entry's own length by default).
+    pub ge: u8,
+    pub le: u8,
+}
+
+impl RouteMapEntry {
+    pub fn matches(&self, prefix: Ipv4Net) -> bool {
+        self.prefix.contains(&prefix.network())
+            && prefix.prefix_len() >= self.prefix.prefix_len()
+            && (self.ge..=self.le).contains(&prefix.prefix_len())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpNeighbor {
+    pub ip: Ipv4Addr,
+    pub asn: u32,
+    pub route_reflector_client: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bgp {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub neighbors: Vec<BgpNeighbor>,
+    pub redistribute: Vec<Redistribute>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +130,22 @@ pub struct Router {
     /// Several equal-cost next hops per prefix, chosen by a hash of the 5-tuple.
     pub ecmp: bool,
     pub urpf: crate::datapath::router::Urpf,
+    /// NSX Tier-1: the Tier-0 it hangs off, and the interface index of its uplink.
+    pub uplink: Option<Uplink>,
+    /// NSX Tier-1: what it advertises to its Tier-0.
+    pub advertise: Vec<RouteKind>,
+    pub aggregates: Vec<Aggregate>,
+    pub route_map_out: Vec<RouteMapEntry>,
+    pub bgp: Option<Bgp>,
+}
+
+/// A Tier-1's link to its Tier-0: the transit segment, both addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uplink {
+    pub tier0: RouterId,
+    pub segment: SegmentId,
+    pub tier1_address: Ipv4Addr,
+    pub tier0_address: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +153,9 @@ pub struct RouterInterface {
     pub segment: SegmentId,
     /// The interface address and the segment's prefix length.
     pub address: Ipv4Net,
+    /// The interface name when it is not the segment's (an NSX transit link:
+    /// `transit`).
+    pub name: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -7,13 +7,12 @@ use super::config::*;
 use super::error::{ConfigError, Source};
 use super::expect::*;
 use super::model::*;
-use crate::datapath::router::Urpf;
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use toml::Spanned;
 
-type Result<T> = std::result::Result<T, ConfigError>;
+pub(super) type Result<T> = std::result::Result<T, ConfigError>;
 
 /// Default latency of a segment (one switch hop in a rack).
 pub(super) const DEFAULT_SEGMENT_LATENCY_NS: u64 = 50_000;
@@ -188,7 +187,12 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
     }
     check_pod_cidrs_disjoint(&resolver, file, &clusters)?;
     check_cluster_networks_off_segments(&resolver, file, &clusters, &segments)?;
+    let mut routers = routers;
+    let transit = super::routing::resolve_uplinks(&resolver, file, &mut routers, segments.len())?;
+    let mut segments = segments;
+    segments.extend(transit);
     check_static_routes(&resolver, file, &routers, &segments)?;
+    super::routing::check_bgp_neighbors(&resolver, file, &routers, &segments)?;
 
     let mut topology = Topology {
         name: file.topology.name.get_ref().clone(),
@@ -385,26 +389,8 @@ pub(super) fn resolve_routers(
     let mut routers = Vec::new();
     for (router_id, spanned) in file.router.iter().enumerate() {
         let config = spanned.get_ref();
-        let kind = match &config.kind {
-            None => RouterKind::Router,
-            Some(kind) => match kind.get_ref().as_str() {
-                "router" => RouterKind::Router,
-                "nsx-t1" | "nsx-t0" | "tor" => {
-                    return Err(resolver.error(kind, format!("router kind `{}` is not modelled by this netsim version yet; use kind = \"router\"", kind.get_ref())))
-                }
-                other => return Err(resolver.error(kind, format!("unknown router kind `{other}` (expected nsx-t1, nsx-t0, tor or router)"))),
-            },
-        };
-        for (value, what) in [
-            (&config.uplink, "a T1 uplink"),
-            (&config.advertise, "route advertisement"),
-            (&config.snat, "router SNAT"),
-            (&config.aggregate, "route aggregation"),
-            (&config.route_map_out, "route maps"),
-            (&config.bgp, "BGP"),
-        ] {
-            resolver.unsupported(value, what)?;
-        }
+        let kind = super::routing::router_kind(resolver, &config.kind)?;
+        resolver.unsupported(&config.snat, "router SNAT")?;
         let name = config.name.get_ref().clone();
         let mut interfaces = Vec::new();
         for (segment_id, segment) in segments.iter().enumerate() {
@@ -418,6 +404,7 @@ pub(super) fn resolve_routers(
                     interfaces.push(RouterInterface {
                         segment: segment_id,
                         address,
+                        name: None,
                     });
                 }
             }
@@ -460,6 +447,7 @@ pub(super) fn resolve_routers(
             interfaces.push(RouterInterface {
                 segment: segment_id,
                 address,
+                name: None,
             });
         }
         let static_routes = config
@@ -470,20 +458,10 @@ pub(super) fn resolve_routers(
                 next_hop: *route.get_ref().next_hop.get_ref(),
             })
             .collect();
-        let ecmp = config.ecmp.as_ref().is_some_and(|e| *e.get_ref());
-        let urpf = match &config.urpf {
-            None => Urpf::None,
-            Some(text) => match text.get_ref().as_str() {
-                "strict" => Urpf::Strict,
-                "none" => Urpf::None,
-                other => {
-                    return Err(resolver.error(
-                        text,
-                        format!("unknown urpf mode `{other}` (expected strict or none)"),
-                    ))
-                }
-            },
-        };
+        let (ecmp, urpf) = super::routing::forwarding_options(resolver, config, kind)?;
+        let advertise = super::routing::advertise(resolver, config, kind)?;
+        let route_map_out = super::routing::route_map(resolver, config)?;
+        let bgp = super::routing::bgp(resolver, config, kind, &interfaces)?;
         routers.push(Router {
             name,
             kind,
@@ -491,6 +469,11 @@ pub(super) fn resolve_routers(
             static_routes,
             ecmp,
             urpf,
+            uplink: None,
+            advertise,
+            aggregates: super::routing::aggregates(config),
+            route_map_out,
+            bgp,
         });
     }
     Ok(routers)

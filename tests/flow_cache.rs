@@ -54,6 +54,7 @@ fn the_flow_cache_changes_nothing_but_speed() {
         "two-node",
         "pod-mtu-mismatch",
         "routing-failures",
+        "nsx-t1-t0-bgp",
     ] {
         hits += compare(name);
     }

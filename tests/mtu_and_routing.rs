@@ -146,7 +146,12 @@ fn a_missing_route_is_answered_with_net_unreachable() {
 #[test]
 fn their_captures_are_clean() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["pod-mtu-mismatch", "routing-failures", "two-node"] {
+    for name in [
+        "pod-mtu-mismatch",
+        "routing-failures",
+        "two-node",
+        "nsx-t1-t0-bgp",
+    ] {
         let out = dir.path().join(name);
         let output = netsim(&[
             "run",

@@ -55,6 +55,7 @@ fn the_flow_cache_changes_nothing_but_speed() {
         "pod-mtu-mismatch",
         "routing-failures",
         "nsx-t1-t0-bgp",
+        "antrea-hybrid",
     ] {
         hits += compare(name);
     }

@@ -151,6 +151,7 @@ fn their_captures_are_clean() {
         "routing-failures",
         "two-node",
         "nsx-t1-t0-bgp",
+        "antrea-hybrid",
     ] {
         let out = dir.path().join(name);
         let output = netsim(&[

@@ -220,6 +220,7 @@ pub fn compute(topology: &Topology) -> Vec<RouteTables> {
             list
         })
         .collect();
+    routed_pod_cidrs_on_tier1s(topology, &interfaces, &mut candidates);
     advertise_to_tier0s(topology, &interfaces, &mut candidates);
     let sessions = run_bgp(topology, &interfaces, &mut candidates);
     candidates
@@ -233,6 +234,38 @@ pub fn compute(topology: &Topology) -> Vec<RouteTables> {
         .collect()
 }
 
+/// Routed pods (Antrea noEncap / hybrid) behind an NSX Tier-1: the NSX/Antrea
+/// integration programs one static route per node pod CIDR via that node's IP on the
+/// Tier-1 that is the node segment's gateway.
+fn routed_pod_cidrs_on_tier1s(
+    topology: &Topology,
+    interfaces: &[Vec<Ipv4Net>],
+    candidates: &mut [Vec<Candidate>],
+) {
+    use crate::topology::{RouterKind, TrafficEncapMode};
+    for cluster in &topology.clusters {
+        if cluster.antrea.traffic_encap_mode == TrafficEncapMode::Encap {
+            continue;
+        }
+        for node in &cluster.nodes {
+            let Some(router) = topology.segments[node.segment].gateway else {
+                continue;
+            };
+            if topology.routers[router].kind != RouterKind::NsxTier1 {
+                continue;
+            }
+            if let Some(port) = port_toward(&interfaces[router], node.ip) {
+                candidates[router].push(Candidate::new(
+                    node.pod_cidr,
+                    Some(node.ip),
+                    port,
+                    RouteOrigin::Static,
+                ));
+            }
+        }
+    }
+}
+
 /// NSX route advertisement (reference §e): a Tier-1 tells its Tier-0 the prefixes of
 /// each type it advertises — its connected segments (not the transit link) and its
 /// static routes; NAT and LB VIP addresses once SNAT and load balancers exist. Only
@@ -243,7 +276,7 @@ fn advertise_to_tier0s(
     interfaces: &[Vec<Ipv4Net>],
     candidates: &mut [Vec<Candidate>],
 ) {
-    for router in &topology.routers {
+    for (index, router) in topology.routers.iter().enumerate() {
         let Some(uplink) = router.uplink else {
             continue;
         };
@@ -258,7 +291,11 @@ fn advertise_to_tier0s(
                     .filter(|i| i.segment != uplink.segment)
                     .map(|i| i.address.trunc())
                     .collect(),
-                RouteKind::Static => router.static_routes.iter().map(|r| r.prefix).collect(),
+                RouteKind::Static => candidates[index]
+                    .iter()
+                    .filter(|c| c.origin == RouteOrigin::Static)
+                    .map(|c| c.prefix)
+                    .collect(),
                 RouteKind::Nat | RouteKind::LbVip => Vec::new(),
             };
             for prefix in prefixes {

@@ -7,7 +7,7 @@ use crate::datapath::router::{Router, RouterPort};
 use crate::datapath::switch::Switch;
 use crate::datapath::{Ctx, Neighbors, Outputs, PointId, PortId};
 use crate::packet::Packet;
-use crate::topology::{EndpointRef, Topology};
+use crate::topology::{EndpointRef, Topology, TrafficEncapMode};
 use crate::wire::Mac;
 use ipnet::Ipv4Net;
 use rustc_hash::FxHashMap;
@@ -237,7 +237,7 @@ pub fn build(topology: &Topology) -> Network {
             // Nodes are vSphere VMs: their NICs carry VMware's OUI.
             let mac = Mac::vmware(seed, node_counter);
             node_counter += 1;
-            segment_neighbors[cluster.node_segment].insert(node.ip, mac);
+            segment_neighbors[node.segment].insert(node.ip, mac);
             macs.push(mac);
         }
         node_macs.push(macs);
@@ -359,8 +359,8 @@ pub fn build(topology: &Topology) -> Network {
     let mut gateway_counter = 0u32;
     let mut pod_counter = 0u32;
     for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
-        let segment = &topology.segments[cluster.node_segment];
         for (node_id, node) in cluster.nodes.iter().enumerate() {
+            let segment = &topology.segments[node.segment];
             let uplink_point = network.add_point(&node.name, "eth0", PointKind::Edge);
             let gateway_point = network.add_point(&node.name, "antrea-gw0", PointKind::Internal);
             let tunnel_point = network.add_point(&node.name, "antrea-tun0", PointKind::Internal);
@@ -394,11 +394,22 @@ pub fn build(topology: &Topology) -> Network {
                 .enumerate()
                 .filter(|(other, _)| *other != node_id)
                 .map(|(_, other)| {
+                    // Antrea's modes (docs/noencap-hybrid-modes.md): encap tunnels to
+                    // every peer, noEncap to none, hybrid only to peers on another
+                    // subnet.
+                    let same_subnet = other.segment == node.segment;
+                    let tunnel = match cluster.antrea.traffic_encap_mode {
+                        TrafficEncapMode::Encap => true,
+                        TrafficEncapMode::NoEncap => false,
+                        TrafficEncapMode::Hybrid => !same_subnet,
+                    };
                     (
                         other.pod_cidr,
                         PeerNode {
                             name: other.name.clone(),
                             ip: other.ip,
+                            tunnel,
+                            same_subnet,
                         },
                     )
                 })
@@ -411,7 +422,7 @@ pub fn build(topology: &Topology) -> Network {
                 uplink_mtu: segment.mtu,
                 pod_mtu: cluster.antrea.pod_mtu,
                 default_gateway: segment.gateway_ip,
-                neighbors: segment_neighbors[cluster.node_segment].clone(),
+                neighbors: segment_neighbors[node.segment].clone(),
                 gateway_mac,
                 pod_cidr: node.pod_cidr,
                 cluster_pod_cidr: cluster.pod_cidr,
@@ -436,7 +447,7 @@ pub fn build(topology: &Topology) -> Network {
             );
             attach(
                 &mut network,
-                cluster.node_segment,
+                node.segment,
                 node_device,
                 0,
                 node_macs[cluster_id][node_id],

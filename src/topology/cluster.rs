@@ -82,7 +82,14 @@ pub(super) fn resolve_cluster(
     }
     let node_kernel = resolve_kernel(resolver, &config.node_kernel)?;
     let antrea = resolve_antrea(resolver, config, &segments[node_segment])?;
-    let nodes = resolve_nodes(resolver, config, node_segment, pod_cidr, addresses)?;
+    let nodes = resolve_nodes(
+        resolver,
+        config,
+        node_segment,
+        lookup_segment,
+        pod_cidr,
+        addresses,
+    )?;
     let namespaces = resolve_namespaces(resolver, config)?;
     let pods = resolve_pods(resolver, config, &nodes, &namespaces)?;
     Ok(Cluster {
@@ -151,7 +158,8 @@ pub(super) fn resolve_antrea(
     if let Some(mode) = &antrea.traffic_encap_mode {
         match mode.get_ref().as_str() {
             "encap" => {}
-            "noEncap" | "hybrid" | "networkPolicyOnly" => return Err(resolver.error(mode, format!("traffic_encap_mode `{}` is not modelled by this netsim version yet; use \"encap\"", mode.get_ref()))),
+            "noEncap" | "hybrid" => {}
+            "networkPolicyOnly" => return Err(resolver.error(mode, "traffic_encap_mode `networkPolicyOnly` is not modelled by this netsim version yet; use \"encap\", \"noEncap\" or \"hybrid\"")),
             other => return Err(resolver.error(mode, format!("unknown traffic_encap_mode `{other}` (expected encap, noEncap or hybrid)"))),
         }
     }
@@ -177,9 +185,23 @@ pub(super) fn resolve_antrea(
     }
     resolver.unsupported(&antrea.node_port_local, "NodePortLocal")?;
     let requested = *antrea.mtu.get_ref();
+    let mode = match antrea
+        .traffic_encap_mode
+        .as_ref()
+        .map(|m| m.get_ref().as_str())
+    {
+        Some("noEncap") => TrafficEncapMode::NoEncap,
+        Some("hybrid") => TrafficEncapMode::Hybrid,
+        _ => TrafficEncapMode::Encap,
+    };
     // Antrea deducts the tunnel overhead from the uplink MTU (pkg/agent/config/node_config.go):
-    // 50 bytes for Geneve over IPv4.
-    let overhead = u16::try_from(crate::wire::geneve::IPV4_OVERHEAD).unwrap_or(50);
+    // 50 bytes for Geneve over IPv4; nothing in noEncap mode, where pods are routed.
+    let overhead = match mode {
+        TrafficEncapMode::NoEncap => 0,
+        TrafficEncapMode::Encap | TrafficEncapMode::Hybrid => {
+            u16::try_from(crate::wire::geneve::IPV4_OVERHEAD).unwrap_or(50)
+        }
+    };
     let pod_mtu = if requested == 0 {
         node_segment.mtu - overhead
     } else {
@@ -192,7 +214,7 @@ pub(super) fn resolve_antrea(
         ));
     }
     Ok(AntreaSettings {
-        traffic_encap_mode: TrafficEncapMode::Encap,
+        traffic_encap_mode: mode,
         tunnel_type: TunnelType::Geneve,
         no_snat: antrea.no_snat,
         pod_mtu,
@@ -203,6 +225,7 @@ pub(super) fn resolve_nodes(
     resolver: &Resolver,
     config: &ClusterConfig,
     node_segment: SegmentId,
+    lookup_segment: &dyn Fn(&Text) -> Result<SegmentId>,
     pod_cidr: Ipv4Net,
     addresses: &mut AddressBook,
 ) -> Result<Vec<Node>> {
@@ -253,6 +276,10 @@ pub(super) fn resolve_nodes(
         let node = spanned.get_ref();
         let name = node.name.get_ref().clone();
         let owner = format!("node {name}");
+        let node_segment = match &node.segment {
+            Some(segment) => lookup_segment(segment)?,
+            None => node_segment,
+        };
         let ip = match &node.ip {
             Some(ip) => {
                 addresses
@@ -280,6 +307,7 @@ pub(super) fn resolve_nodes(
             name,
             ip,
             pod_cidr: node_pod_cidr,
+            segment: node_segment,
         });
     }
     Ok(nodes)

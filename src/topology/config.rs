@@ -269,6 +269,9 @@ pub struct NodeConfig {
     pub ip: Option<Spanned<Ipv4Addr>>,
     #[serde(default)]
     pub pod_cidr: Option<Spanned<Ipv4Net>>,
+    /// The node's own segment (default: the cluster's `node_segment`).
+    #[serde(default)]
+    pub segment: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -205,7 +205,12 @@ pub struct Host {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrafficEncapMode {
+    /// Every inter-node pod packet goes through the tunnel.
     Encap,
+    /// Never tunnelled: the underlay routes pod CIDRs.
+    NoEncap,
+    /// Routed between nodes on one subnet, tunnelled between subnets.
+    Hybrid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +274,8 @@ pub struct Node {
     pub name: String,
     pub ip: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
+    /// The segment the node's eth0 is on.
+    pub segment: SegmentId,
 }
 
 impl Node {

@@ -55,11 +55,16 @@ pub struct LocalPod {
     pub veth_point: PointId,
 }
 
-/// Another node of the cluster, reached through the tunnel.
+/// Another node of the cluster.
 #[derive(Debug, Clone)]
 pub struct PeerNode {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its pods are reached through the tunnel (encap, or hybrid across subnets);
+    /// otherwise they are routed by the underlay (noEncap, hybrid on one subnet).
+    pub tunnel: bool,
+    /// On this node's own subnet (a routed peer is then the next hop itself).
+    pub same_subnet: bool,
 }
 
 /// Everything a node is built from.
@@ -126,7 +131,15 @@ impl AntreaNode {
         let mut routes = LpmTable::new();
         for (cidr, peer) in &settings.peers {
             peers.insert(*cidr, peer.clone());
-            routes.insert(*cidr, HostRoute::Gateway);
+            // Encap: `<peer podCIDR> via <peer gw> dev antrea-gw0 onlink`. Routed
+            // (noEncap, hybrid on one subnet): `via <peer node IP> dev eth0` when the
+            // peer shares the subnet; otherwise the default route (the underlay must
+            // route pod CIDRs) — pkg/agent/route/route_linux.go.
+            if peer.tunnel {
+                routes.insert(*cidr, HostRoute::Gateway);
+            } else if peer.same_subnet {
+                routes.insert(*cidr, HostRoute::Uplink { via: Some(peer.ip) });
+            }
         }
         routes.insert(settings.pod_cidr, HostRoute::Gateway);
         routes.insert(

@@ -262,7 +262,14 @@ impl AntreaNode {
         }
         if source != OvsSource::Tunnel {
             if let Some((_, peer)) = self.peers.lookup(destination) {
-                return OvsDecision::ToTunnel { peer: peer.ip };
+                if peer.tunnel {
+                    return OvsDecision::ToTunnel { peer: peer.ip };
+                }
+                // A routed peer (noEncap / hybrid on one subnet): the host stack
+                // routes it over the underlay.
+                if let OvsSource::Pod(_) = source {
+                    return OvsDecision::ToGateway;
+                }
             }
         }
         match source {

@@ -1,5 +1,7 @@
-//! Criterion benches: parsing, Geneve encap+decap, each engine structure alone, and
-//! one cross-node pod-to-pod packet through the whole path (flow-cache hit and miss).
+//! Criterion benches: parsing, Geneve encap+decap, each engine structure alone, one
+//! cross-node pod-to-pod packet through the whole path (flow-cache hit and miss), a
+//! router forwarding with a small and a 10,000-route FIB (the cost must not grow with
+//! the table), and BGP convergence of a 150-router iBGP full mesh.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use netsim::bench::{default_topology, Forwarder};
@@ -113,5 +115,97 @@ fn whole_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parsing, geneve, engine, whole_path);
+/// A router between two segments with `routes` static routes (plus connected).
+fn router_topology(routes: usize) -> String {
+    let mut text = String::from(
+        "[topology]\nname = \"fib\"\n\n[[segment]]\nname = \"in\"\ncidr = \"10.0.0.0/24\"\n\n\
+         [[segment]]\nname = \"out\"\ncidr = \"10.1.0.0/24\"\n\n[[router]]\nname = \"r\"\n\
+         interfaces = [ { segment = \"in\", ip = \"10.0.0.1/24\" }, { segment = \"out\", ip = \"10.1.0.1/24\" } ]\n\
+         static_routes = [\n",
+    );
+    for index in 0..routes {
+        text.push_str(&format!(
+            "  {{ prefix = \"100.{}.{}.0/24\", next_hop = \"10.1.0.2\" }},\n",
+            index / 256,
+            index % 256
+        ));
+    }
+    text.push_str("]\n\n[[host]]\nname = \"gw\"\nip = \"10.1.0.2\"\nsegment = \"out\"\n");
+    text
+}
+
+fn routing(c: &mut Criterion) {
+    use netsim::datapath::{Ctx, Journal, Outputs};
+    use netsim::wire::{transport_frame, FrameAddresses, PROTOCOL_UDP};
+    let mut group = c.benchmark_group("router");
+    group.throughput(Throughput::Elements(1));
+    for routes in [10usize, 10_000] {
+        let topology = netsim::topology::parse("fib.toml", &router_topology(routes)).unwrap();
+        let mut network = netsim::sim::network::build(&topology);
+        let device = network
+            .device_names
+            .iter()
+            .position(|name| name == "r")
+            .unwrap();
+        let router_mac = network.router("r").unwrap().ports[0].mac;
+        let frame = transport_frame(
+            PROTOCOL_UDP,
+            &FrameAddresses {
+                source_mac: Mac::local(9, 9),
+                destination_mac: router_mac,
+                source: Ipv4Addr::new(10, 0, 0, 9),
+                destination: Ipv4Addr::new(100, 0, 7, 1),
+                source_port: 40_000,
+                destination_port: 53,
+            },
+            &[0u8; 64],
+        );
+        let packet = Packet::from_frame(&frame, 0).unwrap();
+        let mut journal = Journal::default();
+        let mut out = Outputs::default();
+        group.bench_function(format!("forward, {routes}-route fib"), |b| {
+            b.iter(|| {
+                let mut ctx = Ctx {
+                    now_ns: 0,
+                    journal: &mut journal,
+                };
+                network.process(&mut ctx, device, 0, black_box(packet.clone()), &mut out);
+                out.packets.clear();
+            })
+        });
+    }
+    group.finish();
+
+    let mut mesh = String::from(
+        "[topology]\nname = \"mesh\"\n\n[[segment]]\nname = \"core\"\ncidr = \"10.0.0.0/24\"\n",
+    );
+    for index in 0..150 {
+        mesh.push_str(&format!(
+            "\n[[segment]]\nname = \"lan{index}\"\ncidr = \"10.{}.{}.0/26\"\ngateway = \"r{index}\"\n",
+            100 + index / 200,
+            index % 200
+        ));
+    }
+    for index in 0..150 {
+        let neighbors: Vec<String> = (0..150)
+            .filter(|other| *other != index)
+            .map(|other| format!("{{ ip = \"10.0.0.{}\", asn = 64512 }}", other + 1))
+            .collect();
+        mesh.push_str(&format!(
+            "\n[[router]]\nname = \"r{index}\"\ninterfaces = [ {{ segment = \"core\", ip = \"10.0.0.{}/24\" }} ]\nbgp = {{ asn = 64512, neighbors = [ {} ] }}\n",
+            index + 1,
+            neighbors.join(", ")
+        ));
+    }
+    let topology = netsim::topology::parse("mesh.toml", &mesh).unwrap();
+    let mut group = c.benchmark_group("bgp");
+    group.sample_size(10);
+    group.bench_function(
+        "converge 150-router iBGP full mesh (22,350 session ends)",
+        |b| b.iter(|| netsim::control::compute(black_box(&topology))),
+    );
+    group.finish();
+}
+
+criterion_group!(benches, parsing, geneve, engine, whole_path, routing);
 criterion_main!(benches);

@@ -261,3 +261,90 @@ fn bad_routing_input_is_located() {
         );
     }
 }
+
+#[test]
+fn an_ibgp_next_hop_off_the_subnet_is_resolved_through_another_route() {
+    let text = r#"
+[topology]
+name = "recursive"
+
+[[segment]]
+name = "core"
+cidr = "10.1.0.0/24"
+
+[[segment]]
+name = "edge"
+cidr = "10.2.0.0/24"
+gateway = "c2"                # near's replies take c2's BGP route, resolved via rr
+gateway_ip = "10.2.0.12"
+
+[[segment]]
+name = "lan-1"
+cidr = "10.11.0.0/24"
+gateway = "c1"
+
+[[router]]
+name = "rr"
+interfaces = [ { segment = "core", ip = "10.1.0.1/24" }, { segment = "edge", ip = "10.2.0.1/24" } ]
+bgp = { asn = 65000, neighbors = [ { ip = "10.1.0.11", asn = 65000, route_reflector_client = true }, { ip = "10.2.0.12", asn = 65000, route_reflector_client = true } ] }
+
+[[router]]
+name = "c1"
+interfaces = [ { segment = "core", ip = "10.1.0.11/24" } ]
+static_routes = [ { prefix = "10.2.0.0/24", next_hop = "10.1.0.1" } ]
+bgp = { asn = 65000, neighbors = [ { ip = "10.1.0.1", asn = 65000 } ] }
+
+[[router]]
+name = "c2"
+interfaces = [ { segment = "edge", ip = "10.2.0.12/24" } ]
+static_routes = [ { prefix = "10.1.0.0/24", next_hop = "10.2.0.1" } ]
+bgp = { asn = 65000, neighbors = [ { ip = "10.2.0.1", asn = 65000 } ] }
+
+[[host]]
+name = "far"
+ip = "10.11.0.10"
+segment = "lan-1"
+
+[[host]]
+name = "near"
+ip = "10.2.0.50"
+segment = "edge"
+listen = [ { protocol = "tcp", port = 22 } ]
+
+[[flow]]
+name = "across"
+from = "host:far"
+to = "host:near"
+protocol = "tcp"
+"#;
+    let routes = routes_json(text);
+    let c2 = router(&routes, "c2");
+    let candidate = c2["rib"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["prefix"] == "10.11.0.0/24")
+        .unwrap();
+    assert_eq!(
+        candidate["next_hop"], "10.1.0.11",
+        "the BGP next hop, unchanged over iBGP"
+    );
+    assert_eq!(candidate["best"], true);
+    let fib = c2["fib"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["prefix"] == "10.11.0.0/24")
+        .unwrap();
+    assert_eq!(
+        fib["next_hops"][0], "10.2.0.1 (edge)",
+        "resolved through the static route"
+    );
+    let (_, _, report) = run_text(text);
+    let across = flow(&report, "across");
+    assert_eq!(across.verdict, "delivered");
+    assert_eq!(
+        netsim::report::path_devices(&across.reply_path),
+        ["near", "c2", "rr", "c1", "far"]
+    );
+}

@@ -35,6 +35,9 @@ pub struct Candidate {
     pub origin: RouteOrigin,
     /// BGP attributes, for a BGP route.
     pub bgp: Option<BgpAttributes>,
+    /// The neighbour packets go to when the next hop is not on a connected subnet
+    /// and was resolved through another route (a recursive iBGP next hop).
+    pub resolved_via: Option<Ipv4Addr>,
     /// Installed in the FIB.
     pub best: bool,
     /// Why it lost, when it did (set before selection when it cannot win: a BGP path
@@ -58,6 +61,7 @@ impl Candidate {
             port,
             origin,
             bgp: None,
+            resolved_via: None,
             best: false,
             reason: None,
         }
@@ -134,7 +138,7 @@ pub fn select(mut candidates: Vec<Candidate>, ecmp: bool) -> RouteTables {
             .iter()
             .map(|&i| NextHop {
                 port: candidates[i].port,
-                address: candidates[i].next_hop,
+                address: candidates[i].resolved_via.or(candidates[i].next_hop),
             })
             .collect();
         fib.insert(prefix, Route { next_hops, origin });
@@ -310,6 +314,24 @@ fn advertise_to_tier0s(
     }
 }
 
+/// The port and neighbour through which `next_hop` is reached by the longest
+/// non-BGP route among `candidates` (connected, static, a Tier-1's uplink).
+fn resolve_recursively(
+    candidates: &[Candidate],
+    next_hop: Ipv4Addr,
+) -> (Option<PortId>, Option<Ipv4Addr>) {
+    candidates
+        .iter()
+        .filter(|c| !matches!(c.origin, RouteOrigin::Bgp { .. }) && c.prefix.contains(&next_hop))
+        .max_by_key(|c| {
+            (
+                c.prefix.prefix_len(),
+                std::cmp::Reverse(c.origin.distance()),
+            )
+        })
+        .map_or((None, None), |c| (Some(c.port), c.next_hop))
+}
+
 /// Builds the BGP speakers, runs BGP, and adds each router's BGP paths to its
 /// candidates (the best ones eligible; the others with the reason they lost).
 /// Returns each router's session states.
@@ -428,7 +450,13 @@ fn run_bgp(
                 .get(&path.prefix)
                 .map(|paths| paths.contains(path))
                 .unwrap_or(false);
-            let port = port_toward(&interfaces[router], next_hop);
+            // A next hop on a connected subnet is used as is; otherwise it is
+            // resolved recursively through the router's other routes (an iBGP next
+            // hop reached over the IGP / static routes).
+            let (port, resolved_via) = match port_toward(&interfaces[router], next_hop) {
+                Some(port) => (Some(port), None),
+                None => resolve_recursively(&candidates[router], next_hop),
+            };
             let mut candidate = Candidate::new(
                 path.prefix,
                 Some(next_hop),
@@ -437,13 +465,16 @@ fn run_bgp(
                     internal: !path.from_ebgp,
                 },
             );
+            candidate.resolved_via = resolved_via;
             candidate.bgp = Some(BgpAttributes {
                 as_path: path.as_path.clone(),
                 local_pref: path.local_pref,
                 med: path.med,
             });
             candidate.reason = if port.is_none() {
-                Some(format!("next hop {next_hop} is not on a connected subnet"))
+                Some(format!(
+                    "next hop {next_hop} is unreachable (no route resolves it)"
+                ))
             } else if !chosen {
                 let winner = best.get(&path.prefix).and_then(|p| p.first());
                 Some(match winner {

@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use netsim::bench::{default_topology, Forwarder};
-use netsim::datapath::antrea::{decapsulate, encapsulate, EncapHeader};
+use netsim::datapath::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
 use netsim::engine::conntrack::Conntrack;
 use netsim::engine::lpm::LpmTable;
 use netsim::packet::{parse_meta, FlowKey, Packet};
@@ -43,7 +43,7 @@ fn geneve(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("encap+decap 512", |b| {
         b.iter(|| {
-            encapsulate(&mut packet, black_box(&header));
+            encapsulate(&mut packet, Encapsulation::Geneve, black_box(&header));
             decapsulate(&mut packet).unwrap()
         })
     });

@@ -2,7 +2,7 @@
 //! incremental checksums equal full ones, NAT rewrites keep every checksum right, and
 //! packets sent = delivered + dropped for arbitrary flows.
 
-use netsim::datapath::antrea::{decapsulate, encapsulate, EncapHeader};
+use netsim::datapath::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
 use netsim::packet::Packet;
 use netsim::wire::checksum;
 use netsim::wire::geneve::{self, Repr};
@@ -101,11 +101,11 @@ proptest! {
             source_port: outer_port,
             identification: 9,
         };
-        encapsulate(&mut packet, &header);
+        encapsulate(&mut packet, Encapsulation::Geneve, &header);
         prop_assert_eq!(packet.len(), frame.len() + 50);
         prop_assert_eq!(packet.meta.key.destination_port, 6081);
         prop_assert!(Ipv4Packet::new_checked(&packet.frame()[14..]).unwrap().verify_checksum());
-        prop_assert_eq!(decapsulate(&mut packet).unwrap(), 0);
+        prop_assert_eq!(decapsulate(&mut packet).unwrap(), (Encapsulation::Geneve, 0));
         prop_assert_eq!(packet.frame(), &frame[..]);
         prop_assert_eq!(packet.meta, inner_meta);
     }

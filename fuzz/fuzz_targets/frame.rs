@@ -9,6 +9,6 @@ fuzz_target!(|bytes: &[u8]| {
     let _ = parse_meta(bytes);
     if let Ok(mut packet) = Packet::from_frame(bytes, 0) {
         let _ = quoted_flow_key(&packet);
-        let _ = netsim::datapath::antrea::decapsulate(&mut packet);
+        let _ = netsim::datapath::encap::decapsulate(&mut packet);
     }
 });

@@ -7,6 +7,7 @@
 
 pub mod checksum;
 pub mod geneve;
+pub mod vxlan;
 
 pub use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Message, Icmpv4Packet,
@@ -23,6 +24,8 @@ pub const UDP_HEADER_LEN: usize = 8;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 /// IP protocol numbers (IANA).
 pub const PROTOCOL_ICMP: u8 = 1;
+/// IPv4-in-IPv4 (RFC 2003).
+pub const PROTOCOL_IPIP: u8 = 4;
 pub const PROTOCOL_TCP: u8 = 6;
 pub const PROTOCOL_UDP: u8 = 17;
 

@@ -22,9 +22,9 @@ mod host;
 mod ovs;
 mod tunnel;
 
+pub use crate::datapath::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
 use host::{HostIngress, HostRoute};
 use ovs::{OvsDecision, OvsSource};
-pub use tunnel::{decapsulate, encapsulate, EncapHeader};
 
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId, Verdict};
@@ -33,8 +33,8 @@ use crate::engine::flow_cache::FlowCache;
 use crate::engine::hash::tunnel_source_port;
 use crate::engine::lpm::LpmTable;
 use crate::packet::{FlowKey, IcmpKind, Packet};
-use crate::wire::geneve::{self, Repr as GeneveRepr};
-use crate::wire::{emit_ethernet, emit_ipv4, Mac, ETHERTYPE_IPV4, PROTOCOL_UDP};
+use crate::wire::geneve;
+use crate::wire::{Mac, ETHERTYPE_IPV4, PROTOCOL_UDP};
 use ipnet::Ipv4Net;
 use rustc_hash::FxHashMap;
 use std::net::Ipv4Addr;

@@ -42,6 +42,7 @@ impl AntreaNode {
         let identification = self.next_identification();
         encapsulate(
             &mut packet,
+            Encapsulation::Geneve,
             &EncapHeader {
                 source: self.settings.ip,
                 destination: peer,
@@ -158,7 +159,8 @@ impl AntreaNode {
     ) {
         let outer_source = packet.meta.key.source;
         let vni = match decapsulate(&mut packet) {
-            Ok(vni) => vni,
+            // uplink_input hands over only UDP 6081: Geneve.
+            Ok((_, vni)) => vni,
             Err(error) => {
                 ctx.describe(slot, HopAction::Drop, || {
                     format!("geneve packet refused: {error}")
@@ -175,75 +177,4 @@ impl AntreaNode {
         let tunnel_slot = ctx.begin_receive(self.settings.tunnel_point, &packet);
         self.ovs(ctx, OvsSource::Tunnel, tunnel_slot, packet, out);
     }
-}
-
-/// The outer headers of one Geneve encapsulation.
-#[derive(Debug, Clone, Copy)]
-pub struct EncapHeader {
-    pub source: Ipv4Addr,
-    pub destination: Ipv4Addr,
-    pub source_mac: Mac,
-    pub destination_mac: Mac,
-    pub source_port: u16,
-    pub identification: u16,
-}
-
-/// Prepends outer Ethernet / IPv4 (DF, TTL 64) / UDP (checksum 0) / Geneve (VNI 0, no
-/// options) to `packet`'s frame, in its headroom, and re-parses the metadata.
-pub fn encapsulate(packet: &mut Packet, header: &EncapHeader) {
-    let inner_len = packet.len();
-    let udp_len = crate::wire::UDP_HEADER_LEN + geneve::BASE_LEN + inner_len;
-    let bytes = packet.push_front(geneve::IPV4_OVERHEAD);
-    emit_ethernet(
-        bytes,
-        header.destination_mac,
-        header.source_mac,
-        ETHERTYPE_IPV4,
-    );
-    emit_ipv4(
-        &mut bytes[14..],
-        header.source,
-        header.destination,
-        PROTOCOL_UDP,
-        udp_len,
-        icmp::DEFAULT_TTL,
-        header.identification,
-        true,
-    );
-    let udp = &mut bytes[34..42];
-    udp[0..2].copy_from_slice(&header.source_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&geneve::UDP_PORT.to_be_bytes());
-    udp[4..6].copy_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
-    // Antrea's default tunnelCsum=false: the outer UDP checksum is 0 (allowed over IPv4).
-    udp[6..8].copy_from_slice(&[0, 0]);
-    let mut view = geneve::Packet::new_unchecked(&mut bytes[42..50]);
-    // Eight bytes were just reserved for a header without options; emit cannot fail.
-    let _ = GeneveRepr::antrea().emit(&mut view);
-    let _ = packet.parse();
-}
-
-/// Removes one Geneve encapsulation (outer Ethernet/IPv4/UDP/Geneve) in place and
-/// returns the VNI. Refuses (RFC 8926 §3.4/§3.5) an unknown version, a critical option
-/// (Antrea understands no option, so every critical one is unknown), an OAM packet and
-/// a payload other than Ethernet.
-pub fn decapsulate(packet: &mut Packet) -> Result<u32, crate::wire::WireError> {
-    let offset = packet.meta.l4_offset + crate::wire::UDP_HEADER_LEN;
-    let (vni, header_len) = {
-        let view = geneve::Packet::new_checked(&packet.frame()[offset..])?;
-        let repr = GeneveRepr::parse(&view)?;
-        if repr.critical
-            || repr
-                .options()
-                .any(|option| option.map(|o| o.is_critical()).unwrap_or(true))
-        {
-            return Err(crate::wire::WireError::Unsupported);
-        }
-        if repr.oam || repr.protocol_type != geneve::PROTOCOL_ETHERNET {
-            return Err(crate::wire::WireError::Unsupported);
-        }
-        (repr.vni, repr.buffer_len())
-    };
-    packet.pull_front(offset + header_len);
-    packet.parse()?;
-    Ok(vni)
 }

@@ -1,0 +1,254 @@
+//! Encapsulations as mechanism every CNI shares: Geneve (RFC 8926; Antrea's
+//! default), VXLAN (RFC 7348; Antrea's `vxlan` tunnel type, Calico's `vxlan.calico`)
+//! and IP-in-IP (RFC 2003; Calico's `tunl0`). Each prepends its outer headers in the
+//! packet's headroom (no copy of the payload) and removes them in place; the device
+//! decides when and toward whom. Outer IPv4 always has DF set and TTL 64, the outer
+//! UDP checksum is 0 (allowed over IPv4; Linux's default for both UDP tunnels), the
+//! UDP source port a hash of the inner flow (chosen by the caller).
+
+use super::icmp;
+use crate::packet::Packet;
+use crate::wire::geneve::{self, Repr as GeneveRepr};
+use crate::wire::{
+    emit_ethernet, emit_ipv4, vxlan, Mac, WireError, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4,
+    IPV4_HEADER_LEN, PROTOCOL_IPIP, PROTOCOL_UDP, UDP_HEADER_LEN,
+};
+use std::net::Ipv4Addr;
+
+/// Which encapsulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encapsulation {
+    /// Geneve, VNI 0, no options (as Antrea emits it).
+    Geneve,
+    /// VXLAN with this VNI (Calico: 4096).
+    Vxlan { vni: u32 },
+    /// IPv4 in IPv4: the inner IP packet, no inner Ethernet.
+    Ipip,
+}
+
+impl Encapsulation {
+    /// Bytes it adds, counted against the inner IP packet (what a pod MTU loses).
+    pub fn overhead(self) -> usize {
+        match self {
+            Encapsulation::Geneve => geneve::IPV4_OVERHEAD,
+            Encapsulation::Vxlan { .. } => vxlan::IPV4_OVERHEAD,
+            Encapsulation::Ipip => IPV4_HEADER_LEN,
+        }
+    }
+}
+
+/// The outer headers of one encapsulation.
+#[derive(Debug, Clone, Copy)]
+pub struct EncapHeader {
+    pub source: Ipv4Addr,
+    pub destination: Ipv4Addr,
+    pub source_mac: Mac,
+    pub destination_mac: Mac,
+    pub source_port: u16,
+    pub identification: u16,
+}
+
+/// Wraps `packet` in `encapsulation`, in its headroom, and re-parses the metadata.
+pub fn encapsulate(packet: &mut Packet, encapsulation: Encapsulation, header: &EncapHeader) {
+    match encapsulation {
+        Encapsulation::Geneve => encapsulate_geneve(packet, header),
+        Encapsulation::Vxlan { vni } => encapsulate_vxlan(packet, header, vni),
+        Encapsulation::Ipip => encapsulate_ipip(packet, header),
+    }
+}
+
+/// Removes the encapsulation the outer headers say (Geneve on UDP 6081, VXLAN on UDP
+/// 4789, IP protocol 4) and returns which it was and its VNI (0 for IPIP).
+pub fn decapsulate(packet: &mut Packet) -> Result<(Encapsulation, u32), WireError> {
+    let key = packet.meta.key;
+    match (key.protocol, key.destination_port) {
+        (PROTOCOL_UDP, geneve::UDP_PORT) => {
+            decapsulate_geneve(packet).map(|vni| (Encapsulation::Geneve, vni))
+        }
+        (PROTOCOL_UDP, vxlan::UDP_PORT) => {
+            decapsulate_vxlan(packet).map(|vni| (Encapsulation::Vxlan { vni }, vni))
+        }
+        (PROTOCOL_IPIP, _) => decapsulate_ipip(packet).map(|()| (Encapsulation::Ipip, 0)),
+        _ => Err(WireError::Unsupported),
+    }
+}
+
+/// Outer Ethernet / IPv4 (DF, TTL 64) for `payload_len` bytes of `protocol`.
+fn emit_outer(bytes: &mut [u8], header: &EncapHeader, protocol: u8, payload_len: usize) {
+    emit_ethernet(
+        bytes,
+        header.destination_mac,
+        header.source_mac,
+        ETHERTYPE_IPV4,
+    );
+    emit_ipv4(
+        &mut bytes[ETHERNET_HEADER_LEN..],
+        header.source,
+        header.destination,
+        protocol,
+        payload_len,
+        icmp::DEFAULT_TTL,
+        header.identification,
+        true,
+    );
+}
+
+/// Outer UDP with checksum 0 (allowed over IPv4).
+fn emit_udp(bytes: &mut [u8], source_port: u16, destination_port: u16, udp_len: usize) {
+    bytes[0..2].copy_from_slice(&source_port.to_be_bytes());
+    bytes[2..4].copy_from_slice(&destination_port.to_be_bytes());
+    bytes[4..6].copy_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
+    bytes[6..8].copy_from_slice(&[0, 0]);
+}
+
+/// VXLAN (RFC 7348): outer Ethernet / IPv4 / UDP 4789 (checksum 0, Linux's default
+/// for VXLAN over IPv4) / VXLAN with `vni` / the inner Ethernet frame.
+fn encapsulate_vxlan(packet: &mut Packet, header: &EncapHeader, vni: u32) {
+    let inner_len = packet.len();
+    let udp_len = UDP_HEADER_LEN + vxlan::HEADER_LEN + inner_len;
+    let bytes = packet.push_front(vxlan::IPV4_OVERHEAD);
+    emit_outer(bytes, header, PROTOCOL_UDP, udp_len);
+    emit_udp(
+        &mut bytes[34..42],
+        header.source_port,
+        vxlan::UDP_PORT,
+        udp_len,
+    );
+    // Eight bytes were just reserved for the header; emit cannot fail.
+    let _ = vxlan::Repr { vni }.emit(&mut bytes[42..50]);
+    let _ = packet.parse();
+}
+
+fn decapsulate_vxlan(packet: &mut Packet) -> Result<u32, WireError> {
+    let offset = packet.meta.l4_offset + UDP_HEADER_LEN;
+    let repr = vxlan::Repr::parse(packet.frame().get(offset..).ok_or(WireError::Truncated)?)?;
+    packet.pull_front(offset + vxlan::HEADER_LEN);
+    packet.parse()?;
+    Ok(repr.vni)
+}
+
+/// IP-in-IP (RFC 2003 §3): the inner IP packet behind an outer IPv4 header (protocol
+/// 4); the inner Ethernet header is not carried. The outer header takes the place of
+/// the inner Ethernet header and 20 bytes of headroom.
+fn encapsulate_ipip(packet: &mut Packet, header: &EncapHeader) {
+    let inner_ip_len = packet.ip_len();
+    packet.push_front(IPV4_HEADER_LEN);
+    let bytes = &mut packet.frame_mut()[..ETHERNET_HEADER_LEN + IPV4_HEADER_LEN];
+    emit_outer(bytes, header, PROTOCOL_IPIP, inner_ip_len);
+    let _ = packet.parse();
+}
+
+/// Removes the outer IPv4 header and gives the inner packet an Ethernet header again
+/// (same MACs as the outer frame; the receiver sets its own on output).
+fn decapsulate_ipip(packet: &mut Packet) -> Result<(), WireError> {
+    let header_len = packet.meta.l4_offset - ETHERNET_HEADER_LEN;
+    let (destination, source) = (packet.meta.destination_mac, packet.meta.source_mac);
+    if packet.len() < ETHERNET_HEADER_LEN + header_len + IPV4_HEADER_LEN {
+        return Err(WireError::Truncated);
+    }
+    packet.pull_front(header_len);
+    emit_ethernet(packet.frame_mut(), destination, source, ETHERTYPE_IPV4);
+    packet.parse()
+}
+
+/// Geneve: outer Ethernet / IPv4 (DF, TTL 64) / UDP 6081 (checksum 0: Antrea's
+/// default `tunnelCsum: false`) / Geneve (VNI 0, no options) / the inner frame.
+fn encapsulate_geneve(packet: &mut Packet, header: &EncapHeader) {
+    let inner_len = packet.len();
+    let udp_len = crate::wire::UDP_HEADER_LEN + geneve::BASE_LEN + inner_len;
+    let bytes = packet.push_front(geneve::IPV4_OVERHEAD);
+    emit_outer(bytes, header, PROTOCOL_UDP, udp_len);
+    emit_udp(
+        &mut bytes[34..42],
+        header.source_port,
+        geneve::UDP_PORT,
+        udp_len,
+    );
+    let mut view = geneve::Packet::new_unchecked(&mut bytes[42..50]);
+    // Eight bytes were just reserved for a header without options; emit cannot fail.
+    let _ = GeneveRepr::antrea().emit(&mut view);
+    let _ = packet.parse();
+}
+
+/// Removes one Geneve encapsulation (outer Ethernet/IPv4/UDP/Geneve) in place and
+/// returns the VNI. Refuses (RFC 8926 §3.4/§3.5) an unknown version, a critical option
+/// (Antrea understands no option, so every critical one is unknown), an OAM packet and
+/// a payload other than Ethernet.
+fn decapsulate_geneve(packet: &mut Packet) -> Result<u32, WireError> {
+    let offset = packet.meta.l4_offset + UDP_HEADER_LEN;
+    let (vni, header_len) = {
+        let view = geneve::Packet::new_checked(&packet.frame()[offset..])?;
+        let repr = GeneveRepr::parse(&view)?;
+        if repr.critical
+            || repr
+                .options()
+                .any(|option| option.map(|o| o.is_critical()).unwrap_or(true))
+        {
+            return Err(WireError::Unsupported);
+        }
+        if repr.oam || repr.protocol_type != geneve::PROTOCOL_ETHERNET {
+            return Err(WireError::Unsupported);
+        }
+        (repr.vni, repr.buffer_len())
+    };
+    packet.pull_front(offset + header_len);
+    packet.parse()?;
+    Ok(vni)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::tests_support::udp_frame;
+
+    fn header() -> EncapHeader {
+        EncapHeader {
+            source: Ipv4Addr::new(10, 20, 0, 11),
+            destination: Ipv4Addr::new(10, 20, 1, 12),
+            source_mac: Mac::local(1, 1),
+            destination_mac: Mac::local(1, 2),
+            source_port: 51_234,
+            identification: 9,
+        }
+    }
+
+    #[test]
+    fn every_encapsulation_adds_its_overhead_and_comes_off_again() {
+        let frame = udp_frame(
+            Ipv4Addr::new(192, 168, 1, 10),
+            Ipv4Addr::new(192, 168, 2, 10),
+            (4000, 53),
+            &[7u8; 100],
+        );
+        for (encapsulation, vni) in [
+            (Encapsulation::Geneve, 0),
+            (Encapsulation::Vxlan { vni: 4096 }, 4096),
+            (Encapsulation::Ipip, 0),
+        ] {
+            let mut packet = Packet::from_frame(&frame, 0).unwrap();
+            let inner_ip = packet.ip_len();
+            encapsulate(&mut packet, encapsulation, &header());
+            // Geneve and VXLAN carry the inner Ethernet header too (14 of their 50).
+            assert_eq!(packet.ip_len() - inner_ip, encapsulation.overhead());
+            assert_eq!(packet.meta.key.source, Ipv4Addr::new(10, 20, 0, 11));
+            assert!(packet.meta.dont_fragment);
+            assert_eq!(packet.meta.ttl, 64);
+            assert_eq!(crate::wire::checksum::checksum(&packet.frame()[14..34]), 0);
+            match encapsulation {
+                Encapsulation::Ipip => assert_eq!(packet.meta.key.protocol, PROTOCOL_IPIP),
+                Encapsulation::Vxlan { .. } => {
+                    assert_eq!(packet.meta.key.destination_port, vxlan::UDP_PORT)
+                }
+                Encapsulation::Geneve => {
+                    assert_eq!(packet.meta.key.destination_port, geneve::UDP_PORT)
+                }
+            }
+            assert_eq!(decapsulate(&mut packet).unwrap(), (encapsulation, vni));
+            assert_eq!(
+                &packet.frame()[14..],
+                &frame[14..],
+                "the inner IP packet as it was"
+            );
+        }
+    }
+}

@@ -318,3 +318,53 @@ fn a_router_builds_time_exceeded_from_the_interface_it_leaves_by_with_tos_0xc0()
         assert_eq!(error.ip_len(), 20 + 8 + 84);
     }
 }
+
+#[test]
+fn antrea_with_the_vxlan_tunnel_type_carries_pods_in_vxlan_vni_0() {
+    let text = std::fs::read_to_string(topology_path("quickstart"))
+        .unwrap()
+        .replace("tunnel_type = \"geneve\"", "tunnel_type = \"vxlan\"");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vxlan.toml");
+    std::fs::write(&file, &text).unwrap();
+    let out = dir.path().join("out");
+    let run = netsim(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let (topology, result, report) = run_text(&text);
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    assert_eq!(topology.clusters[0].antrea.pod_mtu, 1450);
+    let encapsulated = frames_at(
+        &topology,
+        &result,
+        "cross-node",
+        "worker-1:eth0",
+        HopAction::Encapsulate,
+    );
+    assert!(!encapsulated.is_empty());
+    assert!(encapsulated
+        .iter()
+        .all(|p| p.meta.key.destination_port == 4789));
+    lint(&[], &[&out.join("capture.pcapng")]);
+    let vnis = std::process::Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(out.join("capture.pcapng"))
+        .args(["-Y", "vxlan", "-T", "fields", "-e", "vxlan.vni"])
+        .output()
+        .unwrap();
+    let vnis = String::from_utf8_lossy(&vnis.stdout);
+    assert!(!vnis.trim().is_empty());
+    assert!(vnis.lines().all(|v| v == "0"), "{vnis}");
+}

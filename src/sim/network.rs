@@ -428,6 +428,7 @@ pub fn build(topology: &Topology) -> Network {
                 cluster_pod_cidr: cluster.pod_cidr,
                 no_snat: cluster.antrea.no_snat,
                 tunnel_pmtu_icmp: cluster.node_kernel.answers_tunnel_pmtu(),
+                encapsulation: cluster.antrea.tunnel_type.encapsulation(),
                 pods: local_pods.clone(),
                 peers,
                 conntrack_max: topology.conntrack_max,

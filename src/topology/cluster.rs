@@ -163,14 +163,16 @@ pub(super) fn resolve_antrea(
             other => return Err(resolver.error(mode, format!("unknown traffic_encap_mode `{other}` (expected encap, noEncap or hybrid)"))),
         }
     }
+    let mut tunnel_type = TunnelType::Geneve;
     if let Some(tunnel) = &antrea.tunnel_type {
         match tunnel.get_ref().as_str() {
             "geneve" => {}
-            "vxlan" | "gre" | "stt" => {
+            "vxlan" => tunnel_type = TunnelType::Vxlan,
+            "gre" | "stt" => {
                 return Err(resolver.error(
                     tunnel,
                     format!(
-                    "tunnel_type `{}` is not modelled by this netsim version yet; use \"geneve\"",
+                    "tunnel_type `{}` is not modelled by this netsim version yet; use \"geneve\" or \"vxlan\"",
                     tunnel.get_ref()
                 ),
                 ))
@@ -195,11 +197,11 @@ pub(super) fn resolve_antrea(
         _ => TrafficEncapMode::Encap,
     };
     // Antrea deducts the tunnel overhead from the uplink MTU (pkg/agent/config/node_config.go):
-    // 50 bytes for Geneve over IPv4; nothing in noEncap mode, where pods are routed.
+    // 50 bytes for Geneve or VXLAN over IPv4; nothing in noEncap mode, where pods are routed.
     let overhead = match mode {
         TrafficEncapMode::NoEncap => 0,
         TrafficEncapMode::Encap | TrafficEncapMode::Hybrid => {
-            u16::try_from(crate::wire::geneve::IPV4_OVERHEAD).unwrap_or(50)
+            u16::try_from(tunnel_type.encapsulation().overhead()).unwrap_or(50)
         }
     };
     let pod_mtu = if requested == 0 {
@@ -215,7 +217,7 @@ pub(super) fn resolve_antrea(
     }
     Ok(AntreaSettings {
         traffic_encap_mode: mode,
-        tunnel_type: TunnelType::Geneve,
+        tunnel_type,
         no_snat: antrea.no_snat,
         pod_mtu,
     })

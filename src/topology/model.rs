@@ -215,7 +215,21 @@ pub enum TrafficEncapMode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelType {
+    /// UDP 6081 (Antrea's default).
     Geneve,
+    /// UDP 4789.
+    Vxlan,
+}
+
+impl TunnelType {
+    /// The encapsulation it uses: VNI 0 either way (Antrea sets no tunnel id).
+    pub fn encapsulation(self) -> crate::datapath::encap::Encapsulation {
+        use crate::datapath::encap::Encapsulation;
+        match self {
+            TunnelType::Geneve => Encapsulation::Geneve,
+            TunnelType::Vxlan => Encapsulation::Vxlan { vni: 0 },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

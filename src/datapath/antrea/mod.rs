@@ -83,6 +83,8 @@ pub struct NodeSettings {
     pub pod_cidr: Ipv4Net,
     pub cluster_pod_cidr: Ipv4Net,
     pub no_snat: bool,
+    /// antrea-tun0's encapsulation (Geneve or VXLAN, VNI 0).
+    pub encapsulation: crate::datapath::encap::Encapsulation,
     /// The kernel answers an oversize DF packet at the tunnel port with ICMP
     /// fragmentation-needed (Linux ≥ 5.9); older kernels drop it silently.
     pub tunnel_pmtu_icmp: bool,

@@ -14,7 +14,8 @@ impl AntreaNode {
         out: &mut Outputs,
     ) {
         packet.set_macs(self.settings.gateway_mac, Mac::ANTREA_GLOBAL_VIRTUAL);
-        let tunnel_mtu = usize::from(self.settings.uplink_mtu) - geneve::IPV4_OVERHEAD;
+        let overhead = self.settings.encapsulation.overhead();
+        let tunnel_mtu = usize::from(self.settings.uplink_mtu) - overhead;
         ctx.hop(
             self.settings.tunnel_point,
             &packet,
@@ -42,7 +43,7 @@ impl AntreaNode {
         let identification = self.next_identification();
         encapsulate(
             &mut packet,
-            Encapsulation::Geneve,
+            self.settings.encapsulation,
             &EncapHeader {
                 source: self.settings.ip,
                 destination: peer,
@@ -54,7 +55,8 @@ impl AntreaNode {
         );
         let node_ip = self.settings.ip;
         ctx.hop(self.settings.uplink_point, &packet, HopAction::Encapsulate, || {
-            format!("geneve encap vni=0 {node_ip} -> {peer} udp {source_port}->6081 (inner {inner_key})")
+            let (name, port) = tunnel_name_and_port(self.settings.encapsulation);
+            format!("{name} encap vni=0 {node_ip} -> {peer} udp {source_port}->{port} (inner {inner_key})")
         });
         out.send(UPLINK_PORT, packet);
     }
@@ -97,7 +99,11 @@ impl AntreaNode {
             &self.settings.name,
             &packet,
             DropReason::MtuExceeded,
-            || format!("{size} bytes + 50 geneve overhead exceed uplink mtu {uplink_mtu}{answer}"),
+            || {
+                let (name, _) = tunnel_name_and_port(self.settings.encapsulation);
+                let overhead = self.settings.encapsulation.overhead();
+                format!("{size} bytes + {overhead} {name} overhead exceed uplink mtu {uplink_mtu}{answer}")
+            },
         );
         if sends_icmp {
             // iptunnel_pmtud_build_icmp: TOS 0, id 0, DF set, the inner TTL.
@@ -139,7 +145,7 @@ impl AntreaNode {
         }
         if meta.key.destination == self.settings.ip
             && meta.key.protocol == PROTOCOL_UDP
-            && meta.key.destination_port == geneve::UDP_PORT
+            && meta.key.destination_port == tunnel_name_and_port(self.settings.encapsulation).1
         {
             self.decapsulate(ctx, slot, packet, out);
         } else {
@@ -163,18 +169,27 @@ impl AntreaNode {
             Ok((_, vni)) => vni,
             Err(error) => {
                 ctx.describe(slot, HopAction::Drop, || {
-                    format!("geneve packet refused: {error}")
+                    format!("tunnel packet refused: {error}")
                 });
                 ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
-                    format!("geneve packet from {outer_source} refused: {error}")
+                    format!("tunnel packet from {outer_source} refused: {error}")
                 });
                 return;
             }
         };
         ctx.describe(slot, HopAction::Decapsulate, || {
-            format!("geneve decap vni={vni} from {outer_source}")
+            let (name, _) = tunnel_name_and_port(self.settings.encapsulation);
+            format!("{name} decap vni={vni} from {outer_source}")
         });
         let tunnel_slot = ctx.begin_receive(self.settings.tunnel_point, &packet);
         self.ovs(ctx, OvsSource::Tunnel, tunnel_slot, packet, out);
+    }
+}
+
+/// The name and UDP port of antrea-tun0's encapsulation.
+fn tunnel_name_and_port(encapsulation: Encapsulation) -> (&'static str, u16) {
+    match encapsulation {
+        Encapsulation::Vxlan { .. } => ("vxlan", crate::wire::vxlan::UDP_PORT),
+        _ => ("geneve", geneve::UDP_PORT),
     }
 }

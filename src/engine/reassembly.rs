@@ -110,6 +110,8 @@ struct Pending {
     first_seen_ns: u64,
     /// The Ethernet + IP header of the first fragment (offset 0), once it came.
     head: Option<Vec<u8>>,
+    /// The caller's tag of the first fragment (its packet id).
+    head_tag: u64,
     /// (offset, data) of every fragment, in arrival order.
     pieces: Vec<(usize, Vec<u8>)>,
     /// The datagram's data length, known once the last fragment (no MF) came.
@@ -130,6 +132,9 @@ pub enum Reassembly {
     Complete {
         frame: Vec<u8>,
         largest_fragment: usize,
+        /// The tag the first fragment (offset 0) was added with: the datagram goes on
+        /// as that packet.
+        first_tag: u64,
     },
 }
 
@@ -142,6 +147,11 @@ pub struct Reassembler {
 impl Reassembler {
     /// Takes one fragment (an Ethernet frame with IPv4) at simulated time `now_ns`.
     pub fn add(&mut self, frame: &[u8], now_ns: u64) -> Reassembly {
+        self.add_tagged(frame, now_ns, 0)
+    }
+
+    /// Like [`Reassembler::add`], remembering `tag` (a packet id) for the fragment.
+    pub fn add_tagged(&mut self, frame: &[u8], now_ns: u64, tag: u64) -> Reassembly {
         if frame.len() < IP + 20 {
             return Reassembly::Invalid;
         }
@@ -168,6 +178,7 @@ impl Reassembler {
         let pending = self.pending.entry(key).or_insert_with(|| Pending {
             first_seen_ns: now_ns,
             head: None,
+            head_tag: 0,
             pieces: Vec::new(),
             length: None,
             largest_fragment: 0,
@@ -175,6 +186,7 @@ impl Reassembler {
         pending.largest_fragment = pending.largest_fragment.max(total);
         if offset == 0 {
             pending.head = Some(frame[..IP + header].to_vec());
+            pending.head_tag = tag;
         }
         if flags & MORE_FRAGMENTS == 0 {
             pending.length = Some(offset + data.len());
@@ -182,11 +194,12 @@ impl Reassembler {
         pending.pieces.push((offset, data));
         match Self::assemble(pending) {
             Some(frame) => {
-                let largest_fragment = pending.largest_fragment;
+                let (largest_fragment, first_tag) = (pending.largest_fragment, pending.head_tag);
                 self.pending.remove(&key);
                 Reassembly::Complete {
                     frame,
                     largest_fragment,
+                    first_tag,
                 }
             }
             None => Reassembly::Held,
@@ -275,6 +288,7 @@ mod tests {
         let Reassembly::Complete {
             frame,
             largest_fragment,
+            ..
         } = reassembler.add(&fragments[1], 5)
         else {
             panic!("complete");

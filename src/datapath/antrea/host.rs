@@ -51,7 +51,10 @@ impl AntreaNode {
         // largest fragment size seen (`frag_max_size`).
         let mut fragment_size = None;
         if reassembly::is_fragment(packet.frame()) {
-            match self.reassembler.add(packet.frame(), ctx.now_ns) {
+            match self
+                .reassembler
+                .add_tagged(packet.frame(), ctx.now_ns, packet.meta.packet_id)
+            {
                 Reassembly::Invalid => {
                     ctx.describe(slot, HopAction::Drop, || "malformed fragment".into());
                     ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
@@ -69,11 +72,14 @@ impl AntreaNode {
                 Reassembly::Complete {
                     frame,
                     largest_fragment,
+                    first_tag,
                 } => {
                     let Ok(mut whole) = Packet::from_frame(&frame, packet.meta.flow) else {
                         return;
                     };
-                    whole.meta.packet_id = packet.meta.packet_id;
+                    // The datagram goes on as its first fragment (so that packet's path
+                    // continues); the others, this one included, end merged here.
+                    whole.meta.packet_id = first_tag;
                     whole.meta.reply = packet.meta.reply;
                     packet = whole;
                     fragment_size = Some(largest_fragment);

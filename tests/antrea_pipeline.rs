@@ -221,6 +221,11 @@ fn tcp_to_the_gateway_is_reset_by_the_node_at_once() {
     );
     assert_eq!(resets.len(), 1, "one SYN, one RST+ACK, no retransmission");
     assert_eq!(resets[0].meta.key.source, ip("172.20.1.1"));
+    assert_eq!(
+        tcp.seen_source.as_deref(),
+        Some("172.20.1.11"),
+        "what the node saw"
+    );
     assert_eq!(resets[0].meta.tcp_flags, 0x14);
 }
 

@@ -118,6 +118,7 @@ pub fn settle(ctx: &mut Ctx, at: Settle, packet: &Packet, answer: LocalAnswer) -
             ctx.drop_packet(at.device, packet, DropReason::NoListener, || {
                 format!("{destination} is {}", at.what)
             });
+            ctx.refused_here(packet);
             let LocalAnswer::Refuse(mut refusal) = refused else {
                 return None;
             };

@@ -177,6 +177,9 @@ pub struct Journal {
     /// Packets of a flow a device accepted as addressed to itself (a node or router
     /// answering a ping), with the source it saw.
     pub local_deliveries: Vec<(FlowTag, std::net::Ipv4Addr)>,
+    /// Packets of a flow a device refused as addressed to itself (nothing listens),
+    /// with the source it saw.
+    pub local_refusals: Vec<(FlowTag, std::net::Ipv4Addr)>,
     /// Fragments of a flow a device merged into a reassembled datagram (all but the
     /// one that completed it): they end there.
     pub merged: Vec<FlowTag>,
@@ -300,6 +303,16 @@ impl Ctx<'_> {
         packet.meta.packet_id = self.journal.next_packet_id();
         self.journal.generated_count += 1;
         self.journal.generated.push((packet.meta.flow, self.now_ns));
+    }
+
+    /// Records that a device refused `packet`, addressed to itself (the source it saw
+    /// still counts as what the destination observed).
+    pub fn refused_here(&mut self, packet: &Packet) {
+        if packet.meta.flow != NO_FLOW {
+            self.journal
+                .local_refusals
+                .push((packet.meta.flow, packet.meta.key.source));
+        }
     }
 
     /// Records that a held fragment was merged into a reassembled datagram.

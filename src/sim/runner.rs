@@ -533,6 +533,11 @@ impl Runner<'_> {
                 outcome.seen_source.get_or_insert(*source);
             }
         }
+        for (flow, source) in &self.journal.local_refusals {
+            if let Some(outcome) = self.flows.get_mut(*flow as usize) {
+                outcome.seen_source.get_or_insert(*source);
+            }
+        }
         // Fragments merged into a reassembled datagram end there.
         for flow in &self.journal.merged {
             match self.flows.get_mut(*flow as usize) {

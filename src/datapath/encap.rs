@@ -104,19 +104,32 @@ fn emit_udp(bytes: &mut [u8], source_port: u16, destination_port: u16, udp_len: 
 /// VXLAN (RFC 7348): outer Ethernet / IPv4 / UDP 4789 (checksum 0, Linux's default
 /// for VXLAN over IPv4) / VXLAN with `vni` / the inner Ethernet frame.
 fn encapsulate_vxlan(packet: &mut Packet, header: &EncapHeader, vni: u32) {
-    let inner_len = packet.len();
-    let udp_len = UDP_HEADER_LEN + vxlan::HEADER_LEN + inner_len;
-    let bytes = packet.push_front(vxlan::IPV4_OVERHEAD);
+    let tunnel_header = push_udp_tunnel(packet, header, vxlan::UDP_PORT, vxlan::HEADER_LEN);
+    // Eight bytes were just reserved for the header; emit cannot fail.
+    let _ = vxlan::Repr { vni }.emit(tunnel_header);
+    let _ = packet.parse();
+}
+
+/// Prepends outer Ethernet / IPv4 / UDP to `port` and room for a tunnel header of
+/// `tunnel_header_len` bytes (which it returns, to be written) in front of the inner
+/// Ethernet frame.
+fn push_udp_tunnel<'a>(
+    packet: &'a mut Packet,
+    header: &EncapHeader,
+    port: u16,
+    tunnel_header_len: usize,
+) -> &'a mut [u8] {
+    let udp_len = UDP_HEADER_LEN + tunnel_header_len + packet.len();
+    let outer = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
+    let bytes = packet.push_front(outer + UDP_HEADER_LEN + tunnel_header_len);
     emit_outer(bytes, header, PROTOCOL_UDP, udp_len);
     emit_udp(
-        &mut bytes[34..42],
+        &mut bytes[outer..outer + UDP_HEADER_LEN],
         header.source_port,
-        vxlan::UDP_PORT,
+        port,
         udp_len,
     );
-    // Eight bytes were just reserved for the header; emit cannot fail.
-    let _ = vxlan::Repr { vni }.emit(&mut bytes[42..50]);
-    let _ = packet.parse();
+    &mut bytes[outer + UDP_HEADER_LEN..]
 }
 
 fn decapsulate_vxlan(packet: &mut Packet) -> Result<u32, WireError> {
@@ -154,17 +167,8 @@ fn decapsulate_ipip(packet: &mut Packet) -> Result<(), WireError> {
 /// Geneve: outer Ethernet / IPv4 (DF, TTL 64) / UDP 6081 (checksum 0: Antrea's
 /// default `tunnelCsum: false`) / Geneve (VNI 0, no options) / the inner frame.
 fn encapsulate_geneve(packet: &mut Packet, header: &EncapHeader) {
-    let inner_len = packet.len();
-    let udp_len = crate::wire::UDP_HEADER_LEN + geneve::BASE_LEN + inner_len;
-    let bytes = packet.push_front(geneve::IPV4_OVERHEAD);
-    emit_outer(bytes, header, PROTOCOL_UDP, udp_len);
-    emit_udp(
-        &mut bytes[34..42],
-        header.source_port,
-        geneve::UDP_PORT,
-        udp_len,
-    );
-    let mut view = geneve::Packet::new_unchecked(&mut bytes[42..50]);
+    let tunnel_header = push_udp_tunnel(packet, header, geneve::UDP_PORT, geneve::BASE_LEN);
+    let mut view = geneve::Packet::new_unchecked(tunnel_header);
     // Eight bytes were just reserved for a header without options; emit cannot fail.
     let _ = GeneveRepr::antrea().emit(&mut view);
     let _ = packet.parse();

@@ -139,6 +139,15 @@ pub struct Router {
     pub bgp: Option<Bgp>,
 }
 
+impl Router {
+    /// True when `address` lies on a segment this router has an interface on.
+    pub fn is_attached_to(&self, segments: &[Segment], address: Ipv4Addr) -> bool {
+        self.interfaces
+            .iter()
+            .any(|interface| segments[interface.segment].cidr.contains(&address))
+    }
+}
+
 /// A Tier-1's link to its Tier-0: the transit segment, both addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Uplink {

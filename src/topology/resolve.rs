@@ -491,11 +491,7 @@ pub(super) fn check_static_routes(
             .iter()
             .zip(&config.get_ref().static_routes)
         {
-            let on_link = router
-                .interfaces
-                .iter()
-                .any(|interface| segments[interface.segment].cidr.contains(&route.next_hop));
-            if !on_link {
+            if !router.is_attached_to(segments, route.next_hop) {
                 return Err(resolver.error(
                     &route_config.get_ref().next_hop,
                     format!(

@@ -324,11 +324,7 @@ pub(super) fn check_bgp_neighbors(
         };
         for (neighbor, neighbor_config) in bgp.neighbors.iter().zip(&bgp_config.get_ref().neighbors)
         {
-            let connected = router
-                .interfaces
-                .iter()
-                .any(|i| segments[i.segment].cidr.contains(&neighbor.ip));
-            if !connected {
+            if !router.is_attached_to(segments, neighbor.ip) {
                 return Err(resolver.error(
                     &neighbor_config.get_ref().ip,
                     format!(

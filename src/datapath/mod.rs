@@ -13,6 +13,7 @@
 pub mod antrea;
 pub mod encap;
 pub mod forwarding;
+pub mod host;
 pub mod icmp;
 pub mod local;
 pub mod router;

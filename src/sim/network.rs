@@ -174,7 +174,7 @@ impl Network {
             .iter()
             .map(|device| {
                 if let Device::Node(node) = device {
-                    node.conntrack.len()
+                    node.stack.conntrack.len()
                 } else {
                     0
                 }

@@ -18,21 +18,22 @@
 //!   the forwarding MTU check, and Antrea's `ANTREA-POSTROUTING` MASQUERADE of pod
 //!   traffic leaving the cluster to the node IP (pkg/agent/route/route_linux.go).
 
-mod host;
 mod ovs;
 mod tunnel;
 
 pub use crate::datapath::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
-use host::{HostIngress, HostRoute};
+use crate::datapath::host::{
+    HostEgress, HostIngress, HostRoute, HostStack, InteriorId, InteriorLink, LinuxHost,
+};
 use ovs::{OvsDecision, OvsSource};
 
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId, Verdict};
-use crate::engine::conntrack::{Conntrack, ConntrackError, Direction, EntryId};
+use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
 use crate::engine::hash::tunnel_source_port;
 use crate::engine::lpm::LpmTable;
-use crate::packet::{FlowKey, IcmpKind, Packet};
+use crate::packet::{FlowKey, Packet};
 use crate::wire::geneve;
 use crate::wire::{Mac, ETHERTYPE_IPV4, PROTOCOL_UDP};
 use ipnet::Ipv4Net;
@@ -41,6 +42,8 @@ use std::net::Ipv4Addr;
 
 /// The node's uplink `eth0` is port 0; pod veths follow from port 1.
 pub const UPLINK_PORT: PortId = 0;
+/// antrea-gw0, the host stack's one interior interface.
+const GATEWAY: InteriorId = 0;
 /// Entries in a node's flow cache before it is emptied.
 pub const FLOW_CACHE_CAPACITY: usize = 65_536;
 
@@ -106,13 +109,9 @@ pub struct AntreaNode {
     pod_by_ip: FxHashMap<Ipv4Addr, usize>,
     pod_by_mac: FxHashMap<Mac, usize>,
     peers: LpmTable<PeerNode>,
-    /// The kernel routing table (`ip route` on the node).
-    routes: LpmTable<HostRoute>,
-    pub conntrack: Conntrack,
+    /// The host network stack (routing table, conntrack, reassembly).
+    pub stack: HostStack,
     flow_cache: FlowCache<(OvsSource, FlowKey), OvsDecision>,
-    /// The host stack's fragment reassembly in front of conntrack.
-    reassembler: crate::engine::reassembly::Reassembler,
-    identification: u16,
 }
 
 impl AntreaNode {
@@ -130,6 +129,10 @@ impl AntreaNode {
             .map(|(index, pod)| (pod.mac, index))
             .collect();
         let mut peers = LpmTable::new();
+        let gateway = HostRoute::Interior {
+            interface: GATEWAY,
+            via: None,
+        };
         let mut routes = LpmTable::new();
         for (cidr, peer) in &settings.peers {
             peers.insert(*cidr, peer.clone());
@@ -138,12 +141,12 @@ impl AntreaNode {
             // peer shares the subnet; otherwise the default route (the underlay must
             // route pod CIDRs) — pkg/agent/route/route_linux.go.
             if peer.tunnel {
-                routes.insert(*cidr, HostRoute::Gateway);
+                routes.insert(*cidr, gateway);
             } else if peer.same_subnet {
                 routes.insert(*cidr, HostRoute::Uplink { via: Some(peer.ip) });
             }
         }
-        routes.insert(settings.pod_cidr, HostRoute::Gateway);
+        routes.insert(settings.pod_cidr, gateway);
         routes.insert(
             settings.uplink_subnet.trunc(),
             HostRoute::Uplink { via: None },
@@ -151,16 +154,23 @@ impl AntreaNode {
         if let Some(gateway) = settings.default_gateway {
             routes.insert(Ipv4Net::default(), HostRoute::Uplink { via: Some(gateway) });
         }
-        let conntrack = Conntrack::new(settings.conntrack_max, settings.seed);
+        let mut stack = HostStack::new(
+            settings.name.clone(),
+            settings.ip,
+            settings.mac,
+            settings.uplink_mtu,
+            settings.neighbors.clone(),
+            settings.uplink_point,
+            UPLINK_PORT,
+            Conntrack::new(settings.conntrack_max, settings.seed),
+        );
+        stack.routes = routes;
         AntreaNode {
             pod_by_ip,
             pod_by_mac,
             peers,
-            routes,
-            conntrack,
+            stack,
             flow_cache: FlowCache::new(settings.flow_cache_capacity),
-            reassembler: Default::default(),
-            identification: 0,
             settings,
         }
     }
@@ -177,12 +187,14 @@ impl AntreaNode {
     /// The node's kernel routing table as `ip route` shows it: prefix, next hop (if
     /// any) and device.
     pub fn route_table(&self) -> Vec<(Ipv4Net, Option<Ipv4Addr>, &'static str)> {
-        self.routes
+        self.stack
+            .routes
             .entries()
             .into_iter()
             .map(|(prefix, route)| match *route {
-                HostRoute::Gateway => (prefix, None, "antrea-gw0"),
+                HostRoute::Interior { via, .. } => (prefix, via, "antrea-gw0"),
                 HostRoute::Uplink { via } => (prefix, via, "eth0"),
+                HostRoute::Blackhole => (prefix, None, "blackhole"),
             })
             .collect()
     }
@@ -193,8 +205,7 @@ impl AntreaNode {
     }
 
     fn next_identification(&mut self) -> u16 {
-        self.identification = self.identification.wrapping_add(1);
-        self.identification
+        self.stack.next_identification()
     }
 
     /// Entry point: a frame arrives on `in_port`.
@@ -206,5 +217,68 @@ impl AntreaNode {
             let slot = ctx.begin_receive(self.settings.pods[pod].veth_point, &packet);
             self.ovs(ctx, OvsSource::Pod(pod), slot, packet, out);
         }
+    }
+}
+
+/// The host stack of an Antrea node: antrea-gw0 is its one interior interface, into
+/// OVS; MASQUERADE as Antrea installs it.
+impl LinuxHost for AntreaNode {
+    fn stack(&self) -> &HostStack {
+        &self.stack
+    }
+
+    fn stack_mut(&mut self) -> &mut HostStack {
+        &mut self.stack
+    }
+
+    fn is_own_address(&self, address: Ipv4Addr) -> bool {
+        address == self.gateway_ip()
+    }
+
+    fn interior(&self, _interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
+        InteriorLink {
+            mtu: self.settings.pod_mtu,
+            address: self.gateway_ip(),
+            source_mac: self.settings.gateway_mac,
+            destination_mac: self
+                .pod_by_ip
+                .get(&next_hop)
+                .map(|&pod| self.settings.pods[pod].mac)
+                .unwrap_or(Mac::ANTREA_GLOBAL_VIRTUAL),
+            point: self.settings.gateway_point,
+        }
+    }
+
+    fn interior_name(&self, _interface: InteriorId) -> &str {
+        "antrea-gw0"
+    }
+
+    /// MASQUERADE to the node IP for pod traffic leaving through eth0 to a
+    /// destination outside the pod network, unless `noSNAT` (route_linux.go
+    /// ANTREA-POSTROUTING: `-s <podCIDR> ! -o antrea-gw0 -j MASQUERADE`).
+    fn masquerade(&self, ingress: HostIngress, egress: HostEgress, key: &FlowKey) -> bool {
+        ingress == HostIngress::Interior(GATEWAY)
+            && matches!(egress, HostEgress::Uplink { .. })
+            && !self.settings.no_snat
+            && self.settings.pod_cidr.contains(&key.source)
+            && !self.settings.cluster_pod_cidr.contains(&key.destination)
+    }
+
+    /// Through antrea-gw0 into OVS, toward the pod.
+    fn send_interior(
+        &mut self,
+        ctx: &mut Ctx,
+        _interface: InteriorId,
+        _next_hop: Ipv4Addr,
+        packet: Packet,
+        out: &mut Outputs,
+        forwarded: bool,
+    ) {
+        let slot = if forwarded {
+            ctx.begin_receive(self.settings.gateway_point, &packet)
+        } else {
+            None
+        };
+        self.ovs(ctx, OvsSource::Gateway, slot, packet, out);
     }
 }

@@ -140,7 +140,7 @@ impl AntreaNode {
                     HopAction::Transmit,
                     || "ovs -> host network stack".into(),
                 );
-                self.host_input(ctx, HostIngress::Gateway, None, packet, out);
+                self.host_input(ctx, HostIngress::Interior(GATEWAY), None, packet, out);
             }
             OvsDecision::Drop(_) => unreachable!("drops leave the pipeline above"),
         }

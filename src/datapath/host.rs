@@ -1,0 +1,692 @@
+//! The Linux host network stack of a Kubernetes node, whatever its CNI: fragment
+//! reassembly in front of conntrack (nf_defrag_ipv4), PREROUTING (un-NAT, RELATED
+//! ICMP), the kernel routing table (an [`LpmTable`] of [`HostRoute`]s), the checks of
+//! `ip_forward` (TTL, MTU, neighbour; `datapath::forwarding`), POSTROUTING (SNAT /
+//! MASQUERADE committed in the node's one conntrack), fragmentation on output, and the
+//! answers and ICMP errors the node sends itself (`datapath::local`, `datapath::icmp`).
+//!
+//! A CNI plugs in through [`LinuxHost`]: what its interior interfaces are (Antrea's
+//! antrea-gw0 into OVS; Calico's pod veths and tunl0 / vxlan.calico), which of its
+//! addresses are the node's own, and its masquerade rule. The stack owns the
+//! mechanism; the CNI says where a routed packet goes next.
+
+use super::forwarding::{self, Refusal};
+use super::icmp::{self, ErrorHeader, ErrorMessage};
+use super::local::{self, AnswerLink, Settle};
+use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
+use crate::engine::conntrack::{Conntrack, ConntrackError, Direction, EntryId};
+use crate::engine::lpm::LpmTable;
+use crate::engine::reassembly::{self, Reassembly};
+use crate::packet::{FlowKey, IcmpKind, Packet};
+use crate::wire::Mac;
+use std::net::Ipv4Addr;
+
+/// An interface inside the node (not eth0), numbered by the CNI.
+pub type InteriorId = u16;
+
+/// Which end of a packet a NAT rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+/// Where the host stack received a packet from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostIngress {
+    Uplink,
+    Interior(InteriorId),
+}
+
+/// Where the host stack routes a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEgress {
+    Uplink {
+        next_hop: Ipv4Addr,
+    },
+    Interior {
+        interface: InteriorId,
+        next_hop: Ipv4Addr,
+    },
+}
+
+/// A route in the node's kernel routing table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRoute {
+    /// `dev eth0`, to the destination itself (connected) or via a gateway.
+    Uplink { via: Option<Ipv4Addr> },
+    /// `dev <interior>`, optionally `via` a gateway reached through it (`onlink`: a
+    /// tunnel's peer).
+    Interior {
+        interface: InteriorId,
+        via: Option<Ipv4Addr>,
+    },
+    /// `blackhole`: discarded without an answer (Calico's route for its own blocks).
+    Blackhole,
+}
+
+/// How a packet leaves through an interior interface.
+#[derive(Debug, Clone, Copy)]
+pub struct InteriorLink {
+    pub mtu: u16,
+    /// The interface's address (or the one Linux picks for it): the source of what
+    /// the node itself sends through it.
+    pub address: Ipv4Addr,
+    pub source_mac: Mac,
+    pub destination_mac: Mac,
+    pub point: PointId,
+}
+
+/// The state of one node's host stack.
+#[derive(Debug, Clone)]
+pub struct HostStack {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub uplink_mtu: u16,
+    pub neighbors: Neighbors,
+    pub uplink_point: PointId,
+    pub uplink_port: PortId,
+    /// The kernel routing table (`ip route`).
+    pub routes: LpmTable<HostRoute>,
+    pub conntrack: Conntrack,
+    reassembler: reassembly::Reassembler,
+    identification: u16,
+}
+
+impl HostStack {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        ip: Ipv4Addr,
+        mac: Mac,
+        uplink_mtu: u16,
+        neighbors: Neighbors,
+        uplink_point: PointId,
+        uplink_port: PortId,
+        conntrack: Conntrack,
+    ) -> Self {
+        HostStack {
+            name,
+            ip,
+            mac,
+            uplink_mtu,
+            neighbors,
+            uplink_point,
+            uplink_port,
+            routes: LpmTable::new(),
+            conntrack,
+            reassembler: Default::default(),
+            identification: 0,
+        }
+    }
+
+    pub fn next_identification(&mut self) -> u16 {
+        self.identification = self.identification.wrapping_add(1);
+        self.identification
+    }
+
+    /// One lookup in the routing table; None for no route or a blackhole.
+    pub fn route(&self, destination: Ipv4Addr) -> Option<HostEgress> {
+        self.routes
+            .lookup(destination)
+            .and_then(|(_, route)| match *route {
+                HostRoute::Interior { interface, via } => Some(HostEgress::Interior {
+                    interface,
+                    next_hop: via.unwrap_or(destination),
+                }),
+                HostRoute::Uplink { via } => Some(HostEgress::Uplink {
+                    next_hop: via.unwrap_or(destination),
+                }),
+                HostRoute::Blackhole => None,
+            })
+    }
+
+    /// Whether the route to `destination` is a blackhole.
+    pub fn blackholed(&self, destination: Ipv4Addr) -> bool {
+        matches!(
+            self.routes.lookup(destination),
+            Some((_, HostRoute::Blackhole))
+        )
+    }
+}
+
+/// A node's host stack with its CNI's interior interfaces. The provided methods are
+/// the stack; the required ones are what the CNI decides.
+pub trait LinuxHost {
+    fn stack(&self) -> &HostStack;
+    fn stack_mut(&mut self) -> &mut HostStack;
+    /// One of the node's own addresses other than its node IP (antrea-gw0's,
+    /// tunl0's).
+    fn is_own_address(&self, address: Ipv4Addr) -> bool;
+    /// How a packet to `next_hop` leaves through `interface`.
+    fn interior(&self, interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink;
+    /// The interface's name (`antrea-gw0`, `cali…`, `tunl0`).
+    fn interior_name(&self, interface: InteriorId) -> &str;
+    /// The CNI's masquerade rule for a new connection.
+    fn masquerade(&self, ingress: HostIngress, egress: HostEgress, key: &FlowKey) -> bool;
+    /// Hands a packet to an interior interface; `forwarded` is false for what the
+    /// node itself sends (its hop is recorded already).
+    fn send_interior(
+        &mut self,
+        ctx: &mut Ctx,
+        interface: InteriorId,
+        next_hop: Ipv4Addr,
+        packet: Packet,
+        out: &mut Outputs,
+        forwarded: bool,
+    );
+
+    /// A packet enters the host stack from `ingress`.
+    fn host_input(
+        &mut self,
+        ctx: &mut Ctx,
+        ingress: HostIngress,
+        slot: Option<usize>,
+        packet: Packet,
+        out: &mut Outputs,
+    ) {
+        let Some((packet, fragment_size)) = self.defragment(ctx, slot, packet) else {
+            return;
+        };
+        self.forward(ctx, ingress, slot, packet, fragment_size, out);
+    }
+
+    /// nf_defrag_ipv4: conntrack sees whole datagrams, so fragments are held until
+    /// the datagram is complete; the datagram goes on as its first fragment (so that
+    /// packet's path continues), with the largest fragment size seen, which
+    /// `ip_fragment` cuts to again on output (`frag_max_size`).
+    fn defragment(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        packet: Packet,
+    ) -> Option<(Packet, Option<usize>)> {
+        if !reassembly::is_fragment(packet.frame()) {
+            return Some((packet, None));
+        }
+        let stack = self.stack_mut();
+        match stack
+            .reassembler
+            .add_tagged(packet.frame(), ctx.now_ns, packet.meta.packet_id)
+        {
+            Reassembly::Invalid => {
+                ctx.describe(slot, HopAction::Drop, || "malformed fragment".into());
+                ctx.drop_packet(&stack.name, &packet, DropReason::Malformed, || {
+                    "a fragment whose lengths do not add up".into()
+                });
+                None
+            }
+            Reassembly::Held => {
+                ctx.describe(slot, HopAction::Receive, || {
+                    "fragment held for reassembly (nf_defrag_ipv4, before conntrack)".into()
+                });
+                ctx.merged(&packet);
+                None
+            }
+            Reassembly::Complete {
+                frame,
+                largest_fragment,
+                first_tag,
+            } => {
+                let mut whole = Packet::from_frame(&frame, packet.meta.flow).ok()?;
+                whole.meta.packet_id = first_tag;
+                whole.meta.reply = packet.meta.reply;
+                Some((whole, Some(largest_fragment)))
+            }
+        }
+    }
+
+    /// PREROUTING, local delivery or `ip_forward`, POSTROUTING, output.
+    fn forward(
+        &mut self,
+        ctx: &mut Ctx,
+        ingress: HostIngress,
+        slot: Option<usize>,
+        mut packet: Packet,
+        fragment_size: Option<usize>,
+        out: &mut Outputs,
+    ) {
+        let arrived = packet.meta.key;
+        let connection = self.prerouting(ctx, &mut packet);
+        let destination = packet.meta.key.destination;
+        if destination == self.stack().ip || self.is_own_address(destination) {
+            self.local_delivery(ctx, slot, packet, out);
+            return;
+        }
+        let Some(egress) = self.stack().route(destination) else {
+            let refusal = if self.stack().blackholed(destination) {
+                Refusal {
+                    reason: DropReason::NoRoute,
+                    detail: format!("blackhole route for {destination}"),
+                    icmp: None,
+                }
+            } else {
+                forwarding::no_route(destination)
+            };
+            self.refuse(ctx, slot, &packet, refusal, out);
+            return;
+        };
+        let (mtu, next_mac) = match egress {
+            HostEgress::Uplink { next_hop } => (
+                self.stack().uplink_mtu,
+                self.stack().neighbors.get(&next_hop).copied(),
+            ),
+            HostEgress::Interior {
+                interface,
+                next_hop,
+            } => {
+                let link = self.interior(interface, next_hop);
+                (link.mtu, Some(link.destination_mac))
+            }
+        };
+        let checks = forwarding::check_ttl(&packet)
+            .and_then(|()| forwarding::check_mtu(&packet, mtu, self.egress_name(egress)));
+        if let Err(refusal) = checks {
+            self.refuse(ctx, slot, &packet, refusal, out);
+            return;
+        }
+        packet.decrement_ttl();
+        // Neighbour resolution. Linux resolves after POSTROUTING and sends the
+        // host-unreachable to the translated source, which the RELATED conntrack
+        // entry then un-NATs back to the pod (nf_nat_icmp_reply_translation); checking
+        // before POSTROUTING sends the pod the same error.
+        let Some(next_mac) = next_mac else {
+            let HostEgress::Uplink { next_hop } = egress else {
+                return;
+            };
+            self.refuse(
+                ctx,
+                slot,
+                &packet,
+                forwarding::no_neighbor(next_hop, "eth0"),
+                out,
+            );
+            return;
+        };
+        let before = packet.meta.key;
+        if let Err(reason) = self.postrouting(ctx, ingress, egress, connection, &mut packet) {
+            let name = &self.stack().name;
+            ctx.describe(slot, HopAction::Drop, || format!("postrouting: {reason}"));
+            ctx.drop_packet(name, &packet, reason, || {
+                "POSTROUTING could not commit the connection".into()
+            });
+            return;
+        }
+        let size_limit = usize::from(mtu).min(fragment_size.unwrap_or(usize::MAX));
+        ctx.describe(slot, HopAction::Receive, || {
+            let route = self.describe_route(egress, destination);
+            let reassembled = if fragment_size.is_some() {
+                "reassembled; "
+            } else {
+                ""
+            };
+            let unsnat = if arrived.destination == destination {
+                String::new()
+            } else {
+                format!(
+                    "unsnat {}:{} -> {destination}:{}; ",
+                    arrived.destination, arrived.destination_port, packet.meta.key.destination_port
+                )
+            };
+            format!("{reassembled}{unsnat}{route}")
+        });
+        match egress {
+            HostEgress::Uplink { .. } => {
+                let stack = self.stack();
+                packet.set_macs(stack.mac, next_mac);
+                let after = packet.meta.key;
+                let (uplink_point, uplink_port) = (stack.uplink_point, stack.uplink_port);
+                let fragments = forwarding::fragment_for_mtu(ctx, packet, size_limit);
+                let count = fragments.len();
+                for (index, fragment) in fragments.enumerate() {
+                    ctx.hop(uplink_point, &fragment, HopAction::Transmit, || {
+                        let cut = if count > 1 {
+                            format!(
+                                ", {}",
+                                forwarding::describe_fragment(index, count, &fragment)
+                            )
+                        } else {
+                            String::new()
+                        };
+                        let route = self.describe_route(egress, destination);
+                        describe_source_rewrite(&before, &after)
+                            + &format!("{route} ({next_mac}){cut}")
+                    });
+                    out.send(uplink_port, fragment);
+                }
+            }
+            HostEgress::Interior {
+                interface,
+                next_hop,
+            } => {
+                let link = self.interior(interface, next_hop);
+                packet.set_macs(link.source_mac, next_mac);
+                for fragment in forwarding::fragment_for_mtu(ctx, packet, size_limit) {
+                    self.send_interior(ctx, interface, next_hop, fragment, out, true);
+                }
+            }
+        }
+    }
+
+    /// The egress interface's name.
+    fn egress_name(&self, egress: HostEgress) -> &str {
+        match egress {
+            HostEgress::Uplink { .. } => "eth0",
+            HostEgress::Interior { interface, .. } => self.interior_name(interface),
+        }
+    }
+
+    /// `host stack: route D via H dev IF`.
+    fn describe_route(&self, egress: HostEgress, destination: Ipv4Addr) -> String {
+        let name = self.egress_name(egress);
+        match egress {
+            HostEgress::Uplink { next_hop } | HostEgress::Interior { next_hop, .. }
+                if next_hop != destination =>
+            {
+                format!("host stack: route {destination} via {next_hop} dev {name}")
+            }
+            _ => format!("host stack: route {destination} dev {name}"),
+        }
+    }
+
+    /// PREROUTING: find the connection; replies are un-SNATed (and DNAT would be
+    /// applied) here, before routing (reference §g).
+    fn prerouting(&mut self, ctx: &mut Ctx, packet: &mut Packet) -> Option<(EntryId, Direction)> {
+        if matches!(packet.meta.icmp, IcmpKind::Error { .. }) {
+            self.related_icmp(ctx, packet);
+            return None;
+        }
+        let stack = self.stack_mut();
+        let (id, direction) = stack.conntrack.lookup(&packet.meta.key, ctx.now_ns)?;
+        let entry = *stack.conntrack.entry(id)?;
+        let kind = if direction == Direction::Reply {
+            "unsnat"
+        } else {
+            "dnat"
+        };
+        self.translate(
+            ctx,
+            packet,
+            Side::Destination,
+            entry.translated_destination(direction),
+            kind,
+        );
+        Some((id, direction))
+    }
+
+    /// An ICMP error about a tracked connection is RELATED to it: when that
+    /// connection was SNATed, the error (addressed to the translated source) is
+    /// translated back — outer destination and the quoted packet's source — so it
+    /// reaches the pod that sent the original (reference §g).
+    fn related_icmp(&mut self, ctx: &mut Ctx, packet: &mut Packet) {
+        let Some(quoted) = crate::packet::quoted_flow_key(packet) else {
+            return;
+        };
+        let stack = self.stack_mut();
+        let Some((id, Direction::Reply)) = stack.conntrack.lookup(&quoted.reversed(), ctx.now_ns)
+        else {
+            return;
+        };
+        let Some(entry) = stack.conntrack.entry(id).copied() else {
+            return;
+        };
+        if !entry.has_snat() {
+            return;
+        }
+        let (address, port) = (entry.original.source, entry.original.source_port);
+        let before = packet.meta.key.destination;
+        packet.rewrite_quoted_source(address, port);
+        packet.set_destination(address, packet.meta.key.destination_port);
+        ctx.nat(
+            &stack.name,
+            packet,
+            "unsnat-related",
+            || before.to_string(),
+            || address.to_string(),
+        );
+    }
+
+    /// POSTROUTING: apply the connection's SNAT (or un-DNAT), or commit a new
+    /// connection under the CNI's masquerade rule.
+    fn postrouting(
+        &mut self,
+        ctx: &mut Ctx,
+        ingress: HostIngress,
+        egress: HostEgress,
+        connection: Option<(EntryId, Direction)>,
+        packet: &mut Packet,
+    ) -> Result<(), DropReason> {
+        let key = packet.meta.key;
+        let (id, direction) = match connection {
+            Some(connection) => connection,
+            None => (self.commit(ctx, ingress, egress, key)?, Direction::Original),
+        };
+        let entry = *self
+            .stack()
+            .conntrack
+            .entry(id)
+            .ok_or(DropReason::ConntrackFull)?;
+        let kind = if direction == Direction::Original {
+            "snat"
+        } else {
+            "undnat"
+        };
+        self.translate(
+            ctx,
+            packet,
+            Side::Source,
+            entry.translated_source(direction),
+            kind,
+        );
+        Ok(())
+    }
+
+    /// Rewrites one side of `packet` to `target` when it differs, and records the NAT.
+    fn translate(
+        &self,
+        ctx: &mut Ctx,
+        packet: &mut Packet,
+        side: Side,
+        target: (Ipv4Addr, u16),
+        kind: &'static str,
+    ) {
+        let key = packet.meta.key;
+        let current = match side {
+            Side::Source => (key.source, key.source_port),
+            Side::Destination => (key.destination, key.destination_port),
+        };
+        if current == target {
+            return;
+        }
+        match side {
+            Side::Source => packet.set_source(target.0, target.1),
+            Side::Destination => packet.set_destination(target.0, target.1),
+        }
+        ctx.nat(
+            &self.stack().name,
+            packet,
+            kind,
+            || format!("{}:{}", current.0, current.1),
+            || format!("{}:{}", target.0, target.1),
+        );
+    }
+
+    /// Commits a new connection: MASQUERADE to the address of the interface it
+    /// leaves by (the node IP on eth0) when the CNI's rule says so, untranslated
+    /// otherwise.
+    fn commit(
+        &mut self,
+        ctx: &Ctx,
+        ingress: HostIngress,
+        egress: HostEgress,
+        key: FlowKey,
+    ) -> Result<EntryId, DropReason> {
+        let masquerade = self.masquerade(ingress, egress, &key);
+        let address = match egress {
+            HostEgress::Uplink { .. } => self.stack().ip,
+            HostEgress::Interior {
+                interface,
+                next_hop,
+            } => self.interior(interface, next_hop).address,
+        };
+        let stack = self.stack_mut();
+        let committed = if masquerade {
+            stack.conntrack.insert_snat(key, address, ctx.now_ns)
+        } else {
+            stack.conntrack.insert_untranslated(key, ctx.now_ns)
+        };
+        committed.map_err(|error| match error {
+            ConntrackError::Full => DropReason::ConntrackFull,
+            ConntrackError::PortsExhausted => DropReason::SnatPortsExhausted,
+        })
+    }
+
+    /// Traffic for the node itself: a ping is answered, TCP is reset and UDP refused
+    /// with port unreachable, as the node's kernel does when nothing listens
+    /// (datapath::local). Answers leave the way routing sends them.
+    fn local_delivery(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        packet: Packet,
+        out: &mut Outputs,
+    ) {
+        let destination = packet.meta.key.destination;
+        let Some(route) = self.local_route(packet.meta.key.source) else {
+            let name = &self.stack().name;
+            ctx.describe(slot, HopAction::Drop, || {
+                format!("{destination} is the node; no route back to the sender")
+            });
+            ctx.drop_packet(name, &packet, DropReason::NoRoute, || {
+                format!("no route back to {}", packet.meta.key.source)
+            });
+            return;
+        };
+        let link = AnswerLink {
+            source_mac: route.source_mac,
+            destination_mac: route.destination_mac,
+            identification: self.stack_mut().next_identification(),
+        };
+        let stack = self.stack();
+        let what = format!("node {}", stack.name);
+        let at = Settle {
+            device: &stack.name,
+            what: &what,
+            slot,
+            point: route.point,
+        };
+        let answer = local::answer(&packet, link);
+        if let Some(answer) = local::settle(ctx, at, &packet, answer) {
+            self.send_local(ctx, route.egress, answer, out);
+        }
+    }
+
+    /// How a packet the node itself sends to `destination` leaves: the interface the
+    /// routing table picks, that interface's address (the source Linux chooses when
+    /// none is bound) and MACs, and its capture point. None when there is no route or
+    /// the next hop does not resolve.
+    fn local_route(&self, destination: Ipv4Addr) -> Option<LocalRoute> {
+        let stack = self.stack();
+        match stack.route(destination)? {
+            egress @ HostEgress::Uplink { next_hop } => Some(LocalRoute {
+                egress,
+                source: stack.ip,
+                source_mac: stack.mac,
+                destination_mac: *stack.neighbors.get(&next_hop)?,
+                point: stack.uplink_point,
+            }),
+            egress @ HostEgress::Interior {
+                interface,
+                next_hop,
+            } => {
+                let link = self.interior(interface, next_hop);
+                Some(LocalRoute {
+                    egress,
+                    source: link.address,
+                    source_mac: link.source_mac,
+                    destination_mac: link.destination_mac,
+                    point: link.point,
+                })
+            }
+        }
+    }
+
+    /// Sends a packet the node originated out of `egress`.
+    fn send_local(&mut self, ctx: &mut Ctx, egress: HostEgress, packet: Packet, out: &mut Outputs) {
+        match egress {
+            HostEgress::Uplink { .. } => out.send(self.stack().uplink_port, packet),
+            HostEgress::Interior {
+                interface,
+                next_hop,
+            } => self.send_interior(ctx, interface, next_hop, packet, out, false),
+        }
+    }
+
+    /// Drops `packet` for `refusal`, answering the sender with the ICMP error it owes.
+    fn refuse(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        packet: &Packet,
+        refusal: Refusal,
+        out: &mut Outputs,
+    ) {
+        ctx.describe(slot, HopAction::Drop, || refusal.detail.clone());
+        if let Some(message) = refusal.icmp {
+            self.send_error(ctx, packet, message, out);
+        }
+        ctx.drop_packet(&self.stack().name, packet, refusal.reason, || {
+            refusal.detail
+        });
+    }
+
+    /// An ICMP error from the host stack to the packet's source, routed like any
+    /// packet the node sends, from the address of the interface it leaves by (Linux
+    /// `__icmp_send`, `icmp_errors_use_inbound_ifaddr = 0`).
+    fn send_error(
+        &mut self,
+        ctx: &mut Ctx,
+        packet: &Packet,
+        message: ErrorMessage,
+        out: &mut Outputs,
+    ) {
+        if !icmp::may_send_error(packet) {
+            return;
+        }
+        let Some(route) = self.local_route(packet.meta.key.source) else {
+            return;
+        };
+        let identification = self.stack_mut().next_identification();
+        let header = ErrorHeader::icmp_send(
+            packet,
+            route.source,
+            route.source_mac,
+            route.destination_mac,
+            identification,
+        );
+        let error = icmp::originate(ctx, route.point, packet, message, header);
+        self.send_local(ctx, route.egress, error, out);
+    }
+}
+
+/// Where a packet the node originates leaves (see [`LinuxHost::local_route`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalRoute {
+    pub egress: HostEgress,
+    pub source: Ipv4Addr,
+    pub source_mac: Mac,
+    pub destination_mac: Mac,
+    pub point: PointId,
+}
+
+/// `snat A:a -> B:b; ` when the source changed between `before` and `after`.
+pub fn describe_source_rewrite(before: &FlowKey, after: &FlowKey) -> String {
+    if (before.source, before.source_port) == (after.source, after.source_port) {
+        return String::new();
+    }
+    format!(
+        "snat {}:{} -> {}:{}; ",
+        before.source, before.source_port, after.source, after.source_port
+    )
+}

@@ -57,13 +57,27 @@ pub struct Speaker {
     pub router_id: Ipv4Addr,
     /// Its interface addresses, with their subnets.
     pub addresses: Vec<Ipv4Net>,
-    /// Configured neighbors: address, AS, route-reflector client.
-    pub neighbors: Vec<(Ipv4Addr, u32, bool)>,
+    pub neighbors: Vec<Neighbor>,
     /// What it originates (redistribution), before aggregation.
     pub originated: Vec<Path>,
     pub aggregates: Vec<Aggregate>,
     pub route_map_out: Vec<RouteMapEntry>,
     pub multipath: bool,
+}
+
+/// A configured neighbor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbor {
+    pub address: Ipv4Addr,
+    pub asn: u32,
+    /// This speaker reflects iBGP routes to it (RFC 4456).
+    pub route_reflector_client: bool,
+    /// Not on a connected subnet: the session runs from the speaker's router id
+    /// (Calico's node-to-node mesh, `multihop`).
+    pub multihop: bool,
+    /// Send learned paths with their next hop unchanged, even over eBGP (BIRD `next
+    /// hop keep`; Calico BGPPeer `keepOriginalNextHop`).
+    pub next_hop_keep: bool,
 }
 
 /// One direction of a session: from `local` to `peer` (speaker indices).
@@ -76,6 +90,7 @@ pub struct Session {
     pub ebgp: bool,
     /// The peer is a route-reflector client of `local`.
     pub peer_is_client: bool,
+    pub next_hop_keep: bool,
 }
 
 /// A configured neighbor's session state, for `netsim routes`.
@@ -108,7 +123,9 @@ pub fn sessions(
     let mut sessions = Vec::new();
     let mut states = Vec::new();
     for (local, speaker) in speakers.iter().enumerate() {
-        for &(peer_address, peer_asn, client) in &speaker.neighbors {
+        for neighbor in &speaker.neighbors {
+            let (peer_address, peer_asn) = (neighbor.address, neighbor.asn);
+            let client = neighbor.route_reflector_client;
             let outcome = (|| -> Result<Session, String> {
                 let peer = owner_of(peer_address)?;
                 let other = &speakers[peer];
@@ -118,22 +135,31 @@ pub fn sessions(
                         other.name, other.asn
                     ));
                 }
-                let local_address = speaker
+                let connected = speaker
                     .addresses
                     .iter()
                     .find(|net| net.contains(&peer_address))
-                    .map(|net| net.addr())
-                    .ok_or_else(|| format!("{peer_address} is not on a connected subnet"))?;
+                    .map(|net| net.addr());
+                let local_address = match connected {
+                    Some(address) => address,
+                    None if neighbor.multihop => speaker.router_id,
+                    None => {
+                        return Err(format!(
+                            "{peer_address} is not on a connected subnet (a single-hop session)"
+                        ))
+                    }
+                };
                 match other
                     .neighbors
                     .iter()
-                    .find(|(ip, _, _)| *ip == local_address)
+                    .find(|n| n.address == local_address)
+                    .map(|n| (n.address, n.asn))
                 {
                     None => Err(format!(
                         "{} has no neighbor {local_address}: the session is not configured back",
                         other.name
                     )),
-                    Some((_, asn, _)) if *asn != speaker.asn => Err(format!(
+                    Some((_, asn)) if asn != speaker.asn => Err(format!(
                         "{} expects AS {asn} at {local_address}, this speaker is AS {}",
                         other.name, speaker.asn
                     )),
@@ -144,6 +170,7 @@ pub fn sessions(
                         peer_address,
                         ebgp: speaker.asn != other.asn,
                         peer_is_client: client,
+                        next_hop_keep: neighbor.next_hop_keep,
                     }),
                 }
             })();
@@ -314,7 +341,17 @@ fn export(
         let mut sent = path.clone();
         if session.ebgp {
             sent.as_path.insert(0, speaker.asn);
-            sent.next_hop = Some(session.local_address);
+            // Next hop self, unless the path's next hop shares the subnet with the
+            // peer (the third-party next hop of RFC 4271 §5.1.3, BIRD's default).
+            let shared = speaker
+                .addresses
+                .iter()
+                .find(|net| net.contains(&session.peer_address));
+            sent.next_hop = match (path.next_hop, shared) {
+                (Some(hop), _) if session.next_hop_keep => Some(hop),
+                (Some(hop), Some(net)) if net.contains(&hop) => Some(hop),
+                _ => Some(session.local_address),
+            };
             sent.local_pref = DEFAULT_LOCAL_PREF;
             sent.originator_id = None;
             sent.cluster_list.clear();

@@ -191,9 +191,25 @@ fn port_toward(interfaces: &[Ipv4Net], address: Ipv4Addr) -> Option<PortId> {
         .map(port_id)
 }
 
+/// What BIRD on a Calico node learned: its BGP candidates (best or why not) and its
+/// sessions. The node's kernel routes are built from the best ones.
+#[derive(Debug, Clone, Default)]
+pub struct NodeBgp {
+    pub candidates: Vec<Candidate>,
+    pub sessions: Vec<bgp::SessionState>,
+}
+
+/// The whole control plane: every router's tables, and every Calico node's BGP
+/// (indexed by cluster, then node; empty for other CNIs).
+#[derive(Debug, Clone, Default)]
+pub struct ControlPlane {
+    pub routers: Vec<RouteTables>,
+    pub nodes: Vec<Vec<NodeBgp>>,
+}
+
 /// Every router's route tables, computed together: base routes, Tier-1
 /// advertisement to Tier-0s, then BGP to convergence.
-pub fn compute(topology: &Topology) -> Vec<RouteTables> {
+pub fn compute(topology: &Topology) -> ControlPlane {
     let interfaces: Vec<Vec<Ipv4Net>> = topology
         .routers
         .iter()
@@ -226,8 +242,8 @@ pub fn compute(topology: &Topology) -> Vec<RouteTables> {
         .collect();
     routed_pod_cidrs_on_tier1s(topology, &interfaces, &mut candidates);
     advertise_to_tier0s(topology, &interfaces, &mut candidates);
-    let sessions = run_bgp(topology, &interfaces, &mut candidates);
-    candidates
+    let (sessions, nodes) = run_bgp(topology, &interfaces, &mut candidates);
+    let routers = candidates
         .into_iter()
         .enumerate()
         .map(|(index, list)| {
@@ -235,7 +251,8 @@ pub fn compute(topology: &Topology) -> Vec<RouteTables> {
             tables.sessions = sessions[index].clone();
             tables
         })
-        .collect()
+        .collect();
+    ControlPlane { routers, nodes }
 }
 
 /// Routed pods (Antrea noEncap / hybrid) behind an NSX Tier-1: the NSX/Antrea
@@ -248,7 +265,8 @@ fn routed_pod_cidrs_on_tier1s(
 ) {
     use crate::topology::{RouterKind, TrafficEncapMode};
     for cluster in &topology.clusters {
-        if cluster.antrea.traffic_encap_mode == TrafficEncapMode::Encap {
+        if cluster.calico.is_some() || cluster.antrea.traffic_encap_mode == TrafficEncapMode::Encap
+        {
             continue;
         }
         for node in &cluster.nodes {
@@ -332,83 +350,230 @@ fn resolve_recursively(
         .map_or((None, None), |c| (Some(c.port), c.next_hop))
 }
 
-/// Builds the BGP speakers, runs BGP, and adds each router's BGP paths to its
-/// candidates (the best ones eligible; the others with the reason they lost).
-/// Returns each router's session states.
+/// A path this speaker originates (no next hop, empty AS path).
+fn originated_path(prefix: Ipv4Net, origin: bgp::OriginCode, router_id: Ipv4Addr) -> bgp::Path {
+    bgp::Path {
+        prefix,
+        next_hop: None,
+        as_path: Vec::new(),
+        origin,
+        med: 0,
+        local_pref: bgp::DEFAULT_LOCAL_PREF,
+        from_session: None,
+        from_ebgp: false,
+        peer_router_id: router_id,
+        peer_address: None,
+        originator_id: None,
+        cluster_list: Vec::new(),
+    }
+}
+
+/// A router's BGP speaker: what it redistributes (connected but not the transit
+/// link, static, what its Tier-1s advertise, by type).
+fn router_speaker(
+    router: &crate::topology::Router,
+    config: &crate::topology::Bgp,
+    interfaces: &[Ipv4Net],
+    candidates: &[Candidate],
+) -> bgp::Speaker {
+    let transit: Vec<usize> = router
+        .interfaces
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.name == Some("transit"))
+        .map(|(position, _)| position)
+        .collect();
+    let mut originated: Vec<bgp::Path> = Vec::new();
+    for redistribute in &config.redistribute {
+        for candidate in candidates {
+            let wanted = match (redistribute, candidate.origin) {
+                (Redistribute::Connected, RouteOrigin::Connected) => {
+                    !transit.contains(&usize::from(candidate.port))
+                }
+                (Redistribute::Static, RouteOrigin::Static) => true,
+                (Redistribute::Tier1(kind), RouteOrigin::Tier1(origin)) => *kind == origin,
+                _ => false,
+            };
+            if wanted && !originated.iter().any(|p| p.prefix == candidate.prefix) {
+                originated.push(originated_path(
+                    candidate.prefix,
+                    bgp::OriginCode::Incomplete,
+                    config.router_id,
+                ));
+            }
+        }
+    }
+    bgp::Speaker {
+        name: router.name.clone(),
+        asn: config.asn,
+        router_id: config.router_id,
+        addresses: interfaces.to_vec(),
+        neighbors: config
+            .neighbors
+            .iter()
+            .map(|n| bgp::Neighbor {
+                address: n.ip,
+                asn: n.asn,
+                route_reflector_client: n.route_reflector_client,
+                multihop: false,
+                next_hop_keep: false,
+            })
+            .collect(),
+        originated,
+        aggregates: router.aggregates.clone(),
+        route_map_out: router.route_map_out.clone(),
+        multipath: router.ecmp,
+    }
+}
+
+/// A Calico node's BIRD, as confd generates its configuration (reference §f):
+/// router id = node IP, the cluster's AS; iBGP to every other node (the
+/// node-to-node mesh, multihop) unless it is a route reflector or the mesh is off;
+/// route reflectors reflect to every other node (`rr client`) and peer with each
+/// other; the BGPPeers that select it. It exports each affine block (the static
+/// `blackhole` route) and a /32 for every local pod whose address is borrowed from
+/// another node's block (`calico_aggr` suppresses what lies under its own blocks).
+/// `merge paths on`: equal paths go to the kernel as ECMP.
+fn calico_speaker(
+    cluster: &crate::topology::Cluster,
+    calico: &crate::topology::CalicoSettings,
+    index: usize,
+    subnet_prefix: u8,
+) -> bgp::Speaker {
+    let node = &cluster.nodes[index];
+    let is_reflector = |i: usize| calico.route_reflectors.contains(&i);
+    let mut neighbors = Vec::new();
+    let mut ibgp = |other: usize, client: bool| {
+        if other != index {
+            neighbors.push(bgp::Neighbor {
+                address: cluster.nodes[other].ip,
+                asn: calico.asn,
+                route_reflector_client: client,
+                multihop: true,
+                next_hop_keep: false,
+            });
+        }
+    };
+    for other in 0..cluster.nodes.len() {
+        match (is_reflector(index), is_reflector(other)) {
+            (true, false) => ibgp(other, true),
+            (true, true) | (false, true) => ibgp(other, false),
+            (false, false) if calico.node_to_node_mesh => ibgp(other, false),
+            (false, false) => {}
+        }
+    }
+    for peer in &calico.bgp_peers {
+        if peer.nodes.contains(&index) {
+            neighbors.push(bgp::Neighbor {
+                address: peer.ip,
+                asn: peer.asn,
+                route_reflector_client: false,
+                multihop: peer.asn == calico.asn,
+                next_hop_keep: peer.keep_original_next_hop,
+            });
+        }
+    }
+    let mut originated: Vec<bgp::Path> = node
+        .blocks
+        .iter()
+        .map(|block| originated_path(*block, bgp::OriginCode::Igp, node.ip))
+        .collect();
+    for pod in cluster.pods.iter().filter(|p| p.node == index) {
+        if !node.blocks.iter().any(|block| block.contains(&pod.ip)) {
+            let host = Ipv4Net::new(pod.ip, 32).unwrap_or_default();
+            originated.push(originated_path(host, bgp::OriginCode::Igp, node.ip));
+        }
+    }
+    bgp::Speaker {
+        name: node.name.clone(),
+        asn: calico.asn,
+        router_id: node.ip,
+        addresses: vec![Ipv4Net::new(node.ip, subnet_prefix).unwrap_or_default()],
+        neighbors,
+        originated,
+        aggregates: Vec::new(),
+        // `filter calico_export_to_bgp_peers { calico_aggr(); if net ~ <pool> then
+        // accept; reject; }`: only what lies inside a pool leaves the node.
+        route_map_out: calico
+            .pools
+            .iter()
+            .map(|pool| crate::topology::RouteMapEntry {
+                permit: true,
+                prefix: *pool,
+                ge: pool.prefix_len(),
+                le: 32,
+            })
+            .collect(),
+        multipath: true,
+    }
+}
+
+/// Who a BGP speaker is, for handing its outcome back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpeakerOf {
+    Router(usize),
+    Node { cluster: usize, node: usize },
+}
+
+/// Builds the BGP speakers (routers with `bgp`, Calico nodes), runs BGP, and adds
+/// each router's BGP paths to its candidates (the best ones eligible; the others with
+/// the reason they lost). Returns each router's session states and each Calico
+/// node's BGP.
 fn run_bgp(
     topology: &Topology,
     interfaces: &[Vec<Ipv4Net>],
     candidates: &mut [Vec<Candidate>],
-) -> Vec<Vec<bgp::SessionState>> {
-    let mut speaker_of_router = vec![None; topology.routers.len()];
+) -> (Vec<Vec<bgp::SessionState>>, Vec<Vec<NodeBgp>>) {
+    let mut owners: Vec<SpeakerOf> = Vec::new();
     let mut speakers = Vec::new();
     for (index, router) in topology.routers.iter().enumerate() {
-        let Some(config) = &router.bgp else {
+        if let Some(config) = &router.bgp {
+            owners.push(SpeakerOf::Router(index));
+            speakers.push(router_speaker(
+                router,
+                config,
+                &interfaces[index],
+                &candidates[index],
+            ));
+        }
+    }
+    for (cluster_index, cluster) in topology.clusters.iter().enumerate() {
+        let Some(calico) = &cluster.calico else {
             continue;
         };
-        speaker_of_router[index] = Some(speakers.len());
-        let transit: Vec<usize> = router
-            .interfaces
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.name == Some("transit"))
-            .map(|(position, _)| position)
-            .collect();
-        let mut originated: Vec<bgp::Path> = Vec::new();
-        for redistribute in &config.redistribute {
-            for candidate in &candidates[index] {
-                let wanted = match (redistribute, candidate.origin) {
-                    (Redistribute::Connected, RouteOrigin::Connected) => {
-                        !transit.contains(&usize::from(candidate.port))
-                    }
-                    (Redistribute::Static, RouteOrigin::Static) => true,
-                    (Redistribute::Tier1(kind), RouteOrigin::Tier1(origin)) => *kind == origin,
-                    _ => false,
-                };
-                if wanted && !originated.iter().any(|p| p.prefix == candidate.prefix) {
-                    originated.push(bgp::Path {
-                        prefix: candidate.prefix,
-                        next_hop: None,
-                        as_path: Vec::new(),
-                        origin: bgp::OriginCode::Incomplete,
-                        med: 0,
-                        local_pref: bgp::DEFAULT_LOCAL_PREF,
-                        from_session: None,
-                        from_ebgp: false,
-                        peer_router_id: config.router_id,
-                        peer_address: None,
-                        originator_id: None,
-                        cluster_list: Vec::new(),
-                    });
+        for (node, settings) in cluster.nodes.iter().enumerate() {
+            let prefix = topology.segments[settings.segment].cidr.prefix_len();
+            owners.push(SpeakerOf::Node {
+                cluster: cluster_index,
+                node,
+            });
+            speakers.push(calico_speaker(cluster, calico, node, prefix));
+        }
+    }
+    // Which speaker holds an address: router interfaces and node IPs.
+    let mut by_address: rustc_hash::FxHashMap<Ipv4Addr, usize> = Default::default();
+    for (speaker, owner) in owners.iter().enumerate() {
+        match *owner {
+            SpeakerOf::Router(router) => {
+                for interface in &topology.routers[router].interfaces {
+                    by_address.insert(interface.address.addr(), speaker);
                 }
             }
+            SpeakerOf::Node { cluster, node } => {
+                by_address.insert(topology.clusters[cluster].nodes[node].ip, speaker);
+            }
         }
-        speakers.push(bgp::Speaker {
-            name: router.name.clone(),
-            asn: config.asn,
-            router_id: config.router_id,
-            addresses: interfaces[index].clone(),
-            neighbors: config
-                .neighbors
-                .iter()
-                .map(|n| (n.ip, n.asn, n.route_reflector_client))
-                .collect(),
-            originated,
-            aggregates: router.aggregates.clone(),
-            route_map_out: router.route_map_out.clone(),
-            multipath: router.ecmp,
-        });
     }
     let owner_of = |address: Ipv4Addr| -> Result<usize, String> {
-        for (index, router) in topology.routers.iter().enumerate() {
-            if router
-                .interfaces
-                .iter()
-                .any(|i| i.address.addr() == address)
-            {
-                return speaker_of_router[index]
-                    .ok_or_else(|| format!("router {} does not speak BGP", router.name));
-            }
+        if let Some(&speaker) = by_address.get(&address) {
+            return Ok(speaker);
+        }
+        if let Some(router) = topology
+            .routers
+            .iter()
+            .find(|r| r.interfaces.iter().any(|i| i.address.addr() == address))
+        {
+            return Err(format!("router {} does not speak BGP", router.name));
         }
         if let Some(host) = topology.hosts.iter().find(|h| h.ip == address) {
             return Err(format!(
@@ -419,7 +584,7 @@ fn run_bgp(
         for cluster in &topology.clusters {
             if let Some(node) = cluster.nodes.iter().find(|n| n.ip == address) {
                 return Err(format!(
-                    "{address} is node {}, not a BGP speaker",
+                    "{address} is node {}, not a BGP speaker (its CNI does not run BGP)",
                     node.name
                 ));
             }
@@ -429,68 +594,108 @@ fn run_bgp(
     let (sessions, states) = bgp::sessions(&speakers, &owner_of);
     let outcome = bgp::converge(&speakers, &sessions, states);
     let mut per_router = vec![Vec::new(); topology.routers.len()];
-    for state in &outcome.sessions {
-        if let Some(router) = speaker_of_router
-            .iter()
-            .position(|s| *s == Some(state.speaker))
-        {
-            per_router[router].push(state.clone());
-        }
-    }
-    for (router, speaker) in speaker_of_router.iter().enumerate() {
-        let Some(speaker) = *speaker else {
-            continue;
-        };
-        let best = &outcome.best[speaker];
-        for path in &outcome.received[speaker] {
-            let (Some(next_hop), Some(_)) = (path.next_hop, path.from_session) else {
-                continue; // originated here: the router has the route already
-            };
-            let chosen = best
-                .get(&path.prefix)
-                .map(|paths| paths.contains(path))
-                .unwrap_or(false);
-            // A next hop on a connected subnet is used as is; otherwise it is
-            // resolved recursively through the router's other routes (an iBGP next
-            // hop reached over the IGP / static routes).
-            let (port, resolved_via) = match port_toward(&interfaces[router], next_hop) {
-                Some(port) => (Some(port), None),
-                None => resolve_recursively(&candidates[router], next_hop),
-            };
-            let mut candidate = Candidate::new(
-                path.prefix,
-                Some(next_hop),
-                port.unwrap_or(PortId::MAX),
-                RouteOrigin::Bgp {
-                    internal: !path.from_ebgp,
-                },
-            );
-            candidate.resolved_via = resolved_via;
-            candidate.bgp = Some(BgpAttributes {
-                as_path: path.as_path.clone(),
-                local_pref: path.local_pref,
-                med: path.med,
-            });
-            candidate.reason = if port.is_none() {
-                Some(format!(
-                    "next hop {next_hop} is unreachable (no route resolves it)"
-                ))
-            } else if !chosen {
-                let winner = best.get(&path.prefix).and_then(|p| p.first());
-                Some(match winner {
-                    Some(winner) => format!(
-                        "BGP best path is {}",
-                        bgp::describe_preference(winner, path)
-                    ),
-                    None => "not a BGP best path".to_string(),
-                })
+    let mut per_node: Vec<Vec<NodeBgp>> = topology
+        .clusters
+        .iter()
+        .map(|c| {
+            if c.calico.is_some() {
+                vec![NodeBgp::default(); c.nodes.len()]
             } else {
-                None
-            };
-            candidates[router].push(candidate);
+                Vec::new()
+            }
+        })
+        .collect();
+    for state in &outcome.sessions {
+        match owners[state.speaker] {
+            SpeakerOf::Router(router) => per_router[router].push(state.clone()),
+            SpeakerOf::Node { cluster, node } => {
+                per_node[cluster][node].sessions.push(state.clone())
+            }
         }
     }
-    per_router
+    for (speaker, owner) in owners.iter().enumerate() {
+        match *owner {
+            SpeakerOf::Router(router) => {
+                let list = learned_candidates(&outcome, speaker, |next_hop| {
+                    match port_toward(&interfaces[router], next_hop) {
+                        Some(port) => (Some(port), None),
+                        None => resolve_recursively(&candidates[router], next_hop),
+                    }
+                });
+                candidates[router].extend(list);
+            }
+            SpeakerOf::Node { cluster, node } => {
+                let settings = &topology.clusters[cluster].nodes[node];
+                let segment = &topology.segments[settings.segment];
+                // BIRD's `gateway recursive`: a next hop off the node's subnet is
+                // reached through the default route.
+                let list = learned_candidates(&outcome, speaker, |next_hop| {
+                    if segment.cidr.contains(&next_hop) {
+                        (Some(0), None)
+                    } else {
+                        (segment.gateway_ip.map(|_| 0), segment.gateway_ip)
+                    }
+                });
+                per_node[cluster][node].candidates = list;
+            }
+        }
+    }
+    (per_router, per_node)
+}
+
+/// A speaker's BGP paths learned from peers as RIB candidates: the best ones
+/// eligible, the others with the reason they lost. `resolve` gives the port toward a
+/// next hop and the neighbour it resolves through when not directly connected.
+fn learned_candidates(
+    outcome: &bgp::Outcome,
+    speaker: usize,
+    resolve: impl Fn(Ipv4Addr) -> (Option<PortId>, Option<Ipv4Addr>),
+) -> Vec<Candidate> {
+    let best = &outcome.best[speaker];
+    let mut list = Vec::new();
+    for path in &outcome.received[speaker] {
+        let (Some(next_hop), Some(_)) = (path.next_hop, path.from_session) else {
+            continue; // originated here: the device has the route already
+        };
+        let chosen = best
+            .get(&path.prefix)
+            .map(|paths| paths.contains(path))
+            .unwrap_or(false);
+        let (port, resolved_via) = resolve(next_hop);
+        let mut candidate = Candidate::new(
+            path.prefix,
+            Some(next_hop),
+            port.unwrap_or(PortId::MAX),
+            RouteOrigin::Bgp {
+                internal: !path.from_ebgp,
+            },
+        );
+        candidate.resolved_via = resolved_via;
+        candidate.bgp = Some(BgpAttributes {
+            as_path: path.as_path.clone(),
+            local_pref: path.local_pref,
+            med: path.med,
+        });
+        candidate.reason = if port.is_none() {
+            Some(format!(
+                "next hop {next_hop} is unreachable (no route resolves it)"
+            ))
+        } else if !chosen {
+            let winner = best.get(&path.prefix).and_then(|p| p.first());
+            Some(match winner {
+                Some(winner) => format!(
+                    "BGP best path is {}",
+                    bgp::describe_preference(winner, path)
+                ),
+                None => "not a BGP best path".to_string(),
+            })
+        } else {
+            None
+        };
+        candidate.best = candidate.reason.is_none();
+        list.push(candidate);
+    }
+    list
 }
 
 #[cfg(test)]

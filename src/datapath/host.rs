@@ -65,6 +65,18 @@ pub enum HostRoute {
     Blackhole,
 }
 
+/// A pod attached to a node (Antrea: a port of br-int; Calico: a routed veth).
+#[derive(Debug, Clone)]
+pub struct LocalPod {
+    /// `NS/NAME`.
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    /// Capture point of the node side of the veth (`NODE:veth-NS-POD`, Calico
+    /// `NODE:caliXXXXXXXXXXX`).
+    pub veth_point: PointId,
+}
+
 /// How a packet leaves through an interior interface.
 #[derive(Debug, Clone, Copy)]
 pub struct InteriorLink {

@@ -11,6 +11,7 @@
 //! moves over links.
 
 pub mod antrea;
+pub mod calico;
 pub mod encap;
 pub mod forwarding;
 pub mod host;

@@ -55,6 +55,9 @@ pub struct RibEntry {
 pub struct NodeRoutes {
     pub name: String,
     pub fib: Vec<FibEntry>,
+    /// What the node's BGP daemon (Calico's BIRD) learned; empty without one.
+    pub rib: Vec<RibEntry>,
+    pub sessions: Vec<SessionEntry>,
 }
 
 /// The routes of every router (or only `only`) and node of `network`.
@@ -87,35 +90,8 @@ pub fn build(network: &Network, only: Option<&str>) -> RoutesReport {
                         origin: route.origin.name().to_string(),
                     })
                     .collect();
-                let rib = router
-                    .rib
-                    .iter()
-                    .map(|candidate| RibEntry {
-                        prefix: candidate.prefix.to_string(),
-                        next_hop: candidate.next_hop.map(|h| h.to_string()),
-                        interface: interface(candidate.port),
-                        origin: candidate.origin.name().to_string(),
-                        as_path: candidate
-                            .bgp
-                            .as_ref()
-                            .map(|b| b.as_path.clone())
-                            .unwrap_or_default(),
-                        local_pref: candidate.bgp.as_ref().map(|b| b.local_pref),
-                        med: candidate.bgp.as_ref().map(|b| b.med),
-                        best: candidate.best,
-                        reason: candidate.reason.clone(),
-                    })
-                    .collect();
-                let sessions = router
-                    .sessions
-                    .iter()
-                    .map(|s| SessionEntry {
-                        peer: s.peer_address.to_string(),
-                        asn: s.peer_asn,
-                        state: if s.established { "established" } else { "down" }.to_string(),
-                        reason: s.reason.clone(),
-                    })
-                    .collect();
+                let rib = rib_entries(&router.rib, interface);
+                let sessions = session_entries(&router.sessions);
                 routers.push(RouterRoutes {
                     name: router.name.clone(),
                     fib,
@@ -139,6 +115,29 @@ pub fn build(network: &Network, only: Option<&str>) -> RoutesReport {
                 nodes.push(NodeRoutes {
                     name: node.name().to_string(),
                     fib,
+                    rib: Vec::new(),
+                    sessions: Vec::new(),
+                });
+            }
+            Device::CalicoNode(node) if only.is_none_or(|name| name == node.name()) => {
+                let fib = node
+                    .route_table()
+                    .into_iter()
+                    .map(|(prefix, via, device, source)| FibEntry {
+                        prefix: prefix.to_string(),
+                        next_hops: vec![match via {
+                            Some(via) => format!("{via} ({device})"),
+                            None => format!("directly connected ({device})"),
+                        }],
+                        origin: source.to_string(),
+                    })
+                    .collect();
+                let bgp = node.bgp();
+                nodes.push(NodeRoutes {
+                    name: node.name().to_string(),
+                    fib,
+                    rib: rib_entries(&bgp.candidates, |_| "eth0".to_string()),
+                    sessions: session_entries(&bgp.sessions),
                 });
             }
             _ => {}
@@ -147,79 +146,135 @@ pub fn build(network: &Network, only: Option<&str>) -> RoutesReport {
     RoutesReport { routers, nodes }
 }
 
-/// The routes as text: per device, the FIB, then every RIB candidate with `*` on the
-/// winners and the reason the others lost.
+fn rib_entries(
+    candidates: &[crate::control::Candidate],
+    interface: impl Fn(u16) -> String,
+) -> Vec<RibEntry> {
+    candidates
+        .iter()
+        .map(|candidate| RibEntry {
+            prefix: candidate.prefix.to_string(),
+            next_hop: candidate.next_hop.map(|h| h.to_string()),
+            interface: interface(candidate.port),
+            origin: candidate.origin.name().to_string(),
+            as_path: candidate
+                .bgp
+                .as_ref()
+                .map(|b| b.as_path.clone())
+                .unwrap_or_default(),
+            local_pref: candidate.bgp.as_ref().map(|b| b.local_pref),
+            med: candidate.bgp.as_ref().map(|b| b.med),
+            best: candidate.best,
+            reason: candidate.reason.clone(),
+        })
+        .collect()
+}
+
+fn session_entries(sessions: &[crate::control::bgp::SessionState]) -> Vec<SessionEntry> {
+    sessions
+        .iter()
+        .map(|s| SessionEntry {
+            peer: s.peer_address.to_string(),
+            asn: s.peer_asn,
+            state: if s.established { "established" } else { "down" }.to_string(),
+            reason: s.reason.clone(),
+        })
+        .collect()
+}
+
+/// The routes as text: per device, the FIB, the BGP sessions, then every RIB
+/// candidate with `*` on the winners and the reason the others lost.
 pub fn text(report: &RoutesReport) -> String {
     let mut out = String::new();
     for router in &report.routers {
-        let _ = writeln!(out, "router {}", router.name);
-        let _ = writeln!(out, "  fib:");
-        let width = router.fib.iter().map(|e| e.prefix.len()).max().unwrap_or(0);
-        for entry in &router.fib {
-            let _ = writeln!(
-                out,
-                "    {:<width$}  {:<10} {}",
-                entry.prefix,
-                entry.origin,
-                entry.next_hops.join(", ")
-            );
-        }
-        if !router.sessions.is_empty() {
-            let _ = writeln!(out, "  bgp sessions:");
-            for session in &router.sessions {
-                let _ = if session.state == "established" {
-                    writeln!(
-                        out,
-                        "    {} AS {}  {}",
-                        session.peer, session.asn, session.reason
-                    )
-                } else {
-                    writeln!(
-                        out,
-                        "    {} AS {}  down: {}",
-                        session.peer, session.asn, session.reason
-                    )
-                };
-            }
-        }
-        let _ = writeln!(out, "  rib:");
-        for candidate in &router.rib {
-            let mark = if candidate.best { '*' } else { ' ' };
-            let mut via = candidate
-                .next_hop
-                .as_ref()
-                .map_or("directly connected".to_string(), |h| format!("via {h}"));
-            if let Some(local_pref) = candidate.local_pref {
-                let path: Vec<String> = candidate.as_path.iter().map(u32::to_string).collect();
-                via.push_str(&format!(
-                    " as-path [{}] local-pref {local_pref} med {}",
-                    path.join(" "),
-                    candidate.med.unwrap_or(0)
-                ));
-            }
-            let reason = candidate
-                .reason
-                .as_ref()
-                .map(|r| format!("  — lost: {r}"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {mark} {:<width$}  {:<10} {via} ({}){reason}",
-                candidate.prefix, candidate.origin, candidate.interface
-            );
-        }
+        device_text(
+            &mut out,
+            "router",
+            &router.name,
+            &router.fib,
+            &router.sessions,
+            &router.rib,
+        );
     }
     for node in &report.nodes {
-        let _ = writeln!(out, "node {}", node.name);
-        let width = node.fib.iter().map(|e| e.prefix.len()).max().unwrap_or(0);
-        for entry in &node.fib {
-            let _ = writeln!(
-                out,
-                "    {:<width$}  {}",
-                entry.prefix,
-                entry.next_hops.join(", ")
-            );
-        }
+        device_text(
+            &mut out,
+            "node",
+            &node.name,
+            &node.fib,
+            &node.sessions,
+            &node.rib,
+        );
     }
     out
+}
+
+fn device_text(
+    out: &mut String,
+    kind: &str,
+    name: &str,
+    fib: &[FibEntry],
+    sessions: &[SessionEntry],
+    rib: &[RibEntry],
+) {
+    let _ = writeln!(out, "{kind} {name}");
+    let _ = writeln!(out, "  fib:");
+    let width = fib.iter().map(|e| e.prefix.len()).max().unwrap_or(0);
+    for entry in fib {
+        let _ = writeln!(
+            out,
+            "    {:<width$}  {:<10} {}",
+            entry.prefix,
+            entry.origin,
+            entry.next_hops.join(", ")
+        );
+    }
+    if !sessions.is_empty() {
+        let _ = writeln!(out, "  bgp sessions:");
+        for session in sessions {
+            let _ = if session.state == "established" {
+                writeln!(
+                    out,
+                    "    {} AS {}  {}",
+                    session.peer, session.asn, session.reason
+                )
+            } else {
+                writeln!(
+                    out,
+                    "    {} AS {}  down: {}",
+                    session.peer, session.asn, session.reason
+                )
+            };
+        }
+    }
+    if rib.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  rib:");
+    let width = rib.iter().map(|e| e.prefix.len()).max().unwrap_or(0);
+    for candidate in rib {
+        let mark = if candidate.best { '*' } else { ' ' };
+        let mut via = candidate
+            .next_hop
+            .as_ref()
+            .map_or("directly connected".to_string(), |h| format!("via {h}"));
+        if let Some(local_pref) = candidate.local_pref {
+            let path: Vec<String> = candidate.as_path.iter().map(u32::to_string).collect();
+            via.push_str(&format!(
+                " as-path [{}] local-pref {local_pref} med {}",
+                path.join(" "),
+                candidate.med.unwrap_or(0)
+            ));
+        }
+        let reason = candidate
+            .reason
+            .as_ref()
+            .map(|r| format!("  — lost: {r}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {mark} {:<width$}  {:<10} {via} ({}){reason}",
+            candidate.prefix, candidate.origin, candidate.interface
+        );
+    }
 }

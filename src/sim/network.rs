@@ -3,6 +3,9 @@
 //! `trace` and `bench` all push packets through [`Network::process`].
 
 use crate::datapath::antrea::{AntreaNode, LocalPod, NodeSettings, PeerNode};
+use crate::datapath::calico::{CalicoNode, CalicoNodeSettings, CalicoTunnel, RouteSource};
+use crate::datapath::encap::Encapsulation;
+use crate::datapath::host::HostRoute;
 use crate::datapath::router::{Router, RouterPort};
 use crate::datapath::switch::Switch;
 use crate::datapath::{Ctx, Neighbors, Outputs, PointId, PortId};
@@ -26,6 +29,7 @@ mod mac_kind {
     pub const POD: u8 = 3;
     pub const ROUTER: u8 = 4;
     pub const HOST: u8 = 5;
+    pub const CALICO_VTEP: u8 = 6;
 }
 
 /// What a capture point is, for `--capture edges`.
@@ -49,6 +53,7 @@ pub struct CapturePoint {
 
 pub enum Device {
     Node(Box<AntreaNode>),
+    CalicoNode(Box<CalicoNode>),
     Router(Router),
     Switch(Switch),
     /// A pod's or host's NIC: frames arriving here go to that endpoint's stack.
@@ -75,6 +80,9 @@ pub struct EndpointNic {
     pub mtu: u16,
     /// The MAC off-subnet traffic goes to (the default gateway's), if there is one.
     pub gateway_mac: Option<Mac>,
+    /// The default gateway's address (a pod's antrea-gw0, Calico's 169.254.1.1, the
+    /// segment gateway).
+    pub gateway_ip: Ipv4Addr,
     /// On-link neighbors.
     pub neighbors: Neighbors,
     pub point: PointId,
@@ -149,6 +157,7 @@ impl Network {
     ) {
         match &mut self.devices[device] {
             Device::Node(node) => node.process(ctx, port, packet, out),
+            Device::CalicoNode(node) => node.process(ctx, port, packet, out),
             Device::Router(router) => router.process(ctx, port, packet, out),
             Device::Switch(switch) => switch.process(ctx, port, packet, out),
             Device::Endpoint(_) => unreachable!("endpoints are handled by the runner"),
@@ -172,12 +181,10 @@ impl Network {
     pub fn conntrack_entries(&self) -> usize {
         self.devices
             .iter()
-            .map(|device| {
-                if let Device::Node(node) = device {
-                    node.stack.conntrack.len()
-                } else {
-                    0
-                }
+            .map(|device| match device {
+                Device::Node(node) => node.stack.conntrack.len(),
+                Device::CalicoNode(node) => node.stack.conntrack.len(),
+                _ => 0,
             })
             .sum()
     }
@@ -295,6 +302,9 @@ pub fn build(topology: &Topology) -> Network {
                 mac: host_macs[index],
                 mtu: segment.mtu,
                 gateway_mac,
+                gateway_ip: segment
+                    .gateway_ip
+                    .unwrap_or(Ipv4Addr::from(u32::from(segment.cidr.network()) + 1)),
                 neighbors: segment_neighbors[host.segment].clone(),
                 point,
                 device,
@@ -304,7 +314,8 @@ pub fn build(topology: &Topology) -> Network {
     }
 
     // Routers, with the route tables the control plane computed for all of them.
-    let mut route_tables = crate::control::compute(topology).into_iter();
+    let control = crate::control::compute(topology);
+    let mut route_tables = control.routers.into_iter();
     for (router_id, router) in topology.routers.iter().enumerate() {
         let mut ports = Vec::new();
         let transit_links = router
@@ -359,6 +370,20 @@ pub fn build(topology: &Topology) -> Network {
     let mut gateway_counter = 0u32;
     let mut pod_counter = 0u32;
     for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
+        if cluster.calico.is_some() {
+            for node_id in 0..cluster.nodes.len() {
+                let at = CalicoNodeAt {
+                    cluster_id,
+                    node_id,
+                    node_macs: &node_macs,
+                    segment_neighbors: &segment_neighbors,
+                    bgp: &control.nodes[cluster_id][node_id],
+                    attach: &attach,
+                };
+                build_calico_node(&mut network, topology, at, &mut pod_counter);
+            }
+            continue;
+        }
         for (node_id, node) in cluster.nodes.iter().enumerate() {
             let segment = &topology.segments[node.segment];
             let uplink_point = network.add_point(&node.name, "eth0", PointKind::Edge);
@@ -479,6 +504,7 @@ pub fn build(topology: &Topology) -> Network {
                         mac: pod_macs[local_index],
                         mtu: cluster.antrea.pod_mtu,
                         gateway_mac: Some(gateway_mac),
+                        gateway_ip: node.gateway_ip(),
                         neighbors: on_link.clone(),
                         point,
                         device,
@@ -502,4 +528,262 @@ fn add_endpoint(network: &mut Network, nic: EndpointNic) {
         .endpoint_index
         .insert(nic.reference, network.endpoints.len());
     network.endpoints.push(nic);
+}
+
+/// Which Calico node to build, and what the rest of the fabric already knows.
+struct CalicoNodeAt<'a> {
+    cluster_id: usize,
+    node_id: usize,
+    node_macs: &'a [Vec<Mac>],
+    segment_neighbors: &'a [Neighbors],
+    bgp: &'a crate::control::NodeBgp,
+    /// Plugs a device's port into a segment's switch.
+    attach: &'a dyn Fn(&mut Network, usize, DeviceId, PortId, Mac),
+}
+
+/// Calico's host-side veth name: `cali` + 11 hex digits of a hash of the workload
+/// (Calico hashes the workload endpoint's id with SHA-1; any stable hash names it).
+fn calico_veth_name(namespace: &str, pod: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in namespace.bytes().chain([b'.']).chain(pod.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("cali{:011x}", hash & 0xfff_ffff_ffff)
+}
+
+/// A Calico node, its pods and its kernel routes (what Felix and BIRD program).
+fn build_calico_node(
+    network: &mut Network,
+    topology: &Topology,
+    at: CalicoNodeAt,
+    pod_counter: &mut u32,
+) {
+    let seed = topology.seed;
+    let cluster = &topology.clusters[at.cluster_id];
+    let Some(calico) = &cluster.calico else {
+        return;
+    };
+    let node = &cluster.nodes[at.node_id];
+    let segment = &topology.segments[node.segment];
+    let uplink_point = network.add_point(&node.name, "eth0", PointKind::Edge);
+    let tunnel = node.tunnel_ip.and_then(|address| {
+        let encapsulation = calico.encapsulation(false)?;
+        let name = match encapsulation {
+            Encapsulation::Vxlan { .. } => "vxlan.calico",
+            _ => "tunl0",
+        };
+        let point = network.add_point(&node.name, name, PointKind::Internal);
+        let vtep_mac = |index: usize| {
+            Mac::seeded(
+                seed,
+                mac_kind::CALICO_VTEP,
+                u32::try_from(at.cluster_id * 4096 + index).unwrap_or(0),
+            )
+        };
+        let vteps = cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, peer)| Some((peer.tunnel_ip?, (peer.ip, vtep_mac(index)))))
+            .collect();
+        Some(CalicoTunnel {
+            encapsulation,
+            address,
+            mac: vtep_mac(at.node_id),
+            point,
+            vteps,
+        })
+    });
+    let node_pods: Vec<usize> = (0..cluster.pods.len())
+        .filter(|&pod| cluster.pods[pod].node == at.node_id)
+        .collect();
+    let mut pods = Vec::new();
+    let mut veth_names = Vec::new();
+    for &pod in &node_pods {
+        let config = &cluster.pods[pod];
+        let veth = calico_veth_name(&config.namespace, &config.name);
+        let veth_point = network.add_point(&node.name, &veth, PointKind::Internal);
+        pods.push(LocalPod {
+            name: config.qualified_name(),
+            ip: config.ip,
+            mac: Mac::seeded(seed, mac_kind::POD, *pod_counter),
+            veth_point,
+        });
+        *pod_counter += 1;
+        veth_names.push(veth);
+    }
+    let routes = calico_routes(topology, at.cluster_id, at.node_id, &pods, at.bgp);
+    let settings = CalicoNodeSettings {
+        name: node.name.clone(),
+        ip: node.ip,
+        mac: at.node_macs[at.cluster_id][at.node_id],
+        uplink_mtu: segment.mtu,
+        neighbors: at.segment_neighbors[node.segment].clone(),
+        uplink_point,
+        pod_mtu: calico.pod_mtu,
+        pods: pods.clone(),
+        veth_names,
+        tunnel,
+        routes,
+        nat_outgoing: calico.nat_outgoing,
+        pools: calico.pools.clone(),
+        conntrack_max: topology.conntrack_max,
+        seed,
+        bgp: at.bgp.clone(),
+    };
+    let node_device = network.add_device(
+        node.name.clone(),
+        Device::CalicoNode(Box::new(CalicoNode::new(settings))),
+    );
+    (at.attach)(
+        network,
+        node.segment,
+        node_device,
+        0,
+        at.node_macs[at.cluster_id][at.node_id],
+    );
+    // A Calico pod has a /32 and a default route via 169.254.1.1, which proxy ARP
+    // on the veth answers with ee:ee:ee:ee:ee:ee: every frame goes to the node.
+    let no_neighbors: Neighbors = Arc::new(FxHashMap::default());
+    for (local_index, &pod) in node_pods.iter().enumerate() {
+        let config = &cluster.pods[pod];
+        let name = config.qualified_name();
+        let device = network.add_device(name.clone(), Device::Endpoint(network.endpoints.len()));
+        let point = network.add_point(&name, "eth0", PointKind::Edge);
+        add_endpoint(
+            network,
+            EndpointNic {
+                name,
+                reference: EndpointRef::Pod {
+                    cluster: at.cluster_id,
+                    pod,
+                },
+                ip: config.ip,
+                subnet: Ipv4Net::new(config.ip, 32).unwrap_or_default(),
+                mac: pods[local_index].mac,
+                mtu: calico.pod_mtu,
+                gateway_mac: Some(crate::datapath::calico::VETH_MAC),
+                gateway_ip: crate::datapath::calico::POD_GATEWAY,
+                neighbors: no_neighbors.clone(),
+                point,
+                device,
+            },
+        );
+        let node_port = PortId::try_from(local_index + 1).unwrap_or(PortId::MAX);
+        network.connect(
+            (device, 0),
+            (node_device, node_port),
+            VETH_LATENCY_NS,
+            VETH_LATENCY_NS,
+        );
+    }
+}
+
+/// A Calico node's kernel routing table (reference §f): the node subnet and default
+/// route; Felix's /32 per local pod via its veth; BIRD's blackhole for each affine
+/// block; then the routes to other nodes' blocks and borrowed /32s — with VXLAN,
+/// Felix programs them from IPAM (`via <peer VTEP> dev vxlan.calico onlink`, or
+/// straight to a peer on the same subnet under CrossSubnet) and BIRD's BGP routes
+/// inside the pools stay out of the kernel; otherwise BIRD installs its BGP best
+/// paths, via tunl0 (`onlink`) when ipipMode applies to the next hop (CrossSubnet: a
+/// next hop outside the node's subnet, `krt_tunnel` in bird_ipam.cfg), else via the
+/// next hop itself or, off-subnet, recursively through the default gateway.
+fn calico_routes(
+    topology: &Topology,
+    cluster_id: usize,
+    node_id: usize,
+    pods: &[LocalPod],
+    bgp: &crate::control::NodeBgp,
+) -> Vec<(Ipv4Net, HostRoute, RouteSource)> {
+    let cluster = &topology.clusters[cluster_id];
+    let Some(calico) = &cluster.calico else {
+        return Vec::new();
+    };
+    let node = &cluster.nodes[node_id];
+    let segment = &topology.segments[node.segment];
+    let tunnel = |via: Option<Ipv4Addr>| HostRoute::Interior { interface: 0, via };
+    let mut routes = vec![(
+        segment.cidr.trunc(),
+        HostRoute::Uplink { via: None },
+        RouteSource::Connected,
+    )];
+    if let Some(gateway) = segment.gateway_ip {
+        routes.push((
+            Ipv4Net::default(),
+            HostRoute::Uplink { via: Some(gateway) },
+            RouteSource::Static,
+        ));
+    }
+    for block in &node.blocks {
+        routes.push((*block, HostRoute::Blackhole, RouteSource::Bird));
+    }
+    let vxlan = matches!(
+        calico.encapsulation(false),
+        Some(Encapsulation::Vxlan { .. })
+    );
+    let via_peer = |peer: &crate::topology::Node| -> HostRoute {
+        let same_subnet = segment.cidr.contains(&peer.ip);
+        match calico.encapsulation(same_subnet) {
+            Some(Encapsulation::Vxlan { .. }) => tunnel(peer.tunnel_ip),
+            Some(_) => tunnel(Some(peer.ip)),
+            None if same_subnet => HostRoute::Uplink { via: Some(peer.ip) },
+            None => HostRoute::Uplink {
+                via: segment.gateway_ip,
+            },
+        }
+    };
+    if vxlan {
+        for (index, peer) in cluster.nodes.iter().enumerate() {
+            if index == node_id {
+                continue;
+            }
+            for block in &peer.blocks {
+                routes.push((*block, via_peer(peer), RouteSource::Felix));
+            }
+            for pod in cluster.pods.iter().filter(|p| p.node == index) {
+                if !peer.blocks.iter().any(|b| b.contains(&pod.ip)) {
+                    let host = Ipv4Net::new(pod.ip, 32).unwrap_or_default();
+                    routes.push((host, via_peer(peer), RouteSource::Felix));
+                }
+            }
+        }
+    }
+    let mut installed: Vec<Ipv4Net> = Vec::new();
+    for candidate in bgp.candidates.iter().filter(|c| c.best) {
+        let Some(next_hop) = candidate.next_hop else {
+            continue;
+        };
+        // BIRD's direct protocol (preference 240) holds the node subnet over BGP
+        // (100); with VXLAN, Felix programs the pool routes, not BIRD.
+        if installed.contains(&candidate.prefix)
+            || candidate.prefix == segment.cidr.trunc()
+            || (vxlan && calico.in_pool(candidate.prefix.addr()))
+        {
+            continue;
+        }
+        installed.push(candidate.prefix);
+        let same_subnet = segment.cidr.contains(&next_hop);
+        let route = match calico.encapsulation(same_subnet) {
+            Some(Encapsulation::Ipip) if calico.in_pool(candidate.prefix.addr()) => {
+                tunnel(Some(next_hop))
+            }
+            _ => HostRoute::Uplink {
+                via: Some(candidate.resolved_via.unwrap_or(next_hop)),
+            },
+        };
+        routes.push((candidate.prefix, route, RouteSource::Bird));
+    }
+    for (index, pod) in pods.iter().enumerate() {
+        let host = Ipv4Net::new(pod.ip, 32).unwrap_or_default();
+        let interface = u16::try_from(index + 1).unwrap_or(u16::MAX);
+        routes.push((
+            host,
+            HostRoute::Interior {
+                interface,
+                via: None,
+            },
+            RouteSource::Felix,
+        ));
+    }
+    routes
 }

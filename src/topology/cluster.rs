@@ -1,6 +1,7 @@
 //! Clusters: CNI settings, nodes and their pod CIDRs, namespaces, pods and
 //! deployments — checked and allocated as kube-controller-manager and Antrea's IPAM do.
 
+use super::calico::*;
 use super::config::*;
 use super::error::ConfigError;
 use super::model::*;
@@ -28,27 +29,30 @@ pub(super) fn resolve_cluster(
 ) -> Result<Cluster> {
     let config = spanned.get_ref();
     let name = config.name.get_ref().clone();
-    if let Some(cni) = &config.cni {
-        match cni.get_ref().as_str() {
-            "antrea" => {}
-            "calico" | "nsx" => {
-                return Err(resolver.error(
-                    cni,
-                    format!(
-                        "cni `{}` is not modelled by this netsim version yet; use cni = \"antrea\"",
-                        cni.get_ref()
-                    ),
-                ))
-            }
-            other => {
-                return Err(resolver.error(
-                    cni,
-                    format!("unknown cni `{other}` (expected antrea, calico or nsx)"),
-                ))
-            }
+    let cni = match config.cni.as_ref().map(|c| c.get_ref().as_str()) {
+        None | Some("antrea") => Cni::Antrea,
+        Some("calico") => Cni::Calico,
+        Some("nsx") => {
+            return Err(resolver.error(
+                config.cni.as_ref().unwrap_or(&config.name),
+                "cni `nsx` is not modelled by this netsim version yet; use cni = \"antrea\" or \"calico\"",
+            ))
+        }
+        Some(other) => {
+            return Err(resolver.error(
+                config.cni.as_ref().unwrap_or(&config.name),
+                format!("unknown cni `{other}` (expected antrea, calico or nsx)"),
+            ))
+        }
+    };
+    if cni == Cni::Antrea {
+        if let Some(calico) = &config.calico {
+            return Err(resolver.error(
+                calico,
+                "[cluster.calico] is for cni = \"calico\"; this cluster runs Antrea",
+            ));
         }
     }
-    resolver.unsupported(&config.calico, "[cluster.calico]")?;
     resolver.unsupported_list(&config.service, "Services")?;
     resolver.unsupported_list(&config.network_policy, "NetworkPolicy")?;
     resolver.unsupported_list(
@@ -82,18 +86,37 @@ pub(super) fn resolve_cluster(
     }
     let node_kernel = resolve_kernel(resolver, &config.node_kernel)?;
     let antrea = resolve_antrea(resolver, config, &segments[node_segment])?;
-    let nodes = resolve_nodes(
+    let mut nodes = resolve_nodes(
         resolver,
         config,
         node_segment,
         lookup_segment,
-        pod_cidr,
+        (cni == Cni::Antrea).then_some(pod_cidr),
         addresses,
     )?;
     let namespaces = resolve_namespaces(resolver, config)?;
-    let pods = resolve_pods(resolver, config, &nodes, &namespaces)?;
+    let (calico, pods) = match cni {
+        Cni::Antrea => {
+            let mut ipam = NodeCidrIpam::new(&nodes);
+            (
+                None,
+                resolve_pods(resolver, config, &nodes, &namespaces, &mut ipam)?,
+            )
+        }
+        Cni::Calico => {
+            let settings =
+                resolve_calico(resolver, config, pod_cidr, &nodes, &segments[node_segment])?;
+            let mut ipam = CalicoIpam::new(&settings, &mut nodes)
+                .map_err(|message| resolver.error(&config.name, message))?;
+            let pods = resolve_pods(resolver, config, &nodes, &namespaces, &mut ipam)?;
+            ipam.finish(&mut nodes);
+            (Some(settings), pods)
+        }
+    };
     Ok(Cluster {
         name,
+        cni,
+        calico,
         pod_cidr,
         service_cidr,
         node_segment,
@@ -228,12 +251,26 @@ pub(super) fn resolve_nodes(
     config: &ClusterConfig,
     node_segment: SegmentId,
     lookup_segment: &dyn Fn(&Text) -> Result<SegmentId>,
-    pod_cidr: Ipv4Net,
+    node_pod_cidrs: Option<Ipv4Net>,
     addresses: &mut AddressBook,
 ) -> Result<Vec<Node>> {
     if config.node.is_empty() {
         return Err(resolver.error(&config.name, "cluster has no [[cluster.node]]"));
     }
+    // Calico ignores the node's podCIDR: its IPAM hands out blocks (calico.rs).
+    if node_pod_cidrs.is_none() {
+        if let Some(cidr) = config
+            .node
+            .iter()
+            .find_map(|n| n.get_ref().pod_cidr.as_ref())
+        {
+            return Err(resolver.error(
+                cidr,
+                "with cni = \"calico\" a node has no pod_cidr: Calico IPAM gives it blocks of the ip pools (see [cluster.calico] block_size)",
+            ));
+        }
+    }
+    let pod_cidr = node_pod_cidrs.unwrap_or_default();
     // First the explicit pod CIDRs, so allocation skips them.
     let mut taken: Vec<Ipv4Net> = Vec::new();
     for node in &config.node {
@@ -297,6 +334,7 @@ pub(super) fn resolve_nodes(
         };
         let node_pod_cidr = match &node.pod_cidr {
             Some(cidr) => *cidr.get_ref(),
+            None if node_pod_cidrs.is_none() => Ipv4Net::default(),
             None => {
                 let block = free_blocks
                     .find(|block| !taken.iter().any(|other| other.contains(&block.network()) || block.contains(&other.network())))
@@ -310,6 +348,8 @@ pub(super) fn resolve_nodes(
             ip,
             pod_cidr: node_pod_cidr,
             segment: node_segment,
+            blocks: Vec::new(),
+            tunnel_ip: None,
         });
     }
     Ok(nodes)
@@ -439,6 +479,7 @@ pub(super) fn resolve_pods(
     config: &ClusterConfig,
     nodes: &[Node],
     namespaces: &[Namespace],
+    addresses: &mut dyn PodAddresses,
 ) -> Result<Vec<Pod>> {
     let mut requests: Vec<PodRequest> = config
         .pod
@@ -471,10 +512,6 @@ pub(super) fn resolve_pods(
         }
     }
     let mut seen = BTreeSet::new();
-    let mut used_ips: Vec<BTreeSet<Ipv4Addr>> = nodes
-        .iter()
-        .map(|node| BTreeSet::from([node.gateway_ip()]))
-        .collect();
     // Explicit IPs first, so allocation skips them.
     let mut placements = Vec::new();
     let mut round_robin = 0usize;
@@ -516,29 +553,9 @@ pub(super) fn resolve_pods(
             }
         };
         if let Some(ip) = request.ip {
-            let address = *ip.get_ref();
-            let node_cidr = nodes[node].pod_cidr;
-            if !node_cidr.contains(&address)
-                || address == node_cidr.network()
-                || address == node_cidr.broadcast()
-            {
-                return Err(resolver.error(
-                    ip,
-                    format!(
-                        "pod ip {address} is outside node {}'s pod CIDR {node_cidr}",
-                        nodes[node].name
-                    ),
-                ));
-            }
-            if !used_ips[node].insert(address) {
-                return Err(resolver.error(
-                    ip,
-                    format!(
-                        "pod ip {address} is already in use on node {}",
-                        nodes[node].name
-                    ),
-                ));
-            }
+            addresses
+                .reserve(node, *ip.get_ref())
+                .map_err(|message| resolver.error(ip, message))?;
         }
         placements.push((namespace, node));
     }
@@ -546,21 +563,9 @@ pub(super) fn resolve_pods(
     for (request, (namespace, node)) in requests.iter().zip(placements) {
         let ip = match request.ip {
             Some(ip) => *ip.get_ref(),
-            None => {
-                let cidr = nodes[node].pod_cidr;
-                let first = u32::from(cidr.network()) + 2;
-                let address = (first..u32::from(cidr.broadcast()))
-                    .map(Ipv4Addr::from)
-                    .find(|address| !used_ips[node].contains(address))
-                    .ok_or_else(|| {
-                        resolver.error(
-                            request.name_at,
-                            format!("node {}'s pod CIDR {cidr} is full", nodes[node].name),
-                        )
-                    })?;
-                used_ips[node].insert(address);
-                address
-            }
+            None => addresses
+                .allocate(node)
+                .map_err(|message| resolver.error(request.name_at, message))?,
         };
         let mut ports = Vec::new();
         for port in request.ports {

@@ -210,7 +210,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub antrea: Option<Spanned<AntreaConfig>>,
     #[serde(default)]
-    pub calico: Option<Spanned<toml::Value>>,
+    pub calico: Option<Spanned<CalicoConfig>>,
     #[serde(default)]
     pub node: Vec<Spanned<NodeConfig>>,
     #[serde(default)]
@@ -259,6 +259,51 @@ impl Default for AntreaConfig {
             node_port_local: None,
         }
     }
+}
+
+/// `[cluster.calico]`: the IPPool, BGPConfiguration and BGPPeer resources of a
+/// Calico install, in one table. Defaults are those of Calico's `calico.yaml`
+/// manifest (IPIP Always, natOutgoing, block size 26, AS 64512, node-to-node mesh).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalicoConfig {
+    #[serde(default)]
+    pub asn: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub node_to_node_mesh: Option<bool>,
+    /// Nodes acting as route reflectors (`routeReflectorClusterID` set).
+    #[serde(default)]
+    pub route_reflectors: Vec<Text>,
+    #[serde(default)]
+    pub bgp_peers: Vec<Spanned<CalicoPeerConfig>>,
+    #[serde(default)]
+    pub ipip_mode: Option<Text>,
+    #[serde(default)]
+    pub vxlan_mode: Option<Text>,
+    #[serde(default)]
+    pub nat_outgoing: Option<bool>,
+    #[serde(default)]
+    pub block_size: Option<Spanned<u8>>,
+    /// IP pools (default: one pool, the cluster's `pod_cidr`); inside `pod_cidr`.
+    #[serde(default)]
+    pub ip_pools: Vec<Spanned<Ipv4Net>>,
+    /// Pod MTU; 0 (the default) = the node segment's MTU minus the encapsulation.
+    #[serde(default = "zero_mtu")]
+    pub mtu: Spanned<u16>,
+}
+
+/// A Calico BGPPeer: global (every node peers with it) or limited to `nodes`
+/// (BGPPeer `spec.node` / `nodeSelector`, e.g. the nodes of one rack).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalicoPeerConfig {
+    pub ip: Spanned<Ipv4Addr>,
+    pub asn: Spanned<u32>,
+    #[serde(default)]
+    pub nodes: Vec<Text>,
+    /// BGPPeer `keepOriginalNextHop`.
+    #[serde(default)]
+    pub keep_original_next_hop: bool,
 }
 
 #[derive(Debug, Deserialize)]

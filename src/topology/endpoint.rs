@@ -378,7 +378,7 @@ fn check_bytes(
     at: Option<&Spanned<u32>>,
 ) -> Result<()> {
     let mtu = match from {
-        EndpointRef::Pod { cluster, .. } => topology.clusters[cluster].antrea.pod_mtu,
+        EndpointRef::Pod { cluster, .. } => topology.clusters[cluster].pod_mtu(),
         EndpointRef::Host(host) => topology.segments[topology.hosts[host].segment].mtu,
         _ => return Ok(()),
     };

@@ -2,6 +2,7 @@
 //! and the checks between them ([`resolve`]; clusters and expectations in their own
 //! private modules). Errors carry `file:line:column`.
 
+mod calico;
 mod cluster;
 pub mod config;
 pub mod endpoint;

@@ -250,9 +250,91 @@ pub struct AntreaSettings {
     pub pod_mtu: u16,
 }
 
+/// The CNI a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cni {
+    Antrea,
+    Calico,
+}
+
+/// When Calico encapsulates between nodes (IPPool `ipipMode` / `vxlanMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalicoEncapMode {
+    Always,
+    /// Only toward a node outside this node's subnet.
+    CrossSubnet,
+    Never,
+}
+
+/// A Calico BGPPeer as the nodes it applies to see it.
+#[derive(Debug, Clone)]
+pub struct CalicoPeer {
+    pub ip: Ipv4Addr,
+    pub asn: u32,
+    /// Indices of the nodes that peer with it.
+    pub nodes: Vec<usize>,
+    /// BGPPeer `keepOriginalNextHop`: routes learned over the mesh go to this peer
+    /// with the owning node as next hop.
+    pub keep_original_next_hop: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CalicoSettings {
+    pub asn: u32,
+    pub node_to_node_mesh: bool,
+    /// Node indices of the route reflectors.
+    pub route_reflectors: Vec<usize>,
+    pub bgp_peers: Vec<CalicoPeer>,
+    pub ipip_mode: CalicoEncapMode,
+    pub vxlan_mode: CalicoEncapMode,
+    pub nat_outgoing: bool,
+    pub block_size: u8,
+    pub pools: Vec<Ipv4Net>,
+    /// The MTU of every pod interface (and tunl0 / vxlan.calico).
+    pub pod_mtu: u16,
+}
+
+impl CalicoSettings {
+    /// The encapsulation toward a peer, if any: IPIP or VXLAN by their modes
+    /// (CrossSubnet only when the peer is on another subnet).
+    pub fn encapsulation(
+        &self,
+        peer_on_same_subnet: bool,
+    ) -> Option<crate::datapath::encap::Encapsulation> {
+        use crate::datapath::encap::Encapsulation;
+        let applies = |mode: CalicoEncapMode| match mode {
+            CalicoEncapMode::Always => true,
+            CalicoEncapMode::CrossSubnet => !peer_on_same_subnet,
+            CalicoEncapMode::Never => false,
+        };
+        if applies(self.ipip_mode) {
+            Some(Encapsulation::Ipip)
+        } else if applies(self.vxlan_mode) {
+            Some(Encapsulation::Vxlan {
+                vni: crate::wire::vxlan::CALICO_VNI,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Whether the nodes have a tunnel device at all.
+    pub fn tunnels(&self) -> bool {
+        self.ipip_mode != CalicoEncapMode::Never || self.vxlan_mode != CalicoEncapMode::Never
+    }
+
+    /// Whether an address belongs to one of the pools.
+    pub fn in_pool(&self, address: Ipv4Addr) -> bool {
+        self.pools.iter().any(|pool| pool.contains(&address))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub name: String,
+    pub cni: Cni,
+    /// Calico's settings, when `cni = "calico"`.
+    pub calico: Option<CalicoSettings>,
     pub pod_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
     pub node_segment: SegmentId,
@@ -261,6 +343,16 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
+}
+
+impl Cluster {
+    /// The MTU of every pod interface.
+    pub fn pod_mtu(&self) -> u16 {
+        match &self.calico {
+            Some(calico) => calico.pod_mtu,
+            None => self.antrea.pod_mtu,
+        }
+    }
 }
 
 /// The Linux kernel the nodes run, where its behaviour differs by version.
@@ -296,9 +388,14 @@ impl std::fmt::Display for KernelVersion {
 pub struct Node {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Antrea: the node's pod CIDR. Calico: its first affine IPAM block.
     pub pod_cidr: Ipv4Net,
     /// The segment the node's eth0 is on.
     pub segment: SegmentId,
+    /// Calico: the IPAM blocks affine to this node, in the order it claimed them.
+    pub blocks: Vec<Ipv4Net>,
+    /// Calico: the address of tunl0 / vxlan.calico (from the node's first block).
+    pub tunnel_ip: Option<Ipv4Addr>,
 }
 
 impl Node {

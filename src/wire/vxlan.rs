@@ -8,6 +8,8 @@ use super::WireError;
 pub const UDP_PORT: u16 = 4789;
 /// Length of the header.
 pub const HEADER_LEN: usize = 8;
+/// The VNI of Calico's `vxlan.calico` (Felix `VXLANVNI` default 4096).
+pub const CALICO_VNI: u32 = 4096;
 /// Bytes one VXLAN encapsulation adds over an IPv4 underlay, counted against the
 /// inner IP packet (inner Ethernet 14 + outer IPv4 20 + UDP 8 + VXLAN 8), as Linux's
 /// `VXLAN_HEADROOM` and Antrea / Calico count it.

@@ -22,6 +22,7 @@ mod ovs;
 mod tunnel;
 
 pub use crate::datapath::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
+pub use crate::datapath::host::LocalPod;
 use crate::datapath::host::{
     HostEgress, HostIngress, HostRoute, HostStack, InteriorId, InteriorLink, LinuxHost,
 };
@@ -46,17 +47,6 @@ pub const UPLINK_PORT: PortId = 0;
 const GATEWAY: InteriorId = 0;
 /// Entries in a node's flow cache before it is emptied.
 pub const FLOW_CACHE_CAPACITY: usize = 65_536;
-
-/// A pod attached to this node's bridge.
-#[derive(Debug, Clone)]
-pub struct LocalPod {
-    /// `NS/NAME`.
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub mac: Mac,
-    /// Capture point of the node side of the veth (`NODE:veth-NS-POD`).
-    pub veth_point: PointId,
-}
 
 /// Another node of the cluster.
 #[derive(Debug, Clone)]

@@ -219,8 +219,7 @@ impl Stack {
         });
         // A default route is needed for off-subnet destinations; with Medium::Ip its
         // address only has to exist (the runner picks the next-hop MAC).
-        let gateway = Ipv4Addr::from(u32::from(nic.subnet.network()) + 1);
-        let _ = iface.routes_mut().add_default_ipv4_route(gateway);
+        let _ = iface.routes_mut().add_default_ipv4_route(nic.gateway_ip);
         Stack {
             nic,
             iface,

@@ -1,0 +1,411 @@
+//! A Kubernetes node running Calico (reference §f): no bridge — every pod's veth
+//! (`cali…`, host side MAC `ee:ee:ee:ee:ee:ee`) is routed by the node's Linux host
+//! stack ([`LinuxHost`]). The pod's default gateway 169.254.1.1 is answered by proxy
+//! ARP on that veth, so a pod sends every frame to `ee:ee:ee:ee:ee:ee`. The kernel
+//! routing table holds what Felix and BIRD program: a /32 per local pod via its veth,
+//! a `blackhole` for each block affine to the node, the BGP routes to other nodes'
+//! blocks (and borrowed /32s) — via `tunl0` (IP-in-IP, IP protocol 4) when the pool's
+//! `ipipMode` says so for that next hop, via `vxlan.calico` (VXLAN, UDP 4789, VNI 4096)
+//! when `vxlanMode` does, else straight over eth0 — the node subnet and the default
+//! route. Felix's `cali-nat-outgoing` masquerades pool sources to destinations outside
+//! every pool. Felix also drops a packet from a pod whose source is not the pod's
+//! address (its anti-spoofing rule on `cali-fw-*`).
+
+use super::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
+use super::host::{
+    HostEgress, HostIngress, HostRoute, HostStack, InteriorId, InteriorLink, LinuxHost, LocalPod,
+};
+use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
+use crate::engine::conntrack::Conntrack;
+use crate::engine::hash::tunnel_source_port;
+use crate::packet::{FlowKey, Packet};
+use crate::wire::{vxlan, Mac, ETHERTYPE_IPV4, PROTOCOL_IPIP, PROTOCOL_UDP};
+use ipnet::Ipv4Net;
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// eth0 is port 0; pod veths follow from port 1.
+pub const UPLINK_PORT: PortId = 0;
+/// tunl0 / vxlan.calico; pod `i`'s veth is interior `i + 1`.
+const TUNNEL: InteriorId = 0;
+
+/// The MAC of every Calico host-side veth (Felix sets it so that no pod ever learns
+/// a real one).
+pub const VETH_MAC: Mac = Mac([0xee; 6]);
+/// The pod's default gateway, answered by proxy ARP on the veth.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The node's tunnel device.
+#[derive(Debug, Clone)]
+pub struct CalicoTunnel {
+    /// IP-in-IP (tunl0) or VXLAN (vxlan.calico).
+    pub encapsulation: Encapsulation,
+    /// The device's address, from the node's first block.
+    pub address: Ipv4Addr,
+    /// vxlan.calico's MAC.
+    pub mac: Mac,
+    pub point: PointId,
+    /// VXLAN: each peer's VTEP address -> (its node IP, its VTEP MAC), the ARP and
+    /// FDB entries Felix programs.
+    pub vteps: FxHashMap<Ipv4Addr, (Ipv4Addr, Mac)>,
+}
+
+impl CalicoTunnel {
+    pub fn name(&self) -> &'static str {
+        match self.encapsulation {
+            Encapsulation::Vxlan { .. } => "vxlan.calico",
+            _ => "tunl0",
+        }
+    }
+}
+
+/// Where a kernel route came from, for `netsim routes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSource {
+    Connected,
+    Static,
+    /// Felix: local pod /32s, VXLAN routes.
+    Felix,
+    /// BIRD: the node's own blocks (blackhole) and what BGP learned.
+    Bird,
+}
+
+impl RouteSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteSource::Connected => "connected",
+            RouteSource::Static => "static",
+            RouteSource::Felix => "felix",
+            RouteSource::Bird => "bird",
+        }
+    }
+}
+
+/// Everything a Calico node is built from.
+#[derive(Debug, Clone)]
+pub struct CalicoNodeSettings {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub uplink_mtu: u16,
+    pub neighbors: Neighbors,
+    pub uplink_point: PointId,
+    /// MTU of the pod interfaces and of the tunnel device.
+    pub pod_mtu: u16,
+    pub pods: Vec<LocalPod>,
+    /// The host-side veth names (`cali` + 11 hex digits), by pod.
+    pub veth_names: Vec<String>,
+    pub tunnel: Option<CalicoTunnel>,
+    /// The kernel routing table, with where each route came from.
+    pub routes: Vec<(Ipv4Net, HostRoute, RouteSource)>,
+    pub nat_outgoing: bool,
+    pub pools: Vec<Ipv4Net>,
+    pub conntrack_max: usize,
+    pub seed: u64,
+    /// What BIRD learned and its sessions, for `netsim routes`.
+    pub bgp: crate::control::NodeBgp,
+}
+
+#[derive(Debug, Clone)]
+pub struct CalicoNode {
+    settings: CalicoNodeSettings,
+    pub stack: HostStack,
+    route_sources: BTreeMap<Ipv4Net, RouteSource>,
+}
+
+impl CalicoNode {
+    pub fn new(settings: CalicoNodeSettings) -> Self {
+        let mut stack = HostStack::new(
+            settings.name.clone(),
+            settings.ip,
+            settings.mac,
+            settings.uplink_mtu,
+            settings.neighbors.clone(),
+            settings.uplink_point,
+            UPLINK_PORT,
+            Conntrack::new(settings.conntrack_max, settings.seed),
+        );
+        let mut route_sources = BTreeMap::new();
+        for (prefix, route, source) in &settings.routes {
+            stack.routes.insert(*prefix, *route);
+            route_sources.insert(*prefix, *source);
+        }
+        CalicoNode {
+            settings,
+            stack,
+            route_sources,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// What BIRD learned and its sessions.
+    pub fn bgp(&self) -> &crate::control::NodeBgp {
+        &self.settings.bgp
+    }
+
+    /// The kernel routing table as `ip route` shows it: prefix, next hop, device, and
+    /// who programmed it.
+    pub fn route_table(&self) -> Vec<(Ipv4Net, Option<Ipv4Addr>, String, &'static str)> {
+        self.stack
+            .routes
+            .entries()
+            .into_iter()
+            .map(|(prefix, route)| {
+                let source = self
+                    .route_sources
+                    .get(&prefix)
+                    .map_or("kernel", |s| s.name());
+                match *route {
+                    HostRoute::Uplink { via } => (prefix, via, "eth0".to_string(), source),
+                    HostRoute::Interior { interface, via } => (
+                        prefix,
+                        via,
+                        self.interior_name(interface).to_string(),
+                        source,
+                    ),
+                    HostRoute::Blackhole => (prefix, None, "blackhole".to_string(), source),
+                }
+            })
+            .collect()
+    }
+
+    /// Entry point: a frame arrives on `in_port`.
+    pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, packet: Packet, out: &mut Outputs) {
+        if in_port == UPLINK_PORT {
+            self.uplink_input(ctx, packet, out);
+        } else {
+            self.pod_input(ctx, usize::from(in_port - 1), packet, out);
+        }
+    }
+
+    /// A pod's frame on its veth: Felix's anti-spoofing, then the host stack.
+    fn pod_input(&mut self, ctx: &mut Ctx, pod: usize, packet: Packet, out: &mut Outputs) {
+        let local = &self.settings.pods[pod];
+        let slot = ctx.begin_receive(local.veth_point, &packet);
+        if packet.meta.ethertype != ETHERTYPE_IPV4 || packet.meta.key.source != local.ip {
+            ctx.describe(slot, HopAction::Drop, || {
+                format!("felix: source is not {} (anti-spoofing)", local.ip)
+            });
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::Policy, || {
+                format!(
+                    "felix anti-spoofing: pod {} sent from another address",
+                    local.name
+                )
+            });
+            return;
+        }
+        let interface = InteriorId::try_from(pod + 1).unwrap_or(InteriorId::MAX);
+        self.host_input(ctx, HostIngress::Interior(interface), slot, packet, out);
+    }
+
+    /// eth0: IP-in-IP or VXLAN for this node goes to its tunnel device, the rest to
+    /// the host stack.
+    fn uplink_input(&mut self, ctx: &mut Ctx, mut packet: Packet, out: &mut Outputs) {
+        let slot = ctx.begin_receive(self.settings.uplink_point, &packet);
+        let meta = &packet.meta;
+        if meta.ethertype != ETHERTYPE_IPV4
+            || (meta.destination_mac != self.settings.mac && meta.destination_mac != Mac::BROADCAST)
+        {
+            ctx.describe(slot, HopAction::Drop, || {
+                "not an IPv4 frame for this node".into()
+            });
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
+                "not an IPv4 frame for this node".into()
+            });
+            return;
+        }
+        let Some(tunnel) = &self.settings.tunnel else {
+            self.host_input(ctx, HostIngress::Uplink, slot, packet, out);
+            return;
+        };
+        let key = meta.key;
+        let tunnelled = key.destination == self.settings.ip
+            && match tunnel.encapsulation {
+                Encapsulation::Ipip => key.protocol == PROTOCOL_IPIP,
+                Encapsulation::Vxlan { .. } => {
+                    key.protocol == PROTOCOL_UDP && key.destination_port == vxlan::UDP_PORT
+                }
+                Encapsulation::Geneve => false,
+            };
+        if !tunnelled {
+            self.host_input(ctx, HostIngress::Uplink, slot, packet, out);
+            return;
+        }
+        let (name, point) = (tunnel.name(), tunnel.point);
+        match decapsulate(&mut packet) {
+            Ok((_, vni)) => {
+                ctx.describe(slot, HopAction::Decapsulate, || {
+                    format!("{name} decap from {} (vni {vni})", key.source)
+                });
+                let tunnel_slot = ctx.begin_receive(point, &packet);
+                self.host_input(ctx, HostIngress::Interior(TUNNEL), tunnel_slot, packet, out);
+            }
+            Err(error) => {
+                ctx.describe(slot, HopAction::Drop, || {
+                    format!("tunnel packet refused: {error}")
+                });
+                ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
+                    format!("{name} packet from {} refused: {error}", key.source)
+                });
+            }
+        }
+    }
+
+    /// Encapsulates toward the peer behind `next_hop` and sends the outer packet the
+    /// way the routing table sends it (the peer itself on the node subnet, else the
+    /// default gateway).
+    fn tunnel_output(
+        &mut self,
+        ctx: &mut Ctx,
+        next_hop: Ipv4Addr,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
+        let Some(tunnel) = &self.settings.tunnel else {
+            return;
+        };
+        let (encapsulation, name) = (tunnel.encapsulation, tunnel.name());
+        let (peer, inner_destination_mac) = match tunnel.vteps.get(&next_hop) {
+            Some(&(node_ip, mac)) => (node_ip, mac),
+            None => (next_hop, Mac::default()),
+        };
+        if let Encapsulation::Vxlan { .. } = encapsulation {
+            packet.set_macs(tunnel.mac, inner_destination_mac);
+        }
+        let outer_next_hop = match self.stack.route(peer) {
+            Some(HostEgress::Uplink { next_hop }) => Some(next_hop),
+            _ => None,
+        };
+        let Some(next_mac) = outer_next_hop.and_then(|hop| self.stack.neighbors.get(&hop).copied())
+        else {
+            ctx.drop_packet(&self.settings.name, &packet, DropReason::NoNeighbor, || {
+                format!("{name}: no route or neighbor toward tunnel peer {peer}")
+            });
+            return;
+        };
+        let inner_key = packet.meta.key;
+        let identification = self.stack.next_identification();
+        let header = EncapHeader {
+            source: self.settings.ip,
+            destination: peer,
+            source_mac: self.settings.mac,
+            destination_mac: next_mac,
+            source_port: tunnel_source_port(&inner_key, self.settings.seed),
+            identification,
+        };
+        encapsulate(&mut packet, encapsulation, &header);
+        let node_ip = self.settings.ip;
+        ctx.hop(
+            self.settings.uplink_point,
+            &packet,
+            HopAction::Encapsulate,
+            || match encapsulation {
+                Encapsulation::Vxlan { vni } => format!(
+                    "{name} encap vni={vni} {node_ip} -> {peer} udp {}->{} (inner {inner_key})",
+                    header.source_port,
+                    vxlan::UDP_PORT
+                ),
+                _ => format!("{name} encap ipip {node_ip} -> {peer} (inner {inner_key})"),
+            },
+        );
+        out.send(UPLINK_PORT, packet);
+    }
+}
+
+impl LinuxHost for CalicoNode {
+    fn stack(&self) -> &HostStack {
+        &self.stack
+    }
+
+    fn stack_mut(&mut self) -> &mut HostStack {
+        &mut self.stack
+    }
+
+    fn is_own_address(&self, address: Ipv4Addr) -> bool {
+        self.settings
+            .tunnel
+            .as_ref()
+            .is_some_and(|tunnel| tunnel.address == address)
+    }
+
+    fn interior(&self, interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
+        if interface == TUNNEL {
+            let tunnel = self.settings.tunnel.as_ref();
+            return InteriorLink {
+                mtu: self.settings.pod_mtu,
+                address: tunnel.map_or(self.settings.ip, |t| t.address),
+                source_mac: tunnel.map_or(Mac::default(), |t| t.mac),
+                destination_mac: tunnel
+                    .and_then(|t| t.vteps.get(&next_hop))
+                    .map_or(Mac::default(), |&(_, mac)| mac),
+                point: tunnel.map_or(self.settings.uplink_point, |t| t.point),
+            };
+        }
+        let pod = &self.settings.pods[usize::from(interface - 1)];
+        // A veth has no address: Linux sources what the node sends a pod from its
+        // primary address, the node IP.
+        InteriorLink {
+            mtu: self.settings.pod_mtu,
+            address: self.settings.ip,
+            source_mac: VETH_MAC,
+            destination_mac: pod.mac,
+            point: pod.veth_point,
+        }
+    }
+
+    fn interior_name(&self, interface: InteriorId) -> &str {
+        if interface == TUNNEL {
+            return self.settings.tunnel.as_ref().map_or("tunl0", |t| t.name());
+        }
+        self.settings
+            .veth_names
+            .get(usize::from(interface - 1))
+            .map_or("cali", String::as_str)
+    }
+
+    /// Felix `cali-nat-outgoing`: `-m set --match-set cali40masq-ipam-pools src -m set
+    /// ! --match-set cali40all-ipam-pools dst -j MASQUERADE` — whatever interface the
+    /// packet leaves by.
+    fn masquerade(&self, _ingress: HostIngress, _egress: HostEgress, key: &FlowKey) -> bool {
+        let in_pool = |address: Ipv4Addr| self.settings.pools.iter().any(|p| p.contains(&address));
+        self.settings.nat_outgoing && in_pool(key.source) && !in_pool(key.destination)
+    }
+
+    fn send_interior(
+        &mut self,
+        ctx: &mut Ctx,
+        interface: InteriorId,
+        next_hop: Ipv4Addr,
+        packet: Packet,
+        out: &mut Outputs,
+        forwarded: bool,
+    ) {
+        if interface == TUNNEL {
+            if forwarded {
+                let name = self.interior_name(TUNNEL);
+                let point = self
+                    .settings
+                    .tunnel
+                    .as_ref()
+                    .map_or(self.settings.uplink_point, |t| t.point);
+                ctx.hop(point, &packet, HopAction::Transmit, || {
+                    format!("output to {name}, via {next_hop}")
+                });
+            }
+            self.tunnel_output(ctx, next_hop, packet, out);
+            return;
+        }
+        let pod = usize::from(interface - 1);
+        let local = &self.settings.pods[pod];
+        if forwarded {
+            ctx.hop(local.veth_point, &packet, HopAction::Transmit, || {
+                format!("output to pod {}", local.name)
+            });
+        }
+        out.send(interface, packet);
+    }
+}

@@ -49,12 +49,23 @@ pub struct Path {
     pub cluster_list: Vec<Ipv4Addr>,
 }
 
+impl Path {
+    /// The router id the tie-break compares: the ORIGINATOR_ID of a reflected path
+    /// (RFC 4456 §9), else the sender's.
+    fn advertiser_id(&self) -> Ipv4Addr {
+        self.originator_id.unwrap_or(self.peer_router_id)
+    }
+}
+
 /// A BGP speaker as the control plane sees it.
 #[derive(Debug, Clone)]
 pub struct Speaker {
     pub name: String,
     pub asn: u32,
     pub router_id: Ipv4Addr,
+    /// The route-reflection cluster id (RFC 4456 §7): the router id unless several
+    /// reflectors share one (Calico's `routeReflectorClusterID`).
+    pub cluster_id: Ipv4Addr,
     /// Its interface addresses, with their subnets.
     pub addresses: Vec<Ipv4Net>,
     pub neighbors: Vec<Neighbor>,
@@ -221,7 +232,8 @@ fn better(a: &Path, b: &Path) -> std::cmp::Ordering {
             }
         })
         .then(b.from_ebgp.cmp(&a.from_ebgp))
-        .then(a.peer_router_id.cmp(&b.peer_router_id))
+        .then(a.advertiser_id().cmp(&b.advertiser_id()))
+        .then(a.cluster_list.len().cmp(&b.cluster_list.len()))
         .then(a.peer_address.cmp(&b.peer_address))
 }
 
@@ -364,7 +376,7 @@ fn export(
             }
             if reflected {
                 sent.originator_id.get_or_insert(path.peer_router_id);
-                sent.cluster_list.insert(0, speaker.router_id);
+                sent.cluster_list.insert(0, speaker.cluster_id);
             }
         }
         out.push(sent);
@@ -392,7 +404,7 @@ fn import(
         .filter(|p| {
             !p.as_path.contains(&receiver.asn)
                 && p.originator_id != Some(receiver.router_id)
-                && !p.cluster_list.contains(&receiver.router_id)
+                && !p.cluster_list.contains(&receiver.cluster_id)
         })
         .map(|mut p| {
             p.from_session = back;
@@ -431,6 +443,12 @@ pub fn converge(speakers: &[Speaker], sessions: &[Session], states: Vec<SessionS
                 import(speakers, index, sessions, sent)
             })
             .collect();
+        if std::env::var_os("NETSIM_BGP_DEBUG").is_some() {
+            eprintln!(
+                "round {round}: {} paths",
+                next.iter().map(Vec::len).sum::<usize>()
+            );
+        }
         if next == adj_in {
             break;
         }
@@ -479,10 +497,11 @@ pub fn describe_preference(winner: &Path, loser: &Path) -> String {
         format!("lower MED ({} < {})", winner.med, loser.med)
     } else if winner.from_ebgp != loser.from_ebgp {
         "eBGP is preferred over iBGP".to_string()
-    } else if winner.peer_router_id != loser.peer_router_id {
+    } else if winner.advertiser_id() != loser.advertiser_id() {
         format!(
             "lower router id ({} < {})",
-            winner.peer_router_id, loser.peer_router_id
+            winner.advertiser_id(),
+            loser.advertiser_id()
         )
     } else {
         "lower neighbour address".to_string()

@@ -407,6 +407,7 @@ fn router_speaker(
         name: router.name.clone(),
         asn: config.asn,
         router_id: config.router_id,
+        cluster_id: config.router_id,
         addresses: interfaces.to_vec(),
         neighbors: config
             .neighbors
@@ -488,6 +489,13 @@ fn calico_speaker(
         name: node.name.clone(),
         asn: calico.asn,
         router_id: node.ip,
+        // Calico's reflectors share one `routeReflectorClusterID` (the docs use
+        // 224.0.0.1), so they never accept each other's reflections of a path.
+        cluster_id: if is_reflector(index) {
+            CALICO_CLUSTER_ID
+        } else {
+            node.ip
+        },
         addresses: vec![Ipv4Net::new(node.ip, subnet_prefix).unwrap_or_default()],
         neighbors,
         originated,
@@ -507,6 +515,9 @@ fn calico_speaker(
         multipath: true,
     }
 }
+
+/// The `routeReflectorClusterID` Calico's route reflectors share.
+const CALICO_CLUSTER_ID: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
 
 /// Who a BGP speaker is, for handing its outcome back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,28 +6,6 @@ mod common;
 
 use common::*;
 
-fn routes_json(text: &str) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bgp.toml");
-    std::fs::write(&file, text).unwrap();
-    let output = netsim(&["routes", file.to_str().unwrap(), "--format", "json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn router<'a>(routes: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    routes["routers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == name)
-        .unwrap_or_else(|| panic!("no router {name}"))
-}
-
 #[test]
 fn the_nsx_example_meets_its_expectations_and_the_tor_sees_only_the_summary() {
     let (_, _, report) = run("nsx-t1-t0-bgp");

@@ -266,3 +266,101 @@ fn mistakes_in_a_cluster_and_in_a_host_are_reported_together() {
     assert!(stderr.contains("worker-9"), "{stderr}");
     assert!(stderr.contains("no segment named `nowhere`"), "{stderr}");
 }
+
+/// A valid Calico cluster; each test breaks one thing in it.
+const CALICO_BASE: &str = r#"[topology]
+name = "broken-calico"
+
+[[segment]]
+name = "nodes"
+cidr = "10.20.0.0/24"
+gateway = "r1"
+
+[[router]]
+name = "r1"
+
+[[cluster]]
+name = "c1"
+cni = "calico"
+pod_cidr = "192.168.0.0/16"
+node_segment = "nodes"
+
+[cluster.calico]
+block_size = 26
+ip_pools = [ "192.168.0.0/18", "192.168.64.0/18" ]
+route_reflectors = [ "worker-1" ]
+
+[[cluster.node]]
+name = "worker-1"
+ip = "10.20.0.11"
+
+[[cluster.node]]
+name = "worker-2"
+ip = "10.20.0.12"
+"#;
+
+/// Line and column (1-based) where `needle` starts in `text`.
+fn position(text: &str, needle: &str) -> (usize, usize) {
+    position_at(text, text.find(needle).expect("needle in text"))
+}
+
+/// Line and column (1-based) of byte `offset` in `text`.
+fn position_at(text: &str, offset: usize) -> (usize, usize) {
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    (
+        text[..offset].matches('\n').count() + 1,
+        offset - line_start + 1,
+    )
+}
+
+#[test]
+fn the_calico_base_topology_is_valid() {
+    netsim::topology::parse("calico.toml", CALICO_BASE).expect("calico base is valid");
+}
+
+#[test]
+fn calico_mistakes_are_located() {
+    let cases = [
+        (
+            "block_size = 26",
+            "block_size = 19",
+            "19\n",
+            "block_size 19 is outside 20..32",
+        ),
+        (
+            "\"192.168.64.0/18\"",
+            "\"192.168.32.0/19\"",
+            "\"192.168.32.0/19\"",
+            "ip pool 192.168.32.0/19 overlaps ip pool 192.168.0.0/18",
+        ),
+        (
+            "[ \"worker-1\" ]",
+            "[ \"worker-9\" ]",
+            "\"worker-9\"",
+            "no node named `worker-9`",
+        ),
+        (
+            "block_size = 26",
+            "block_size = 26\nipip_mode = \"Always\"\nvxlan_mode = \"Always\"",
+            "\"Always\"\n",
+            "cannot use both ipip_mode and vxlan_mode",
+        ),
+        (
+            "ip = \"10.20.0.12\"",
+            "ip = \"10.20.0.12\"\npod_cidr = \"192.168.9.0/24\"",
+            "\"192.168.9.0/24\"",
+            "with cni = \"calico\" a node has no pod_cidr",
+        ),
+    ];
+    for (from, to, at, message) in cases {
+        let text = CALICO_BASE.replace(from, to);
+        let (line, column) = if at == "\"Always\"\n" {
+            // vxlan_mode's value.
+            let offset = text.find("vxlan_mode = ").unwrap() + "vxlan_mode = ".len();
+            position_at(&text, offset)
+        } else {
+            position(&text, at)
+        };
+        assert_located(&refuse(&text), line, column, message);
+    }
+}

@@ -152,6 +152,8 @@ fn their_captures_are_clean() {
         "two-node",
         "nsx-t1-t0-bgp",
         "antrea-hybrid",
+        "calico-bgp-tor",
+        "calico-route-reflectors",
     ] {
         let out = dir.path().join(name);
         let output = netsim(&[

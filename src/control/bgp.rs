@@ -123,6 +123,9 @@ pub struct Outcome {
     pub received: Vec<Vec<Path>>,
     pub sessions: Vec<SessionState>,
     pub rounds: usize,
+    /// False when the paths still changed after the last round (an oscillating
+    /// design, such as reflectors preferring each other's copies).
+    pub converged: bool,
 }
 
 /// Matches configured neighbors into sessions. `owner_of` says which speaker (if
@@ -422,6 +425,7 @@ pub fn converge(speakers: &[Speaker], sessions: &[Session], states: Vec<SessionS
     let mut adj_in: Vec<Vec<Path>> = vec![Vec::new(); sessions.len()];
     let mut best: Vec<BTreeMap<Ipv4Net, Vec<Path>>> = Vec::new();
     let mut rounds = 0;
+    let mut converged = false;
     for round in 1..=MAX_ROUNDS {
         rounds = round;
         best = speakers
@@ -443,13 +447,8 @@ pub fn converge(speakers: &[Speaker], sessions: &[Session], states: Vec<SessionS
                 import(speakers, index, sessions, sent)
             })
             .collect();
-        if std::env::var_os("NETSIM_BGP_DEBUG").is_some() {
-            eprintln!(
-                "round {round}: {} paths",
-                next.iter().map(Vec::len).sum::<usize>()
-            );
-        }
         if next == adj_in {
+            converged = true;
             break;
         }
         adj_in = next;
@@ -470,6 +469,7 @@ pub fn converge(speakers: &[Speaker], sessions: &[Session], states: Vec<SessionS
         received,
         sessions: states,
         rounds,
+        converged,
     }
 }
 

@@ -205,6 +205,9 @@ pub struct NodeBgp {
 pub struct ControlPlane {
     pub routers: Vec<RouteTables>,
     pub nodes: Vec<Vec<NodeBgp>>,
+    /// BGP rounds run, and whether they reached a fixpoint.
+    pub bgp_rounds: usize,
+    pub bgp_converged: bool,
 }
 
 /// Every router's route tables, computed together: base routes, Tier-1
@@ -242,7 +245,7 @@ pub fn compute(topology: &Topology) -> ControlPlane {
         .collect();
     routed_pod_cidrs_on_tier1s(topology, &interfaces, &mut candidates);
     advertise_to_tier0s(topology, &interfaces, &mut candidates);
-    let (sessions, nodes) = run_bgp(topology, &interfaces, &mut candidates);
+    let (sessions, nodes, outcome) = run_bgp(topology, &interfaces, &mut candidates);
     let routers = candidates
         .into_iter()
         .enumerate()
@@ -252,7 +255,12 @@ pub fn compute(topology: &Topology) -> ControlPlane {
             tables
         })
         .collect();
-    ControlPlane { routers, nodes }
+    ControlPlane {
+        routers,
+        nodes,
+        bgp_rounds: outcome.rounds,
+        bgp_converged: outcome.converged || outcome.rounds == 0,
+    }
 }
 
 /// Routed pods (Antrea noEncap / hybrid) behind an NSX Tier-1: the NSX/Antrea
@@ -534,7 +542,7 @@ fn run_bgp(
     topology: &Topology,
     interfaces: &[Vec<Ipv4Net>],
     candidates: &mut [Vec<Candidate>],
-) -> (Vec<Vec<bgp::SessionState>>, Vec<Vec<NodeBgp>>) {
+) -> (Vec<Vec<bgp::SessionState>>, Vec<Vec<NodeBgp>>, bgp::Outcome) {
     let mut owners: Vec<SpeakerOf> = Vec::new();
     let mut speakers = Vec::new();
     for (index, router) in topology.routers.iter().enumerate() {
@@ -651,7 +659,12 @@ fn run_bgp(
             }
         }
     }
-    (per_router, per_node)
+    let summary = bgp::Outcome {
+        rounds: outcome.rounds,
+        converged: outcome.converged,
+        ..Default::default()
+    };
+    (per_router, per_node, summary)
 }
 
 /// A speaker's BGP paths learned from peers as RIB candidates: the best ones

@@ -9,6 +9,9 @@ use std::fmt::Write;
 
 #[derive(Debug, Serialize)]
 pub struct RoutesReport {
+    /// BGP rounds run to the fixpoint, and whether it was reached.
+    pub bgp_rounds: usize,
+    pub bgp_converged: bool,
     pub routers: Vec<RouterRoutes>,
     pub nodes: Vec<NodeRoutes>,
 }
@@ -143,7 +146,12 @@ pub fn build(network: &Network, only: Option<&str>) -> RoutesReport {
             _ => {}
         }
     }
-    RoutesReport { routers, nodes }
+    RoutesReport {
+        bgp_rounds: network.bgp_rounds,
+        bgp_converged: network.bgp_converged,
+        routers,
+        nodes,
+    }
 }
 
 fn rib_entries(
@@ -186,6 +194,13 @@ fn session_entries(sessions: &[crate::control::bgp::SessionState]) -> Vec<Sessio
 /// candidate with `*` on the winners and the reason the others lost.
 pub fn text(report: &RoutesReport) -> String {
     let mut out = String::new();
+    if !report.bgp_converged {
+        let _ = writeln!(
+            out,
+            "warning: BGP did not converge in {} rounds: paths still change (an oscillating design); the tables below are the last round's",
+            report.bgp_rounds
+        );
+    }
     for router in &report.routers {
         device_text(
             &mut out,

@@ -96,6 +96,9 @@ pub struct Network {
     pub points: Vec<CapturePoint>,
     pub endpoints: Vec<EndpointNic>,
     endpoint_index: FxHashMap<EndpointRef, EndpointId>,
+    /// BGP rounds the control plane ran, and whether it converged.
+    pub bgp_rounds: usize,
+    pub bgp_converged: bool,
 }
 
 impl Network {
@@ -207,6 +210,8 @@ pub fn build(topology: &Topology) -> Network {
         points: Vec::new(),
         endpoints: Vec::new(),
         endpoint_index: FxHashMap::default(),
+        bgp_rounds: 0,
+        bgp_converged: true,
     };
     let seed = topology.seed;
 
@@ -315,6 +320,8 @@ pub fn build(topology: &Topology) -> Network {
 
     // Routers, with the route tables the control plane computed for all of them.
     let control = crate::control::compute(topology);
+    network.bgp_rounds = control.bgp_rounds;
+    network.bgp_converged = control.bgp_converged;
     let mut route_tables = control.routers.into_iter();
     for (router_id, router) in topology.routers.iter().enumerate() {
         let mut ports = Vec::new();

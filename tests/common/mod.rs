@@ -165,3 +165,32 @@ pub fn assert_balanced(report: &Report, name: &str) {
         "{name}: {packets:?}"
     );
 }
+
+/// `netsim routes --format json` on a topology written inline.
+pub fn routes_json(text: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    std::fs::write(&file, text).unwrap();
+    let output = netsim(&["routes", file.to_str().unwrap(), "--format", "json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// One router (or node, with `kind = "nodes"`) of a `routes` JSON by name.
+pub fn device<'a>(routes: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
+    routes[kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// One router of a `routes` JSON by name.
+pub fn router<'a>(routes: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    device(routes, "routers", name)
+}

@@ -204,7 +204,56 @@ fn routing(c: &mut Criterion) {
         "converge 150-router iBGP full mesh (22,350 session ends)",
         |b| b.iter(|| netsim::control::compute(black_box(&topology))),
     );
+    for (name, reflectors) in [
+        (
+            "calico 150-node full mesh + eBGP to two ToRs, 16,500 pods",
+            false,
+        ),
+        (
+            "calico 150 nodes, two route reflectors + eBGP to two ToRs",
+            true,
+        ),
+    ] {
+        let topology = netsim::topology::parse("calico.toml", &calico_150(reflectors)).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| netsim::control::compute(black_box(&topology)))
+        });
+    }
     group.finish();
+}
+
+/// 150 Calico nodes on one /22 with 110 pods each (two /26 blocks per node), BIRD on
+/// every node: a full iBGP mesh (11,175 sessions) or two route reflectors, and every
+/// node peering eBGP with two ToRs.
+fn calico_150(reflectors: bool) -> String {
+    let node_ip = |index: usize| format!("10.40.{}.{}", (11 + index) / 256, (11 + index) % 256);
+    let neighbors: Vec<String> = (0..150)
+        .map(|index| format!("{{ ip = \"{}\", asn = 64512 }}", node_ip(index)))
+        .collect();
+    let mut text = String::from(
+        "[topology]\nname = \"calico-150\"\n\n[[segment]]\nname = \"rack\"\ncidr = \"10.40.0.0/22\"\ngateway = \"tor-a\"\n",
+    );
+    text.push_str(&format!(
+        "\n[[router]]\nname = \"tor-a\"\nkind = \"tor\"\necmp = true\nbgp = {{ asn = 65001, neighbors = [ {} ] }}\n",
+        neighbors.join(", ")
+    ));
+    text.push_str(&format!(
+        "\n[[router]]\nname = \"tor-b\"\nkind = \"tor\"\necmp = true\ninterfaces = [ {{ segment = \"rack\", ip = \"10.40.3.250/22\" }} ]\nbgp = {{ asn = 65001, neighbors = [ {} ] }}\n",
+        neighbors.join(", ")
+    ));
+    text.push_str(&format!(
+        "\n[[cluster]]\nname = \"c\"\ncni = \"calico\"\npod_cidr = \"100.64.0.0/14\"\nnode_segment = \"rack\"\n\n[cluster.calico]\nnode_to_node_mesh = {}\nroute_reflectors = [ {} ]\nbgp_peers = [ {{ ip = \"10.40.0.1\", asn = 65001 }}, {{ ip = \"10.40.3.250\", asn = 65001 }} ]\n",
+        !reflectors,
+        if reflectors { "\"n0\", \"n1\"" } else { "" }
+    ));
+    for index in 0..150 {
+        text.push_str(&format!(
+            "\n[[cluster.node]]\nname = \"n{index}\"\nip = \"{}\"\n",
+            node_ip(index)
+        ));
+    }
+    text.push_str("\n[[cluster.deployment]]\nname = \"app\"\nreplicas = 16500\n");
+    text
 }
 
 criterion_group!(benches, parsing, geneve, engine, whole_path, routing);

@@ -393,15 +393,14 @@ fn import(
     speakers: &[Speaker],
     session_index: usize,
     sessions: &[Session],
+    back: &[Option<usize>],
     paths: Vec<Path>,
 ) -> Vec<Path> {
     let session = &sessions[session_index];
     let receiver = &speakers[session.peer];
     let sender = &speakers[session.local];
     // The receiver's view: the session back from peer to local.
-    let back = sessions
-        .iter()
-        .position(|s| s.local == session.peer && s.peer == session.local);
+    let back = back[session_index];
     paths
         .into_iter()
         .filter(|p| {
@@ -419,50 +418,72 @@ fn import(
         .collect()
 }
 
-/// Runs BGP to convergence.
+/// Runs BGP to convergence. Each round, only speakers that received something new
+/// pick their best paths again, and only speakers whose best paths changed send
+/// again (what a real speaker sends is an UPDATE for what changed); the fixpoint is
+/// the round in which nothing is sent.
 pub fn converge(speakers: &[Speaker], sessions: &[Session], states: Vec<SessionState>) -> Outcome {
     let own: Vec<Vec<Path>> = speakers.iter().map(origination).collect();
+    let mut incoming: Vec<Vec<usize>> = vec![Vec::new(); speakers.len()];
+    for (index, session) in sessions.iter().enumerate() {
+        incoming[session.peer].push(index);
+    }
+    let held = |index: usize, adj_in: &[Vec<Path>]| -> Vec<Path> {
+        let mut paths = own[index].clone();
+        for &session in &incoming[index] {
+            paths.extend(adj_in[session].iter().cloned());
+        }
+        paths
+    };
+    // Each session's reverse direction (the receiver's session back to the sender).
+    let by_ends: rustc_hash::FxHashMap<(usize, usize), usize> = sessions
+        .iter()
+        .enumerate()
+        .map(|(index, s)| ((s.local, s.peer), index))
+        .collect();
+    let back: Vec<Option<usize>> = sessions
+        .iter()
+        .map(|s| by_ends.get(&(s.peer, s.local)).copied())
+        .collect();
     let mut adj_in: Vec<Vec<Path>> = vec![Vec::new(); sessions.len()];
-    let mut best: Vec<BTreeMap<Ipv4Net, Vec<Path>>> = Vec::new();
+    let mut best: Vec<BTreeMap<Ipv4Net, Vec<Path>>> = vec![BTreeMap::new(); speakers.len()];
+    let mut reselect = vec![true; speakers.len()];
     let mut rounds = 0;
     let mut converged = false;
     for round in 1..=MAX_ROUNDS {
         rounds = round;
-        best = speakers
-            .iter()
-            .enumerate()
-            .map(|(index, speaker)| {
-                let mut paths = own[index].clone();
-                for (session_index, session) in sessions.iter().enumerate() {
-                    if session.peer == index {
-                        paths.extend(adj_in[session_index].iter().cloned());
-                    }
-                }
-                select(&paths, speaker.multipath)
-            })
-            .collect();
-        let next: Vec<Vec<Path>> = (0..sessions.len())
-            .map(|index| {
-                let sent = export(speakers, sessions, index, &best[sessions[index].local]);
-                import(speakers, index, sessions, sent)
-            })
-            .collect();
-        if next == adj_in {
+        let mut changed = vec![false; speakers.len()];
+        for (index, speaker) in speakers.iter().enumerate() {
+            if !reselect[index] {
+                continue;
+            }
+            let selected = select(&held(index, &adj_in), speaker.multipath);
+            if round == 1 || selected != best[index] {
+                best[index] = selected;
+                changed[index] = true;
+            }
+        }
+        reselect = vec![false; speakers.len()];
+        let mut sent_anything = false;
+        for index in 0..sessions.len() {
+            if !changed[sessions[index].local] {
+                continue;
+            }
+            let sent = export(speakers, sessions, index, &best[sessions[index].local]);
+            let received = import(speakers, index, sessions, &back, sent);
+            if received != adj_in[index] {
+                adj_in[index] = received;
+                reselect[sessions[index].peer] = true;
+                sent_anything = true;
+            }
+        }
+        if !sent_anything {
             converged = true;
             break;
         }
-        adj_in = next;
     }
     let received = (0..speakers.len())
-        .map(|index| {
-            let mut paths = own[index].clone();
-            for (session_index, session) in sessions.iter().enumerate() {
-                if session.peer == index {
-                    paths.extend(adj_in[session_index].iter().cloned());
-                }
-            }
-            paths
-        })
+        .map(|index| held(index, &adj_in))
         .collect();
     Outcome {
         best,

@@ -238,6 +238,9 @@ pub(super) struct CalicoIpam {
     /// Every block of every pool with the node it is affine to.
     blocks: Vec<(Ipv4Net, Option<usize>)>,
     used: BTreeSet<Ipv4Addr>,
+    /// Per block, the lowest address that may still be free (addresses are only
+    /// ever taken, so the search never goes back).
+    first_free: rustc_hash::FxHashMap<Ipv4Net, u32>,
 }
 
 impl CalicoIpam {
@@ -256,6 +259,7 @@ impl CalicoIpam {
         let mut ipam = CalicoIpam {
             blocks,
             used: BTreeSet::new(),
+            first_free: Default::default(),
         };
         for (index, node) in nodes.iter_mut().enumerate() {
             let block = ipam.claim(index).ok_or_else(|| {
@@ -279,13 +283,19 @@ impl CalicoIpam {
         Some(free.0)
     }
 
-    fn free_in(&self, block: Ipv4Net) -> Option<Ipv4Addr> {
+    fn free_in(&mut self, block: Ipv4Net) -> Option<Ipv4Addr> {
         // Calico uses every address of a block (pods get /32s, no network or
         // broadcast address is reserved).
-        let first = u32::from(block.network());
-        (first..=u32::from(block.broadcast()))
-            .map(Ipv4Addr::from)
-            .find(|address| !self.used.contains(address))
+        let start = self
+            .first_free
+            .get(&block)
+            .copied()
+            .unwrap_or(u32::from(block.network()));
+        let found = (start..=u32::from(block.broadcast()))
+            .find(|&address| !self.used.contains(&Ipv4Addr::from(address)));
+        self.first_free
+            .insert(block, found.unwrap_or(u32::from(block.broadcast())));
+        found.map(Ipv4Addr::from)
     }
 
     /// Writes each node's affine blocks into the model.

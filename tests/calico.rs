@@ -192,6 +192,26 @@ fn ipip_crosses_racks_and_same_rack_traffic_is_routed_as_is() {
             &out.join("flows/cross-rack.pcapng"),
         ],
     );
+    // tunl0 carries bare IP (link type RAW), as tcpdump shows it; eth0 the outer
+    // IPv4 with protocol 4.
+    let tshark = std::process::Command::new("tshark")
+        .args(["-r", out.join("flows/cross-rack.pcapng").to_str().unwrap()])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "frame.protocols",
+        ])
+        .output()
+        .expect("tshark runs");
+    let lines = String::from_utf8(tshark.stdout).unwrap();
+    assert!(lines.contains("worker-a1:tunl0\traw:ip:tcp"), "{lines}");
+    assert!(
+        lines.contains("worker-a1:eth0\teth:ethertype:ip:ip:tcp"),
+        "{lines}"
+    );
 }
 
 #[test]

@@ -50,6 +50,7 @@ fn geneve_vxlan_and_ipip_captures_are_clean() {
         name: "node-a:eth0".into(),
         device: "node-a".into(),
         kind: PointKind::Edge,
+        raw_ip: false,
     }];
     let cases = [
         (

@@ -88,7 +88,11 @@ pub fn write_pcapng<W: Write>(
         interface_of[index] = Some(next_interface);
         next_interface += 1;
         let block = InterfaceDescriptionBlock {
-            linktype: DataLink::ETHERNET,
+            linktype: if point.raw_ip {
+                DataLink::RAW
+            } else {
+                DataLink::ETHERNET
+            },
             snaplen: 0,
             options: vec![
                 InterfaceDescriptionOption::IfName(Cow::Borrowed(&point.name)),
@@ -102,11 +106,18 @@ pub fn write_pcapng<W: Write>(
             continue;
         };
         let comment = format!("{}: {}", hop.action.name(), hop.detail);
+        let data = if points[hop.point as usize].raw_ip {
+            hop.frame
+                .get(crate::wire::ETHERNET_HEADER_LEN..)
+                .unwrap_or_default()
+        } else {
+            &hop.frame[..]
+        };
         let block = EnhancedPacketBlock {
             interface_id,
             timestamp: Duration::from_secs(EPOCH_SECONDS) + Duration::from_nanos(hop.time_ns),
-            original_len: u32::try_from(hop.frame.len()).unwrap_or(u32::MAX),
-            data: Cow::Borrowed(&hop.frame),
+            original_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+            data: Cow::Borrowed(data),
             options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment))],
         };
         pcap.write_pcapng_block(block)?;

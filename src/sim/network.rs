@@ -49,6 +49,9 @@ pub struct CapturePoint {
     pub name: String,
     pub device: String,
     pub kind: PointKind,
+    /// The interface carries bare IP packets (Linux `tunl0`, ARPHRD_TUNNEL): its
+    /// capture has link type RAW and no Ethernet header, as tcpdump shows it.
+    pub raw_ip: bool,
 }
 
 pub enum Device {
@@ -114,6 +117,7 @@ impl Network {
             name: format!("{device}:{interface}"),
             device: device.to_string(),
             kind,
+            raw_ip: false,
         });
         PointId::try_from(self.points.len() - 1).unwrap_or(PointId::MAX)
     }
@@ -580,6 +584,9 @@ fn build_calico_node(
             _ => "tunl0",
         };
         let point = network.add_point(&node.name, name, PointKind::Internal);
+        if encapsulation == Encapsulation::Ipip {
+            network.points[point as usize].raw_ip = true;
+        }
         let vtep_mac = |index: usize| {
             Mac::seeded(
                 seed,

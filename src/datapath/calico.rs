@@ -206,18 +206,10 @@ impl CalicoNode {
     /// the host stack.
     fn uplink_input(&mut self, ctx: &mut Ctx, mut packet: Packet, out: &mut Outputs) {
         let slot = ctx.begin_receive(self.settings.uplink_point, &packet);
-        let meta = &packet.meta;
-        if meta.ethertype != ETHERTYPE_IPV4
-            || (meta.destination_mac != self.settings.mac && meta.destination_mac != Mac::BROADCAST)
-        {
-            ctx.describe(slot, HopAction::Drop, || {
-                "not an IPv4 frame for this node".into()
-            });
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
-                "not an IPv4 frame for this node".into()
-            });
+        if !self.stack.accepts_frame(ctx, slot, &packet) {
             return;
         }
+        let meta = &packet.meta;
         let Some(tunnel) = &self.settings.tunnel else {
             self.host_input(ctx, HostIngress::Uplink, slot, packet, out);
             return;

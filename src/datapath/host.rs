@@ -154,6 +154,24 @@ impl HostStack {
             })
     }
 
+    /// Whether eth0 takes a frame: IPv4 to the node's MAC (or broadcast). Anything
+    /// else is dropped here, named.
+    pub fn accepts_frame(&self, ctx: &mut Ctx, slot: Option<usize>, packet: &Packet) -> bool {
+        let meta = &packet.meta;
+        if meta.ethertype == crate::wire::ETHERTYPE_IPV4
+            && (meta.destination_mac == self.mac || meta.destination_mac == Mac::BROADCAST)
+        {
+            return true;
+        }
+        ctx.describe(slot, HopAction::Drop, || {
+            "not an IPv4 frame for this node".into()
+        });
+        ctx.drop_packet(&self.name, packet, DropReason::Malformed, || {
+            "not an IPv4 frame for this node".into()
+        });
+        false
+    }
+
     /// Whether the route to `destination` is a blackhole.
     pub fn blackholed(&self, destination: Ipv4Addr) -> bool {
         matches!(

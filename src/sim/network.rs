@@ -497,41 +497,74 @@ pub fn build(topology: &Topology) -> Network {
             on_link.insert(node.gateway_ip(), gateway_mac);
             let on_link = Arc::new(on_link);
             for (local_index, &pod) in node_pods.iter().enumerate() {
-                let pod_config = &cluster.pods[pod];
-                let name = pod_config.qualified_name();
-                let device =
-                    network.add_device(name.clone(), Device::Endpoint(network.endpoints.len()));
-                let point = network.add_point(&name, "eth0", PointKind::Edge);
-                add_endpoint(
+                let view = PodView {
+                    subnet: node.pod_cidr,
+                    mac: pod_macs[local_index],
+                    mtu: cluster.antrea.pod_mtu,
+                    gateway_mac,
+                    gateway_ip: node.gateway_ip(),
+                    neighbors: on_link.clone(),
+                };
+                attach_pod(
                     &mut network,
-                    EndpointNic {
-                        name,
-                        reference: EndpointRef::Pod {
-                            cluster: cluster_id,
-                            pod,
-                        },
-                        ip: pod_config.ip,
-                        subnet: node.pod_cidr,
-                        mac: pod_macs[local_index],
-                        mtu: cluster.antrea.pod_mtu,
-                        gateway_mac: Some(gateway_mac),
-                        gateway_ip: node.gateway_ip(),
-                        neighbors: on_link.clone(),
-                        point,
-                        device,
-                    },
-                );
-                let node_port = PortId::try_from(local_index + 1).unwrap_or(PortId::MAX);
-                network.connect(
-                    (device, 0),
-                    (node_device, node_port),
-                    VETH_LATENCY_NS,
-                    VETH_LATENCY_NS,
+                    topology,
+                    (cluster_id, pod),
+                    view,
+                    (node_device, local_index),
                 );
             }
         }
     }
     network
+}
+
+/// How a pod sees its network: its interface's subnet, MAC and MTU, its default
+/// gateway and the neighbours on its link.
+struct PodView {
+    subnet: Ipv4Net,
+    mac: Mac,
+    mtu: u16,
+    gateway_mac: Mac,
+    gateway_ip: Ipv4Addr,
+    neighbors: Neighbors,
+}
+
+/// Adds pod `pod` of cluster `cluster` as an endpoint and wires its eth0 to port
+/// `local_index + 1` of its node (the veth pair).
+fn attach_pod(
+    network: &mut Network,
+    topology: &Topology,
+    (cluster, pod): (usize, usize),
+    view: PodView,
+    (node_device, local_index): (DeviceId, usize),
+) {
+    let config = &topology.clusters[cluster].pods[pod];
+    let name = config.qualified_name();
+    let device = network.add_device(name.clone(), Device::Endpoint(network.endpoints.len()));
+    let point = network.add_point(&name, "eth0", PointKind::Edge);
+    add_endpoint(
+        network,
+        EndpointNic {
+            name,
+            reference: EndpointRef::Pod { cluster, pod },
+            ip: config.ip,
+            subnet: view.subnet,
+            mac: view.mac,
+            mtu: view.mtu,
+            gateway_mac: Some(view.gateway_mac),
+            gateway_ip: view.gateway_ip,
+            neighbors: view.neighbors,
+            point,
+            device,
+        },
+    );
+    let node_port = PortId::try_from(local_index + 1).unwrap_or(PortId::MAX);
+    network.connect(
+        (device, 0),
+        (node_device, node_port),
+        VETH_LATENCY_NS,
+        VETH_LATENCY_NS,
+    );
 }
 
 fn add_endpoint(network: &mut Network, nic: EndpointNic) {
@@ -660,35 +693,20 @@ fn build_calico_node(
     // on the veth answers with ee:ee:ee:ee:ee:ee: every frame goes to the node.
     let no_neighbors: Neighbors = Arc::new(FxHashMap::default());
     for (local_index, &pod) in node_pods.iter().enumerate() {
-        let config = &cluster.pods[pod];
-        let name = config.qualified_name();
-        let device = network.add_device(name.clone(), Device::Endpoint(network.endpoints.len()));
-        let point = network.add_point(&name, "eth0", PointKind::Edge);
-        add_endpoint(
+        let view = PodView {
+            subnet: Ipv4Net::new(cluster.pods[pod].ip, 32).unwrap_or_default(),
+            mac: pods[local_index].mac,
+            mtu: calico.pod_mtu,
+            gateway_mac: crate::datapath::calico::VETH_MAC,
+            gateway_ip: crate::datapath::calico::POD_GATEWAY,
+            neighbors: no_neighbors.clone(),
+        };
+        attach_pod(
             network,
-            EndpointNic {
-                name,
-                reference: EndpointRef::Pod {
-                    cluster: at.cluster_id,
-                    pod,
-                },
-                ip: config.ip,
-                subnet: Ipv4Net::new(config.ip, 32).unwrap_or_default(),
-                mac: pods[local_index].mac,
-                mtu: calico.pod_mtu,
-                gateway_mac: Some(crate::datapath::calico::VETH_MAC),
-                gateway_ip: crate::datapath::calico::POD_GATEWAY,
-                neighbors: no_neighbors.clone(),
-                point,
-                device,
-            },
-        );
-        let node_port = PortId::try_from(local_index + 1).unwrap_or(PortId::MAX);
-        network.connect(
-            (device, 0),
-            (node_device, node_port),
-            VETH_LATENCY_NS,
-            VETH_LATENCY_NS,
+            topology,
+            (at.cluster_id, pod),
+            view,
+            (node_device, local_index),
         );
     }
 }

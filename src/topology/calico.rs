@@ -140,18 +140,8 @@ pub(super) fn resolve_calico(
     let overhead = settings
         .encapsulation(false)
         .map_or(0, |e| u16::try_from(e.overhead()).unwrap_or(50));
-    let requested = *calico.mtu.get_ref();
-    let pod_mtu = if requested == 0 {
-        node_segment.mtu - overhead
-    } else {
-        requested
-    };
-    if !(576..=9216).contains(&pod_mtu) {
-        return Err(resolver.error(
-            &calico.mtu,
-            format!("pod mtu {pod_mtu} is outside 576..9216"),
-        ));
-    }
+    let pod_mtu =
+        super::cluster::resolve_pod_mtu(resolver, &calico.mtu, node_segment.mtu, overhead)?;
     Ok(CalicoSettings {
         pod_mtu,
         ..settings

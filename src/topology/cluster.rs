@@ -209,7 +209,6 @@ pub(super) fn resolve_antrea(
         }
     }
     resolver.unsupported(&antrea.node_port_local, "NodePortLocal")?;
-    let requested = *antrea.mtu.get_ref();
     let mode = match antrea
         .traffic_encap_mode
         .as_ref()
@@ -227,23 +226,34 @@ pub(super) fn resolve_antrea(
             u16::try_from(tunnel_type.encapsulation().overhead()).unwrap_or(50)
         }
     };
-    let pod_mtu = if requested == 0 {
-        node_segment.mtu - overhead
-    } else {
-        requested
-    };
-    if !(576..=9216).contains(&pod_mtu) {
-        return Err(resolver.error(
-            &antrea.mtu,
-            format!("pod mtu {pod_mtu} is outside 576..9216"),
-        ));
-    }
+    let pod_mtu = resolve_pod_mtu(resolver, &antrea.mtu, node_segment.mtu, overhead)?;
     Ok(AntreaSettings {
         traffic_encap_mode: mode,
         tunnel_type,
         no_snat: antrea.no_snat,
         pod_mtu,
     })
+}
+
+/// A CNI's pod MTU: as configured, or (0) the node segment's MTU less the
+/// encapsulation's overhead; within 576..9216.
+pub(super) fn resolve_pod_mtu(
+    resolver: &Resolver,
+    configured: &Spanned<u16>,
+    segment_mtu: u16,
+    overhead: u16,
+) -> Result<u16> {
+    let pod_mtu = match *configured.get_ref() {
+        0 => segment_mtu - overhead,
+        requested => requested,
+    };
+    if !(576..=9216).contains(&pod_mtu) {
+        return Err(resolver.error(
+            configured,
+            format!("pod mtu {pod_mtu} is outside 576..9216"),
+        ));
+    }
+    Ok(pod_mtu)
 }
 
 pub(super) fn resolve_nodes(

@@ -131,18 +131,10 @@ impl AntreaNode {
 
     pub(super) fn uplink_input(&mut self, ctx: &mut Ctx, packet: Packet, out: &mut Outputs) {
         let slot = ctx.begin_receive(self.settings.uplink_point, &packet);
-        let meta = &packet.meta;
-        if meta.ethertype != ETHERTYPE_IPV4
-            || (meta.destination_mac != self.settings.mac && meta.destination_mac != Mac::BROADCAST)
-        {
-            ctx.describe(slot, HopAction::Drop, || {
-                "not an IPv4 frame for this node".into()
-            });
-            ctx.drop_packet(&self.settings.name, &packet, DropReason::Malformed, || {
-                "not an IPv4 frame for this node".into()
-            });
+        if !self.stack.accepts_frame(ctx, slot, &packet) {
             return;
         }
+        let meta = &packet.meta;
         if meta.key.destination == self.settings.ip
             && meta.key.protocol == PROTOCOL_UDP
             && meta.key.destination_port == tunnel_name_and_port(self.settings.encapsulation).1

@@ -27,6 +27,51 @@ fn fib_entry<'a>(device: &'a serde_json::Value, prefix: &str) -> &'a serde_json:
         .unwrap_or_else(|| panic!("no {prefix} in {}", device["name"]))
 }
 
+/// `netsim run` of `text` into a fresh directory; returns it and the output dir.
+fn run_to_dir(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let file = dir.path().join("calico.toml");
+    std::fs::write(&file, text).unwrap();
+    let output = netsim(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    (dir, out)
+}
+
+/// Every encapsulated frame of `cross-rack` leaving worker-a1, checked to go from
+/// node to node with TTL 64 and `protocol` outside.
+fn outer_frames_of_cross_rack(
+    topology: &netsim::topology::Topology,
+    result: &netsim::sim::runner::RunResult,
+    protocol: u8,
+) -> Vec<netsim::packet::Packet> {
+    let outer = frames_at(
+        topology,
+        result,
+        "cross-rack",
+        "worker-a1:eth0",
+        HopAction::Encapsulate,
+    );
+    assert!(!outer.is_empty());
+    for packet in &outer {
+        let key = packet.meta.key;
+        assert_eq!(
+            (key.source, key.destination, key.protocol, packet.meta.ttl),
+            (ip("10.30.1.11"), ip("10.30.2.11"), protocol, 64)
+        );
+    }
+    outer
+}
+
 #[test]
 fn the_tor_learns_each_block_from_its_node_and_the_borrowed_address_as_a_32() {
     let routes = routes_json(&example("calico-bgp-tor"));
@@ -116,22 +161,7 @@ fn ipip_crosses_racks_and_same_rack_traffic_is_routed_as_is() {
     ] {
         assert_balanced(&report, name);
     }
-    let outer = frames_at(
-        &topology,
-        &result,
-        "cross-rack",
-        "worker-a1:eth0",
-        HopAction::Encapsulate,
-    );
-    assert!(!outer.is_empty());
-    for packet in &outer {
-        let key = packet.meta.key;
-        assert_eq!(
-            (key.source, key.destination, key.protocol),
-            (ip("10.30.1.11"), ip("10.30.2.11"), PROTOCOL_IPIP)
-        );
-        assert_eq!(packet.meta.ttl, 64);
-    }
+    outer_frames_of_cross_rack(&topology, &result, PROTOCOL_IPIP);
     // Routed twice (worker-a1, worker-b1): the pod sees TTL 62, from the veth MAC.
     let delivered = frames_at(
         &topology,
@@ -174,17 +204,7 @@ fn ipip_crosses_racks_and_same_rack_traffic_is_routed_as_is() {
     assert_eq!(to_client.nat[0].kind, "snat");
     assert!(flow(&report, "client-to-pod").nat.is_empty());
 
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let file = dir.path().join("calico.toml");
-    std::fs::write(&file, &text).unwrap();
-    let output = netsim(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(output.status.success());
+    let (_dir, out) = run_to_dir(&text);
     lint(
         &["--min-packets", "4"],
         &[
@@ -227,25 +247,8 @@ fn vxlan_mode_uses_vxlan_calico_with_vni_4096_and_a_smaller_pod_mtu() {
         report.expectations
     );
     assert_eq!(topology.clusters[0].pod_mtu(), 1450);
-    let outer = frames_at(
-        &topology,
-        &result,
-        "cross-rack",
-        "worker-a1:eth0",
-        HopAction::Encapsulate,
-    );
-    assert!(!outer.is_empty());
-    for packet in &outer {
-        let key = packet.meta.key;
-        assert_eq!(
-            (
-                key.source,
-                key.destination,
-                key.protocol,
-                key.destination_port
-            ),
-            (ip("10.30.1.11"), ip("10.30.2.11"), PROTOCOL_UDP, 4789)
-        );
+    for packet in &outer_frames_of_cross_rack(&topology, &result, PROTOCOL_UDP) {
+        assert_eq!(packet.meta.key.destination_port, 4789);
         // VXLAN header: flags 0x08, VNI 4096 in bytes 4..7.
         let vxlan = &packet.frame()[14 + 20 + 8..14 + 20 + 16];
         assert_eq!(vxlan, [0x08, 0, 0, 0, 0, 0x10, 0, 0]);
@@ -263,18 +266,7 @@ fn vxlan_mode_uses_vxlan_calico_with_vni_4096_and_a_smaller_pod_mtu() {
         fib_entry(a1, "192.168.0.64/26")["next_hops"][0],
         "10.30.1.12 (eth0)"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let file = dir.path().join("vxlan.toml");
-    std::fs::write(&file, &text).unwrap();
-    assert!(netsim(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap()
-    ])
-    .status
-    .success());
+    let (_dir, out) = run_to_dir(&text);
     lint(
         &["--min-packets", "4"],
         &[&out.join("flows/cross-rack.pcapng")],

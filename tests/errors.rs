@@ -178,8 +178,10 @@ fn features_not_modelled_yet_are_refused_not_ignored() {
         "name = \"r1\"\nsnat = [ { match_source = \"172.20.0.0/16\", translated = \"10.30.0.5\" } ]\n",
     );
     assert_located(&refuse(&text), 11, 8, "router SNAT is not modelled");
-    let text = format!("{BASE}\n[[cluster.service]]\nname = \"web\"\n");
-    assert_located(&refuse(&text), 34, 1, "Services is not modelled");
+    let text = format!(
+        "{BASE}\n[[cluster.service]]\nname = \"web\"\ntype = \"LoadBalancer\"\nports = [ {{ port = 80 }} ]\n"
+    );
+    assert_located(&refuse(&text), 36, 8, "type LoadBalancer is not modelled");
 }
 
 #[test]

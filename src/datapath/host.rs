@@ -13,6 +13,7 @@
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::local::{self, AnswerLink, Settle};
+use super::services::ServiceTable;
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::conntrack::{Conntrack, ConntrackError, Direction, EntryId};
 use crate::engine::lpm::LpmTable;
@@ -65,6 +66,27 @@ pub enum HostRoute {
     Blackhole,
 }
 
+/// A new connection kube-proxy DNATed in PREROUTING, to be committed in
+/// POSTROUTING with its original tuple (and SNAT when marked for masquerade).
+#[derive(Debug, Clone)]
+pub struct ServiceNat {
+    pub original: FlowKey,
+    /// KUBE-MARK-MASQ: MASQUERADE in POSTROUTING.
+    pub masquerade: bool,
+    /// `NS/NAME` of the Service.
+    pub service: String,
+}
+
+/// What kube-proxy's rules did with a packet.
+#[derive(Debug)]
+pub enum Proxied {
+    /// Not addressed to a Service.
+    Untouched,
+    Translated(ServiceNat),
+    /// No endpoint: rejected or dropped (already accounted for).
+    Refused,
+}
+
 /// A pod attached to a node (Antrea: a port of br-int; Calico: a routed veth).
 #[derive(Debug, Clone)]
 pub struct LocalPod {
@@ -102,6 +124,10 @@ pub struct HostStack {
     /// The kernel routing table (`ip route`).
     pub routes: LpmTable<HostRoute>,
     pub conntrack: Conntrack,
+    /// The cluster's Services, translated by kube-proxy in PREROUTING.
+    pub services: Option<std::sync::Arc<ServiceTable>>,
+    /// This node's index in its cluster (for traffic policies `Local`).
+    pub node_index: usize,
     reassembler: reassembly::Reassembler,
     identification: u16,
 }
@@ -128,6 +154,8 @@ impl HostStack {
             uplink_port,
             routes: LpmTable::new(),
             conntrack,
+            services: None,
+            node_index: 0,
             reassembler: Default::default(),
             identification: 0,
         }
@@ -279,6 +307,14 @@ pub trait LinuxHost {
     ) {
         let arrived = packet.meta.key;
         let connection = self.prerouting(ctx, &mut packet);
+        let mut service = None;
+        if connection.is_none() && !matches!(packet.meta.icmp, IcmpKind::Error { .. }) {
+            match self.kube_proxy(ctx, slot, &mut packet, out) {
+                Proxied::Untouched => {}
+                Proxied::Translated(nat) => service = Some(nat),
+                Proxied::Refused => return,
+            }
+        }
         let destination = packet.meta.key.destination;
         if destination == self.stack().ip || self.is_own_address(destination) {
             self.local_delivery(ctx, slot, packet, out);
@@ -335,7 +371,14 @@ pub trait LinuxHost {
             return;
         };
         let before = packet.meta.key;
-        if let Err(reason) = self.postrouting(ctx, ingress, egress, connection, &mut packet) {
+        if let Err(reason) = self.postrouting(
+            ctx,
+            ingress,
+            egress,
+            connection,
+            service.as_ref(),
+            &mut packet,
+        ) {
             let name = &self.stack().name;
             ctx.describe(slot, HopAction::Drop, || format!("postrouting: {reason}"));
             ctx.drop_packet(name, &packet, reason, || {
@@ -351,11 +394,28 @@ pub trait LinuxHost {
             } else {
                 ""
             };
-            let unsnat = if arrived.destination == destination {
+            let unsnat = if let Some(nat) = &service {
+                format!(
+                    "kube-proxy: svc {} {}:{} -> endpoint {destination}:{}{}; ",
+                    nat.service,
+                    arrived.destination,
+                    arrived.destination_port,
+                    packet.meta.key.destination_port,
+                    if nat.masquerade {
+                        " (KUBE-MARK-MASQ)"
+                    } else {
+                        ""
+                    }
+                )
+            } else if arrived.destination == destination {
                 String::new()
             } else {
+                let kind = match connection {
+                    Some((_, Direction::Original)) => "dnat",
+                    _ => "unsnat",
+                };
                 format!(
-                    "unsnat {}:{} -> {destination}:{}; ",
+                    "{kind} {}:{} -> {destination}:{}; ",
                     arrived.destination, arrived.destination_port, packet.meta.key.destination_port
                 )
             };
@@ -399,6 +459,78 @@ pub trait LinuxHost {
         }
     }
 
+    /// kube-proxy's nat-table rules for a packet no connection knows (reference §c):
+    /// KUBE-SERVICES matches a ClusterIP:port, or (`--dst-type LOCAL`) a node port on
+    /// any of the node's addresses; KUBE-SVC picks an endpoint (only the node's own
+    /// under a `Local` policy: internalTrafficPolicy for ClusterIP,
+    /// externalTrafficPolicy for node ports from outside the pod network); KUBE-SEP
+    /// DNATs to it. KUBE-MARK-MASQ for a ClusterIP reached from outside the cluster
+    /// CIDR, for node ports under `Cluster`, and for a hairpin (an endpoint reaching
+    /// itself). No endpoint: REJECT (ICMP port unreachable), or for a node port
+    /// under `Local` on a node without one, DROP.
+    fn kube_proxy(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        packet: &mut Packet,
+        out: &mut Outputs,
+    ) -> Proxied {
+        let Some(table) = self.stack().services.clone() else {
+            return Proxied::Untouched;
+        };
+        let key = packet.meta.key;
+        let to_node = key.destination == self.stack().ip || self.is_own_address(key.destination);
+        let (frontend, external) = match table.cluster_ip(&key) {
+            Some(frontend) => (frontend, false),
+            None => match table.node_port(&key) {
+                Some(frontend) if to_node => (frontend, true),
+                _ => return Proxied::Untouched,
+            },
+        };
+        let from_pods = table.cluster_cidr.contains(&key.source);
+        let local_only = if external {
+            frontend.external_local && !from_pods
+        } else {
+            frontend.internal_local
+        };
+        let node = self.stack().node_index;
+        let Some(backend) = table.choose(frontend, &key, local_only.then_some(node)) else {
+            let what = if local_only {
+                "no local endpoints"
+            } else {
+                "no endpoints"
+            };
+            let refusal = Refusal {
+                reason: DropReason::NoEndpoints,
+                detail: format!(
+                    "kube-proxy: svc {} {}:{} has {what}",
+                    frontend.service, key.destination, key.destination_port
+                ),
+                // KUBE-MARK-DROP for node ports under Local; REJECT otherwise.
+                icmp: (!(external && local_only)).then_some(local::PORT_UNREACHABLE),
+            };
+            self.refuse(ctx, slot, packet, refusal, out);
+            return Proxied::Refused;
+        };
+        let masquerade = if external {
+            !frontend.external_local
+        } else {
+            !from_pods
+        } || backend.ip == key.source;
+        self.translate(
+            ctx,
+            packet,
+            Side::Destination,
+            (backend.ip, backend.port),
+            ("dnat", "kube-proxy"),
+        );
+        Proxied::Translated(ServiceNat {
+            original: key,
+            masquerade,
+            service: frontend.service.clone(),
+        })
+    }
+
     /// The egress interface's name.
     fn egress_name(&self, egress: HostEgress) -> &str {
         match egress {
@@ -431,9 +563,9 @@ pub trait LinuxHost {
         let (id, direction) = stack.conntrack.lookup(&packet.meta.key, ctx.now_ns)?;
         let entry = *stack.conntrack.entry(id)?;
         let kind = if direction == Direction::Reply {
-            "unsnat"
+            ("unsnat", "netfilter")
         } else {
-            "dnat"
+            ("dnat", "kube-proxy")
         };
         self.translate(
             ctx,
@@ -470,6 +602,7 @@ pub trait LinuxHost {
         packet.set_destination(address, packet.meta.key.destination_port);
         ctx.nat(
             &stack.name,
+            "netfilter",
             packet,
             "unsnat-related",
             || before.to_string(),
@@ -485,29 +618,33 @@ pub trait LinuxHost {
         ingress: HostIngress,
         egress: HostEgress,
         connection: Option<(EntryId, Direction)>,
+        service: Option<&ServiceNat>,
         packet: &mut Packet,
     ) -> Result<(), DropReason> {
         let key = packet.meta.key;
         let (id, direction) = match connection {
             Some(connection) => connection,
-            None => (self.commit(ctx, ingress, egress, key)?, Direction::Original),
+            None => (
+                self.commit(ctx, ingress, egress, key, service)?,
+                Direction::Original,
+            ),
         };
         let entry = *self
             .stack()
             .conntrack
             .entry(id)
             .ok_or(DropReason::ConntrackFull)?;
-        let kind = if direction == Direction::Original {
-            "snat"
+        let (kind, component) = if direction == Direction::Original {
+            ("snat", "netfilter")
         } else {
-            "undnat"
+            ("undnat", "kube-proxy")
         };
         self.translate(
             ctx,
             packet,
             Side::Source,
             entry.translated_source(direction),
-            kind,
+            (kind, component),
         );
         Ok(())
     }
@@ -519,7 +656,7 @@ pub trait LinuxHost {
         packet: &mut Packet,
         side: Side,
         target: (Ipv4Addr, u16),
-        kind: &'static str,
+        (kind, component): (&'static str, &'static str),
     ) {
         let key = packet.meta.key;
         let current = match side {
@@ -535,6 +672,7 @@ pub trait LinuxHost {
         }
         ctx.nat(
             &self.stack().name,
+            component,
             packet,
             kind,
             || format!("{}:{}", current.0, current.1),
@@ -551,8 +689,10 @@ pub trait LinuxHost {
         ingress: HostIngress,
         egress: HostEgress,
         key: FlowKey,
+        service: Option<&ServiceNat>,
     ) -> Result<EntryId, DropReason> {
-        let masquerade = self.masquerade(ingress, egress, &key);
+        let masquerade =
+            self.masquerade(ingress, egress, &key) || service.is_some_and(|nat| nat.masquerade);
         let address = match egress {
             HostEgress::Uplink { .. } => self.stack().ip,
             HostEgress::Interior {
@@ -561,10 +701,15 @@ pub trait LinuxHost {
             } => self.interior(interface, next_hop).address,
         };
         let stack = self.stack_mut();
-        let committed = if masquerade {
-            stack.conntrack.insert_snat(key, address, ctx.now_ns)
-        } else {
-            stack.conntrack.insert_untranslated(key, ctx.now_ns)
+        let committed = match service {
+            Some(nat) => stack.conntrack.insert_nat(
+                nat.original,
+                (key.destination, key.destination_port),
+                masquerade.then_some(address),
+                ctx.now_ns,
+            ),
+            None if masquerade => stack.conntrack.insert_snat(key, address, ctx.now_ns),
+            None => stack.conntrack.insert_untranslated(key, ctx.now_ns),
         };
         committed.map_err(|error| match error {
             ConntrackError::Full => DropReason::ConntrackFull,

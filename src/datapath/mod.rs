@@ -18,6 +18,7 @@ pub mod host;
 pub mod icmp;
 pub mod local;
 pub mod router;
+pub mod services;
 pub mod switch;
 
 use crate::packet::{FlowTag, Packet, NO_FLOW};
@@ -137,6 +138,8 @@ pub struct DropRecord {
 pub struct NatRecord {
     pub flow: FlowTag,
     pub device: String,
+    /// Who translated: `kube-proxy`, `AntreaProxy`, `netfilter` (MASQUERADE).
+    pub component: &'static str,
     pub kind: &'static str,
     pub before: String,
     pub after: String,
@@ -335,6 +338,7 @@ impl Ctx<'_> {
     pub fn nat(
         &mut self,
         device: &str,
+        component: &'static str,
         packet: &Packet,
         kind: &'static str,
         before: impl FnOnce() -> String,
@@ -344,6 +348,7 @@ impl Ctx<'_> {
             self.journal.nat.push(NatRecord {
                 flow: packet.meta.flow,
                 device: device.to_string(),
+                component,
                 kind,
                 before: before(),
                 after: after(),

@@ -225,6 +225,32 @@ impl Conntrack {
         self.insert(original, snat_reply_tuple(&original, address, port), now_ns)
     }
 
+    /// Commits one entry that DNATs `original` to `destination` (kube-proxy's
+    /// KUBE-SEP DNAT, chosen in PREROUTING) and, when `snat` is given, also SNATs it
+    /// to that address (KUBE-MARK-MASQ → MASQUERADE in POSTROUTING): both bindings in
+    /// the one entry, the port chosen over the whole reply tuple.
+    pub fn insert_nat(
+        &mut self,
+        original: FlowKey,
+        destination: (Ipv4Addr, u16),
+        snat: Option<Ipv4Addr>,
+        now_ns: u64,
+    ) -> Result<EntryId, ConntrackError> {
+        let translated = FlowKey {
+            destination: destination.0,
+            destination_port: destination.1,
+            ..original
+        };
+        let reply = match snat {
+            Some(address) => {
+                let port = self.choose_snat_port(&translated, address)?;
+                snat_reply_tuple(&translated, address, port)
+            }
+            None => translated.reversed(),
+        };
+        self.insert(original, reply, now_ns)
+    }
+
     fn choose_snat_port(
         &self,
         original: &FlowKey,

@@ -79,6 +79,8 @@ pub struct PathHop {
 #[derive(Debug, Serialize)]
 pub struct NatReport {
     pub device: String,
+    /// Who translated: `kube-proxy`, `AntreaProxy`, `netfilter`.
+    pub component: String,
     pub kind: String,
     pub from: String,
     pub to: String,
@@ -303,6 +305,7 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
                 }) {
                     list.push(NatReport {
                         device: n.device.clone(),
+                        component: n.component.to_string(),
                         kind: n.kind.to_string(),
                         from: n.before.clone(),
                         to: n.after.clone(),

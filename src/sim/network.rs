@@ -7,6 +7,7 @@ use crate::datapath::calico::{CalicoNode, CalicoNodeSettings, CalicoTunnel, Rout
 use crate::datapath::encap::Encapsulation;
 use crate::datapath::host::HostRoute;
 use crate::datapath::router::{Router, RouterPort};
+use crate::datapath::services::{Backend, ServiceTable};
 use crate::datapath::switch::Switch;
 use crate::datapath::{Ctx, Neighbors, Outputs, PointId, PortId};
 use crate::packet::Packet;
@@ -381,6 +382,7 @@ pub fn build(topology: &Topology) -> Network {
     let mut gateway_counter = 0u32;
     let mut pod_counter = 0u32;
     for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
+        let services = service_table(cluster, seed);
         if cluster.calico.is_some() {
             for node_id in 0..cluster.nodes.len() {
                 let at = CalicoNodeAt {
@@ -390,6 +392,7 @@ pub fn build(topology: &Topology) -> Network {
                     segment_neighbors: &segment_neighbors,
                     bgp: &control.nodes[cluster_id][node_id],
                     attach: &attach,
+                    services: services.clone(),
                 };
                 build_calico_node(&mut network, topology, at, &mut pod_counter);
             }
@@ -478,10 +481,10 @@ pub fn build(topology: &Topology) -> Network {
                 gateway_point,
                 tunnel_point,
             };
-            let node_device = network.add_device(
-                node.name.clone(),
-                Device::Node(Box::new(AntreaNode::new(settings))),
-            );
+            let mut antrea = AntreaNode::new(settings);
+            antrea.stack.services = services.clone();
+            antrea.stack.node_index = node_id;
+            let node_device = network.add_device(node.name.clone(), Device::Node(Box::new(antrea)));
             attach(
                 &mut network,
                 node.segment,
@@ -583,6 +586,40 @@ struct CalicoNodeAt<'a> {
     bgp: &'a crate::control::NodeBgp,
     /// Plugs a device's port into a segment's switch.
     attach: &'a dyn Fn(&mut Network, usize, DeviceId, PortId, Mac),
+    services: Option<Arc<ServiceTable>>,
+}
+
+/// The cluster's Services as every node's proxy sees them (None without any).
+fn service_table(cluster: &crate::topology::Cluster, seed: u64) -> Option<Arc<ServiceTable>> {
+    if cluster.services.is_empty() {
+        return None;
+    }
+    let mut table = ServiceTable::new(cluster.pod_cidr, seed);
+    for service in &cluster.services {
+        let name = service.qualified_name();
+        for port in &service.ports {
+            let backends = port
+                .endpoints
+                .iter()
+                .map(|e| Backend {
+                    ip: e.ip,
+                    port: e.port,
+                    node: e.node,
+                })
+                .collect();
+            table.add(
+                &name,
+                port.protocol.number(),
+                service.cluster_ip,
+                port.port,
+                port.node_port,
+                backends,
+                service.external_local,
+                service.internal_local,
+            );
+        }
+    }
+    Some(Arc::new(table))
 }
 
 /// Calico's host-side veth name: `cali` + 11 hex digits of a hash of the workload
@@ -678,10 +715,11 @@ fn build_calico_node(
         seed,
         bgp: at.bgp.clone(),
     };
-    let node_device = network.add_device(
-        node.name.clone(),
-        Device::CalicoNode(Box::new(CalicoNode::new(settings))),
-    );
+    let mut calico_node = CalicoNode::new(settings);
+    calico_node.stack.services = at.services.clone();
+    calico_node.stack.node_index = at.node_id;
+    let node_device =
+        network.add_device(node.name.clone(), Device::CalicoNode(Box::new(calico_node)));
     (at.attach)(
         network,
         node.segment,

@@ -575,6 +575,17 @@ impl Runner<'_> {
 /// The application a flow speaks: by its destination port, and the port's name when
 /// the destination is a pod.
 pub fn flow_application(topology: &Topology, flow: &crate::topology::Flow) -> Application {
+    // Through a Service the client speaks what the endpoints serve: their target
+    // port decides (a NodePort 30080 in front of HTTP on 8080 is HTTP).
+    if let Some((cluster, endpoint)) = topology.service_endpoint(flow) {
+        let pod = topology.pod(cluster, endpoint.pod);
+        let name = pod
+            .ports
+            .iter()
+            .find(|p| p.port == endpoint.port && p.protocol == flow.protocol)
+            .and_then(|p| p.name.as_deref());
+        return Application::for_port(flow.protocol, endpoint.port, name);
+    }
     let port_name = match flow.to {
         EndpointRef::Pod { cluster, pod } => topology
             .pod(cluster, pod)

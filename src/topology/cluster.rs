@@ -53,7 +53,6 @@ pub(super) fn resolve_cluster(
             ));
         }
     }
-    resolver.unsupported_list(&config.service, "Services")?;
     resolver.unsupported_list(&config.network_policy, "NetworkPolicy")?;
     resolver.unsupported_list(
         &config.cluster_network_policy,
@@ -113,10 +112,13 @@ pub(super) fn resolve_cluster(
             (Some(settings), pods)
         }
     };
+    let services =
+        super::service::resolve_services(resolver, config, service_cidr, &namespaces, &pods)?;
     Ok(Cluster {
         name,
         cni,
         calico,
+        services,
         pod_cidr,
         service_cidr,
         node_segment,

@@ -220,7 +220,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub deployment: Vec<Spanned<DeploymentConfig>>,
     #[serde(default)]
-    pub service: Vec<Spanned<toml::Table>>,
+    pub service: Vec<Spanned<ServiceConfig>>,
     #[serde(default)]
     pub network_policy: Vec<Spanned<toml::Table>>,
     #[serde(default)]
@@ -349,6 +349,53 @@ pub struct ContainerPortConfig {
     #[serde(default)]
     pub name: Option<String>,
     pub port: Spanned<u16>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Text,
+}
+
+/// `[[cluster.service]]` (SPEC §2).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub namespace: Option<Text>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<Text>,
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cluster_ip: Option<Spanned<Ipv4Addr>>,
+    pub ports: Vec<Spanned<ServicePortConfig>>,
+    #[serde(default)]
+    pub external_traffic_policy: Option<Text>,
+    #[serde(default)]
+    pub internal_traffic_policy: Option<Text>,
+    #[serde(default)]
+    pub session_affinity: Option<Text>,
+    #[serde(default)]
+    pub node_port_local: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub load_balancer_ip: Option<Spanned<Ipv4Addr>>,
+    #[serde(default)]
+    pub load_balancer: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub load_balancer_source_ranges: Option<Spanned<Vec<String>>>,
+}
+
+/// One port of a Service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePortConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: Spanned<u16>,
+    /// A number, or the name of a container port of the selected pods (default:
+    /// `port`).
+    #[serde(default)]
+    pub target_port: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub node_port: Option<Spanned<u16>>,
     #[serde(default = "default_protocol")]
     pub protocol: Text,
 }

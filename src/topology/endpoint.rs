@@ -99,7 +99,37 @@ pub fn parse_endpoint(
         }
         return Err(format!("no node `{name}`"));
     }
-    for prefix in ["svc:", "nodeport:", "lb:", "npl:"] {
+    if let Some(rest) = text.strip_prefix("svc:") {
+        let (name, port) = split_port(rest)?;
+        let (cluster, service) = find_service(topology, name)?;
+        let service = &topology.clusters[cluster].services[service];
+        let port = service_port(service, port)?;
+        return Ok((EndpointRef::Address(service.cluster_ip), Some(port.port)));
+    }
+    if let Some(rest) = text.strip_prefix("nodeport:") {
+        let (name, port) = split_port(rest)?;
+        let Some((node_name, service_name)) = name.split_once('/') else {
+            return Err(format!(
+                "`{text}`: a NodePort is written nodeport:NODE/NS/NAME:PORT"
+            ));
+        };
+        let (cluster, service) = find_service(topology, service_name)?;
+        let node = topology.clusters[cluster]
+            .nodes
+            .iter()
+            .position(|n| n.name == node_name)
+            .ok_or_else(|| format!("no node `{node_name}` in the Service's cluster"))?;
+        let service = &topology.clusters[cluster].services[service];
+        let port = service_port(service, port)?;
+        let node_port = port.node_port.ok_or_else(|| {
+            format!(
+                "Service {} is type ClusterIP: it has no node port",
+                service.qualified_name()
+            )
+        })?;
+        return Ok((EndpointRef::Node { cluster, node }, Some(node_port)));
+    }
+    for prefix in ["lb:", "npl:"] {
         if text.starts_with(prefix) {
             return Err(format!(
                 "`{prefix}` endpoints (Services) are not modelled by this netsim version yet"
@@ -111,6 +141,45 @@ pub fn parse_endpoint(
         format!("`{text}` is not an endpoint (pod:NS/NAME, host:NAME, node:NAME, IP or IP:PORT)")
     })?;
     Ok((EndpointRef::Address(address), port))
+}
+
+/// The Service `NS/NAME` (in whichever cluster has it).
+fn find_service(topology: &Topology, name: &str) -> std::result::Result<(usize, usize), String> {
+    let Some((namespace, service_name)) = name.split_once('/') else {
+        return Err(format!("`{name}`: a Service is written NS/NAME"));
+    };
+    for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
+        if let Some(index) = cluster
+            .services
+            .iter()
+            .position(|s| s.namespace == namespace && s.name == service_name)
+        {
+            return Ok((cluster_id, index));
+        }
+    }
+    Err(format!("no Service `{namespace}/{service_name}`"))
+}
+
+/// The Service port `port` names (its first port when none is given).
+fn service_port(service: &Service, port: Option<u16>) -> std::result::Result<&ServicePort, String> {
+    match port {
+        None => service
+            .ports
+            .first()
+            .ok_or_else(|| format!("Service {} has no ports", service.qualified_name())),
+        Some(number) => service
+            .ports
+            .iter()
+            .find(|p| p.port == number)
+            .ok_or_else(|| {
+                let ports: Vec<String> = service.ports.iter().map(|p| p.port.to_string()).collect();
+                format!(
+                    "Service {} has no port {number} (its ports: {})",
+                    service.qualified_name(),
+                    ports.join(", ")
+                )
+            }),
+    }
 }
 
 /// The first port the target listens on for `protocol` (SPEC §1).

@@ -11,6 +11,7 @@ mod expect;
 pub mod model;
 pub mod resolve;
 mod routing;
+mod service;
 
 pub use error::{ConfigError, Source};
 pub use model::*;

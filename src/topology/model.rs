@@ -343,6 +343,53 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+}
+
+/// A Service: its virtual address and ports, and the pods its selector picks.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub kind: ServiceType,
+    pub cluster_ip: Ipv4Addr,
+    pub ports: Vec<ServicePort>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+}
+
+impl Service {
+    /// `NS/NAME`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One Service port with its endpoints (the EndpointSlice: each selected pod that
+/// has the target port).
+#[derive(Debug, Clone)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub node_port: Option<u16>,
+    pub endpoints: Vec<ServiceEndpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceEndpoint {
+    pub pod: usize,
+    pub node: usize,
+    pub ip: Ipv4Addr,
+    pub port: u16,
 }
 
 impl Cluster {
@@ -532,6 +579,26 @@ impl Topology {
                 c.nodes.iter().any(|n| n.name == name)
                     || c.pods.iter().any(|p| p.qualified_name() == name)
             })
+    }
+
+    /// The first endpoint of the Service port a flow is addressed to (its ClusterIP
+    /// and port, or a node port on a node), if it is.
+    pub fn service_endpoint(&self, flow: &Flow) -> Option<(ClusterId, ServiceEndpoint)> {
+        for (index, cluster) in self.clusters.iter().enumerate() {
+            let to_node = matches!(flow.to, EndpointRef::Node { cluster: c, .. } if c == index);
+            for service in &cluster.services {
+                for port in &service.ports {
+                    let hit = port.protocol == flow.protocol
+                        && ((service.cluster_ip == flow.destination_ip
+                            && port.port == flow.destination_port)
+                            || (to_node && port.node_port == Some(flow.destination_port)));
+                    if hit {
+                        return port.endpoints.first().map(|e| (index, *e));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The address an endpoint is reached at.

@@ -1,0 +1,318 @@
+//! Services (SPEC §2 `[[cluster.service]]`, reference §c): type, ports with their
+//! target ports resolved on every selected pod (the EndpointSlice), a ClusterIP
+//! allocated from the service CIDR when not given, node ports from 30000–32767.
+//! The apiserver hands out dynamic ClusterIPs and node ports from the upper part of
+//! each range (KEP-3070, KEP-3668), so that is where allocation starts here, going
+//! down, which keeps it deterministic.
+
+use super::config::*;
+use super::error::ConfigError;
+use super::model::*;
+use super::resolve::Resolver;
+use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use toml::Spanned;
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// kube-apiserver `--service-node-port-range` default.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// What a Service's ports aim at on each pod.
+enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// Resolves every `[[cluster.service]]` of a cluster whose pods are placed.
+pub(super) fn resolve_services(
+    resolver: &Resolver,
+    config: &ClusterConfig,
+    service_cidr: Ipv4Net,
+    namespaces: &[Namespace],
+    pods: &[Pod],
+) -> Result<Vec<Service>> {
+    super::resolve::unique_names(
+        resolver,
+        "service",
+        config.service.iter().map(|s| &s.get_ref().name),
+    )?;
+    let mut taken_ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut taken_node_ports: BTreeSet<u16> = BTreeSet::new();
+    // Explicit addresses and node ports first, so allocation skips them.
+    for spanned in &config.service {
+        let service = spanned.get_ref();
+        if let Some(ip) = &service.cluster_ip {
+            let address = *ip.get_ref();
+            if !service_cidr.contains(&address)
+                || address == service_cidr.network()
+                || address == service_cidr.broadcast()
+            {
+                return Err(resolver.error(
+                    ip,
+                    format!("cluster_ip {address} is outside service_cidr {service_cidr}"),
+                ));
+            }
+            if !taken_ips.insert(address) {
+                return Err(resolver.error(
+                    ip,
+                    format!("cluster_ip {address} is taken by another Service"),
+                ));
+            }
+        }
+        for port in &service.ports {
+            if let Some(node_port) = &port.get_ref().node_port {
+                let number = *node_port.get_ref();
+                if !NODE_PORT_RANGE.contains(&number) {
+                    return Err(resolver.error(
+                        node_port,
+                        format!("node_port {number} is outside the node port range 30000-32767"),
+                    ));
+                }
+                if !taken_node_ports.insert(number) {
+                    return Err(
+                        resolver.error(node_port, format!("node_port {number} is used twice"))
+                    );
+                }
+            }
+        }
+    }
+    let mut services = Vec::new();
+    for spanned in &config.service {
+        let service = spanned.get_ref();
+        refuse_not_modelled(resolver, service)?;
+        let namespace = match &service.namespace {
+            Some(ns) if !namespaces.iter().any(|n| &n.name == ns.get_ref()) => {
+                return Err(resolver.error(
+                    ns,
+                    format!(
+                        "no namespace named `{}` (declare it with [[cluster.namespace]])",
+                        ns.get_ref()
+                    ),
+                ))
+            }
+            Some(ns) => ns.get_ref().clone(),
+            None => "default".to_string(),
+        };
+        let kind = match service.kind.as_ref().map(|k| k.get_ref().as_str()) {
+            None | Some("ClusterIP") => ServiceType::ClusterIp,
+            Some("NodePort") => ServiceType::NodePort,
+            Some("LoadBalancer") => {
+                return Err(resolver.error(
+                    service.kind.as_ref().unwrap_or(&service.name),
+                    "type LoadBalancer is not modelled by this netsim version yet (ClusterIP and NodePort are)",
+                ))
+            }
+            Some(other) => {
+                return Err(resolver.error(
+                    service.kind.as_ref().unwrap_or(&service.name),
+                    format!("unknown Service type `{other}` (expected ClusterIP, NodePort or LoadBalancer)"),
+                ))
+            }
+        };
+        let cluster_ip = match &service.cluster_ip {
+            Some(ip) => *ip.get_ref(),
+            None => allocate_cluster_ip(service_cidr, &mut taken_ips).ok_or_else(|| {
+                resolver.error(
+                    &service.name,
+                    format!("service_cidr {service_cidr} is full"),
+                )
+            })?,
+        };
+        let selected: Vec<usize> = if service.selector.is_empty() {
+            Vec::new() // a Service without a selector has no automatic endpoints
+        } else {
+            (0..pods.len())
+                .filter(|&index| {
+                    let pod = &pods[index];
+                    pod.namespace == namespace
+                        && service
+                            .selector
+                            .iter()
+                            .all(|(key, value)| pod.labels.get(key) == Some(value))
+                })
+                .collect()
+        };
+        let mut ports = Vec::new();
+        for spanned_port in &service.ports {
+            ports.push(resolve_port(
+                resolver,
+                spanned_port,
+                kind,
+                pods,
+                &selected,
+                &mut taken_node_ports,
+            )?);
+        }
+        services.push(Service {
+            name: service.name.get_ref().clone(),
+            namespace,
+            kind,
+            cluster_ip,
+            ports,
+            external_local: traffic_policy(
+                resolver,
+                &service.external_traffic_policy,
+                "external_traffic_policy",
+            )?,
+            internal_local: traffic_policy(
+                resolver,
+                &service.internal_traffic_policy,
+                "internal_traffic_policy",
+            )?,
+        });
+    }
+    Ok(services)
+}
+
+/// What later issues build (affinity, NodePortLocal, load balancers) is refused,
+/// located, rather than ignored.
+fn refuse_not_modelled(resolver: &Resolver, service: &ServiceConfig) -> Result<()> {
+    if let Some(affinity) = &service.session_affinity {
+        match affinity.get_ref().as_str() {
+            "None" => {}
+            "ClientIP" => {
+                return Err(resolver.error(
+                    affinity,
+                    "session_affinity ClientIP is not modelled by this netsim version yet",
+                ))
+            }
+            other => {
+                return Err(resolver.error(
+                    affinity,
+                    format!("unknown session_affinity `{other}` (expected None or ClientIP)"),
+                ))
+            }
+        }
+    }
+    if let Some(npl) = &service.node_port_local {
+        if *npl.get_ref() {
+            return Err(resolver.error(
+                npl,
+                "NodePortLocal is not modelled by this netsim version yet",
+            ));
+        }
+    }
+    resolver.unsupported(&service.load_balancer_ip, "load_balancer_ip")?;
+    resolver.unsupported(&service.load_balancer, "load_balancer")?;
+    resolver.unsupported(
+        &service.load_balancer_source_ranges,
+        "load_balancer_source_ranges",
+    )?;
+    Ok(())
+}
+
+fn traffic_policy(resolver: &Resolver, value: &Option<Text>, what: &str) -> Result<bool> {
+    match value.as_ref().map(|v| v.get_ref().as_str()) {
+        None | Some("Cluster") => Ok(false),
+        Some("Local") => Ok(true),
+        Some(other) => Err(resolver.error(
+            value.as_ref().expect("matched Some"),
+            format!("unknown {what} `{other}` (expected Cluster or Local)"),
+        )),
+    }
+}
+
+/// The highest free address of the service CIDR (the apiserver's dynamic band).
+fn allocate_cluster_ip(cidr: Ipv4Net, taken: &mut BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let low = u32::from(cidr.network()) + 1;
+    let high = u32::from(cidr.broadcast()).checked_sub(1)?;
+    let address = (low..=high)
+        .rev()
+        .map(Ipv4Addr::from)
+        .find(|address| !taken.contains(address))?;
+    taken.insert(address);
+    Some(address)
+}
+
+fn resolve_port(
+    resolver: &Resolver,
+    spanned: &Spanned<ServicePortConfig>,
+    kind: ServiceType,
+    pods: &[Pod],
+    selected: &[usize],
+    taken_node_ports: &mut BTreeSet<u16>,
+) -> Result<ServicePort> {
+    let config = spanned.get_ref();
+    let protocol = super::resolve::parse_listen_protocol(resolver, &config.protocol)?;
+    let port = *config.port.get_ref();
+    let target = match &config.target_port {
+        None => TargetPort::Number(port),
+        Some(value) => match value.get_ref() {
+            toml::Value::Integer(number) => match u16::try_from(*number) {
+                Ok(number) if number > 0 => TargetPort::Number(number),
+                _ => {
+                    return Err(resolver.error(value, format!("target_port {number} is not a port")))
+                }
+            },
+            toml::Value::String(name) => match name.parse::<u16>() {
+                Ok(number) => TargetPort::Number(number),
+                Err(_) => TargetPort::Name(name.clone()),
+            },
+            _ => {
+                return Err(resolver.error(
+                    value,
+                    "target_port is a port number or the name of a container port",
+                ))
+            }
+        },
+    };
+    // A named target port must be declared by some selected pod (each pod
+    // resolves it on its own; one without it is no endpoint for this port).
+    if let (TargetPort::Name(name), Some(value)) = (&target, &config.target_port) {
+        let declared = selected.iter().any(|&pod| {
+            pods[pod]
+                .ports
+                .iter()
+                .any(|p| p.name.as_deref() == Some(name.as_str()))
+        });
+        if !declared && !selected.is_empty() {
+            return Err(resolver.error(
+                value,
+                format!("target_port `{name}` is declared by none of the selected pods"),
+            ));
+        }
+    }
+    let endpoints = selected
+        .iter()
+        .filter_map(|&pod| {
+            let target_port = match &target {
+                TargetPort::Number(number) => Some(*number),
+                TargetPort::Name(name) => pods[pod]
+                    .ports
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol == protocol)
+                    .map(|p| p.port),
+            }?;
+            Some(ServiceEndpoint {
+                pod,
+                node: pods[pod].node,
+                ip: pods[pod].ip,
+                port: target_port,
+            })
+        })
+        .collect();
+    let node_port = match (kind, &config.node_port) {
+        (ServiceType::ClusterIp, Some(node_port)) => {
+            return Err(resolver.error(node_port, "node_port needs type NodePort"))
+        }
+        (ServiceType::ClusterIp, None) => None,
+        (ServiceType::NodePort, Some(node_port)) => Some(*node_port.get_ref()),
+        (ServiceType::NodePort, None) => {
+            let free = NODE_PORT_RANGE
+                .rev()
+                .find(|p| !taken_node_ports.contains(p))
+                .ok_or_else(|| resolver.error(&config.port, "the node port range is full"))?;
+            taken_node_ports.insert(free);
+            Some(free)
+        }
+    };
+    Ok(ServicePort {
+        name: config.name.clone(),
+        port,
+        protocol,
+        node_port,
+        endpoints,
+    })
+}

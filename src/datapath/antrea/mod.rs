@@ -101,7 +101,10 @@ pub struct AntreaNode {
     peers: LpmTable<PeerNode>,
     /// The host network stack (routing table, conntrack, reassembly).
     pub stack: HostStack,
-    flow_cache: FlowCache<(OvsSource, FlowKey), OvsDecision>,
+    /// AntreaProxy's conntrack zone in OVS (CtZone 0xfff0), apart from the host's
+    /// netfilter table.
+    pub service_ct: Conntrack,
+    flow_cache: FlowCache<(OvsSource, FlowKey, Mac), OvsDecision>,
 }
 
 impl AntreaNode {
@@ -160,6 +163,7 @@ impl AntreaNode {
             pod_by_mac,
             peers,
             stack,
+            service_ct: Conntrack::new(settings.conntrack_max, settings.seed),
             flow_cache: FlowCache::new(settings.flow_cache_capacity),
             settings,
         }

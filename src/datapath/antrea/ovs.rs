@@ -6,6 +6,10 @@
 //! The bridge knows nothing of the host stack's conntrack or routes.
 
 use super::*;
+use crate::engine::conntrack::Direction;
+
+/// ICMP destination unreachable code 10: host administratively prohibited.
+const CODE_HOST_PROHIBITED: u8 = 10;
 
 /// Where a packet entered the OVS bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,13 +42,21 @@ pub(super) enum OvsDecision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum OvsStage {
     Classifier,
+    /// ConntrackTable: `ct(zone=0xfff0, nat)` — a tracked connection's DNAT, or its
+    /// reply's un-DNAT, is applied here.
+    Conntrack,
+    /// ServiceLB + EndpointDNAT: AntreaProxy picks an endpoint for a new connection
+    /// from a local pod to a ClusterIP and commits the DNAT.
+    ServiceLb,
     EgressPolicy,
     L3Forwarding,
     IngressPolicy,
 }
 
-pub(super) const OVS_PIPELINE: [OvsStage; 4] = [
+pub(super) const OVS_PIPELINE: [OvsStage; 6] = [
     OvsStage::Classifier,
+    OvsStage::Conntrack,
+    OvsStage::ServiceLb,
     OvsStage::EgressPolicy,
     OvsStage::L3Forwarding,
     OvsStage::IngressPolicy,
@@ -68,9 +80,16 @@ impl AntreaNode {
         }
         let mut decision = OvsDecision::Drop(DropReason::NoRoute);
         let mut cache_hit = false;
+        let mut tracked = false;
         for stage in OVS_PIPELINE {
             let verdict = match stage {
                 OvsStage::Classifier => self.classifier(source, &packet),
+                OvsStage::Conntrack => {
+                    tracked = self.service_conntrack(ctx, &mut packet);
+                    Verdict::Continue
+                }
+                OvsStage::ServiceLb if tracked => Verdict::Continue,
+                OvsStage::ServiceLb => self.service_lb(ctx, source, slot, &mut packet, out),
                 OvsStage::EgressPolicy => self.egress_policy(source, &packet),
                 OvsStage::L3Forwarding => {
                     (decision, cache_hit) = self.l3_forwarding_cached(source, &packet);
@@ -146,6 +165,145 @@ impl AntreaNode {
         }
     }
 
+    /// ConntrackTable in AntreaProxy's zone: a packet of a tracked Service connection
+    /// is translated (DNAT on the way to the endpoint, the Service address put back
+    /// as the source of a reply). True when the packet belongs to a connection.
+    pub(super) fn service_conntrack(&mut self, ctx: &mut Ctx, packet: &mut Packet) -> bool {
+        if self.service_ct.is_empty() {
+            return false;
+        }
+        let Some((id, direction)) = self.service_ct.lookup(&packet.meta.key, ctx.now_ns) else {
+            return false;
+        };
+        let Some(entry) = self.service_ct.entry(id).copied() else {
+            return false;
+        };
+        let key = packet.meta.key;
+        let (kind, before, after) = match direction {
+            Direction::Original => {
+                let target = entry.translated_destination(direction);
+                packet.set_destination(target.0, target.1);
+                ("dnat", (key.destination, key.destination_port), target)
+            }
+            Direction::Reply => {
+                let target = entry.translated_source(direction);
+                packet.set_source(target.0, target.1);
+                ("undnat", (key.source, key.source_port), target)
+            }
+        };
+        if before != after {
+            ctx.nat(
+                &self.settings.name,
+                "AntreaProxy",
+                packet,
+                kind,
+                || format!("{}:{}", before.0, before.1),
+                || format!("{}:{}", after.0, after.1),
+            );
+        }
+        true
+    }
+
+    /// ServiceLB / EndpointDNAT: a new connection from a local pod to a ClusterIP
+    /// gets an endpoint (uniform; only this node's under internalTrafficPolicy
+    /// Local), DNATed and committed in AntreaProxy's zone. With no endpoint Antrea
+    /// rejects (pkg/agent/controller/networkpolicy/reject.go,
+    /// `RejectNoAPServiceLocal`): TCP RST+ACK from the Service address, ICMP host
+    /// administratively prohibited (type 3 code 10) otherwise.
+    pub(super) fn service_lb(
+        &mut self,
+        ctx: &mut Ctx,
+        source: OvsSource,
+        slot: Option<usize>,
+        packet: &mut Packet,
+        out: &mut Outputs,
+    ) -> Verdict<OvsDecision> {
+        let OvsSource::Pod(pod) = source else {
+            return Verdict::Continue;
+        };
+        let Some(table) = self.stack.services.clone() else {
+            return Verdict::Continue;
+        };
+        let key = packet.meta.key;
+        let Some(frontend) = table.cluster_ip(&key) else {
+            return Verdict::Continue;
+        };
+        let only_node = frontend.internal_local.then_some(self.stack.node_index);
+        let Some(backend) = table.choose(frontend, &key, only_node) else {
+            self.reject_no_endpoints(ctx, pod, packet, out);
+            let service = &frontend.service;
+            ctx.describe(slot, HopAction::Drop, || {
+                format!(
+                    "AntreaProxy: svc {service} {}:{} has no endpoints; rejected",
+                    key.destination, key.destination_port
+                )
+            });
+            return Verdict::Drop(DropReason::NoEndpoints);
+        };
+        let committed =
+            self.service_ct
+                .insert_nat(key, (backend.ip, backend.port), None, ctx.now_ns);
+        if committed.is_err() {
+            return Verdict::Drop(DropReason::ConntrackFull);
+        }
+        packet.set_destination(backend.ip, backend.port);
+        ctx.nat(
+            &self.settings.name,
+            "AntreaProxy",
+            packet,
+            "dnat",
+            || format!("{}:{}", key.destination, key.destination_port),
+            || format!("{}:{}", backend.ip, backend.port),
+        );
+        Verdict::Continue
+    }
+
+    /// Antrea's reject for a Service without endpoints, sent back to the pod.
+    fn reject_no_endpoints(
+        &mut self,
+        ctx: &mut Ctx,
+        pod: usize,
+        packet: &Packet,
+        out: &mut Outputs,
+    ) {
+        let local = &self.settings.pods[pod];
+        let link = crate::datapath::local::AnswerLink {
+            source_mac: self.settings.gateway_mac,
+            destination_mac: local.mac,
+            identification: 0,
+        };
+        let answer = if packet.meta.key.protocol == crate::wire::PROTOCOL_TCP {
+            let Some(mut reset) = crate::datapath::local::reset(packet, link) else {
+                return;
+            };
+            ctx.generated(&mut reset);
+            ctx.hop(local.veth_point, &reset, HopAction::Transmit, || {
+                "AntreaProxy reject: tcp reset from the Service address (no endpoints)".into()
+            });
+            reset
+        } else if icmp::may_send_error(packet) {
+            let header = ErrorHeader {
+                source: packet.meta.key.destination,
+                source_mac: link.source_mac,
+                destination_mac: link.destination_mac,
+                ttl: 64,
+                identification: 0,
+                tos: 0,
+                dont_fragment: false,
+            };
+            let message = ErrorMessage {
+                icmp_type: icmp::TYPE_DESTINATION_UNREACHABLE,
+                code: CODE_HOST_PROHIBITED,
+                rest: 0,
+            };
+            icmp::originate(ctx, local.veth_point, packet, message, header)
+        } else {
+            return;
+        };
+        let port = PortId::try_from(pod + 1).unwrap_or(PortId::MAX);
+        out.send(port, answer);
+    }
+
     /// Classifier: where the packet came from; SpoofGuard for pod ports (a pod may
     /// only send from its own IP and MAC).
     pub(super) fn classifier(&self, source: OvsSource, packet: &Packet) -> Verdict<OvsDecision> {
@@ -211,7 +369,9 @@ impl AntreaNode {
         source: OvsSource,
         packet: &Packet,
     ) -> (OvsDecision, bool) {
-        let key = (source, packet.meta.key);
+        // Every input L3Forwarding reads: the ingress, the 5-tuple (after AntreaProxy's
+        // DNAT) and the destination MAC (gateway: routed; a pod's: switched).
+        let key = (source, packet.meta.key, packet.meta.destination_mac);
         if let Some(decision) = self.flow_cache.get(&key) {
             return (decision, true);
         }

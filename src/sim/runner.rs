@@ -111,7 +111,6 @@ struct Runner<'t> {
     wake_at: Vec<Option<u64>>,
     journal: Journal,
     flows: Vec<FlowOutcome>,
-    flow_destinations: Vec<Option<EndpointId>>,
     flow_sources: Vec<Option<EndpointId>>,
     untagged_sent: u64,
     untagged_delivered: u64,
@@ -151,18 +150,6 @@ pub fn run_with_progress(
         .iter()
         .map(|flow| network.endpoint(flow.from))
         .collect();
-    let flow_destinations = topology
-        .flows
-        .iter()
-        .map(|flow| {
-            network.endpoint(flow.to).or_else(|| {
-                network
-                    .endpoints
-                    .iter()
-                    .position(|nic| nic.ip == flow.destination_ip)
-            })
-        })
-        .collect();
     let last_start = topology
         .flows
         .iter()
@@ -188,7 +175,6 @@ pub fn run_with_progress(
             ..Journal::default()
         },
         flows: vec![FlowOutcome::default(); topology.flows.len()],
-        flow_destinations,
         flow_sources,
         untagged_sent: 0,
         untagged_delivered: 0,
@@ -336,6 +322,24 @@ impl Runner<'_> {
         }
     }
 
+    /// Whether a packet an endpoint sends travels back toward the flow's client:
+    /// anything not addressed to the flow's destination address and port (what the
+    /// client sends is, even through a Service), and ICMP answers.
+    fn is_reply(&self, flow: FlowTag, packet: &Packet) -> bool {
+        let Some(flow) = self.topology.flows.get(flow as usize) else {
+            return false;
+        };
+        let key = packet.meta.key;
+        match packet.meta.icmp {
+            IcmpKind::EchoRequest => key.destination != flow.destination_ip,
+            IcmpKind::None => {
+                (key.destination, key.destination_port)
+                    != (flow.destination_ip, flow.destination_port)
+            }
+            _ => true,
+        }
+    }
+
     fn send_from_endpoint(
         &mut self,
         endpoint: EndpointId,
@@ -347,19 +351,16 @@ impl Runner<'_> {
             return;
         };
         packet.meta.packet_id = self.journal.next_packet_id();
-        packet.meta.reply = self
-            .flow_destinations
-            .get(flow as usize)
-            .is_some_and(|destination| *destination == Some(endpoint));
+        packet.meta.reply = self.is_reply(flow, &packet);
         let nic = &self.network.endpoints[endpoint];
         let (name, point, device) = (nic.name.clone(), nic.point, nic.device);
         match self.flows.get_mut(flow as usize) {
             Some(outcome) => {
                 outcome.sent += 1;
-                let first = if self.flow_sources[flow as usize] == Some(endpoint) {
-                    Some(&mut outcome.first_packet)
-                } else if self.flow_destinations[flow as usize] == Some(endpoint) {
+                let first = if packet.meta.reply {
                     Some(&mut outcome.first_reply)
+                } else if self.flow_sources[flow as usize] == Some(endpoint) {
+                    Some(&mut outcome.first_packet)
                 } else {
                     None
                 };
@@ -452,7 +453,9 @@ impl Runner<'_> {
                 match self.flows.get_mut(flow as usize) {
                     Some(outcome) => {
                         outcome.delivered += 1;
-                        if self.flow_destinations[flow as usize] == Some(endpoint) {
+                        // The server side: the flow's destination, or the endpoint a
+                        // Service translated it to (a hairpin: the client itself).
+                        if !packet.meta.reply {
                             outcome.seen_source.get_or_insert(packet.meta.key.source);
                         }
                         if let IcmpKind::Error { icmp_type, code } = packet.meta.icmp {
@@ -502,7 +505,7 @@ impl Runner<'_> {
                     )
                 });
                 if let Some(outcome) = self.flows.get_mut(flow as usize) {
-                    if self.flow_destinations[flow as usize] == Some(endpoint) {
+                    if !packet.meta.reply {
                         outcome.seen_source.get_or_insert(key.source);
                     }
                 }

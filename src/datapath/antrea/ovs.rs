@@ -108,8 +108,12 @@ impl AntreaNode {
                     ctx.describe(slot, HopAction::Drop, || {
                         format!("ovs {stage:?}: {reason} for {destination}")
                     });
-                    ctx.drop_packet(&self.settings.name, &packet, reason, || {
-                        format!("ovs {stage:?}: {destination}")
+                    let port = packet.meta.key.destination_port;
+                    ctx.drop_packet(&self.settings.name, &packet, reason, || match reason {
+                        DropReason::NoEndpoints => format!(
+                            "AntreaProxy: Service {destination}:{port} has no endpoints (rejected)"
+                        ),
+                        _ => format!("ovs {stage:?}: {destination}"),
                     });
                     return;
                 }

@@ -1,0 +1,230 @@
+//! Services (reference §c): AntreaProxy in OVS for pods, kube-proxy in the host stack
+//! for node ports (and for everything on Calico); endpoints chosen uniformly and kept
+//! per connection; traffic policies; the extra hop and its SNAT; rejects without
+//! endpoints, each in the translating component's way.
+
+mod common;
+
+use common::*;
+use netsim::datapath::HopAction;
+use netsim::packet::tcp_flags;
+use netsim::wire::PROTOCOL_UDP;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+fn ip(text: &str) -> Ipv4Addr {
+    text.parse().unwrap()
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(topology_path(name)).unwrap()
+}
+
+/// The example with its flows replaced by `flows`.
+fn with_flows(name: &str, flows: &str) -> String {
+    let text = example(name);
+    format!("{}\n{flows}", &text[..text.find("[[flow]]").unwrap()])
+}
+
+#[test]
+fn the_services_example_meets_its_expectations_and_its_captures_are_clean() {
+    let text = example("antrea-services");
+    let (_, _, report) = run_text(&text);
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    for flow in &report.flows {
+        assert_balanced(&report, &flow.name);
+    }
+    // Who translated, in the report.
+    let clusterip = flow(&report, "pod-to-clusterip");
+    assert!(clusterip
+        .nat
+        .iter()
+        .all(|n| n.component == "AntreaProxy" && n.device == "worker-1"));
+    let nodeport = flow(&report, "nodeport-cluster");
+    let kinds: Vec<(&str, &str)> = nodeport
+        .nat
+        .iter()
+        .map(|n| (n.kind.as_str(), n.component.as_str()))
+        .collect();
+    assert!(kinds.contains(&("dnat", "kube-proxy")), "{kinds:?}");
+    assert!(kinds.contains(&("snat", "netfilter")), "{kinds:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let file = dir.path().join("services.toml");
+    std::fs::write(&file, &text).unwrap();
+    let output = netsim(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success() || output.status.code() == Some(1));
+    lint(&["--min-packets", "4"], &[&out.join("capture.pcapng")]);
+}
+
+#[test]
+fn a_thousand_connections_spread_over_three_endpoints_and_each_keeps_its_own() {
+    let text = with_flows(
+        "antrea-services",
+        "[[flow]]\nname = \"many\"\nfrom = \"pod:app01/client-1\"\nto = \"svc:app01/web:80\"\nconnections = 1000\n",
+    );
+    let (topology, result, report) = run_text(&text);
+    assert_eq!(flow(&report, "many").verdict, "delivered");
+    let endpoints: BTreeMap<Ipv4Addr, &str> = [
+        ("172.20.2.2", "app01/web-1:eth0"),
+        ("172.20.2.3", "app01/web-2:eth0"),
+        ("172.20.2.4", "app01/web-3:eth0"),
+    ]
+    .into_iter()
+    .map(|(address, point)| (ip(address), point))
+    .collect();
+    let mut by_client_port: BTreeMap<u16, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    let mut connections: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for (&address, point) in &endpoints {
+        for packet in frames_at(&topology, &result, "many", point, HopAction::Deliver) {
+            assert_eq!(packet.meta.key.destination, address);
+            by_client_port
+                .entry(packet.meta.key.source_port)
+                .or_default()
+                .insert(address);
+            if packet.meta.tcp_flags & tcp_flags::SYN != 0 {
+                *connections.entry(address).or_default() += 1;
+            }
+        }
+    }
+    // Every packet of a connection went to the endpoint its first one got.
+    assert_eq!(by_client_port.len(), 1000);
+    assert!(by_client_port.values().all(|set| set.len() == 1));
+    // Uniform: 1000/3 each, within five standard deviations (sqrt(1000·1/3·2/3) ≈ 15).
+    assert_eq!(connections.values().sum::<usize>(), 1000);
+    for (address, count) in &connections {
+        assert!((259..=408).contains(count), "{address}: {count} of 1000");
+    }
+}
+
+#[test]
+fn a_node_port_under_cluster_takes_the_extra_hop_over_geneve_snated_to_the_gateway() {
+    let (topology, result, report) = run_text(&example("antrea-services"));
+    let flow_report = flow(&report, "nodeport-cluster");
+    assert_eq!(flow_report.seen_source.as_deref(), Some("172.20.1.1"));
+    let outer = frames_at(
+        &topology,
+        &result,
+        "nodeport-cluster",
+        "worker-1:eth0",
+        HopAction::Encapsulate,
+    );
+    assert!(!outer.is_empty());
+    for packet in &outer {
+        let key = packet.meta.key;
+        assert_eq!(
+            (
+                key.source,
+                key.destination,
+                key.protocol,
+                key.destination_port
+            ),
+            (ip("10.20.0.11"), ip("10.20.0.12"), PROTOCOL_UDP, 6081)
+        );
+    }
+    // The reply returns through worker-1, which puts the node port back as source.
+    let replies = frames_at(
+        &topology,
+        &result,
+        "nodeport-cluster",
+        "db:eth0",
+        HopAction::Deliver,
+    );
+    assert!(!replies.is_empty());
+    assert!(replies
+        .iter()
+        .all(|p| { (p.meta.key.source, p.meta.key.source_port) == (ip("10.20.0.11"), 30080) }));
+    // Under Local the client's address reaches the pod, and a node without an
+    // endpoint drops silently (no ICMP: KUBE-MARK-DROP).
+    assert_eq!(
+        flow(&report, "nodeport-local").seen_source.as_deref(),
+        Some("192.168.50.10")
+    );
+    let miss = flow(&report, "nodeport-local-miss");
+    assert_eq!(miss.drop.as_ref().unwrap().reason, "no-endpoints");
+    assert!(miss.icmp_received.is_empty());
+}
+
+#[test]
+fn antrea_proxy_rejects_a_service_without_endpoints_from_the_service_address() {
+    let text = with_flows(
+        "antrea-services",
+        "[[flow]]\nname = \"tcp\"\nfrom = \"pod:app01/client-1\"\nto = \"svc:app01/retired:80\"\n\
+         \n[[flow]]\nname = \"udp\"\nfrom = \"pod:app01/client-1\"\nto = \"svc:app01/retired:80\"\nprotocol = \"udp\"\n",
+    )
+    .replace(
+        "ports = [ { port = 80 } ]",
+        "ports = [ { name = \"tcp\", port = 80 }, { name = \"udp\", port = 80, protocol = \"UDP\" } ]",
+    );
+    let (topology, result, report) = run_text(&text);
+    let vip = topology.clusters[0]
+        .services
+        .iter()
+        .find(|s| s.name == "retired")
+        .unwrap()
+        .cluster_ip;
+    let resets = frames_at(
+        &topology,
+        &result,
+        "tcp",
+        "app01/client-1:eth0",
+        HopAction::Deliver,
+    );
+    assert_eq!(resets.len(), 1);
+    let reset = &resets[0];
+    assert_eq!(
+        (reset.meta.key.source, reset.meta.key.source_port),
+        (vip, 80)
+    );
+    assert_eq!(
+        reset.meta.tcp_flags & (tcp_flags::RST | tcp_flags::ACK),
+        tcp_flags::RST | tcp_flags::ACK
+    );
+    let tcp = flow(&report, "tcp");
+    assert_eq!(tcp.verdict, "dropped");
+    assert_eq!(tcp.drop.as_ref().unwrap().reason, "no-endpoints");
+    let udp = flow(&report, "udp");
+    assert_eq!(udp.icmp_received, [format!("type 3 code 10 from {vip}")]);
+    assert_eq!(udp.drop.as_ref().unwrap().reason, "no-endpoints");
+}
+
+#[test]
+fn kube_proxy_on_calico_rejects_with_port_unreachable_and_masquerades_a_hairpin() {
+    let base = example("calico-bgp-tor");
+    let base = base[..base.find("[[flow]]").unwrap()].replace(
+        "name = \"web-a\"\nnode = \"worker-a2\"",
+        "name = \"web-a\"\nnode = \"worker-a2\"\nlabels = { app = \"web\" }",
+    );
+    let text = format!(
+        "{base}\n[[cluster.service]]\nname = \"web\"\nselector = {{ app = \"web\" }}\nports = [ {{ port = 80, target_port = \"http\" }} ]\n\
+         \n[[cluster.service]]\nname = \"retired\"\nselector = {{ app = \"retired\" }}\nports = [ {{ port = 80 }} ]\n\
+         \n[[flow]]\nname = \"to-svc\"\nfrom = \"pod:default/client\"\nto = \"svc:default/web:80\"\n\
+         \n[[flow]]\nname = \"hairpin\"\nfrom = \"pod:default/web-a\"\nto = \"svc:default/web:80\"\n\
+         \n[[flow]]\nname = \"refused\"\nfrom = \"pod:default/client\"\nto = \"svc:default/retired:80\"\n"
+    );
+    let (_, _, report) = run_text(&text);
+    let to_svc = flow(&report, "to-svc");
+    assert_eq!(to_svc.verdict, "delivered");
+    assert_eq!(to_svc.seen_source.as_deref(), Some("192.168.0.1"));
+    assert!(to_svc
+        .nat
+        .iter()
+        .all(|n| n.device == "worker-a1" && n.component == "kube-proxy"));
+    // A pod reaching itself through its Service is masqueraded (KUBE-MARK-MASQ in
+    // KUBE-SEP), so the reply comes back through the node.
+    let hairpin = flow(&report, "hairpin");
+    assert_eq!(hairpin.verdict, "delivered");
+    assert_eq!(hairpin.seen_source.as_deref(), Some("10.30.1.12"));
+    let refused = flow(&report, "refused");
+    assert_eq!(refused.icmp_received, ["type 3 code 3 from 10.30.1.11"]);
+    assert_eq!(refused.drop.as_ref().unwrap().reason, "no-endpoints");
+}

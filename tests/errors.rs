@@ -366,3 +366,72 @@ fn calico_mistakes_are_located() {
         assert_located(&refuse(&text), line, column, message);
     }
 }
+
+#[test]
+fn service_mistakes_are_located() {
+    let service = "\n[[cluster.service]]\nname = \"web\"\ntype = \"NodePort\"\nselector = { app = \"web\" }\ncluster_ip = \"10.96.0.50\"\nports = [ { port = 80, target_port = 8080, node_port = 30080 } ]\n";
+    let pod = BASE.replace(
+        "ip = \"172.20.1.10\"\n",
+        "ip = \"172.20.1.10\"\nlabels = { app = \"web\" }\n",
+    );
+    let base = format!("{pod}{service}");
+    netsim::topology::parse("service.toml", &base).expect("the service base is valid");
+    let cases = [
+        (
+            "node_port = 30080",
+            "node_port = 20080",
+            "20080",
+            "node_port 20080 is outside the node port range 30000-32767",
+        ),
+        (
+            "type = \"NodePort\"",
+            "type = \"ExternalName\"",
+            "\"ExternalName\"",
+            "unknown Service type `ExternalName`",
+        ),
+        (
+            "cluster_ip = \"10.96.0.50\"",
+            "cluster_ip = \"10.97.0.50\"",
+            "\"10.97.0.50\"",
+            "cluster_ip 10.97.0.50 is outside service_cidr 10.96.0.0/23",
+        ),
+        (
+            "target_port = 8080",
+            "target_port = \"grpc\"",
+            "\"grpc\"",
+            "target_port `grpc` is declared by none of the selected pods",
+        ),
+    ];
+    for (from, to, at, message) in cases {
+        let text = base.replace(from, to);
+        let (line, column) = position(&text, at);
+        assert_located(&refuse(&text), line, column, message);
+    }
+    // A node port used twice, a ClusterIP taken twice.
+    let twice = format!(
+        "{base}\n[[cluster.service]]\nname = \"web2\"\ntype = \"NodePort\"\ncluster_ip = \"10.96.0.50\"\nports = [ {{ port = 80, node_port = 30081 }} ]\n"
+    );
+    let (line, column) = position_at(&twice, twice.rfind("\"10.96.0.50\"").unwrap());
+    assert_located(
+        &refuse(&twice),
+        line,
+        column,
+        "cluster_ip 10.96.0.50 is taken by another Service",
+    );
+    let twice = format!(
+        "{base}\n[[cluster.service]]\nname = \"web2\"\ntype = \"NodePort\"\nports = [ {{ port = 80, node_port = 30080 }} ]\n"
+    );
+    let (line, column) = position_at(&twice, twice.rfind("30080").unwrap());
+    assert_located(
+        &refuse(&twice),
+        line,
+        column,
+        "node_port 30080 is used twice",
+    );
+    // A selector that matches no pod is valid (the Service has no endpoints).
+    let empty = base.replace(
+        "selector = { app = \"web\" }",
+        "selector = { app = \"nothing\" }",
+    );
+    netsim::topology::parse("empty.toml", &empty).expect("a Service without endpoints is valid");
+}

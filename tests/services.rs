@@ -228,3 +228,31 @@ fn kube_proxy_on_calico_rejects_with_port_unreachable_and_masquerades_a_hairpin(
     assert_eq!(refused.icmp_received, ["type 3 code 3 from 10.30.1.11"]);
     assert_eq!(refused.drop.as_ref().unwrap().reason, "no-endpoints");
 }
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_endpoint() {
+    let text = with_flows(
+        "antrea-services",
+        "[[flow]]\nname = \"sticky\"\nfrom = \"pod:app01/client-1\"\nto = \"svc:app01/web:80\"\nconnections = 40\n\
+         \n[[flow]]\nname = \"spread\"\nfrom = \"pod:app01/client-1\"\nto = \"svc:app01/web-spread:80\"\nconnections = 40\n",
+    )
+    .replace(
+        "cluster_ip = \"10.96.0.50\"\nselector = { app = \"web\" }",
+        "cluster_ip = \"10.96.0.50\"\nsession_affinity = \"ClientIP\"\nselector = { app = \"web\" }",
+    )
+    .replace(
+        "[[cluster.service]]\nname = \"retired\"",
+        "[[cluster.service]]\nname = \"web-spread\"\nnamespace = \"app01\"\nselector = { app = \"web\" }\nports = [ { port = 80, target_port = \"http\" } ]\n\n[[cluster.service]]\nname = \"retired\"",
+    );
+    let (topology, result, report) = run_text(&text);
+    let endpoints_of = |name: &str| -> BTreeSet<Ipv4Addr> {
+        ["app01/web-1:eth0", "app01/web-2:eth0", "app01/web-3:eth0"]
+            .iter()
+            .flat_map(|point| frames_at(&topology, &result, name, point, HopAction::Deliver))
+            .map(|p| p.meta.key.destination)
+            .collect()
+    };
+    assert_eq!(flow(&report, "sticky").verdict, "delivered");
+    assert_eq!(endpoints_of("sticky").len(), 1, "ClientIP: one endpoint");
+    assert_eq!(endpoints_of("spread").len(), 3, "no affinity: all three");
+}

@@ -13,7 +13,7 @@
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::local::{self, AnswerLink, Settle};
-use super::services::ServiceTable;
+use super::services::{Affinity, ServiceTable};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::conntrack::{Conntrack, ConntrackError, Direction, EntryId};
 use crate::engine::lpm::LpmTable;
@@ -128,6 +128,8 @@ pub struct HostStack {
     pub services: Option<std::sync::Arc<ServiceTable>>,
     /// This node's index in its cluster (for traffic policies `Local`).
     pub node_index: usize,
+    /// kube-proxy's ClientIP affinity memory on this node.
+    pub affinity: Affinity,
     reassembler: reassembly::Reassembler,
     identification: u16,
 }
@@ -156,6 +158,7 @@ impl HostStack {
             conntrack,
             services: None,
             node_index: 0,
+            affinity: Affinity::default(),
             reassembler: Default::default(),
             identification: 0,
         }
@@ -493,8 +496,11 @@ pub trait LinuxHost {
         } else {
             frontend.internal_local
         };
-        let node = self.stack().node_index;
-        let Some(backend) = table.choose(frontend, &key, local_only.then_some(node)) else {
+        let stack = self.stack_mut();
+        let only_node = local_only.then_some(stack.node_index);
+        let chosen =
+            table.choose_sticky(frontend, &key, only_node, &mut stack.affinity, ctx.now_ns);
+        let Some(backend) = chosen else {
             let what = if local_only {
                 "no local endpoints"
             } else {

@@ -39,6 +39,33 @@ pub struct Frontend {
     pub external_local: bool,
     /// `internalTrafficPolicy: Local` (ClusterIP).
     pub internal_local: bool,
+    /// `sessionAffinity: ClientIP`: how long a client sticks to its endpoint.
+    pub affinity_timeout_ns: Option<u64>,
+    /// Its index in the table (the key of affinity entries).
+    pub index: usize,
+}
+
+/// One node's ClientIP affinity memory: kube-proxy's `-m recent` list per KUBE-SEP,
+/// AntreaProxy's learned flows. (frontend, client) -> (endpoint, expiry).
+#[derive(Debug, Clone, Default)]
+pub struct Affinity {
+    entries: FxHashMap<(usize, Ipv4Addr), (Backend, u64)>,
+}
+
+/// What one Service port contributes: its ClusterIP frontend and, for a NodePort
+/// Service, its node port.
+#[derive(Debug, Clone)]
+pub struct ServicePortFrontends {
+    /// `NS/NAME`.
+    pub service: String,
+    pub protocol: u8,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub backends: Vec<Backend>,
+    pub external_local: bool,
+    pub internal_local: bool,
+    pub affinity_timeout_ns: Option<u64>,
 }
 
 /// Every frontend of a cluster.
@@ -64,24 +91,26 @@ impl ServiceTable {
     }
 
     /// Adds one Service port: its ClusterIP frontend, and its node port if any.
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &mut self,
-        service: &str,
-        protocol: u8,
-        cluster_ip: Ipv4Addr,
-        port: u16,
-        node_port: Option<u16>,
-        backends: Vec<Backend>,
-        external_local: bool,
-        internal_local: bool,
-    ) {
+    pub fn add(&mut self, port: ServicePortFrontends) {
+        let ServicePortFrontends {
+            service,
+            protocol,
+            cluster_ip,
+            port,
+            node_port,
+            backends,
+            external_local,
+            internal_local,
+            affinity_timeout_ns,
+        } = port;
         let frontend = Frontend {
-            service: service.to_string(),
+            service,
             kind: FrontendKind::ClusterIp,
             backends,
             external_local,
             internal_local,
+            affinity_timeout_ns,
+            index: self.frontends.len(),
         };
         self.cluster_ips
             .insert((protocol, cluster_ip, port), self.frontends.len());
@@ -91,6 +120,7 @@ impl ServiceTable {
             self.frontends.push(frontend.clone());
             self.frontends.push(Frontend {
                 kind: FrontendKind::NodePort,
+                index: self.frontends.len(),
                 ..frontend
             });
         } else {
@@ -114,6 +144,37 @@ impl ServiceTable {
     pub fn node_port(&self, key: &FlowKey) -> Option<&Frontend> {
         let index = self.node_ports.get(&(key.protocol, key.destination_port))?;
         self.frontends.get(*index)
+    }
+
+    /// The backend a new connection goes to, honouring ClientIP affinity: a client
+    /// seen within the timeout gets its endpoint again (if still eligible), and every
+    /// new connection renews the memory (`--rcheck --seconds T --reap`, `--set`).
+    pub fn choose_sticky(
+        &self,
+        frontend: &Frontend,
+        key: &FlowKey,
+        only_node: Option<usize>,
+        affinity: &mut Affinity,
+        now_ns: u64,
+    ) -> Option<Backend> {
+        let Some(timeout) = frontend.affinity_timeout_ns else {
+            return self.choose(frontend, key, only_node);
+        };
+        let client = (frontend.index, key.source);
+        let remembered = affinity
+            .entries
+            .get(&client)
+            .filter(|(backend, expiry)| {
+                now_ns <= *expiry
+                    && only_node.is_none_or(|node| backend.node == node)
+                    && frontend.backends.contains(backend)
+            })
+            .map(|(backend, _)| *backend);
+        let backend = remembered.or_else(|| self.choose(frontend, key, only_node))?;
+        affinity
+            .entries
+            .insert(client, (backend, now_ns.saturating_add(timeout)));
+        Some(backend)
     }
 
     /// The backend of `frontend` a new connection goes to: uniform over the

@@ -7,7 +7,7 @@ use crate::datapath::calico::{CalicoNode, CalicoNodeSettings, CalicoTunnel, Rout
 use crate::datapath::encap::Encapsulation;
 use crate::datapath::host::HostRoute;
 use crate::datapath::router::{Router, RouterPort};
-use crate::datapath::services::{Backend, ServiceTable};
+use crate::datapath::services::{Backend, ServicePortFrontends, ServiceTable};
 use crate::datapath::switch::Switch;
 use crate::datapath::{Ctx, Neighbors, Outputs, PointId, PortId};
 use crate::packet::Packet;
@@ -607,16 +607,17 @@ fn service_table(cluster: &crate::topology::Cluster, seed: u64) -> Option<Arc<Se
                     node: e.node,
                 })
                 .collect();
-            table.add(
-                &name,
-                port.protocol.number(),
-                service.cluster_ip,
-                port.port,
-                port.node_port,
+            table.add(ServicePortFrontends {
+                service: name.clone(),
+                protocol: port.protocol.number(),
+                cluster_ip: service.cluster_ip,
+                port: port.port,
+                node_port: port.node_port,
                 backends,
-                service.external_local,
-                service.internal_local,
-            );
+                external_local: service.external_local,
+                internal_local: service.internal_local,
+                affinity_timeout_ns: service.affinity_timeout_ns,
+            });
         }
     }
     Some(Arc::new(table))

@@ -364,6 +364,8 @@ pub struct Service {
     pub external_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
+    /// `sessionAffinity: ClientIP` with its timeout.
+    pub affinity_timeout_ns: Option<u64>,
 }
 
 impl Service {

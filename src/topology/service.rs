@@ -19,6 +19,9 @@ type Result<T> = std::result::Result<T, ConfigError>;
 /// kube-apiserver `--service-node-port-range` default.
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
 
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` default (3 hours).
+const AFFINITY_TIMEOUT_SECONDS: u64 = 10_800;
+
 /// What a Service's ports aim at on each pod.
 enum TargetPort {
     Number(u16),
@@ -156,6 +159,11 @@ pub(super) fn resolve_services(
                 &service.external_traffic_policy,
                 "external_traffic_policy",
             )?,
+            affinity_timeout_ns: service
+                .session_affinity
+                .as_ref()
+                .filter(|a| a.get_ref() == "ClientIP")
+                .map(|_| AFFINITY_TIMEOUT_SECONDS * 1_000_000_000),
             internal_local: traffic_policy(
                 resolver,
                 &service.internal_traffic_policy,
@@ -172,12 +180,7 @@ fn refuse_not_modelled(resolver: &Resolver, service: &ServiceConfig) -> Result<(
     if let Some(affinity) = &service.session_affinity {
         match affinity.get_ref().as_str() {
             "None" => {}
-            "ClientIP" => {
-                return Err(resolver.error(
-                    affinity,
-                    "session_affinity ClientIP is not modelled by this netsim version yet",
-                ))
-            }
+            "ClientIP" => {}
             other => {
                 return Err(resolver.error(
                     affinity,

@@ -104,6 +104,8 @@ pub struct AntreaNode {
     /// AntreaProxy's conntrack zone in OVS (CtZone 0xfff0), apart from the host's
     /// netfilter table.
     pub service_ct: Conntrack,
+    /// AntreaProxy's ClientIP affinity (its learned flows).
+    service_affinity: crate::datapath::services::Affinity,
     flow_cache: FlowCache<(OvsSource, FlowKey, Mac), OvsDecision>,
 }
 
@@ -164,6 +166,7 @@ impl AntreaNode {
             peers,
             stack,
             service_ct: Conntrack::new(settings.conntrack_max, settings.seed),
+            service_affinity: Default::default(),
             flow_cache: FlowCache::new(settings.flow_cache_capacity),
             settings,
         }

@@ -233,7 +233,14 @@ impl AntreaNode {
             return Verdict::Continue;
         };
         let only_node = frontend.internal_local.then_some(self.stack.node_index);
-        let Some(backend) = table.choose(frontend, &key, only_node) else {
+        let chosen = table.choose_sticky(
+            frontend,
+            &key,
+            only_node,
+            &mut self.service_affinity,
+            ctx.now_ns,
+        );
+        let Some(backend) = chosen else {
             self.reject_no_endpoints(ctx, pod, packet, out);
             let service = &frontend.service;
             ctx.describe(slot, HopAction::Drop, || {

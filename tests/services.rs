@@ -256,3 +256,49 @@ fn client_ip_affinity_keeps_a_client_on_one_endpoint() {
     assert_eq!(endpoints_of("sticky").len(), 1, "ClientIP: one endpoint");
     assert_eq!(endpoints_of("spread").len(), 3, "no affinity: all three");
 }
+
+#[test]
+fn node_port_local_allocates_61000_up_per_node_and_dnats_without_snat() {
+    let (topology, _, report) = run_text(&example("antrea-services"));
+    let mappings: Vec<(String, String, String)> = report
+        .node_port_local
+        .iter()
+        .map(|m| (m.pod.clone(), m.node_address.clone(), m.pod_address.clone()))
+        .collect();
+    assert_eq!(
+        mappings,
+        [
+            (
+                "app01/web-1".into(),
+                "10.20.0.12:61000".into(),
+                "172.20.2.2:8080".into()
+            ),
+            (
+                "app01/web-2".into(),
+                "10.20.0.12:61001".into(),
+                "172.20.2.3:8080".into()
+            ),
+            (
+                "app01/web-3".into(),
+                "10.20.0.12:61002".into(),
+                "172.20.2.4:8080".into()
+            ),
+        ]
+    );
+    let npl = flow(&report, "node-port-local");
+    assert_eq!(npl.seen_source.as_deref(), Some("192.168.50.10"));
+    assert_eq!(npl.nat.len(), 2, "{:?}", npl.nat);
+    assert!(npl
+        .nat
+        .iter()
+        .all(|n| n.device == "worker-2" && n.kind.ends_with("dnat")));
+    assert_eq!(
+        topology
+            .flows
+            .iter()
+            .find(|f| f.name == "node-port-local")
+            .unwrap()
+            .destination_port,
+        61001
+    );
+}

@@ -313,7 +313,7 @@ pub trait LinuxHost {
         let mut service = None;
         if connection.is_none() && !matches!(packet.meta.icmp, IcmpKind::Error { .. }) {
             match self.kube_proxy(ctx, slot, &mut packet, out) {
-                Proxied::Untouched => {}
+                Proxied::Untouched => service = self.node_port_local(ctx, &mut packet),
                 Proxied::Translated(nat) => service = Some(nat),
                 Proxied::Refused => return,
             }
@@ -398,9 +398,13 @@ pub trait LinuxHost {
                 ""
             };
             let unsnat = if let Some(nat) = &service {
+                let by = if nat.service == "NodePortLocal" {
+                    "antrea-agent NodePortLocal:".to_string()
+                } else {
+                    format!("kube-proxy: svc {}", nat.service)
+                };
                 format!(
-                    "kube-proxy: svc {} {}:{} -> endpoint {destination}:{}{}; ",
-                    nat.service,
+                    "{by} {}:{} -> endpoint {destination}:{}{}; ",
                     arrived.destination,
                     arrived.destination_port,
                     packet.meta.key.destination_port,
@@ -534,6 +538,30 @@ pub trait LinuxHost {
             original: key,
             masquerade,
             service: frontend.service.clone(),
+        })
+    }
+
+    /// Antrea's NodePortLocal rules (`ANTREA-NODE-PORT-LOCAL` in PREROUTING, for
+    /// the node's own addresses): DNAT straight to the pod, no SNAT.
+    fn node_port_local(&mut self, ctx: &mut Ctx, packet: &mut Packet) -> Option<ServiceNat> {
+        let stack = self.stack();
+        let table = stack.services.clone()?;
+        let key = packet.meta.key;
+        if key.destination != stack.ip {
+            return None;
+        }
+        let backend = table.node_port_local(stack.node_index, &key)?;
+        self.translate(
+            ctx,
+            packet,
+            Side::Destination,
+            (backend.ip, backend.port),
+            ("dnat", "NodePortLocal"),
+        );
+        Some(ServiceNat {
+            original: key,
+            masquerade: false,
+            service: "NodePortLocal".to_string(),
         })
     }
 

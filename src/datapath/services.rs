@@ -76,6 +76,8 @@ pub struct ServiceTable {
     /// (protocol, node port) -> frontend, on every node address.
     node_ports: FxHashMap<(u8, u16), usize>,
     frontends: Vec<Frontend>,
+    /// NodePortLocal: (node, protocol, node port) -> the pod behind it.
+    node_port_local: FxHashMap<(usize, u8, u16), Backend>,
     /// kube-proxy `--cluster-cidr`: the pod network.
     pub cluster_cidr: Ipv4Net,
     seed: u64,
@@ -129,7 +131,20 @@ impl ServiceTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frontends.is_empty()
+        self.frontends.is_empty() && self.node_port_local.is_empty()
+    }
+
+    /// Adds a NodePortLocal mapping on `backend.node`.
+    pub fn add_node_port_local(&mut self, protocol: u8, node_port: u16, backend: Backend) {
+        self.node_port_local
+            .insert((backend.node, protocol, node_port), backend);
+    }
+
+    /// The pod a NodePortLocal port of node `node` forwards to.
+    pub fn node_port_local(&self, node: usize, key: &FlowKey) -> Option<Backend> {
+        self.node_port_local
+            .get(&(node, key.protocol, key.destination_port))
+            .copied()
     }
 
     /// The ClusterIP frontend a packet is addressed to.

@@ -18,7 +18,21 @@ pub struct Report {
     pub seed: u64,
     pub flows: Vec<FlowReport>,
     pub expectations: Vec<ExpectationReport>,
+    /// Antrea NodePortLocal mappings: `NODE_IP:PORT` -> `POD_IP:PORT`.
+    pub node_port_local: Vec<NodePortLocalReport>,
     pub counters: Counters,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodePortLocalReport {
+    /// `NS/NAME`.
+    pub pod: String,
+    pub node: String,
+    pub protocol: String,
+    /// `NODE_IP:PORT`.
+    pub node_address: String,
+    /// `POD_IP:PORT`.
+    pub pod_address: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -385,12 +399,30 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
     let flow_sent: u64 = result.flows.iter().map(|f| f.sent).sum();
     let flow_delivered: u64 = result.flows.iter().map(|f| f.delivered).sum();
     let (hits, misses) = result.network.flow_cache_stats();
+    let node_port_local = topology
+        .clusters
+        .iter()
+        .flat_map(|cluster| {
+            cluster.node_port_local.iter().map(move |m| {
+                let node = &cluster.nodes[m.node];
+                let pod = &cluster.pods[m.pod];
+                NodePortLocalReport {
+                    pod: pod.qualified_name(),
+                    node: node.name.clone(),
+                    protocol: m.protocol.name().to_string(),
+                    node_address: format!("{}:{}", node.ip, m.node_port),
+                    pod_address: format!("{}:{}", pod.ip, m.pod_port),
+                }
+            })
+        })
+        .collect();
     Report {
         topology: topology.name.clone(),
         netsim_version: env!("CARGO_PKG_VERSION").to_string(),
         seed: topology.seed,
         flows,
         expectations,
+        node_port_local,
         counters: Counters {
             packets_sent: flow_sent + result.untagged_sent,
             packets_delivered: flow_delivered + result.untagged_delivered,

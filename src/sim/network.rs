@@ -595,6 +595,14 @@ fn service_table(cluster: &crate::topology::Cluster, seed: u64) -> Option<Arc<Se
         return None;
     }
     let mut table = ServiceTable::new(cluster.pod_cidr, seed);
+    for mapping in &cluster.node_port_local {
+        let backend = Backend {
+            ip: cluster.pods[mapping.pod].ip,
+            port: mapping.pod_port,
+            node: mapping.node,
+        };
+        table.add_node_port_local(mapping.protocol.number(), mapping.node_port, backend);
+    }
     for service in &cluster.services {
         let name = service.qualified_name();
         for port in &service.ports {

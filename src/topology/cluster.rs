@@ -114,11 +114,19 @@ pub(super) fn resolve_cluster(
     };
     let services =
         super::service::resolve_services(resolver, config, service_cidr, &namespaces, &pods)?;
+    let node_port_local = super::service::allocate_node_port_local(
+        resolver,
+        config,
+        antrea.node_port_local.filter(|_| cni == Cni::Antrea),
+        &services,
+        &pods,
+    )?;
     Ok(Cluster {
         name,
         cni,
         calico,
         services,
+        node_port_local,
         pod_cidr,
         service_cidr,
         node_segment,
@@ -210,7 +218,7 @@ pub(super) fn resolve_antrea(
             }
         }
     }
-    resolver.unsupported(&antrea.node_port_local, "NodePortLocal")?;
+    let node_port_local = resolve_node_port_local(resolver, &antrea.node_port_local)?;
     let mode = match antrea
         .traffic_encap_mode
         .as_ref()
@@ -234,7 +242,42 @@ pub(super) fn resolve_antrea(
         tunnel_type,
         no_snat: antrea.no_snat,
         pod_mtu,
+        node_port_local,
     })
+}
+
+/// Antrea's NodePortLocal: on unless `enabled = false`; `port_range` "LOW-HIGH"
+/// (default 61000-62000, Antrea's `nodePortLocal.portRange`).
+fn resolve_node_port_local(
+    resolver: &Resolver,
+    config: &Option<Spanned<NodePortLocalConfig>>,
+) -> Result<Option<(u16, u16)>> {
+    let Some(config) = config else {
+        return Ok(Some((61000, 62000)));
+    };
+    let npl = config.get_ref();
+    if !npl.enabled {
+        return Ok(None);
+    }
+    let Some(range) = &npl.port_range else {
+        return Ok(Some((61000, 62000)));
+    };
+    let parsed = range.get_ref().split_once('-').and_then(|(low, high)| {
+        Some((
+            low.trim().parse::<u16>().ok()?,
+            high.trim().parse::<u16>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((low, high)) if low > 0 && low <= high => Ok(Some((low, high))),
+        _ => Err(resolver.error(
+            range,
+            format!(
+                "port_range `{}` is not LOW-HIGH such as \"61000-62000\"",
+                range.get_ref()
+            ),
+        )),
+    }
 }
 
 /// A CNI's pod MTU: as configured, or (0) the node segment's MTU less the

@@ -242,7 +242,7 @@ pub struct AntreaConfig {
     #[serde(default = "zero_mtu")]
     pub mtu: Spanned<u16>,
     #[serde(default)]
-    pub node_port_local: Option<Spanned<toml::Value>>,
+    pub node_port_local: Option<Spanned<NodePortLocalConfig>>,
 }
 
 fn zero_mtu() -> Spanned<u16> {
@@ -351,6 +351,20 @@ pub struct ContainerPortConfig {
     pub port: Spanned<u16>,
     #[serde(default = "default_protocol")]
     pub protocol: Text,
+}
+
+/// Antrea's NodePortLocal (`node_port_local = { enabled, port_range }`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePortLocalConfig {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub port_range: Option<Text>,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// `[[cluster.service]]` (SPEC §2).

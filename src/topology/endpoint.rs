@@ -129,12 +129,38 @@ pub fn parse_endpoint(
         })?;
         return Ok((EndpointRef::Node { cluster, node }, Some(node_port)));
     }
-    for prefix in ["lb:", "npl:"] {
-        if text.starts_with(prefix) {
+    if let Some(rest) = text.strip_prefix("npl:") {
+        let (name, port) = split_port(rest)?;
+        let (pod_ref, _) = parse_endpoint(topology, &format!("pod:{name}"))?;
+        let EndpointRef::Pod { cluster, pod } = pod_ref else {
             return Err(format!(
-                "`{prefix}` endpoints (Services) are not modelled by this netsim version yet"
+                "`{text}`: a NodePortLocal mapping is written npl:NS/POD:PORT"
             ));
-        }
+        };
+        let mappings: Vec<&NodePortLocalMapping> = topology.clusters[cluster]
+            .node_port_local
+            .iter()
+            .filter(|m| m.pod == pod && port.is_none_or(|p| p == m.pod_port))
+            .collect();
+        let Some(mapping) = mappings.first() else {
+            return Err(format!(
+                "pod `{name}` has no NodePortLocal mapping{} (a Service with node_port_local = true must select it)",
+                port.map(|p| format!(" for port {p}")).unwrap_or_default()
+            ));
+        };
+        return Ok((
+            EndpointRef::Node {
+                cluster,
+                node: mapping.node,
+            },
+            Some(mapping.node_port),
+        ));
+    }
+    if text.starts_with("lb:") {
+        return Err(
+            "`lb:` endpoints (LoadBalancer Services) are not modelled by this netsim version yet"
+                .into(),
+        );
     }
     let (address, port) = split_port(text)?;
     let address: Ipv4Addr = address.parse().map_err(|_| {

@@ -248,6 +248,8 @@ pub struct AntreaSettings {
     pub no_snat: bool,
     /// The MTU of every pod interface and of antrea-gw0.
     pub pod_mtu: u16,
+    /// NodePortLocal's port range, when enabled (Antrea default 61000-62000).
+    pub node_port_local: Option<(u16, u16)>,
 }
 
 /// The CNI a cluster runs.
@@ -344,6 +346,19 @@ pub struct Cluster {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
+    /// NodePortLocal mappings (Antrea): node IP:port -> pod:port.
+    pub node_port_local: Vec<NodePortLocalMapping>,
+}
+
+/// One NodePortLocal mapping: the pod's node forwards `node_port` to the pod's
+/// `pod_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodePortLocalMapping {
+    pub pod: usize,
+    pub node: usize,
+    pub protocol: Protocol,
+    pub pod_port: u16,
+    pub node_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -588,6 +603,23 @@ impl Topology {
     pub fn service_endpoint(&self, flow: &Flow) -> Option<(ClusterId, ServiceEndpoint)> {
         for (index, cluster) in self.clusters.iter().enumerate() {
             let to_node = matches!(flow.to, EndpointRef::Node { cluster: c, .. } if c == index);
+            if let EndpointRef::Node { node, .. } = flow.to {
+                let mapping = cluster.node_port_local.iter().find(|m| {
+                    to_node
+                        && m.node == node
+                        && m.protocol == flow.protocol
+                        && m.node_port == flow.destination_port
+                });
+                if let Some(m) = mapping {
+                    let endpoint = ServiceEndpoint {
+                        pod: m.pod,
+                        node: m.node,
+                        ip: cluster.pods[m.pod].ip,
+                        port: m.pod_port,
+                    };
+                    return Some((index, endpoint));
+                }
+            }
             for service in &cluster.services {
                 for port in &service.ports {
                     let hit = port.protocol == flow.protocol

@@ -189,14 +189,6 @@ fn refuse_not_modelled(resolver: &Resolver, service: &ServiceConfig) -> Result<(
             }
         }
     }
-    if let Some(npl) = &service.node_port_local {
-        if *npl.get_ref() {
-            return Err(resolver.error(
-                npl,
-                "NodePortLocal is not modelled by this netsim version yet",
-            ));
-        }
-    }
     resolver.unsupported(&service.load_balancer_ip, "load_balancer_ip")?;
     resolver.unsupported(&service.load_balancer, "load_balancer")?;
     resolver.unsupported(
@@ -318,4 +310,66 @@ fn resolve_port(
         node_port,
         endpoints,
     })
+}
+
+/// NodePortLocal (Antrea, reference §b): for every Service with `node_port_local`,
+/// each selected pod's target ports get a port on the pod's own node, taken from the
+/// range by a search cursor per node and protocol (the first is the range start, then
+/// the next, …); a pod port shared by several Services keeps its one mapping.
+pub(super) fn allocate_node_port_local(
+    resolver: &Resolver,
+    config: &ClusterConfig,
+    range: Option<(u16, u16)>,
+    services: &[Service],
+    pods: &[Pod],
+) -> Result<Vec<NodePortLocalMapping>> {
+    let mut mappings: Vec<NodePortLocalMapping> = Vec::new();
+    let mut cursors: std::collections::BTreeMap<(usize, u8), u16> = Default::default();
+    for (service, spanned) in services.iter().zip(&config.service) {
+        let Some(enabled) = &spanned.get_ref().node_port_local else {
+            continue;
+        };
+        if !*enabled.get_ref() {
+            continue;
+        }
+        let Some((low, high)) = range else {
+            return Err(resolver.error(
+                enabled,
+                "node_port_local is Antrea's NodePortLocal: the cluster's CNI is not Antrea, or [cluster.antrea] node_port_local has enabled = false",
+            ));
+        };
+        for port in &service.ports {
+            for endpoint in &port.endpoints {
+                let known = mappings.iter().any(|m| {
+                    m.pod == endpoint.pod
+                        && m.pod_port == endpoint.port
+                        && m.protocol == port.protocol
+                });
+                if known {
+                    continue;
+                }
+                let cursor = cursors
+                    .entry((endpoint.node, port.protocol.number()))
+                    .or_insert(low);
+                if *cursor > high {
+                    return Err(resolver.error(
+                        enabled,
+                        format!(
+                            "NodePortLocal range {low}-{high} is exhausted on the node of pod {}",
+                            pods[endpoint.pod].qualified_name()
+                        ),
+                    ));
+                }
+                mappings.push(NodePortLocalMapping {
+                    pod: endpoint.pod,
+                    node: endpoint.node,
+                    protocol: port.protocol,
+                    pod_port: endpoint.port,
+                    node_port: *cursor,
+                });
+                *cursor += 1;
+            }
+        }
+    }
+    Ok(mappings)
 }

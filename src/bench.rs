@@ -68,6 +68,8 @@ pub struct Forwarder {
     spare: Option<Packet>,
     pub source_ip: Ipv4Addr,
     pub destination_ip: Ipv4Addr,
+    /// The UDP port frames go to (the server's, or the Service's).
+    pub destination_port: u16,
     source_mac: crate::wire::Mac,
     gateway_mac: crate::wire::Mac,
 }
@@ -76,6 +78,32 @@ impl Forwarder {
     /// A forwarder between the first two pods of the first cluster that run on
     /// different nodes.
     pub fn new(topology: &Topology, capture: bool) -> Result<Forwarder, String> {
+        Forwarder::with_target(topology, capture, false)
+    }
+
+    /// Like [`Forwarder::new`], but addressed to the ClusterIP of a UDP Service whose
+    /// only endpoint is the server pod (AntreaProxy translates every packet).
+    pub fn via_service(topology: &Topology, capture: bool) -> Result<Forwarder, String> {
+        Forwarder::with_target(topology, capture, true)
+    }
+
+    /// The UDP Service port whose one endpoint is pod `server` of the first cluster.
+    fn service_of(topology: &Topology, server: usize) -> Option<(Ipv4Addr, u16)> {
+        let cluster = topology.clusters.first()?;
+        cluster.services.iter().find_map(|service| {
+            service.ports.iter().find_map(|port| {
+                let only_server = port.endpoints.len() == 1 && port.endpoints[0].pod == server;
+                (port.protocol == crate::topology::Protocol::Udp && only_server)
+                    .then_some((service.cluster_ip, port.port))
+            })
+        })
+    }
+
+    fn with_target(
+        topology: &Topology,
+        capture: bool,
+        via_service: bool,
+    ) -> Result<Forwarder, String> {
         let cluster = topology.clusters.first().ok_or("bench needs a cluster")?;
         let client = cluster.pods.first().ok_or("bench needs pods")?;
         let server = cluster
@@ -93,6 +121,13 @@ impl Forwarder {
                 pod: server,
             })
             .ok_or("no server endpoint")?;
+        let (destination_ip, destination_port) = if via_service {
+            Forwarder::service_of(topology, server).ok_or(
+                "bench via a Service needs a UDP Service whose only endpoint is the server pod",
+            )?
+        } else {
+            (network.endpoints[destination].ip, 5000)
+        };
         let source_nic = network.endpoints[source].clone();
         let link = network
             .peer(source_nic.device, 0)
@@ -113,7 +148,8 @@ impl Forwarder {
             queue: Vec::new(),
             spare: None,
             source_ip: source_nic.ip,
-            destination_ip: network.endpoints[destination].ip,
+            destination_ip,
+            destination_port,
             source_mac: source_nic.mac,
             gateway_mac: source_nic.gateway_mac.ok_or("client pod has no gateway")?,
             network,
@@ -128,7 +164,7 @@ impl Forwarder {
             source: self.source_ip,
             destination: self.destination_ip,
             source_port,
-            destination_port: 5000,
+            destination_port: self.destination_port,
         };
         let payload: Vec<u8> = (0..size.saturating_sub(IPV4_HEADER_LEN + 8))
             .map(|index| u8::try_from(index % 251).unwrap_or(0))
@@ -211,12 +247,16 @@ fn scenario(
     topology: &Topology,
     options: &BenchOptions,
     threads: usize,
-    established: bool,
+    kind: ScenarioKind,
 ) -> Result<Scenario, String> {
+    let established = kind != ScenarioKind::NewFlows;
     let per_thread = options.packets.div_ceil(threads);
     let capture = options.capture != CaptureMode::None;
     let mut forwarders = (0..threads)
-        .map(|_| Forwarder::new(topology, capture))
+        .map(|_| match kind {
+            ScenarioKind::ViaClusterIp => Forwarder::via_service(topology, capture),
+            _ => Forwarder::new(topology, capture),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let flows = options.flows.max(1);
     let started = Instant::now();
@@ -280,11 +320,12 @@ fn scenario(
     let size_f = options.size as f64;
     let packets_per_second = packets_f / elapsed;
     Ok(Scenario {
-        name: if established {
-            "cross-node-udp/established".into()
-        } else {
-            "cross-node-udp/new-flow-per-packet".into()
-        },
+        name: match kind {
+            ScenarioKind::Established => "cross-node-udp/established",
+            ScenarioKind::NewFlows => "cross-node-udp/new-flow-per-packet",
+            ScenarioKind::ViaClusterIp => "cross-node-udp-via-clusterip/established",
+        }
+        .into(),
         threads,
         capture: match options.capture {
             CaptureMode::All => "all",
@@ -300,6 +341,17 @@ fn scenario(
     })
 }
 
+/// What a scenario sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScenarioKind {
+    /// Known flows, pod to pod across nodes.
+    Established,
+    /// A new 5-tuple every packet.
+    NewFlows,
+    /// Known flows to a ClusterIP whose endpoint is the server pod (AntreaProxy).
+    ViaClusterIp,
+}
+
 /// Runs every scenario for every thread count.
 pub fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchResults, String> {
     run_with_progress(topology, options, &mut |_, _| {})
@@ -312,12 +364,16 @@ pub fn run_with_progress(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<BenchResults, String> {
     let counts = thread_counts(options);
-    let total = counts.len() * 2;
+    let mut kinds = vec![ScenarioKind::Established, ScenarioKind::NewFlows];
+    if Forwarder::via_service(topology, false).is_ok() {
+        kinds.push(ScenarioKind::ViaClusterIp);
+    }
+    let total = counts.len() * kinds.len();
     let mut scenarios = Vec::new();
     for threads in counts {
-        for established in [true, false] {
+        for &kind in &kinds {
             progress(scenarios.len(), total);
-            scenarios.push(scenario(topology, options, threads, established)?);
+            scenarios.push(scenario(topology, options, threads, kind)?);
         }
     }
     progress(total, total);

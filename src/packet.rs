@@ -338,22 +338,37 @@ impl Packet {
     /// the ICMP checksum. This is how NAT translates an error about a translated
     /// connection (netfilter `nf_nat_icmp_reply_translation`).
     pub fn rewrite_quoted_source(&mut self, address: Ipv4Addr, port: u16) {
+        self.rewrite_quoted(Side::Source, address, port);
+    }
+
+    /// For an ICMP error: rewrites the destination address and port of the packet it
+    /// quotes (an error about a DNATed connection, translated back to the Service
+    /// address the sender used), with the same checksum updates.
+    pub fn rewrite_quoted_destination(&mut self, address: Ipv4Addr, port: u16) {
+        self.rewrite_quoted(Side::Destination, address, port);
+    }
+
+    fn rewrite_quoted(&mut self, side: Side, address: Ipv4Addr, port: u16) {
         let Some(quoted_key) = quoted_flow_key(self) else {
             return;
+        };
+        let (old_address, old_port, address_at, port_at) = match side {
+            Side::Source => (quoted_key.source, quoted_key.source_port, 12, 0),
+            Side::Destination => (quoted_key.destination, quoted_key.destination_port, 16, 2),
         };
         let icmp_start = self.meta.l4_offset;
         let icmp_end = ETHERNET_HEADER_LEN + usize::from(self.meta.ip_total_len);
         let frame = self.frame_mut();
         let inner = icmp_start + 8;
         let inner_header_len = usize::from(frame[inner] & 0x0f) * 4;
-        frame[inner + 12..inner + 16].copy_from_slice(&address.octets());
+        frame[inner + address_at..inner + address_at + 4].copy_from_slice(&address.octets());
         let sum = u16::from_be_bytes([frame[inner + 10], frame[inner + 11]]);
-        let sum = checksum::update_address(sum, quoted_key.source, address);
+        let sum = checksum::update_address(sum, old_address, address);
         frame[inner + 10..inner + 12].copy_from_slice(&sum.to_be_bytes());
         let l4 = inner + inner_header_len;
         match quoted_key.protocol {
             PROTOCOL_TCP | PROTOCOL_UDP => {
-                frame[l4..l4 + 2].copy_from_slice(&port.to_be_bytes());
+                frame[l4 + port_at..l4 + port_at + 2].copy_from_slice(&port.to_be_bytes());
                 let checksum_offset = if quoted_key.protocol == PROTOCOL_TCP {
                     l4 + 16
                 } else {
@@ -363,14 +378,14 @@ impl Packet {
                     let mut sum =
                         u16::from_be_bytes([frame[checksum_offset], frame[checksum_offset + 1]]);
                     if !(quoted_key.protocol == PROTOCOL_UDP && sum == 0) {
-                        sum = checksum::update_address(sum, quoted_key.source, address);
-                        sum = checksum::update_word(sum, quoted_key.source_port, port);
+                        sum = checksum::update_address(sum, old_address, address);
+                        sum = checksum::update_word(sum, old_port, port);
                         frame[checksum_offset..checksum_offset + 2]
                             .copy_from_slice(&sum.to_be_bytes());
                     }
                 }
             }
-            PROTOCOL_ICMP => {
+            PROTOCOL_ICMP if side == Side::Source => {
                 // An echo request's identifier.
                 let old = u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]);
                 frame[l4 + 4..l4 + 6].copy_from_slice(&port.to_be_bytes());

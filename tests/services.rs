@@ -302,3 +302,41 @@ fn node_port_local_allocates_61000_up_per_node_and_dnats_without_snat() {
         61001
     );
 }
+
+#[test]
+fn an_icmp_error_from_the_endpoint_reaches_the_client_from_the_service_address() {
+    // UDP to a Service port whose endpoint listens on nothing: the pod answers
+    // port unreachable; AntreaProxy translates it back (outer source and quote).
+    let text = with_flows(
+        "antrea-services",
+        "[[flow]]\nname = \"udp\"\nfrom = \"pod:app01/client-1\"\nto = \"svc:app01/dns:53\"\nprotocol = \"udp\"\n",
+    )
+    .replace(
+        "[[cluster.service]]\nname = \"retired\"",
+        "[[cluster.service]]\nname = \"dns\"\nnamespace = \"app01\"\ncluster_ip = \"10.96.0.53\"\nselector = { app = \"web\" }\nports = [ { port = 53, protocol = \"UDP\" } ]\n\n[[cluster.service]]\nname = \"retired\"",
+    );
+    let (topology, result, report) = run_text(&text);
+    let udp = flow(&report, "udp");
+    assert_eq!(udp.icmp_received, ["type 3 code 3 from 10.96.0.53"]);
+    assert_eq!(udp.drop.as_ref().unwrap().reason, "no-listener");
+    let errors = frames_at(
+        &topology,
+        &result,
+        "udp",
+        "app01/client-1:eth0",
+        HopAction::Deliver,
+    );
+    let quoted = netsim::packet::quoted_flow_key(&errors[0]).unwrap();
+    assert_eq!(
+        (quoted.destination, quoted.destination_port),
+        (ip("10.96.0.53"), 53)
+    );
+    assert!(report
+        .flows
+        .iter()
+        .find(|f| f.name == "udp")
+        .unwrap()
+        .nat
+        .iter()
+        .any(|n| n.kind == "undnat-related" && n.component == "AntreaProxy"));
+}

@@ -176,6 +176,27 @@ impl AntreaNode {
         if self.service_ct.is_empty() {
             return false;
         }
+        if let crate::packet::IcmpKind::Error { .. } = packet.meta.icmp {
+            // RELATED: an error about a Service connection, e.g. the endpoint's port
+            // unreachable, goes back to the client from the Service address.
+            let Some(quoted) = crate::packet::quoted_flow_key(packet) else {
+                return false;
+            };
+            let found = self.service_ct.lookup(&quoted.reversed(), ctx.now_ns);
+            if let Some((id, Direction::Reply)) = found {
+                if let Some(entry) = self.service_ct.entry(id).copied() {
+                    crate::datapath::host::translate_related_icmp(
+                        ctx,
+                        &self.settings.name,
+                        "AntreaProxy",
+                        &entry,
+                        packet,
+                    );
+                    return true;
+                }
+            }
+            return false;
+        }
         let Some((id, direction)) = self.service_ct.lookup(&packet.meta.key, ctx.now_ns) else {
             return false;
         };

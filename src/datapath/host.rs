@@ -594,7 +594,10 @@ pub trait LinuxHost {
             return None;
         }
         let stack = self.stack_mut();
-        let (id, direction) = stack.conntrack.lookup(&packet.meta.key, ctx.now_ns)?;
+        let (id, direction) =
+            stack
+                .conntrack
+                .track(&packet.meta.key, packet.meta.tcp_flags, ctx.now_ns)?;
         let entry = *stack.conntrack.entry(id)?;
         let kind = if direction == Direction::Reply {
             ("unsnat", "netfilter")

@@ -3,9 +3,12 @@
 //! One table per node (and per stateful device), shared by DNAT and SNAT: an entry
 //! holds the original tuple and the reply tuple, and the difference between the two
 //! *is* the NAT binding, chosen on the first packet and applied to every later packet
-//! in both directions. Lookups are by either tuple. Timeouts follow the kernel's
-//! defaults (nf_conntrack-sysctl.rst) and are checked lazily on lookup, against the
-//! simulated clock the caller passes in.
+//! in both directions. Lookups are by either tuple. TCP entries follow the kernel's
+//! state machine (nf_conntrack_proto_tcp.c: SYN_SENT, SYN_RECV, ESTABLISHED,
+//! FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE) with its per-state timeouts; UDP
+//! and ICMP have their unreplied / replied ones (nf_conntrack-sysctl.rst). Expiry is
+//! on the simulated clock the caller passes in: checked on lookup, and a full table
+//! sweeps its expired entries before it refuses a new one.
 
 use crate::engine::hash::flow_hash;
 use crate::packet::FlowKey;
@@ -25,11 +28,88 @@ pub enum Direction {
 /// Index of an entry in its table.
 pub type EntryId = u32;
 
-/// Conntrack state as iptables `-m conntrack --ctstate` names it.
+/// An entry's state: for TCP the kernel's (`/proc/net/nf_conntrack`), for UDP and
+/// ICMP whether a reply was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    New,
+    /// UDP / ICMP: no reply yet.
+    Unreplied,
+    /// UDP / ICMP: replied.
+    Replied,
+    SynSent,
+    SynRecv,
     Established,
+    FinWait,
+    CloseWait,
+    LastAck,
+    TimeWait,
+    Close,
+}
+
+/// TCP flags the state machine reads.
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+impl State {
+    /// The first state of a new entry.
+    fn initial(protocol: u8) -> State {
+        if protocol == PROTOCOL_TCP {
+            State::SynSent
+        } else {
+            State::Unreplied
+        }
+    }
+
+    /// The state after a packet in `direction` with TCP `flags` (a simplification of
+    /// `tcp_conntracks` that follows every ordinary handshake and close).
+    fn next(self, protocol: u8, direction: Direction, flags: u8) -> State {
+        if protocol != PROTOCOL_TCP {
+            return match direction {
+                Direction::Reply => State::Replied,
+                Direction::Original => self,
+            };
+        }
+        if flags & RST != 0 {
+            return State::Close;
+        }
+        #[allow(clippy::match_same_arms)]
+        match (self, direction) {
+            // A new SYN on a closed tuple reopens it (tcp_conntracks sIV for TW/CL).
+            (State::TimeWait | State::Close, Direction::Original)
+                if flags & SYN != 0 && flags & ACK == 0 =>
+            {
+                State::SynSent
+            }
+            (State::SynSent, Direction::Reply) if flags & SYN != 0 && flags & ACK != 0 => {
+                State::SynRecv
+            }
+            (State::SynRecv, Direction::Original) if flags & ACK != 0 => State::Established,
+            (State::Established, Direction::Original) if flags & FIN != 0 => State::FinWait,
+            (State::Established, Direction::Reply) if flags & FIN != 0 => State::CloseWait,
+            (State::FinWait, Direction::Reply) if flags & FIN != 0 => State::LastAck,
+            (State::CloseWait, Direction::Original) if flags & FIN != 0 => State::LastAck,
+            (State::LastAck, _) if flags & ACK != 0 && flags & FIN == 0 => State::TimeWait,
+            (state, _) => state,
+        }
+    }
+
+    /// How the state reads in `/proc/net/nf_conntrack`.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Unreplied => "UNREPLIED",
+            State::Replied => "ASSURED",
+            State::SynSent => "SYN_SENT",
+            State::SynRecv => "SYN_RECV",
+            State::Established => "ESTABLISHED",
+            State::FinWait => "FIN_WAIT",
+            State::CloseWait => "CLOSE_WAIT",
+            State::LastAck => "LAST_ACK",
+            State::TimeWait => "TIME_WAIT",
+            State::Close => "CLOSE",
+        }
+    }
 }
 
 /// One tracked connection.
@@ -91,16 +171,26 @@ pub struct Conntrack {
     index: FxHashMap<FlowKey, (EntryId, Direction)>,
     max_entries: usize,
     seed: u64,
+    /// When a full table last swept (it sweeps at most once a simulated second).
+    last_sweep_ns: Option<u64>,
 }
 
-/// Kernel default timeouts in nanoseconds (nf_conntrack-sysctl.rst; reference §g).
+/// Kernel default timeouts in nanoseconds (nf_conntrack-sysctl.rst; reference §g):
+/// `nf_conntrack_tcp_timeout_*`, `udp_timeout` 30 / `udp_timeout_stream` 120,
+/// `icmp_timeout` 30, `generic_timeout` 600.
 fn timeout_ns(entry: &Entry) -> u64 {
     const SECOND: u64 = 1_000_000_000;
     let seconds = match (entry.original.protocol, entry.state) {
-        (PROTOCOL_TCP, State::New) => 120,
+        (PROTOCOL_TCP, State::SynSent) => 120,
+        (PROTOCOL_TCP, State::SynRecv) => 60,
         (PROTOCOL_TCP, State::Established) => 432_000,
-        (PROTOCOL_UDP, State::New) => 30,
-        (PROTOCOL_UDP, State::Established) => 120,
+        (PROTOCOL_TCP, State::FinWait) => 120,
+        (PROTOCOL_TCP, State::CloseWait) => 60,
+        (PROTOCOL_TCP, State::LastAck) => 30,
+        (PROTOCOL_TCP, State::TimeWait) => 120,
+        (PROTOCOL_TCP, State::Close) => 10,
+        (PROTOCOL_UDP, State::Replied) => 120,
+        (PROTOCOL_UDP, _) => 30,
         (PROTOCOL_ICMP, _) => 30,
         _ => 600,
     };
@@ -132,6 +222,7 @@ impl Conntrack {
             index: FxHashMap::default(),
             max_entries,
             seed,
+            last_sweep_ns: None,
         }
     }
 
@@ -144,9 +235,16 @@ impl Conntrack {
         self.index.is_empty()
     }
 
-    /// Finds the entry `key` belongs to and refreshes it; a reply moves it to
-    /// Established. Expired entries are removed and not returned.
+    /// Finds the entry `key` belongs to and refreshes it (a packet without TCP flags:
+    /// only a reply moves UDP/ICMP along). Expired entries are removed and not
+    /// returned.
     pub fn lookup(&mut self, key: &FlowKey, now_ns: u64) -> Option<(EntryId, Direction)> {
+        self.track(key, 0, now_ns)
+    }
+
+    /// Like [`Conntrack::lookup`] for a packet with TCP `flags`, moving the entry
+    /// through the TCP state machine.
+    pub fn track(&mut self, key: &FlowKey, flags: u8, now_ns: u64) -> Option<(EntryId, Direction)> {
         let (id, direction) = *self.index.get(key)?;
         let entry = self.entries[id as usize].as_mut()?;
         if now_ns.saturating_sub(entry.last_seen_ns) > timeout_ns(entry) {
@@ -154,10 +252,30 @@ impl Conntrack {
             return None;
         }
         entry.last_seen_ns = now_ns;
-        if direction == Direction::Reply {
-            entry.state = State::Established;
+        if key.protocol != PROTOCOL_TCP || flags != 0 {
+            entry.state = entry.state.next(key.protocol, direction, flags);
         }
         Some((id, direction))
+    }
+
+    /// Removes every entry whose timeout has run out at `now_ns` (the kernel's
+    /// garbage collection); returns how many.
+    pub fn sweep(&mut self, now_ns: u64) -> usize {
+        let expired: Vec<EntryId> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(id, entry)| {
+                let entry = entry.as_ref()?;
+                (now_ns.saturating_sub(entry.last_seen_ns) > timeout_ns(entry))
+                    .then(|| EntryId::try_from(id).ok())
+                    .flatten()
+            })
+            .collect();
+        for &id in &expired {
+            self.remove(id);
+        }
+        expired.len()
     }
 
     /// The entry with this id.
@@ -178,12 +296,21 @@ impl Conntrack {
         now_ns: u64,
     ) -> Result<EntryId, ConntrackError> {
         if self.len() >= self.max_entries {
-            return Err(ConntrackError::Full);
+            let due = self
+                .last_sweep_ns
+                .is_none_or(|last| now_ns.saturating_sub(last) >= 1_000_000_000);
+            if due {
+                self.last_sweep_ns = Some(now_ns);
+                self.sweep(now_ns);
+            }
+            if self.len() >= self.max_entries {
+                return Err(ConntrackError::Full);
+            }
         }
         let entry = Entry {
             original,
             reply,
-            state: State::New,
+            state: State::initial(original.protocol),
             last_seen_ns: now_ns,
         };
         let id = match self.free.pop() {
@@ -336,6 +463,33 @@ mod tests {
             table.insert_untranslated(key([1, 1, 1, 2], 1), 0),
             Err(ConntrackError::Full)
         );
+    }
+
+    #[test]
+    fn tcp_walks_the_kernel_states_and_a_full_table_sweeps_what_expired() {
+        let mut table = Conntrack::new(1, 1);
+        let original = key([1, 1, 1, 1], 40000);
+        let id = table.insert_untranslated(original, 0).unwrap();
+        let reply = original.reversed();
+        let state = |table: &Conntrack| table.entry(id).unwrap().state;
+        assert_eq!(state(&table), State::SynSent);
+        table.track(&reply, SYN | ACK, 1).unwrap();
+        assert_eq!(state(&table), State::SynRecv);
+        table.track(&original, ACK, 2).unwrap();
+        assert_eq!(state(&table), State::Established);
+        table.track(&original, FIN | ACK, 3).unwrap();
+        assert_eq!(state(&table), State::FinWait);
+        table.track(&reply, FIN | ACK, 4).unwrap();
+        assert_eq!(state(&table), State::LastAck);
+        table.track(&original, ACK, 5).unwrap();
+        assert_eq!(state(&table), State::TimeWait);
+        // Full: a new connection is refused until TIME_WAIT's 120 s have passed.
+        let other = key([1, 1, 1, 2], 40000);
+        assert_eq!(
+            table.insert_untranslated(other, 60_000_000_000),
+            Err(ConntrackError::Full)
+        );
+        assert!(table.insert_untranslated(other, 126_000_000_000).is_ok());
     }
 
     #[test]

@@ -197,7 +197,10 @@ impl AntreaNode {
             }
             return false;
         }
-        let Some((id, direction)) = self.service_ct.lookup(&packet.meta.key, ctx.now_ns) else {
+        let tracked = self
+            .service_ct
+            .track(&packet.meta.key, packet.meta.tcp_flags, ctx.now_ns);
+        let Some((id, direction)) = tracked else {
             return false;
         };
         let Some(entry) = self.service_ct.entry(id).copied() else {

@@ -178,10 +178,8 @@ fn features_not_modelled_yet_are_refused_not_ignored() {
         "name = \"r1\"\nsnat = [ { match_source = \"172.20.0.0/16\", translated = \"10.30.0.5\" } ]\n",
     );
     assert_located(&refuse(&text), 11, 8, "router SNAT is not modelled");
-    let text = format!(
-        "{BASE}\n[[cluster.service]]\nname = \"web\"\ntype = \"LoadBalancer\"\nports = [ {{ port = 80 }} ]\n"
-    );
-    assert_located(&refuse(&text), 36, 8, "type LoadBalancer is not modelled");
+    let text = format!("{BASE}\n[[cluster.network_policy]]\nname = \"deny\"\n");
+    assert_located(&refuse(&text), 34, 1, "NetworkPolicy is not modelled");
 }
 
 #[test]
@@ -427,6 +425,29 @@ fn service_mistakes_are_located() {
         line,
         column,
         "node_port 30080 is used twice",
+    );
+    // LoadBalancer: its VIP and router are required and must exist.
+    let lb = base.replace("type = \"NodePort\"", "type = \"LoadBalancer\"");
+    let (line, column) = position_at(&lb, lb.rfind("name = \"web\"").unwrap() + 7);
+    assert_located(
+        &refuse(&lb),
+        line,
+        column,
+        "a LoadBalancer Service needs load_balancer_ip",
+    );
+    let lb = lb.replace(
+        "cluster_ip = \"10.96.0.50\"",
+        "cluster_ip = \"10.96.0.50\"\nload_balancer_ip = \"10.30.0.10\"\nload_balancer = { router = \"t1\", backend = \"nodeportlocal\" }",
+    );
+    let (line, column) = position(&lb, "\"t1\"");
+    assert_located(&refuse(&lb), line, column, "no router named `t1`");
+    let lb = lb.replace("router = \"t1\"", "router = \"r1\"");
+    let (line, column) = position(&lb, "\"nodeportlocal\"");
+    assert_located(
+        &refuse(&lb),
+        line,
+        column,
+        "backend nodeportlocal needs node_port_local = true",
     );
     // A selector that matches no pod is valid (the Service has no endpoints).
     let empty = base.replace(

@@ -154,6 +154,8 @@ fn their_captures_are_clean() {
         "antrea-hybrid",
         "calico-bgp-tor",
         "calico-route-reflectors",
+        "antrea-services",
+        "nsx-loadbalancer",
     ] {
         let out = dir.path().join(name);
         let output = netsim(&[

@@ -340,3 +340,64 @@ fn an_icmp_error_from_the_endpoint_reaches_the_client_from_the_service_address()
         .iter()
         .any(|n| n.kind == "undnat-related" && n.component == "AntreaProxy"));
 }
+
+#[test]
+fn load_balancer_vips_on_an_nsx_tier1_reach_pods_by_nodeport_and_nodeportlocal() {
+    let text = example("nsx-loadbalancer");
+    let (_, _, report) = run_text(&text);
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    // nodeport: the LB's automap SNAT, then kube-proxy's masquerade on the node.
+    let nodeport = flow(&report, "client-to-lb-nodeport");
+    assert_eq!(nodeport.verdict, "delivered");
+    let components: BTreeSet<(&str, &str)> = nodeport
+        .nat
+        .iter()
+        .map(|n| (n.device.as_str(), n.component.as_str()))
+        .collect();
+    assert!(
+        components.contains(&("t1-vks", "load-balancer")),
+        "{components:?}"
+    );
+    assert!(
+        components.iter().any(|(_, c)| *c == "kube-proxy"),
+        "{components:?}"
+    );
+    // nodeportlocal: straight to the pod's node on its NPL port; the pod sees the LB.
+    let npl = flow(&report, "client-to-lb-npl");
+    assert_eq!(npl.seen_source.as_deref(), Some("10.20.0.1"));
+    assert!(npl
+        .nat
+        .iter()
+        .any(|n| n.to.ends_with("10.20.0.12:61000") || n.to.ends_with("10.20.0.11:61000")));
+    // The Tier-1 advertises each VIP once; the Tier-0 holds them.
+    let routes = routes_json(&text);
+    let t0 = router(&routes, "t0");
+    let vips: Vec<&str> = t0["fib"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["origin"] == "t1-lb-vip")
+        .map(|e| e["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        vips,
+        ["10.20.100.10/32", "10.20.100.11/32", "10.20.100.12/32"]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let file = dir.path().join("lb.toml");
+    std::fs::write(&file, &text).unwrap();
+    assert!(netsim(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap()
+    ])
+    .status
+    .success());
+    lint(&["--min-packets", "4"], &[&out.join("capture.pcapng")]);
+}

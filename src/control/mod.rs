@@ -326,7 +326,19 @@ fn advertise_to_tier0s(
                     .filter(|c| c.origin == RouteOrigin::Static)
                     .map(|c| c.prefix)
                     .collect(),
-                RouteKind::Nat | RouteKind::LbVip => Vec::new(),
+                // The VIPs of the load balancers on this Tier-1, as /32s.
+                RouteKind::LbVip => {
+                    let vips: std::collections::BTreeSet<Ipv4Net> = topology
+                        .clusters
+                        .iter()
+                        .flat_map(|c| &c.services)
+                        .filter_map(|s| s.load_balancer.as_ref())
+                        .filter(|lb| lb.router == index)
+                        .filter_map(|lb| Ipv4Net::new(lb.ip, 32).ok())
+                        .collect();
+                    vips.into_iter().collect()
+                }
+                RouteKind::Nat => Vec::new(),
             };
             for prefix in prefixes {
                 candidates[uplink.tier0].push(Candidate::new(

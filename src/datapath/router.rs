@@ -12,6 +12,7 @@ use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::local::{self, AnswerLink, Settle};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId, Verdict};
 use crate::control::RouteTables;
+use crate::engine::conntrack::{Conntrack, Direction};
 use crate::engine::hash::flow_hash;
 use crate::engine::lpm::LpmTable;
 use crate::packet::Packet;
@@ -107,11 +108,35 @@ pub struct RouterPort {
 enum RouterStage {
     Classify,
     Urpf,
+    /// The load balancer's virtual servers (an NSX Tier-1 LB): DNAT to a member and
+    /// SNAT (automap) on a new connection, its translations on every later packet.
+    LoadBalancer,
     Route,
 }
 
-const ROUTER_PIPELINE: [RouterStage; 3] =
-    [RouterStage::Classify, RouterStage::Urpf, RouterStage::Route];
+const ROUTER_PIPELINE: [RouterStage; 4] = [
+    RouterStage::Classify,
+    RouterStage::Urpf,
+    RouterStage::LoadBalancer,
+    RouterStage::Route,
+];
+
+/// A VIP:port the router load-balances (an NSX load balancer's virtual server for a
+/// LoadBalancer Service).
+#[derive(Debug, Clone)]
+pub struct VirtualServer {
+    /// `NS/NAME` of the Service.
+    pub service: String,
+    pub protocol: u8,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    /// The pool: address and port of each member.
+    pub members: Vec<(Ipv4Addr, u16)>,
+    /// SNAT automap: the LB's interface address toward the member.
+    pub snat_automap: bool,
+    /// Allowed client ranges; empty allows everyone.
+    pub source_ranges: Vec<Ipv4Net>,
+}
 
 /// What the route stage decided: the prefix matched and the next hop chosen.
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +165,9 @@ pub struct Router {
     /// Each configured BGP neighbor's session state.
     pub sessions: Vec<crate::control::bgp::SessionState>,
     pub urpf: Urpf,
+    /// Load-balancer virtual servers and their connections.
+    pub virtual_servers: Vec<VirtualServer>,
+    lb_conntrack: Conntrack,
     /// Salt of the ECMP hash (the topology seed).
     seed: u64,
     identification: u16,
@@ -161,9 +189,17 @@ impl Router {
             rib: tables.rib,
             sessions: tables.sessions,
             urpf,
+            virtual_servers: Vec::new(),
+            lb_conntrack: Conntrack::new(0, seed),
             seed,
             identification: 0,
         }
+    }
+
+    /// Gives the router a load balancer with these virtual servers.
+    pub fn set_load_balancer(&mut self, servers: Vec<VirtualServer>, conntrack_max: usize) {
+        self.virtual_servers = servers;
+        self.lb_conntrack = Conntrack::new(conntrack_max, self.seed);
     }
 
     fn next_identification(&mut self) -> u16 {
@@ -171,13 +207,20 @@ impl Router {
         self.identification
     }
 
-    pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, packet: Packet, out: &mut Outputs) {
+    pub fn process(
+        &mut self,
+        ctx: &mut Ctx,
+        in_port: PortId,
+        mut packet: Packet,
+        out: &mut Outputs,
+    ) {
         let slot = ctx.begin_receive(self.ports[usize::from(in_port)].point, &packet);
         let mut forwarding = None;
         for stage in ROUTER_PIPELINE {
             let verdict = match stage {
                 RouterStage::Classify => self.classify(in_port, &packet),
                 RouterStage::Urpf => self.check_urpf(in_port, &packet),
+                RouterStage::LoadBalancer => self.load_balance(ctx, &mut packet),
                 RouterStage::Route => match self.route(&packet) {
                     Ok(chosen) => {
                         forwarding = Some(chosen);
@@ -227,13 +270,125 @@ impl Router {
             ));
         }
         let destination = packet.meta.key.destination;
-        if self
-            .ports
-            .iter()
-            .any(|port| port.address.addr() == destination)
+        // A reply to the load balancer's SNAT address belongs to its connection.
+        let load_balanced =
+            !self.virtual_servers.is_empty() && self.lb_conntrack.knows(&packet.meta.key);
+        if !load_balanced
+            && self
+                .ports
+                .iter()
+                .any(|port| port.address.addr() == destination)
         {
             return Verdict::Forward(Stop::Local);
         }
+        Verdict::Continue
+    }
+
+    /// The load balancer: a tracked connection's packets are translated both ways; a
+    /// new one to a virtual server is checked against the source ranges, given a
+    /// member (a hash of the 5-tuple with the topology seed) and SNATed to the LB's
+    /// interface toward the member under automap — one conntrack entry with both.
+    fn load_balance(&mut self, ctx: &mut Ctx, packet: &mut Packet) -> Verdict<Stop> {
+        if self.virtual_servers.is_empty() {
+            return Verdict::Continue;
+        }
+        let key = packet.meta.key;
+        if let Some((id, direction)) =
+            self.lb_conntrack
+                .track(&key, packet.meta.tcp_flags, ctx.now_ns)
+        {
+            if let Some(entry) = self.lb_conntrack.entry(id).copied() {
+                let destination = entry.translated_destination(direction);
+                let source = entry.translated_source(direction);
+                packet.set_destination(destination.0, destination.1);
+                packet.set_source(source.0, source.1);
+                let kind = match direction {
+                    Direction::Original => "dnat+snat",
+                    Direction::Reply => "undnat+unsnat",
+                };
+                ctx.nat(
+                    &self.name,
+                    "load-balancer",
+                    packet,
+                    kind,
+                    || {
+                        format!(
+                            "{}:{} > {}:{}",
+                            key.source, key.source_port, key.destination, key.destination_port
+                        )
+                    },
+                    || {
+                        format!(
+                            "{}:{} > {}:{}",
+                            source.0, source.1, destination.0, destination.1
+                        )
+                    },
+                );
+            }
+            return Verdict::Continue;
+        }
+        let Some(server) = self.virtual_servers.iter().find(|v| {
+            v.protocol == key.protocol && v.vip == key.destination && v.port == key.destination_port
+        }) else {
+            return Verdict::Continue;
+        };
+        if !server.source_ranges.is_empty()
+            && !server.source_ranges.iter().any(|r| r.contains(&key.source))
+        {
+            return Verdict::Forward(Stop::Drop(
+                DropReason::Policy,
+                format!(
+                    "load balancer: {} is outside load_balancer_source_ranges of {}",
+                    key.source, server.service
+                ),
+            ));
+        }
+        if server.members.is_empty() {
+            return Verdict::Forward(Stop::Drop(
+                DropReason::NoEndpoints,
+                format!(
+                    "load balancer: the pool of {} has no members",
+                    server.service
+                ),
+            ));
+        }
+        let pick = usize::try_from(crate::engine::hash::flow_hash(&key, self.seed)).unwrap_or(0)
+            % server.members.len();
+        let member = server.members[pick];
+        let snat = if server.snat_automap {
+            self.fib
+                .lookup(member.0)
+                .and_then(|(_, route)| route.next_hops.first().copied())
+                .map(|hop| self.ports[usize::from(hop.port)].address.addr())
+        } else {
+            None
+        };
+        let service = server.service.clone();
+        let Ok(id) = self.lb_conntrack.insert_nat(key, member, snat, ctx.now_ns) else {
+            return Verdict::Forward(Stop::Drop(
+                DropReason::ConntrackFull,
+                "load balancer: its connection table is full".into(),
+            ));
+        };
+        let Some(entry) = self.lb_conntrack.entry(id).copied() else {
+            return Verdict::Continue;
+        };
+        let source = entry.translated_source(Direction::Original);
+        packet.set_destination(member.0, member.1);
+        packet.set_source(source.0, source.1);
+        ctx.nat(
+            &self.name,
+            "load-balancer",
+            packet,
+            "dnat+snat",
+            || {
+                format!(
+                    "{service} {}:{} > {}:{}",
+                    key.source, key.source_port, key.destination, key.destination_port
+                )
+            },
+            || format!("{}:{} > {}:{}", source.0, source.1, member.0, member.1),
+        );
         Verdict::Continue
     }
 

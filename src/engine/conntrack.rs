@@ -278,6 +278,12 @@ impl Conntrack {
         expired.len()
     }
 
+    /// True when `key` belongs to a tracked connection (either direction), without
+    /// touching it.
+    pub fn knows(&self, key: &FlowKey) -> bool {
+        self.index.contains_key(key)
+    }
+
     /// The entry with this id.
     pub fn entry(&self, id: EntryId) -> Option<&Entry> {
         self.entries.get(id as usize).and_then(Option::as_ref)

@@ -6,7 +6,7 @@ use crate::datapath::antrea::{AntreaNode, LocalPod, NodeSettings, PeerNode};
 use crate::datapath::calico::{CalicoNode, CalicoNodeSettings, CalicoTunnel, RouteSource};
 use crate::datapath::encap::Encapsulation;
 use crate::datapath::host::HostRoute;
-use crate::datapath::router::{Router, RouterPort};
+use crate::datapath::router::{Router, RouterPort, VirtualServer};
 use crate::datapath::services::{Backend, ServicePortFrontends, ServiceTable};
 use crate::datapath::switch::Switch;
 use crate::datapath::{Ctx, Neighbors, Outputs, PointId, PortId};
@@ -58,7 +58,7 @@ pub struct CapturePoint {
 pub enum Device {
     Node(Box<AntreaNode>),
     CalicoNode(Box<CalicoNode>),
-    Router(Router),
+    Router(Box<Router>),
     Switch(Switch),
     /// A pod's or host's NIC: frames arriving here go to that endpoint's stack.
     Endpoint(EndpointId),
@@ -200,7 +200,7 @@ impl Network {
     /// The router named `name`.
     pub fn router(&self, name: &str) -> Option<&Router> {
         self.devices.iter().find_map(|device| match device {
-            Device::Router(router) if router.name == name => Some(router),
+            Device::Router(router) if router.name == name => Some(router.as_ref()),
             _ => None,
         })
     }
@@ -356,16 +356,13 @@ pub fn build(topology: &Topology) -> Network {
         let tables = route_tables
             .next()
             .unwrap_or_else(|| crate::control::select(Vec::new(), router.ecmp));
-        let device = network.add_device(
-            router.name.clone(),
-            Device::Router(Router::new(
-                router.name.clone(),
-                ports,
-                tables,
-                router.urpf,
-                seed,
-            )),
-        );
+        let mut device_router = Router::new(router.name.clone(), ports, tables, router.urpf, seed);
+        let servers = virtual_servers(topology, router_id);
+        if !servers.is_empty() {
+            device_router.set_load_balancer(servers, topology.conntrack_max);
+        }
+        let device =
+            network.add_device(router.name.clone(), Device::Router(Box::new(device_router)));
         for (index, interface) in router.interfaces.iter().enumerate() {
             let port = PortId::try_from(index).unwrap_or(PortId::MAX);
             attach(
@@ -587,6 +584,66 @@ struct CalicoNodeAt<'a> {
     /// Plugs a device's port into a segment's switch.
     attach: &'a dyn Fn(&mut Network, usize, DeviceId, PortId, Mac),
     services: Option<Arc<ServiceTable>>,
+}
+
+/// The virtual servers of the LoadBalancer Services whose VIP lives on router
+/// `router`: one per Service port, its pool by the backend mode.
+fn virtual_servers(topology: &Topology, router: usize) -> Vec<VirtualServer> {
+    use crate::topology::LbBackend;
+    let mut servers = Vec::new();
+    for cluster in &topology.clusters {
+        for service in &cluster.services {
+            let Some(lb) = service
+                .load_balancer
+                .as_ref()
+                .filter(|lb| lb.router == router)
+            else {
+                continue;
+            };
+            for port in &service.ports {
+                let members: Vec<(Ipv4Addr, u16)> = match lb.backend {
+                    LbBackend::NodePort => {
+                        let Some(node_port) = port.node_port else {
+                            continue;
+                        };
+                        cluster
+                            .nodes
+                            .iter()
+                            .enumerate()
+                            .filter(|(index, _)| {
+                                !service.external_local
+                                    || port.endpoints.iter().any(|e| e.node == *index)
+                            })
+                            .map(|(_, node)| (node.ip, node_port))
+                            .collect()
+                    }
+                    LbBackend::NodePortLocal => port
+                        .endpoints
+                        .iter()
+                        .filter_map(|e| {
+                            let mapping = cluster.node_port_local.iter().find(|m| {
+                                m.pod == e.pod
+                                    && m.pod_port == e.port
+                                    && m.protocol == port.protocol
+                            })?;
+                            Some((cluster.nodes[mapping.node].ip, mapping.node_port))
+                        })
+                        .collect(),
+                    LbBackend::ClusterIp => port.endpoints.iter().map(|e| (e.ip, e.port)).collect(),
+                };
+                servers.push(VirtualServer {
+                    service: service.qualified_name(),
+                    protocol: port.protocol.number(),
+                    vip: lb.ip,
+                    port: port.port,
+                    members,
+                    snat_automap: lb.snat_automap,
+                    source_ranges: lb.source_ranges.clone(),
+                });
+            }
+        }
+    }
+    servers
 }
 
 /// The cluster's Services as every node's proxy sees them (None without any).

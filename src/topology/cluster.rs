@@ -23,6 +23,7 @@ const NODE_CIDR_PREFIX: u8 = 24;
 pub(super) fn resolve_cluster(
     resolver: &Resolver,
     spanned: &Spanned<ClusterConfig>,
+    routers: &[Router],
     segments: &[Segment],
     lookup_segment: &dyn Fn(&Text) -> Result<SegmentId>,
     addresses: &mut AddressBook,
@@ -112,8 +113,14 @@ pub(super) fn resolve_cluster(
             (Some(settings), pods)
         }
     };
-    let services =
-        super::service::resolve_services(resolver, config, service_cidr, &namespaces, &pods)?;
+    let services = super::service::resolve_services(
+        resolver,
+        config,
+        service_cidr,
+        &namespaces,
+        &pods,
+        routers,
+    )?;
     let node_port_local = super::service::allocate_node_port_local(
         resolver,
         config,

@@ -392,9 +392,23 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub load_balancer_ip: Option<Spanned<Ipv4Addr>>,
     #[serde(default)]
-    pub load_balancer: Option<Spanned<toml::Table>>,
+    pub load_balancer: Option<Spanned<LoadBalancerConfig>>,
     #[serde(default)]
-    pub load_balancer_source_ranges: Option<Spanned<Vec<String>>>,
+    pub load_balancer_source_ranges: Vec<Spanned<Ipv4Net>>,
+}
+
+/// Where a LoadBalancer Service's VIP lives and how it reaches the pods.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerConfig {
+    /// The router (an NSX Tier-1's load balancer, or an external LB device).
+    pub router: Text,
+    /// nodeport (default) | nodeportlocal | clusterip
+    #[serde(default)]
+    pub backend: Option<Text>,
+    /// automap (default: the LB's interface address) | none
+    #[serde(default)]
+    pub snat: Option<Text>,
 }
 
 /// One port of a Service.

@@ -156,11 +156,22 @@ pub fn parse_endpoint(
             Some(mapping.node_port),
         ));
     }
-    if text.starts_with("lb:") {
-        return Err(
-            "`lb:` endpoints (LoadBalancer Services) are not modelled by this netsim version yet"
-                .into(),
-        );
+    if let Some(rest) = text.strip_prefix("lb:") {
+        let (name, port) = split_port(rest)?;
+        let (cluster, service) = find_service(topology, name)?;
+        let service = &topology.clusters[cluster].services[service];
+        let vip = service
+            .load_balancer
+            .as_ref()
+            .map(|lb| lb.ip)
+            .ok_or_else(|| {
+                format!(
+                    "Service {} is not type LoadBalancer",
+                    service.qualified_name()
+                )
+            })?;
+        let port = service_port(service, port)?;
+        return Ok((EndpointRef::Address(vip), Some(port.port)));
     }
     let (address, port) = split_port(text)?;
     let address: Ipv4Addr = address.parse().map_err(|_| {

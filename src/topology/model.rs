@@ -365,6 +365,30 @@ pub struct NodePortLocalMapping {
 pub enum ServiceType {
     ClusterIp,
     NodePort,
+    LoadBalancer,
+}
+
+/// How a load balancer reaches a Service's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbBackend {
+    /// Every node's node port (only nodes with a local endpoint under Local).
+    NodePort,
+    /// The nodes hosting the pods, on their NodePortLocal ports.
+    NodePortLocal,
+    /// The pods' addresses directly (routed pods only).
+    ClusterIp,
+}
+
+/// A LoadBalancer Service's VIP on a router.
+#[derive(Debug, Clone)]
+pub struct LoadBalancer {
+    pub ip: Ipv4Addr,
+    pub router: RouterId,
+    pub backend: LbBackend,
+    /// `snat = "automap"`: the LB's interface address toward the member.
+    pub snat_automap: bool,
+    /// `load_balancer_source_ranges`; empty: everyone.
+    pub source_ranges: Vec<Ipv4Net>,
 }
 
 /// A Service: its virtual address and ports, and the pods its selector picks.
@@ -381,6 +405,8 @@ pub struct Service {
     pub internal_local: bool,
     /// `sessionAffinity: ClientIP` with its timeout.
     pub affinity_timeout_ns: Option<u64>,
+    /// A LoadBalancer Service's VIP.
+    pub load_balancer: Option<LoadBalancer>,
 }
 
 impl Service {
@@ -622,8 +648,10 @@ impl Topology {
             }
             for service in &cluster.services {
                 for port in &service.ports {
+                    let vip = service.load_balancer.as_ref().map(|lb| lb.ip);
                     let hit = port.protocol == flow.protocol
-                        && ((service.cluster_ip == flow.destination_ip
+                        && (((service.cluster_ip == flow.destination_ip
+                            || vip == Some(flow.destination_ip))
                             && port.port == flow.destination_port)
                             || (to_node && port.node_port == Some(flow.destination_port)));
                     if hit {

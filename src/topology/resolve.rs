@@ -169,6 +169,7 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
         match resolve_cluster(
             &resolver,
             cluster,
+            &routers,
             &segments,
             &lookup_segment,
             &mut addresses,

@@ -35,6 +35,7 @@ pub(super) fn resolve_services(
     service_cidr: Ipv4Net,
     namespaces: &[Namespace],
     pods: &[Pod],
+    routers: &[Router],
 ) -> Result<Vec<Service>> {
     super::resolve::unique_names(
         resolver,
@@ -101,16 +102,13 @@ pub(super) fn resolve_services(
         let kind = match service.kind.as_ref().map(|k| k.get_ref().as_str()) {
             None | Some("ClusterIP") => ServiceType::ClusterIp,
             Some("NodePort") => ServiceType::NodePort,
-            Some("LoadBalancer") => {
-                return Err(resolver.error(
-                    service.kind.as_ref().unwrap_or(&service.name),
-                    "type LoadBalancer is not modelled by this netsim version yet (ClusterIP and NodePort are)",
-                ))
-            }
+            Some("LoadBalancer") => ServiceType::LoadBalancer,
             Some(other) => {
                 return Err(resolver.error(
                     service.kind.as_ref().unwrap_or(&service.name),
-                    format!("unknown Service type `{other}` (expected ClusterIP, NodePort or LoadBalancer)"),
+                    format!(
+                    "unknown Service type `{other}` (expected ClusterIP, NodePort or LoadBalancer)"
+                ),
                 ))
             }
         };
@@ -148,6 +146,7 @@ pub(super) fn resolve_services(
                 &mut taken_node_ports,
             )?);
         }
+        let load_balancer = resolve_load_balancer(resolver, spanned, kind, routers)?;
         services.push(Service {
             name: service.name.get_ref().clone(),
             namespace,
@@ -159,6 +158,7 @@ pub(super) fn resolve_services(
                 &service.external_traffic_policy,
                 "external_traffic_policy",
             )?,
+            load_balancer,
             affinity_timeout_ns: service
                 .session_affinity
                 .as_ref()
@@ -172,6 +172,91 @@ pub(super) fn resolve_services(
         });
     }
     Ok(services)
+}
+
+/// A LoadBalancer Service's `load_balancer_ip` on `load_balancer.router`, its
+/// backend mode, SNAT and source ranges; the fields belong to type LoadBalancer only.
+fn resolve_load_balancer(
+    resolver: &Resolver,
+    spanned: &Spanned<ServiceConfig>,
+    kind: ServiceType,
+    routers: &[Router],
+) -> Result<Option<LoadBalancer>> {
+    let service = spanned.get_ref();
+    if kind != ServiceType::LoadBalancer {
+        if let Some(ip) = &service.load_balancer_ip {
+            return Err(resolver.error(ip, "load_balancer_ip needs type LoadBalancer"));
+        }
+        if let Some(lb) = &service.load_balancer {
+            return Err(resolver.error(lb, "load_balancer needs type LoadBalancer"));
+        }
+        return Ok(None);
+    }
+    let Some(ip) = &service.load_balancer_ip else {
+        return Err(resolver.error(
+            &service.name,
+            "a LoadBalancer Service needs load_balancer_ip (the VIP) and load_balancer = { router = ... }",
+        ));
+    };
+    let Some(config) = &service.load_balancer else {
+        return Err(resolver.error(
+            &service.name,
+            "a LoadBalancer Service needs load_balancer = { router = \"...\" } (where its VIP lives)",
+        ));
+    };
+    let config = config.get_ref();
+    let router = routers
+        .iter()
+        .position(|r| &r.name == config.router.get_ref())
+        .ok_or_else(|| {
+            resolver.error(
+                &config.router,
+                format!(
+                    "no router named `{}` for the load balancer",
+                    config.router.get_ref()
+                ),
+            )
+        })?;
+    let backend = match config.backend.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("nodeport") => LbBackend::NodePort,
+        Some("nodeportlocal") => {
+            if !service.node_port_local.as_ref().is_some_and(|n| *n.get_ref()) {
+                return Err(resolver.error(
+                    config.backend.as_ref().unwrap_or(&config.router),
+                    "backend nodeportlocal needs node_port_local = true on the Service",
+                ));
+            }
+            LbBackend::NodePortLocal
+        }
+        Some("clusterip") => LbBackend::ClusterIp,
+        Some(other) => {
+            return Err(resolver.error(
+                config.backend.as_ref().unwrap_or(&config.router),
+                format!("unknown load balancer backend `{other}` (expected nodeport, nodeportlocal or clusterip)"),
+            ))
+        }
+    };
+    let snat_automap = match config.snat.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("automap") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(resolver.error(
+                config.snat.as_ref().unwrap_or(&config.router),
+                format!("unknown load balancer snat `{other}` (expected automap or none)"),
+            ))
+        }
+    };
+    Ok(Some(LoadBalancer {
+        ip: *ip.get_ref(),
+        router,
+        backend,
+        snat_automap,
+        source_ranges: service
+            .load_balancer_source_ranges
+            .iter()
+            .map(|r| r.get_ref().trunc())
+            .collect(),
+    }))
 }
 
 /// What later issues build (affinity, NodePortLocal, load balancers) is refused,
@@ -189,12 +274,6 @@ fn refuse_not_modelled(resolver: &Resolver, service: &ServiceConfig) -> Result<(
             }
         }
     }
-    resolver.unsupported(&service.load_balancer_ip, "load_balancer_ip")?;
-    resolver.unsupported(&service.load_balancer, "load_balancer")?;
-    resolver.unsupported(
-        &service.load_balancer_source_ranges,
-        "load_balancer_source_ranges",
-    )?;
     Ok(())
 }
 
@@ -293,8 +372,10 @@ fn resolve_port(
             return Err(resolver.error(node_port, "node_port needs type NodePort"))
         }
         (ServiceType::ClusterIp, None) => None,
-        (ServiceType::NodePort, Some(node_port)) => Some(*node_port.get_ref()),
-        (ServiceType::NodePort, None) => {
+        (ServiceType::NodePort | ServiceType::LoadBalancer, Some(node_port)) => {
+            Some(*node_port.get_ref())
+        }
+        (ServiceType::NodePort | ServiceType::LoadBalancer, None) => {
             let free = NODE_PORT_RANGE
                 .rev()
                 .find(|p| !taken_node_ports.contains(p))

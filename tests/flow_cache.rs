@@ -9,7 +9,11 @@ use common::*;
 
 /// Runs `name` with and without the cache and checks they agree; returns the hits.
 fn compare(name: &str) -> u64 {
-    let mut topology = netsim::topology::load(&topology_path(name)).expect("loads");
+    let topology = netsim::topology::load(&topology_path(name)).expect("loads");
+    compare_topology(name, topology)
+}
+
+fn compare_topology(name: &str, mut topology: netsim::topology::Topology) -> u64 {
     let cached = netsim::sim::runner::run(&topology);
     topology.flow_cache = false;
     let uncached = netsim::sim::runner::run(&topology);
@@ -56,8 +60,44 @@ fn the_flow_cache_changes_nothing_but_speed() {
         "routing-failures",
         "nsx-t1-t0-bgp",
         "antrea-hybrid",
+        "calico-bgp-tor",
+        "calico-route-reflectors",
+        "antrea-services",
+        "nsx-loadbalancer",
     ] {
         hits += compare(name);
     }
     assert!(hits > 100, "the cache answered most packets: {hits}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+    /// Random flows through Services, node ports and straight to pods: the cache on
+    /// and off give the same bytes at the same hops.
+    #[test]
+    fn random_flows_agree_with_the_cache_on_and_off(
+        picks in proptest::collection::vec((0usize..3, 0usize..7, 1u32..4), 1..5)
+    ) {
+        let sources = ["pod:app01/client-1", "host:db", "pod:app01/web-1"];
+        let targets = [
+            "svc:app01/web:80",
+            "nodeport:worker-1/app01/web-cluster:80",
+            "nodeport:worker-2/app01/web-local:80",
+            "npl:app01/web-3:8080",
+            "pod:app01/web-2:8080",
+            "svc:app01/retired:80",
+            "nodeport:worker-1/app01/web-local:80",
+        ];
+        let text = std::fs::read_to_string(topology_path("antrea-services")).unwrap();
+        let mut text = text[..text.find("[[flow]]").unwrap()].to_string();
+        for (index, (source, target, connections)) in picks.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[flow]]\nname = \"f{index}\"\nfrom = \"{}\"\nto = \"{}\"\nconnections = {connections}\nstart = \"{index}ms\"\n",
+                sources[*source], targets[*target]
+            ));
+        }
+        let topology = netsim::topology::parse("random.toml", &text).expect("parses");
+        compare_topology("random", topology);
+    }
 }

@@ -401,3 +401,22 @@ fn load_balancer_vips_on_an_nsx_tier1_reach_pods_by_nodeport_and_nodeportlocal()
     .success());
     lint(&["--min-packets", "4"], &[&out.join("capture.pcapng")]);
 }
+
+#[test]
+fn a_pod_reaching_a_load_balancer_vip_is_translated_on_its_own_node() {
+    let text = with_flows(
+        "nsx-loadbalancer",
+        "[[flow]]\nname = \"pod-to-lb\"\nfrom = \"pod:app01/api-1\"\nto = \"lb:app01/web:80\"\n",
+    );
+    let (_, _, report) = run_text(&text);
+    let inside = flow(&report, "pod-to-lb");
+    assert_eq!(inside.verdict, "delivered");
+    // AntreaProxy short-circuits the VIP (Cluster semantics): the pod's address
+    // reaches the endpoint and the Tier-1 never sees the connection.
+    assert_eq!(inside.seen_source.as_deref(), Some("172.20.2.3"));
+    assert!(inside.path.iter().all(|hop| hop.device != "t1-vks"));
+    assert!(inside
+        .nat
+        .iter()
+        .all(|n| n.device == "worker-2" && n.component == "AntreaProxy"));
+}

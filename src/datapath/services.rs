@@ -66,6 +66,9 @@ pub struct ServicePortFrontends {
     pub external_local: bool,
     pub internal_local: bool,
     pub affinity_timeout_ns: Option<u64>,
+    /// A LoadBalancer Service's VIP: from inside the cluster it is translated on the
+    /// node like a ClusterIP, with Cluster semantics (reference §c).
+    pub load_balancer_ip: Option<Ipv4Addr>,
 }
 
 /// Every frontend of a cluster.
@@ -104,6 +107,7 @@ impl ServiceTable {
             external_local,
             internal_local,
             affinity_timeout_ns,
+            load_balancer_ip,
         } = port;
         let frontend = Frontend {
             service,
@@ -116,6 +120,26 @@ impl ServiceTable {
         };
         self.cluster_ips
             .insert((protocol, cluster_ip, port), self.frontends.len());
+        if let Some(vip) = load_balancer_ip {
+            self.cluster_ips
+                .insert((protocol, vip, port), self.frontends.len() + 1);
+            self.frontends.push(frontend.clone());
+            self.frontends.push(Frontend {
+                internal_local: false,
+                index: self.frontends.len(),
+                ..frontend.clone()
+            });
+            if let Some(node_port) = node_port {
+                self.node_ports
+                    .insert((protocol, node_port), self.frontends.len());
+                self.frontends.push(Frontend {
+                    kind: FrontendKind::NodePort,
+                    index: self.frontends.len(),
+                    ..frontend
+                });
+            }
+            return;
+        }
         if let Some(node_port) = node_port {
             self.node_ports
                 .insert((protocol, node_port), self.frontends.len() + 1);

@@ -682,6 +682,7 @@ fn service_table(cluster: &crate::topology::Cluster, seed: u64) -> Option<Arc<Se
                 external_local: service.external_local,
                 internal_local: service.internal_local,
                 affinity_timeout_ns: service.affinity_timeout_ns,
+                load_balancer_ip: service.load_balancer.as_ref().map(|lb| lb.ip),
             });
         }
     }

@@ -15,7 +15,7 @@ use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::local::{self, AnswerLink, Settle};
 use super::services::{Affinity, ServiceTable};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
-use crate::engine::conntrack::{Conntrack, ConntrackError, Direction, EntryId};
+use crate::engine::conntrack::{Conntrack, Direction, EntryId};
 use crate::engine::lpm::LpmTable;
 use crate::engine::reassembly::{self, Reassembly};
 use crate::packet::{FlowKey, IcmpKind, Packet};
@@ -735,10 +735,7 @@ pub trait LinuxHost {
             None if masquerade => stack.conntrack.insert_snat(key, address, ctx.now_ns),
             None => stack.conntrack.insert_untranslated(key, ctx.now_ns),
         };
-        committed.map_err(|error| match error {
-            ConntrackError::Full => DropReason::ConntrackFull,
-            ConntrackError::PortsExhausted => DropReason::SnatPortsExhausted,
-        })
+        committed.map_err(DropReason::from)
     }
 
     /// Traffic for the node itself: a ping is answered, TCP is reset and UDP refused

@@ -46,8 +46,21 @@ pub enum DropReason {
     Urpf,
     NoNeighbor,
     NoListener,
+    /// A new connection's tuple clashed with another's (conntrack `insert_failed`).
+    ConntrackClash,
     /// The frame could not be parsed (a truncated or invalid header).
     Malformed,
+}
+
+impl From<crate::engine::conntrack::ConntrackError> for DropReason {
+    fn from(error: crate::engine::conntrack::ConntrackError) -> Self {
+        use crate::engine::conntrack::ConntrackError;
+        match error {
+            ConntrackError::Full => DropReason::ConntrackFull,
+            ConntrackError::PortsExhausted => DropReason::SnatPortsExhausted,
+            ConntrackError::Clash => DropReason::ConntrackClash,
+        }
+    }
 }
 
 impl DropReason {
@@ -63,6 +76,7 @@ impl DropReason {
             DropReason::Urpf => "urpf",
             DropReason::NoNeighbor => "no-neighbor",
             DropReason::NoListener => "no-listener",
+            DropReason::ConntrackClash => "conntrack-clash",
             DropReason::Malformed => "malformed",
         }
     }

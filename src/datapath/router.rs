@@ -364,11 +364,14 @@ impl Router {
             None
         };
         let service = server.service.clone();
-        let Ok(id) = self.lb_conntrack.insert_nat(key, member, snat, ctx.now_ns) else {
-            return Verdict::Forward(Stop::Drop(
-                DropReason::ConntrackFull,
-                "load balancer: its connection table is full".into(),
-            ));
+        let id = match self.lb_conntrack.insert_nat(key, member, snat, ctx.now_ns) {
+            Ok(id) => id,
+            Err(error) => {
+                return Verdict::Forward(Stop::Drop(
+                    DropReason::from(error),
+                    "load balancer: the connection could not be committed".into(),
+                ))
+            }
         };
         let Some(entry) = self.lb_conntrack.entry(id).copied() else {
             return Verdict::Continue;

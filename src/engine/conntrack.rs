@@ -161,6 +161,9 @@ pub enum ConntrackError {
     Full,
     /// No source port gave a unique reply tuple (drop reason `snat-ports-exhausted`).
     PortsExhausted,
+    /// The new entry's tuple (either direction) belongs to another entry already: the
+    /// kernel's `nf_conntrack_confirm` clash, counted as `insert_failed` and dropped.
+    Clash,
 }
 
 /// A conntrack table.
@@ -312,6 +315,9 @@ impl Conntrack {
             if self.len() >= self.max_entries {
                 return Err(ConntrackError::Full);
             }
+        }
+        if self.index.contains_key(&original) || self.index.contains_key(&reply) {
+            return Err(ConntrackError::Clash);
         }
         let entry = Entry {
             original,
@@ -496,6 +502,28 @@ mod tests {
             Err(ConntrackError::Full)
         );
         assert!(table.insert_untranslated(other, 126_000_000_000).is_ok());
+    }
+
+    #[test]
+    fn an_entry_whose_reply_tuple_is_taken_is_refused() {
+        let mut table = Conntrack::new(8, 1);
+        let direct = key([1, 1, 1, 1], 40000);
+        table.insert_untranslated(direct, 0).unwrap();
+        // The same client port DNATed to the same server: the reply tuples clash.
+        let via_vip = FlowKey {
+            destination: Ipv4Addr::new(10, 96, 0, 10),
+            destination_port: 80,
+            ..direct
+        };
+        assert_eq!(
+            table.insert_nat(
+                via_vip,
+                (direct.destination, direct.destination_port),
+                None,
+                0
+            ),
+            Err(ConntrackError::Clash)
+        );
     }
 
     #[test]

@@ -278,8 +278,8 @@ impl AntreaNode {
         let committed =
             self.service_ct
                 .insert_nat(key, (backend.ip, backend.port), None, ctx.now_ns);
-        if committed.is_err() {
-            return Verdict::Drop(DropReason::ConntrackFull);
+        if let Err(error) = committed {
+            return Verdict::Drop(DropReason::from(error));
         }
         packet.set_destination(backend.ip, backend.port);
         ctx.nat(

@@ -420,3 +420,35 @@ fn a_pod_reaching_a_load_balancer_vip_is_translated_on_its_own_node() {
         .iter()
         .all(|n| n.device == "worker-2" && n.component == "AntreaProxy"));
 }
+
+#[test]
+fn with_proxy_all_antrea_proxy_load_balances_node_ports_in_ovs() {
+    let text = example("antrea-services").replacen(
+        "node_segment = \"vks-nodes\"\n",
+        "node_segment = \"vks-nodes\"\n\n[cluster.antrea]\nproxy_all = true\n",
+        1,
+    );
+    let (_, _, report) = run_text(&text);
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    // The host only redirects (to 169.254.0.252, antrea-agent's rule); OVS picks the
+    // endpoint and SNATs to antrea-gw0's address; kube-proxy is not involved.
+    let nodeport = flow(&report, "nodeport-cluster");
+    assert_eq!(nodeport.seen_source.as_deref(), Some("172.20.1.1"));
+    let by: BTreeSet<(&str, &str)> = nodeport
+        .nat
+        .iter()
+        .map(|n| (n.component.as_str(), n.kind.as_str()))
+        .collect();
+    assert!(by.contains(&("antrea-agent", "dnat")), "{by:?}");
+    assert!(by.contains(&("AntreaProxy", "dnat")), "{by:?}");
+    assert!(by.contains(&("AntreaProxy", "snat")), "{by:?}");
+    assert!(
+        by.iter().all(|(component, _)| *component != "kube-proxy"),
+        "{by:?}"
+    );
+    assert!(nodeport.nat.iter().any(|n| n.to == "169.254.0.252:30080"));
+}

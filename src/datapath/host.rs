@@ -75,6 +75,8 @@ pub struct ServiceNat {
     pub masquerade: bool,
     /// `NS/NAME` of the Service.
     pub service: String,
+    /// Who translated (`kube-proxy`, `NodePortLocal`, `antrea-agent`).
+    pub component: &'static str,
 }
 
 /// What kube-proxy's rules did with a packet.
@@ -224,6 +226,11 @@ pub trait LinuxHost {
     fn interior(&self, interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink;
     /// The interface's name (`antrea-gw0`, `cali…`, `tunl0`).
     fn interior_name(&self, interface: InteriorId) -> &str;
+    /// Where node-port traffic is redirected instead of kube-proxy translating it
+    /// (Antrea's proxyAll: its virtual NodePort DNAT address, into OVS).
+    fn node_port_redirect(&self) -> Option<Ipv4Addr> {
+        None
+    }
     /// The CNI's masquerade rule for a new connection.
     fn masquerade(&self, ingress: HostIngress, egress: HostEgress, key: &FlowKey) -> bool;
     /// Hands a packet to an interior interface; `forwarded` is false for what the
@@ -398,10 +405,12 @@ pub trait LinuxHost {
                 ""
             };
             let unsnat = if let Some(nat) = &service {
-                let by = if nat.service == "NodePortLocal" {
-                    "antrea-agent NodePortLocal:".to_string()
-                } else {
-                    format!("kube-proxy: svc {}", nat.service)
+                let by = match nat.component {
+                    "NodePortLocal" => "antrea-agent NodePortLocal:".to_string(),
+                    "antrea-agent" => {
+                        format!("antrea-agent proxyAll: svc {} to OVS", nat.service)
+                    }
+                    _ => format!("kube-proxy: svc {}", nat.service),
                 };
                 format!(
                     "{by} {}:{} -> endpoint {destination}:{}{}; ",
@@ -494,6 +503,23 @@ pub trait LinuxHost {
                 _ => return Proxied::Untouched,
             },
         };
+        if let (true, Some(redirect)) = (external, self.node_port_redirect()) {
+            // ANTREA-NODEPORT: to the virtual address, port kept; AntreaProxy in OVS
+            // picks the endpoint.
+            self.translate(
+                ctx,
+                packet,
+                Side::Destination,
+                (redirect, key.destination_port),
+                ("dnat", "antrea-agent"),
+            );
+            return Proxied::Translated(ServiceNat {
+                original: key,
+                masquerade: false,
+                service: frontend.service.clone(),
+                component: "antrea-agent",
+            });
+        }
         let from_pods = table.cluster_cidr.contains(&key.source);
         let local_only = if external {
             frontend.external_local && !from_pods
@@ -538,6 +564,7 @@ pub trait LinuxHost {
             original: key,
             masquerade,
             service: frontend.service.clone(),
+            component: "kube-proxy",
         })
     }
 
@@ -561,7 +588,8 @@ pub trait LinuxHost {
         Some(ServiceNat {
             original: key,
             masquerade: false,
-            service: "NodePortLocal".to_string(),
+            service: format!("{}:{}", backend.ip, backend.port),
+            component: "NodePortLocal",
         })
     }
 
@@ -602,7 +630,7 @@ pub trait LinuxHost {
         let kind = if direction == Direction::Reply {
             ("unsnat", "netfilter")
         } else {
-            ("dnat", "kube-proxy")
+            ("dnat", entry.dnat_by)
         };
         self.translate(
             ctx,
@@ -661,7 +689,7 @@ pub trait LinuxHost {
         let (kind, component) = if direction == Direction::Original {
             ("snat", "netfilter")
         } else {
-            ("undnat", "kube-proxy")
+            ("undnat", entry.dnat_by)
         };
         self.translate(
             ctx,
@@ -735,7 +763,11 @@ pub trait LinuxHost {
             None if masquerade => stack.conntrack.insert_snat(key, address, ctx.now_ns),
             None => stack.conntrack.insert_untranslated(key, ctx.now_ns),
         };
-        committed.map_err(DropReason::from)
+        let id = committed.map_err(DropReason::from)?;
+        if let Some(nat) = service {
+            self.stack_mut().conntrack.set_dnat_by(id, nat.component);
+        }
+        Ok(id)
     }
 
     /// Traffic for the node itself: a ping is answered, TCP is reset and UDP refused

@@ -120,6 +120,8 @@ pub struct Entry {
     pub reply: FlowKey,
     pub state: State,
     pub last_seen_ns: u64,
+    /// Who chose the entry's DNAT (`kube-proxy`, `NodePortLocal`, …), for reports.
+    pub dnat_by: &'static str,
 }
 
 impl Entry {
@@ -287,6 +289,13 @@ impl Conntrack {
         self.index.contains_key(key)
     }
 
+    /// Records who chose entry `id`'s DNAT.
+    pub fn set_dnat_by(&mut self, id: EntryId, component: &'static str) {
+        if let Some(Some(entry)) = self.entries.get_mut(id as usize) {
+            entry.dnat_by = component;
+        }
+    }
+
     /// The entry with this id.
     pub fn entry(&self, id: EntryId) -> Option<&Entry> {
         self.entries.get(id as usize).and_then(Option::as_ref)
@@ -324,6 +333,7 @@ impl Conntrack {
             reply,
             state: State::initial(original.protocol),
             last_seen_ns: now_ns,
+            dnat_by: "netfilter",
         };
         let id = match self.free.pop() {
             Some(id) => {

@@ -463,6 +463,7 @@ pub fn build(topology: &Topology) -> Network {
                 pod_cidr: node.pod_cidr,
                 cluster_pod_cidr: cluster.pod_cidr,
                 no_snat: cluster.antrea.no_snat,
+                proxy_all: cluster.antrea.proxy_all,
                 tunnel_pmtu_icmp: cluster.node_kernel.answers_tunnel_pmtu(),
                 encapsulation: cluster.antrea.tunnel_type.encapsulation(),
                 pods: local_pods.clone(),

@@ -248,6 +248,7 @@ pub(super) fn resolve_antrea(
         traffic_encap_mode: mode,
         tunnel_type,
         no_snat: antrea.no_snat,
+        proxy_all: antrea.proxy_all,
         pod_mtu,
         node_port_local,
     })

@@ -238,6 +238,9 @@ pub struct AntreaConfig {
     pub tunnel_type: Option<Text>,
     #[serde(default)]
     pub no_snat: bool,
+    /// AntreaProxy `proxyAll`: node ports are load-balanced in OVS, not by kube-proxy.
+    #[serde(default)]
+    pub proxy_all: bool,
     /// Pod MTU; 0 (the default) = the node segment's MTU minus the tunnel overhead.
     #[serde(default = "zero_mtu")]
     pub mtu: Spanned<u16>,
@@ -255,6 +258,7 @@ impl Default for AntreaConfig {
             traffic_encap_mode: None,
             tunnel_type: None,
             no_snat: false,
+            proxy_all: false,
             mtu: zero_mtu(),
             node_port_local: None,
         }

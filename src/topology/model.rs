@@ -246,6 +246,8 @@ pub struct AntreaSettings {
     pub traffic_encap_mode: TrafficEncapMode,
     pub tunnel_type: TunnelType,
     pub no_snat: bool,
+    /// AntreaProxy `proxyAll`.
+    pub proxy_all: bool,
     /// The MTU of every pod interface and of antrea-gw0.
     pub pod_mtu: u16,
     /// NodePortLocal's port range, when enabled (Antrea default 61000-62000).

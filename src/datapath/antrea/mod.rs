@@ -45,6 +45,9 @@ use std::net::Ipv4Addr;
 pub const UPLINK_PORT: PortId = 0;
 /// antrea-gw0, the host stack's one interior interface.
 const GATEWAY: InteriorId = 0;
+/// Antrea's `VirtualNodePortDNATIPv4`: with proxyAll, the host DNATs node-port
+/// traffic to it so that it is routed through antrea-gw0 into OVS.
+pub const VIRTUAL_NODE_PORT_DNAT_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 252);
 /// Entries in a node's flow cache before it is emptied.
 pub const FLOW_CACHE_CAPACITY: usize = 65_536;
 
@@ -76,6 +79,8 @@ pub struct NodeSettings {
     pub pod_cidr: Ipv4Net,
     pub cluster_pod_cidr: Ipv4Net,
     pub no_snat: bool,
+    /// AntreaProxy `proxyAll`: node ports go to OVS through antrea-gw0.
+    pub proxy_all: bool,
     /// antrea-tun0's encapsulation (Geneve or VXLAN, VNI 0).
     pub encapsulation: crate::datapath::encap::Encapsulation,
     /// The kernel answers an oversize DF packet at the tunnel port with ICMP
@@ -142,6 +147,9 @@ impl AntreaNode {
             }
         }
         routes.insert(settings.pod_cidr, gateway);
+        if settings.proxy_all {
+            routes.insert(Ipv4Net::from(VIRTUAL_NODE_PORT_DNAT_IP), gateway);
+        }
         routes.insert(
             settings.uplink_subnet.trunc(),
             HostRoute::Uplink { via: None },
@@ -248,6 +256,10 @@ impl LinuxHost for AntreaNode {
 
     fn interior_name(&self, _interface: InteriorId) -> &str {
         "antrea-gw0"
+    }
+
+    fn node_port_redirect(&self) -> Option<Ipv4Addr> {
+        self.settings.proxy_all.then_some(VIRTUAL_NODE_PORT_DNAT_IP)
     }
 
     /// MASQUERADE to the node IP for pod traffic leaving through eth0 to a

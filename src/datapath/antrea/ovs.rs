@@ -207,19 +207,30 @@ impl AntreaNode {
             return false;
         };
         let key = packet.meta.key;
-        let (kind, before, after) = match direction {
-            Direction::Original => {
-                let target = entry.translated_destination(direction);
-                packet.set_destination(target.0, target.1);
-                ("dnat", (key.destination, key.destination_port), target)
-            }
-            Direction::Reply => {
-                let target = entry.translated_source(direction);
-                packet.set_source(target.0, target.1);
-                ("undnat", (key.source, key.source_port), target)
-            }
+        // Both bindings of the entry, each way: DNAT / un-DNAT of the Service
+        // address, and (proxyAll node ports) SNAT / un-SNAT of antrea-gw0's.
+        let destination = entry.translated_destination(direction);
+        let source = entry.translated_source(direction);
+        let (destination_kind, source_kind) = match direction {
+            Direction::Original => ("dnat", "snat"),
+            Direction::Reply => ("unsnat", "undnat"),
         };
-        if before != after {
+        for (kind, before, after) in [
+            (
+                destination_kind,
+                (key.destination, key.destination_port),
+                destination,
+            ),
+            (source_kind, (key.source, key.source_port), source),
+        ] {
+            if before == after {
+                continue;
+            }
+            if kind == destination_kind {
+                packet.set_destination(after.0, after.1);
+            } else {
+                packet.set_source(after.0, after.1);
+            }
             ctx.nat(
                 &self.settings.name,
                 "AntreaProxy",
@@ -246,13 +257,16 @@ impl AntreaNode {
         packet: &mut Packet,
         out: &mut Outputs,
     ) -> Verdict<OvsDecision> {
-        let OvsSource::Pod(pod) = source else {
-            return Verdict::Continue;
-        };
         let Some(table) = self.stack.services.clone() else {
             return Verdict::Continue;
         };
         let key = packet.meta.key;
+        if source == OvsSource::Gateway && key.destination == VIRTUAL_NODE_PORT_DNAT_IP {
+            return self.node_port_lb(ctx, slot, &table, packet);
+        }
+        let OvsSource::Pod(pod) = source else {
+            return Verdict::Continue;
+        };
         let Some(frontend) = table.cluster_ip(&key) else {
             return Verdict::Continue;
         };
@@ -290,6 +304,71 @@ impl AntreaNode {
             || format!("{}:{}", key.destination, key.destination_port),
             || format!("{}:{}", backend.ip, backend.port),
         );
+        Verdict::Continue
+    }
+
+    /// proxyAll: a node port redirected by the host (to the virtual NodePort DNAT
+    /// address) is load-balanced here: an endpoint (only this node's under
+    /// externalTrafficPolicy Local, else dropped), DNAT, and under Cluster SNAT to
+    /// antrea-gw0's address (Antrea's SNAT zone, `ServiceNeedSNATRegMark`).
+    fn node_port_lb(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        table: &crate::datapath::services::ServiceTable,
+        packet: &mut Packet,
+    ) -> Verdict<OvsDecision> {
+        let key = packet.meta.key;
+        let Some(frontend) = table.node_port(&key) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let only_node = frontend.external_local.then_some(self.stack.node_index);
+        let chosen = table.choose_sticky(
+            frontend,
+            &key,
+            only_node,
+            &mut self.service_affinity,
+            ctx.now_ns,
+        );
+        let Some(backend) = chosen else {
+            let service = &frontend.service;
+            ctx.describe(slot, HopAction::Drop, || {
+                format!("AntreaProxy: node port of {service} has no endpoints here")
+            });
+            return Verdict::Drop(DropReason::NoEndpoints);
+        };
+        let snat = (!frontend.external_local).then(|| self.gateway_ip());
+        let committed =
+            self.service_ct
+                .insert_nat(key, (backend.ip, backend.port), snat, ctx.now_ns);
+        let id = match committed {
+            Ok(id) => id,
+            Err(error) => return Verdict::Drop(DropReason::from(error)),
+        };
+        let Some(entry) = self.service_ct.entry(id).copied() else {
+            return Verdict::Continue;
+        };
+        let source = entry.translated_source(Direction::Original);
+        packet.set_destination(backend.ip, backend.port);
+        packet.set_source(source.0, source.1);
+        ctx.nat(
+            &self.settings.name,
+            "AntreaProxy",
+            packet,
+            "dnat",
+            || format!("{}:{}", key.destination, key.destination_port),
+            || format!("{}:{}", backend.ip, backend.port),
+        );
+        if source != (key.source, key.source_port) {
+            ctx.nat(
+                &self.settings.name,
+                "AntreaProxy",
+                packet,
+                "snat",
+                || format!("{}:{}", key.source, key.source_port),
+                || format!("{}:{}", source.0, source.1),
+            );
+        }
         Verdict::Continue
     }
 
@@ -454,6 +533,11 @@ impl AntreaNode {
         }
         if self.settings.pod_cidr.contains(&destination) {
             return OvsDecision::Drop(DropReason::NoNeighbor);
+        }
+        // proxyAll: the reply of a redirected node-port connection, un-NATed to the
+        // virtual address, returns to the host stack.
+        if packet.meta.key.source == VIRTUAL_NODE_PORT_DNAT_IP {
+            return OvsDecision::ToGateway;
         }
         if source != OvsSource::Tunnel {
             if let Some((_, peer)) = self.peers.lookup(destination) {

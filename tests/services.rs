@@ -452,3 +452,40 @@ fn with_proxy_all_antrea_proxy_load_balances_node_ports_in_ovs() {
     );
     assert!(nodeport.nat.iter().any(|n| n.to == "169.254.0.252:30080"));
 }
+
+#[test]
+fn kube_proxy_answers_the_health_check_node_port_with_200_or_503() {
+    let base = example("nsx-loadbalancer");
+    let base = base[..base.find("[[flow]]").unwrap()].replace(
+        "[[cluster.pod]]\nname = \"api-1\"",
+        "[[cluster.pod]]\nname = \"web-solo\"\nnamespace = \"app01\"\nnode = \"worker-1\"\nlabels = { app = \"solo\" }\nports = [ { name = \"http\", port = 8080 } ]\n\n[[cluster.pod]]\nname = \"api-1\"",
+    );
+    let text = format!(
+        "{base}\n[[cluster.service]]\nname = \"solo\"\nnamespace = \"app01\"\ntype = \"LoadBalancer\"\nexternal_traffic_policy = \"Local\"\nselector = {{ app = \"solo\" }}\nports = [ {{ port = 80, target_port = \"http\" }} ]\nload_balancer_ip = \"10.20.100.13\"\nload_balancer = {{ router = \"t1-vks\" }}\n\
+         \n[[flow]]\nname = \"health-1\"\nfrom = \"host:client\"\nto = \"healthcheck:worker-1/app01/solo\"\n\
+         \n[[flow]]\nname = \"health-2\"\nfrom = \"host:client\"\nto = \"healthcheck:worker-2/app01/solo\"\n"
+    );
+    let (topology, result, report) = run_text(&text);
+    let status = |name: &str| -> String {
+        let answers = frames_at(&topology, &result, name, "client:eth0", HopAction::Deliver);
+        answers
+            .iter()
+            .find_map(|p| {
+                let frame = p.frame();
+                let at = frame.windows(9).position(|w| w == b"HTTP/1.1 ")?;
+                Some(String::from_utf8_lossy(&frame[at + 9..at + 12]).to_string())
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(flow(&report, "health-1").verdict, "delivered");
+    assert_eq!(status("health-1"), "200", "worker-1 has the endpoint");
+    assert_eq!(status("health-2"), "503", "worker-2 has none");
+    let port = topology.clusters[0]
+        .services
+        .iter()
+        .find(|s| s.name == "solo")
+        .unwrap()
+        .health_check_node_port
+        .unwrap();
+    assert!((30000..=32767).contains(&port));
+}

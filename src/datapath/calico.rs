@@ -105,6 +105,9 @@ pub struct CalicoNodeSettings {
     pub seed: u64,
     /// What BIRD learned and its sessions, for `netsim routes`.
     pub bgp: crate::control::NodeBgp,
+    /// The node's own listening processes (kube-proxy's health checks); its
+    /// interior interface is its port.
+    pub host_process: Option<crate::datapath::host::HostProcess>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +180,8 @@ impl CalicoNode {
     pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, packet: Packet, out: &mut Outputs) {
         if in_port == UPLINK_PORT {
             self.uplink_input(ctx, packet, out);
+        } else if self.host_process_interface() == Some(in_port) {
+            self.host_input(ctx, HostIngress::Interior(in_port), None, packet, out);
         } else {
             self.pod_input(ctx, usize::from(in_port - 1), packet, out);
         }
@@ -325,6 +330,19 @@ impl LinuxHost for CalicoNode {
     }
 
     fn interior(&self, interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
+        if let Some(process) = self
+            .settings
+            .host_process
+            .as_ref()
+            .filter(|p| p.port == interface)
+        {
+            return crate::datapath::host::process_link(
+                process,
+                self.settings.ip,
+                self.settings.mac,
+                self.settings.uplink_mtu,
+            );
+        }
         if interface == TUNNEL {
             let tunnel = self.settings.tunnel.as_ref();
             return InteriorLink {
@@ -349,7 +367,21 @@ impl LinuxHost for CalicoNode {
         }
     }
 
+    fn local_listener(&self, key: &FlowKey) -> Option<InteriorId> {
+        let process = self.settings.host_process.as_ref()?;
+        process
+            .listens_for(key, self.settings.ip)
+            .then_some(process.port)
+    }
+
+    fn host_process_interface(&self) -> Option<InteriorId> {
+        self.settings.host_process.as_ref().map(|p| p.port)
+    }
+
     fn interior_name(&self, interface: InteriorId) -> &str {
+        if self.host_process_interface() == Some(interface) {
+            return "kube-proxy";
+        }
         if interface == TUNNEL {
             return self.settings.tunnel.as_ref().map_or("tunl0", |t| t.name());
         }
@@ -376,6 +408,15 @@ impl LinuxHost for CalicoNode {
         out: &mut Outputs,
         forwarded: bool,
     ) {
+        if let Some(process) = self
+            .settings
+            .host_process
+            .as_ref()
+            .filter(|p| p.port == interface)
+        {
+            process.deliver(ctx, packet, out);
+            return;
+        }
         if interface == TUNNEL {
             if forwarded {
                 let name = self.interior_name(TUNNEL);

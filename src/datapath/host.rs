@@ -101,6 +101,51 @@ pub struct LocalPod {
     pub veth_point: PointId,
 }
 
+/// The node's own processes that listen (kube-proxy's health-check servers): an
+/// endpoint behind an interior interface, reached for the node's own address.
+#[derive(Debug, Clone)]
+pub struct HostProcess {
+    /// The node port its link is on.
+    pub port: PortId,
+    pub mac: Mac,
+    pub point: PointId,
+    /// TCP ports it listens on.
+    pub listens: Vec<u16>,
+}
+
+impl HostProcess {
+    /// True when `key` is TCP to `node_ip` on one of its ports.
+    pub fn listens_for(&self, key: &FlowKey, node_ip: Ipv4Addr) -> bool {
+        key.protocol == crate::wire::PROTOCOL_TCP
+            && key.destination == node_ip
+            && self.listens.contains(&key.destination_port)
+    }
+
+    /// Hands `packet` to the process over its link.
+    pub fn deliver(&self, ctx: &mut Ctx, packet: Packet, out: &mut Outputs) {
+        ctx.hop(self.point, &packet, HopAction::Transmit, || {
+            "to the node's listening process".into()
+        });
+        out.send(self.port, packet);
+    }
+}
+
+/// How the node reaches its own process: the node's address, its uplink MTU.
+pub fn process_link(
+    process: &HostProcess,
+    node_ip: Ipv4Addr,
+    node_mac: Mac,
+    mtu: u16,
+) -> InteriorLink {
+    InteriorLink {
+        mtu,
+        address: node_ip,
+        source_mac: node_mac,
+        destination_mac: process.mac,
+        point: process.point,
+    }
+}
+
 /// How a packet leaves through an interior interface.
 #[derive(Debug, Clone, Copy)]
 pub struct InteriorLink {
@@ -226,6 +271,15 @@ pub trait LinuxHost {
     fn interior(&self, interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink;
     /// The interface's name (`antrea-gw0`, `cali…`, `tunl0`).
     fn interior_name(&self, interface: InteriorId) -> &str;
+    /// The interior interface of the node's own process listening for `key` (TCP to
+    /// one of its ports), if one does.
+    fn local_listener(&self, _key: &FlowKey) -> Option<InteriorId> {
+        None
+    }
+    /// The interior interface of the node's own processes, if it has any.
+    fn host_process_interface(&self) -> Option<InteriorId> {
+        None
+    }
     /// Where node-port traffic is redirected instead of kube-proxy translating it
     /// (Antrea's proxyAll: its virtual NodePort DNAT address, into OVS).
     fn node_port_redirect(&self) -> Option<Ipv4Addr> {
@@ -362,7 +416,11 @@ pub trait LinuxHost {
             self.refuse(ctx, slot, &packet, refusal, out);
             return;
         }
-        packet.decrement_ttl();
+        // What the node's own processes send is not forwarded (OUTPUT, no TTL change).
+        if !matches!(ingress, HostIngress::Interior(id) if Some(id) == self.host_process_interface())
+        {
+            packet.decrement_ttl();
+        }
         // Neighbour resolution. Linux resolves after POSTROUTING and sends the
         // host-unreachable to the translated source, which the RELATED conntrack
         // entry then un-NATs back to the pod (nf_nat_icmp_reply_translation); checking
@@ -781,6 +839,19 @@ pub trait LinuxHost {
         out: &mut Outputs,
     ) {
         let destination = packet.meta.key.destination;
+        if let Some(interface) = self.local_listener(&packet.meta.key) {
+            ctx.describe(slot, HopAction::Receive, || {
+                format!(
+                    "local delivery: tcp/{} to the node's listening process",
+                    packet.meta.key.destination_port
+                )
+            });
+            let link = self.interior(interface, destination);
+            let mut packet = packet;
+            packet.set_macs(link.source_mac, link.destination_mac);
+            self.send_interior(ctx, interface, destination, packet, out, true);
+            return;
+        }
         let Some(route) = self.local_route(packet.meta.key.source) else {
             let name = &self.stack().name;
             ctx.describe(slot, HopAction::Drop, || {

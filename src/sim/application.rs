@@ -18,6 +18,13 @@ pub enum Application {
     Opaque,
     Dns,
     Http,
+    /// kube-proxy's health check server on a LoadBalancer Service's
+    /// `healthCheckNodePort` (externalTrafficPolicy Local): HTTP 200 when the node has
+    /// local endpoints, 503 when it has none, with their count in a JSON body
+    /// (pkg/proxy/healthcheck/service_health.go).
+    KubeProxyHealth {
+        local_endpoints: u16,
+    },
 }
 
 impl Application {
@@ -39,6 +46,9 @@ impl Application {
         match self {
             Application::Opaque => text(bytes),
             Application::Http => http_request(flow_name, bytes),
+            Application::KubeProxyHealth { .. } => {
+                b"GET /healthz HTTP/1.1\r\nHost: netsim\r\nUser-Agent: netsim\r\n\r\n".to_vec()
+            }
             Application::Dns => {
                 let query = dns_query(flow_name, index);
                 match protocol {
@@ -61,6 +71,7 @@ impl Application {
         match self {
             Application::Opaque => text(request.len()),
             Application::Http => http_response(request.len()),
+            Application::KubeProxyHealth { local_endpoints } => health_response(local_endpoints),
             Application::Dns => match protocol {
                 Protocol::Tcp => {
                     length_prefixed(dns_response(request.get(2..).unwrap_or(&[]), local))
@@ -69,6 +80,21 @@ impl Application {
             },
         }
     }
+}
+
+/// kube-proxy's health answer for a node with `local_endpoints` endpoints.
+fn health_response(local_endpoints: u16) -> Vec<u8> {
+    let status = if local_endpoints > 0 {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    let body = format!("{{\"localEndpoints\": {local_endpoints}, \"serviceProxyHealthy\": true}}");
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Printable text: a sentence repeated, which no dissector takes for a protocol.

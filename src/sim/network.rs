@@ -5,7 +5,7 @@
 use crate::datapath::antrea::{AntreaNode, LocalPod, NodeSettings, PeerNode};
 use crate::datapath::calico::{CalicoNode, CalicoNodeSettings, CalicoTunnel, RouteSource};
 use crate::datapath::encap::Encapsulation;
-use crate::datapath::host::HostRoute;
+use crate::datapath::host::{HostProcess, HostRoute};
 use crate::datapath::router::{Router, RouterPort, VirtualServer};
 use crate::datapath::services::{Backend, ServicePortFrontends, ServiceTable};
 use crate::datapath::switch::Switch;
@@ -31,6 +31,7 @@ mod mac_kind {
     pub const ROUTER: u8 = 4;
     pub const HOST: u8 = 5;
     pub const CALICO_VTEP: u8 = 6;
+    pub const HOST_PROCESS: u8 = 7;
 }
 
 /// What a capture point is, for `--capture edges`.
@@ -450,7 +451,14 @@ pub fn build(topology: &Topology) -> Network {
                     )
                 })
                 .collect();
+            let host_process = node_process(
+                &mut network,
+                topology,
+                (cluster_id, node_id),
+                node_pods.len(),
+            );
             let settings = NodeSettings {
+                host_process: host_process.clone(),
                 name: node.name.clone(),
                 ip: node.ip,
                 mac: node_macs[cluster_id][node_id],
@@ -483,6 +491,15 @@ pub fn build(topology: &Topology) -> Network {
             antrea.stack.services = services.clone();
             antrea.stack.node_index = node_id;
             let node_device = network.add_device(node.name.clone(), Device::Node(Box::new(antrea)));
+            if let Some(process) = &host_process {
+                attach_node_process(
+                    &mut network,
+                    topology,
+                    (cluster_id, node_id),
+                    process,
+                    node_device,
+                );
+            }
             attach(
                 &mut network,
                 node.segment,
@@ -517,6 +534,63 @@ pub fn build(topology: &Topology) -> Network {
         }
     }
     network
+}
+
+/// The node's own listening processes (kube-proxy's health-check servers), on the
+/// node port after its pods, if the node serves any.
+fn node_process(
+    network: &mut Network,
+    topology: &Topology,
+    (cluster, node): (usize, usize),
+    pods_on_node: usize,
+) -> Option<HostProcess> {
+    let listens: Vec<u16> = topology.clusters[cluster]
+        .health_checks(node)
+        .into_iter()
+        .map(|(port, _)| port)
+        .collect();
+    if listens.is_empty() {
+        return None;
+    }
+    let name = &topology.clusters[cluster].nodes[node].name;
+    let point = network.add_point(&format!("{name}/kube-proxy"), "lo", PointKind::Internal);
+    let index = u32::try_from(network.endpoints.len()).unwrap_or(0);
+    Some(HostProcess {
+        port: PortId::try_from(pods_on_node + 1).unwrap_or(PortId::MAX),
+        mac: Mac::seeded(topology.seed, mac_kind::HOST_PROCESS, index),
+        point,
+        listens,
+    })
+}
+
+/// The endpoint that runs the node's processes, linked to the node.
+fn attach_node_process(
+    network: &mut Network,
+    topology: &Topology,
+    (cluster, node): (usize, usize),
+    process: &HostProcess,
+    node_device: DeviceId,
+) {
+    let settings = &topology.clusters[cluster].nodes[node];
+    let name = format!("{}/kube-proxy", settings.name);
+    let device = network.add_device(name.clone(), Device::Endpoint(network.endpoints.len()));
+    add_endpoint(
+        network,
+        EndpointNic {
+            name,
+            reference: EndpointRef::Node { cluster, node },
+            ip: settings.ip,
+            subnet: Ipv4Net::new(settings.ip, 32).unwrap_or_default(),
+            mac: process.mac,
+            mtu: topology.segments[settings.segment].mtu,
+            gateway_mac: Some(process.mac),
+            gateway_ip: Ipv4Addr::new(169, 254, 1, 1),
+            neighbors: Arc::new(FxHashMap::default()),
+            point: process.point,
+            device,
+        },
+    );
+    network.connect((device, 0), (node_device, process.port), 0, 0);
 }
 
 /// How a pod sees its network: its interface's subnet, MAC and MTU, its default
@@ -765,7 +839,14 @@ fn build_calico_node(
         veth_names.push(veth);
     }
     let routes = calico_routes(topology, at.cluster_id, at.node_id, &pods, at.bgp);
+    let host_process = node_process(
+        network,
+        topology,
+        (at.cluster_id, at.node_id),
+        node_pods.len(),
+    );
     let settings = CalicoNodeSettings {
+        host_process: host_process.clone(),
         name: node.name.clone(),
         ip: node.ip,
         mac: at.node_macs[at.cluster_id][at.node_id],
@@ -788,6 +869,15 @@ fn build_calico_node(
     calico_node.stack.node_index = at.node_id;
     let node_device =
         network.add_device(node.name.clone(), Device::CalicoNode(Box::new(calico_node)));
+    if let Some(process) = &host_process {
+        attach_node_process(
+            network,
+            topology,
+            (at.cluster_id, at.node_id),
+            process,
+            node_device,
+        );
+    }
     (at.attach)(
         network,
         node.segment,

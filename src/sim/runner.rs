@@ -216,7 +216,19 @@ impl Runner<'_> {
                         stack.listen(port.protocol, port.port, None);
                     }
                 }
-                _ => {}
+                // The node's own processes: kube-proxy's health-check servers.
+                EndpointRef::Node { cluster, node } => {
+                    for (port, local_endpoints) in
+                        self.topology.clusters[cluster].health_checks(node)
+                    {
+                        stack.listen_with(
+                            crate::topology::Protocol::Tcp,
+                            port,
+                            Application::KubeProxyHealth { local_endpoints },
+                        );
+                    }
+                }
+                EndpointRef::Address(_) => {}
             }
             self.stacks[endpoint] = Some(Box::new(stack));
         }
@@ -578,6 +590,15 @@ impl Runner<'_> {
 /// The application a flow speaks: by its destination port, and the port's name when
 /// the destination is a pod.
 pub fn flow_application(topology: &Topology, flow: &crate::topology::Flow) -> Application {
+    if let EndpointRef::Node { cluster, node } = flow.to {
+        let health = topology.clusters[cluster]
+            .health_checks(node)
+            .into_iter()
+            .find(|(port, _)| *port == flow.destination_port);
+        if let Some((_, local_endpoints)) = health {
+            return Application::KubeProxyHealth { local_endpoints };
+        }
+    }
     // Through a Service the client speaks what the endpoints serve: their target
     // port decides (a NodePort 30080 in front of HTTP on 8080 is HTTP).
     if let Some((cluster, endpoint)) = topology.service_endpoint(flow) {

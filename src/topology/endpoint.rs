@@ -156,6 +156,27 @@ pub fn parse_endpoint(
             Some(mapping.node_port),
         ));
     }
+    if let Some(rest) = text.strip_prefix("healthcheck:") {
+        let Some((node_name, service_name)) = rest.split_once('/') else {
+            return Err(format!(
+                "`{text}`: a health check is written healthcheck:NODE/NS/NAME"
+            ));
+        };
+        let (cluster, service) = find_service(topology, service_name)?;
+        let node = topology.clusters[cluster]
+            .nodes
+            .iter()
+            .position(|n| n.name == node_name)
+            .ok_or_else(|| format!("no node `{node_name}` in the Service's cluster"))?;
+        let service = &topology.clusters[cluster].services[service];
+        let port = service.health_check_node_port.ok_or_else(|| {
+            format!(
+                "Service {} has no health-check node port (it needs type LoadBalancer and external_traffic_policy = \"Local\")",
+                service.qualified_name()
+            )
+        })?;
+        return Ok((EndpointRef::Node { cluster, node }, Some(port)));
+    }
     if let Some(rest) = text.strip_prefix("lb:") {
         let (name, port) = split_port(rest)?;
         let (cluster, service) = find_service(topology, name)?;

@@ -409,6 +409,31 @@ pub struct Service {
     pub affinity_timeout_ns: Option<u64>,
     /// A LoadBalancer Service's VIP.
     pub load_balancer: Option<LoadBalancer>,
+    /// `healthCheckNodePort` (LoadBalancer with externalTrafficPolicy Local), where
+    /// kube-proxy on every node answers whether the node has local endpoints.
+    pub health_check_node_port: Option<u16>,
+}
+
+impl Cluster {
+    /// The health-check node ports kube-proxy serves on node `node`, with that node's
+    /// local endpoint count for each.
+    pub fn health_checks(&self, node: usize) -> Vec<(u16, u16)> {
+        self.services
+            .iter()
+            .filter_map(|service| {
+                let port = service.health_check_node_port?;
+                let local = service
+                    .ports
+                    .iter()
+                    .flat_map(|p| &p.endpoints)
+                    .filter(|e| e.node == node)
+                    .map(|e| e.pod)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                Some((port, u16::try_from(local).unwrap_or(u16::MAX)))
+            })
+            .collect()
+    }
 }
 
 impl Service {

@@ -147,6 +147,21 @@ pub(super) fn resolve_services(
             )?);
         }
         let load_balancer = resolve_load_balancer(resolver, spanned, kind, routers)?;
+        let external_local = traffic_policy(
+            resolver,
+            &service.external_traffic_policy,
+            "external_traffic_policy",
+        )?;
+        let health_check_node_port = if kind == ServiceType::LoadBalancer && external_local {
+            let free = NODE_PORT_RANGE
+                .rev()
+                .find(|p| !taken_node_ports.contains(p))
+                .ok_or_else(|| resolver.error(&service.name, "the node port range is full"))?;
+            taken_node_ports.insert(free);
+            Some(free)
+        } else {
+            None
+        };
         services.push(Service {
             name: service.name.get_ref().clone(),
             namespace,
@@ -159,6 +174,7 @@ pub(super) fn resolve_services(
                 "external_traffic_policy",
             )?,
             load_balancer,
+            health_check_node_port,
             affinity_timeout_ns: service
                 .session_affinity
                 .as_ref()

@@ -45,6 +45,8 @@ use std::net::Ipv4Addr;
 pub const UPLINK_PORT: PortId = 0;
 /// antrea-gw0, the host stack's one interior interface.
 const GATEWAY: InteriorId = 0;
+/// The link to the node's own processes.
+const HOST_PROCESS: InteriorId = 1;
 /// Antrea's `VirtualNodePortDNATIPv4`: with proxyAll, the host DNATs node-port
 /// traffic to it so that it is routed through antrea-gw0 into OVS.
 pub const VIRTUAL_NODE_PORT_DNAT_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 252);
@@ -81,6 +83,8 @@ pub struct NodeSettings {
     pub no_snat: bool,
     /// AntreaProxy `proxyAll`: node ports go to OVS through antrea-gw0.
     pub proxy_all: bool,
+    /// The node's own listening processes (kube-proxy's health checks).
+    pub host_process: Option<crate::datapath::host::HostProcess>,
     /// antrea-tun0's encapsulation (Geneve or VXLAN, VNI 0).
     pub encapsulation: crate::datapath::encap::Encapsulation,
     /// The kernel answers an oversize DF packet at the tunnel port with ICMP
@@ -217,6 +221,13 @@ impl AntreaNode {
     pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, packet: Packet, out: &mut Outputs) {
         if in_port == UPLINK_PORT {
             self.uplink_input(ctx, packet, out);
+        } else if self
+            .settings
+            .host_process
+            .as_ref()
+            .is_some_and(|p| p.port == in_port)
+        {
+            self.host_input(ctx, HostIngress::Interior(HOST_PROCESS), None, packet, out);
         } else {
             let pod = usize::from(in_port - 1);
             let slot = ctx.begin_receive(self.settings.pods[pod].veth_point, &packet);
@@ -240,7 +251,15 @@ impl LinuxHost for AntreaNode {
         address == self.gateway_ip()
     }
 
-    fn interior(&self, _interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
+    fn interior(&self, interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
+        if let (HOST_PROCESS, Some(process)) = (interface, &self.settings.host_process) {
+            return crate::datapath::host::process_link(
+                process,
+                self.settings.ip,
+                self.settings.mac,
+                self.settings.uplink_mtu,
+            );
+        }
         InteriorLink {
             mtu: self.settings.pod_mtu,
             address: self.gateway_ip(),
@@ -254,8 +273,22 @@ impl LinuxHost for AntreaNode {
         }
     }
 
-    fn interior_name(&self, _interface: InteriorId) -> &str {
+    fn interior_name(&self, interface: InteriorId) -> &str {
+        if interface == HOST_PROCESS {
+            return "kube-proxy";
+        }
         "antrea-gw0"
+    }
+
+    fn local_listener(&self, key: &FlowKey) -> Option<InteriorId> {
+        let process = self.settings.host_process.as_ref()?;
+        process
+            .listens_for(key, self.settings.ip)
+            .then_some(HOST_PROCESS)
+    }
+
+    fn host_process_interface(&self) -> Option<InteriorId> {
+        self.settings.host_process.as_ref().map(|_| HOST_PROCESS)
     }
 
     fn node_port_redirect(&self) -> Option<Ipv4Addr> {
@@ -277,12 +310,16 @@ impl LinuxHost for AntreaNode {
     fn send_interior(
         &mut self,
         ctx: &mut Ctx,
-        _interface: InteriorId,
+        interface: InteriorId,
         _next_hop: Ipv4Addr,
         packet: Packet,
         out: &mut Outputs,
         forwarded: bool,
     ) {
+        if let (HOST_PROCESS, Some(process)) = (interface, &self.settings.host_process) {
+            process.deliver(ctx, packet, out);
+            return;
+        }
         let slot = if forwarded {
             ctx.begin_receive(self.settings.gateway_point, &packet)
         } else {

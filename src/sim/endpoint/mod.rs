@@ -265,7 +265,11 @@ impl Stack {
     /// Opens a listening port (named `name` on a pod, if it is): a server that
     /// answers each request with its application's response.
     pub fn listen(&mut self, protocol: Protocol, port: u16, name: Option<&str>) {
-        let application = Application::for_port(protocol, port, name);
+        self.listen_with(protocol, port, Application::for_port(protocol, port, name));
+    }
+
+    /// Opens a listening port served by `application`.
+    pub fn listen_with(&mut self, protocol: Protocol, port: u16, application: Application) {
         match protocol {
             // The sockets themselves are made when the first segment or datagram
             // for the port arrives ([`Stack::receive`]): no buffers until then.

@@ -489,3 +489,28 @@ fn kube_proxy_answers_the_health_check_node_port_with_200_or_503() {
         .unwrap();
     assert!((30000..=32767).contains(&port));
 }
+
+#[test]
+fn an_antrea_pod_reaching_itself_through_its_service_is_snated_to_the_gateway() {
+    let text = with_flows(
+        "antrea-services",
+        "[[flow]]\nname = \"hairpin\"\nfrom = \"pod:app01/web-1\"\nto = \"svc:app01/solo:80\"\n",
+    )
+    .replace(
+        "[[cluster.service]]\nname = \"retired\"",
+        "[[cluster.service]]\nname = \"solo\"\nnamespace = \"app01\"\nselector = { app = \"web\", solo = \"yes\" }\nports = [ { port = 80, target_port = \"http\" } ]\n\n[[cluster.service]]\nname = \"retired\"",
+    )
+    .replacen(
+        "name = \"web-1\"\nnamespace = \"app01\"\nnode = \"worker-2\"\nlabels = { app = \"web\" }",
+        "name = \"web-1\"\nnamespace = \"app01\"\nnode = \"worker-2\"\nlabels = { app = \"web\", solo = \"yes\" }",
+        1,
+    );
+    let (_, _, report) = run_text(&text);
+    let hairpin = flow(&report, "hairpin");
+    assert_eq!(hairpin.verdict, "delivered");
+    assert_eq!(hairpin.seen_source.as_deref(), Some("172.20.2.1"));
+    assert!(hairpin
+        .nat
+        .iter()
+        .any(|n| n.component == "AntreaProxy" && n.kind == "snat"));
+}

@@ -289,21 +289,50 @@ impl AntreaNode {
             });
             return Verdict::Drop(DropReason::NoEndpoints);
         };
-        let committed =
-            self.service_ct
-                .insert_nat(key, (backend.ip, backend.port), None, ctx.now_ns);
-        if let Err(error) = committed {
-            return Verdict::Drop(DropReason::from(error));
-        }
-        packet.set_destination(backend.ip, backend.port);
+        // A hairpin (the pod is its own endpoint) is SNATed to antrea-gw0's address
+        // (Antrea's SNAT zone, HairpinCTMark), so the reply comes back through OVS.
+        let snat = (backend.ip == key.source).then(|| self.gateway_ip());
+        self.commit_service(ctx, packet, (backend.ip, backend.port), snat)
+    }
+
+    /// Commits a Service connection in AntreaProxy's zone — DNAT to `endpoint`, and
+    /// SNAT to `snat` when given — and translates its first packet.
+    fn commit_service(
+        &mut self,
+        ctx: &mut Ctx,
+        packet: &mut Packet,
+        endpoint: (Ipv4Addr, u16),
+        snat: Option<Ipv4Addr>,
+    ) -> Verdict<OvsDecision> {
+        let key = packet.meta.key;
+        let id = match self.service_ct.insert_nat(key, endpoint, snat, ctx.now_ns) {
+            Ok(id) => id,
+            Err(error) => return Verdict::Drop(DropReason::from(error)),
+        };
+        let Some(entry) = self.service_ct.entry(id).copied() else {
+            return Verdict::Continue;
+        };
+        let source = entry.translated_source(Direction::Original);
+        packet.set_destination(endpoint.0, endpoint.1);
+        packet.set_source(source.0, source.1);
         ctx.nat(
             &self.settings.name,
             "AntreaProxy",
             packet,
             "dnat",
             || format!("{}:{}", key.destination, key.destination_port),
-            || format!("{}:{}", backend.ip, backend.port),
+            || format!("{}:{}", endpoint.0, endpoint.1),
         );
+        if source != (key.source, key.source_port) {
+            ctx.nat(
+                &self.settings.name,
+                "AntreaProxy",
+                packet,
+                "snat",
+                || format!("{}:{}", key.source, key.source_port),
+                || format!("{}:{}", source.0, source.1),
+            );
+        }
         Verdict::Continue
     }
 
@@ -338,38 +367,7 @@ impl AntreaNode {
             return Verdict::Drop(DropReason::NoEndpoints);
         };
         let snat = (!frontend.external_local).then(|| self.gateway_ip());
-        let committed =
-            self.service_ct
-                .insert_nat(key, (backend.ip, backend.port), snat, ctx.now_ns);
-        let id = match committed {
-            Ok(id) => id,
-            Err(error) => return Verdict::Drop(DropReason::from(error)),
-        };
-        let Some(entry) = self.service_ct.entry(id).copied() else {
-            return Verdict::Continue;
-        };
-        let source = entry.translated_source(Direction::Original);
-        packet.set_destination(backend.ip, backend.port);
-        packet.set_source(source.0, source.1);
-        ctx.nat(
-            &self.settings.name,
-            "AntreaProxy",
-            packet,
-            "dnat",
-            || format!("{}:{}", key.destination, key.destination_port),
-            || format!("{}:{}", backend.ip, backend.port),
-        );
-        if source != (key.source, key.source_port) {
-            ctx.nat(
-                &self.settings.name,
-                "AntreaProxy",
-                packet,
-                "snat",
-                || format!("{}:{}", key.source, key.source_port),
-                || format!("{}:{}", source.0, source.1),
-            );
-        }
-        Verdict::Continue
+        self.commit_service(ctx, packet, (backend.ip, backend.port), snat)
     }
 
     /// Antrea's reject for a Service without endpoints, sent back to the pod.

@@ -514,3 +514,51 @@ fn an_antrea_pod_reaching_itself_through_its_service_is_snated_to_the_gateway() 
         .iter()
         .any(|n| n.component == "AntreaProxy" && n.kind == "snat"));
 }
+
+#[test]
+fn internal_traffic_policy_local_uses_only_the_clients_node_and_drops_without_one() {
+    let text = with_flows(
+        "antrea-services",
+        "[[flow]]\nname = \"local-miss\"\nfrom = \"pod:app01/client-1\"\nto = \"svc:app01/web-internal:80\"\n\
+         \n[[flow]]\nname = \"local-hit\"\nfrom = \"pod:app01/web-1\"\nto = \"svc:app01/web-internal:80\"\nconnections = 8\n",
+    )
+    .replace(
+        "[[cluster.service]]\nname = \"retired\"",
+        "[[cluster.service]]\nname = \"web-internal\"\nnamespace = \"app01\"\ninternal_traffic_policy = \"Local\"\nselector = { app = \"web\" }\nports = [ { port = 80, target_port = \"http\" } ]\n\n[[cluster.service]]\nname = \"retired\"",
+    );
+    let (_, _, report) = run_text(&text);
+    // client-1 runs on worker-1, where no web pod is: no endpoint for it.
+    let miss = flow(&report, "local-miss");
+    assert_eq!(miss.verdict, "dropped");
+    assert_eq!(miss.drop.as_ref().unwrap().reason, "no-endpoints");
+    // web-1 on worker-2 only ever reaches worker-2's pods.
+    let hit = flow(&report, "local-hit");
+    assert_eq!(hit.verdict, "delivered");
+    assert!(hit.path.iter().all(|hop| hop.device != "worker-1"));
+}
+
+#[test]
+fn a_clusterip_backend_without_routes_to_the_pods_dies_no_route() {
+    let text = with_flows(
+        "nsx-loadbalancer",
+        "[[flow]]\nname = \"direct\"\nfrom = \"host:client\"\nto = \"lb:app01/web-direct:80\"\n",
+    )
+    .replace(
+        "[[cluster.service]]\nname = \"web-ranges\"",
+        "[[cluster.service]]\nname = \"web-direct\"\nnamespace = \"app01\"\ntype = \"LoadBalancer\"\nselector = { app = \"web\" }\nports = [ { port = 80, target_port = \"http\" } ]\nload_balancer_ip = \"10.20.100.14\"\nload_balancer = { router = \"t1-vks\", backend = \"clusterip\" }\n\n[[cluster.service]]\nname = \"web-ranges\"",
+    );
+    let (_, _, report) = run_text(&text);
+    let direct = flow(&report, "direct");
+    assert_eq!(direct.verdict, "dropped");
+    let drop = direct.drop.as_ref().unwrap();
+    // The Tier-1 load balancer picked a pod address; with Geneve pods nothing routes
+    // it: the Tier-1 sends it up its default route and the Tier-0 has none.
+    assert_eq!(
+        (drop.device.as_str(), drop.reason.as_str()),
+        ("t0", "no-route")
+    );
+    assert!(direct
+        .nat
+        .iter()
+        .any(|n| n.device == "t1-vks" && n.to.contains("172.20.")));
+}

@@ -141,9 +141,20 @@ pub struct Counters {
     pub simulated_ns: u64,
 }
 
+/// What was lost of a flow.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Losses {
+    /// A packet on its way to the destination (or refused there) was dropped.
+    pub request: bool,
+    /// A packet on its way back to the client was dropped.
+    pub reply: bool,
+}
+
 /// The verdict of one flow: delivered when every connection completed its exchange;
-/// dropped when not and some packet of it was dropped; otherwise no reply.
-pub fn flow_verdict(flow: &Flow, outcome: &FlowOutcome, dropped: bool) -> Verdict {
+/// dropped when not and a packet on its way to the destination was dropped (or
+/// refused there); no reply when only answers were lost on the way back (the lost
+/// reply: `drop` names where) or nothing explains the silence.
+pub fn flow_verdict(flow: &Flow, outcome: &FlowOutcome, losses: Losses) -> Verdict {
     let all_answered = outcome.connections.len() == flow.connections as usize
         && outcome
             .connections
@@ -151,7 +162,7 @@ pub fn flow_verdict(flow: &Flow, outcome: &FlowOutcome, dropped: bool) -> Verdic
             .all(|c| c.completed && !c.failed && c.answers == flow.requests);
     if all_answered {
         Verdict::Delivered
-    } else if dropped {
+    } else if losses.request {
         Verdict::Dropped
     } else {
         Verdict::NoReply
@@ -307,7 +318,11 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
             .iter()
             .filter(|d| d.flow == tag)
             .collect();
-        let verdict = flow_verdict(flow, outcome, !drops.is_empty());
+        let losses = Losses {
+            request: drops.iter().any(|d| !d.reply),
+            reply: drops.iter().any(|d| d.reply),
+        };
+        let verdict = flow_verdict(flow, outcome, losses);
         let nat = result.journal.nat.iter().filter(|n| n.flow == tag).fold(
             Vec::<NatReport>::new(),
             |mut list, n| {

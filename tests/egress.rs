@@ -123,3 +123,57 @@ fn an_expectation_with_from_and_to_runs_its_own_probe() {
         report.expectations
     );
 }
+
+#[test]
+fn no_snat_behind_an_nsx_tier1_urpf_drops_the_request_and_routed_pods_work() {
+    let text = std::fs::read_to_string(topology_path("egress-no-snat")).unwrap();
+    let (_, _, report) = run_text(&text);
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    // With uRPF off the SYN gets there and the answer is what dies: the lost reply.
+    let text = text.replace("kind = \"nsx-t1\"", "kind = \"nsx-t1\"\nurpf = \"none\"");
+    let (_, _, report) = run_text(&text);
+    let lost = flow(&report, "overlay-to-db");
+    assert_eq!(lost.verdict, "no-reply");
+    assert_eq!(lost.seen_source.as_deref(), Some("172.20.0.2"));
+    let drop = lost.drop.as_ref().unwrap();
+    assert_eq!(
+        (
+            drop.device.as_str(),
+            drop.reason.as_str(),
+            drop.direction.as_str()
+        ),
+        ("t1", "no-route", "reply")
+    );
+    assert_eq!(flow(&report, "routed-to-db").verdict, "delivered");
+}
+
+#[test]
+fn a_ping_goes_through_the_masquerade_and_back() {
+    let flows = "[[flow]]\nname = \"ping\"\nfrom = \"pod:app01/client-1\"\nto = \"host:db\"\nprotocol = \"icmp\"\nrequests = 3\n";
+    let (_, _, report) = quickstart_with("", flows);
+    let ping = flow(&report, "ping");
+    assert_eq!(ping.verdict, "delivered");
+    assert_eq!(ping.seen_source.as_deref(), Some("10.20.0.11"));
+    assert!(ping.nat.iter().any(|n| n.kind == "snat"));
+    assert!(ping.nat.iter().any(|n| n.kind == "unsnat"));
+}
+
+#[test]
+fn a_small_conntrack_table_refuses_new_connections_as_conntrack_full() {
+    let flows = "[[flow]]\nname = \"burst\"\nfrom = \"pod:app01/client-1\"\nto = \"host:db\"\nconnections = 6\n";
+    let text = std::fs::read_to_string(topology_path("quickstart")).unwrap();
+    let text = format!(
+        "{}{flows}",
+        &text[..text.find("[[flow]]").unwrap()].replace("seed = 7", "seed = 7\nconntrack_max = 3")
+    );
+    let (_, _, report) = run_text(&text);
+    let burst = flow(&report, "burst");
+    assert_eq!(burst.verdict, "dropped");
+    assert_eq!(burst.drop.as_ref().unwrap().reason, "conntrack-full");
+    assert_eq!(burst.connections.established, 3);
+    assert_balanced(&report, "burst");
+}

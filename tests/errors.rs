@@ -456,3 +456,18 @@ fn service_mistakes_are_located() {
     );
     netsim::topology::parse("empty.toml", &empty).expect("a Service without endpoints is valid");
 }
+
+#[test]
+fn a_conntrack_max_of_zero_is_located() {
+    let text = BASE.replace(
+        "name = \"broken\"\n",
+        "name = \"broken\"\nconntrack_max = 0\n",
+    );
+    let (line, column) = position(&text, "0\n");
+    assert_located(
+        &refuse(&text),
+        line,
+        column,
+        "conntrack_max must be at least 1",
+    );
+}

@@ -64,6 +64,7 @@ fn the_flow_cache_changes_nothing_but_speed() {
         "calico-route-reflectors",
         "antrea-services",
         "nsx-loadbalancer",
+        "egress-no-snat",
     ] {
         hits += compare(name);
     }

@@ -156,6 +156,7 @@ fn their_captures_are_clean() {
         "calico-route-reflectors",
         "antrea-services",
         "nsx-loadbalancer",
+        "egress-no-snat",
     ] {
         let out = dir.path().join(name);
         let output = netsim(&[

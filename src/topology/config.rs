@@ -38,15 +38,15 @@ pub struct TopologySection {
     #[serde(default)]
     pub seed: u64,
     #[serde(default = "default_conntrack_max")]
-    pub conntrack_max: usize,
+    pub conntrack_max: Spanned<usize>,
     /// Kubernetes manifests to load: refused until modelled.
     #[serde(default)]
     pub include: Option<Spanned<toml::Value>>,
 }
 
 /// nf_conntrack_max's usual value on a node (reference §g; SPEC §2 example).
-fn default_conntrack_max() -> usize {
-    262_144
+fn default_conntrack_max() -> Spanned<usize> {
+    Spanned::new(0..0, 262_144)
 }
 
 #[derive(Debug, Deserialize)]

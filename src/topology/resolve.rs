@@ -195,10 +195,16 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
     check_static_routes(&resolver, file, &routers, &segments)?;
     super::routing::check_bgp_neighbors(&resolver, file, &routers, &segments)?;
 
+    if *file.topology.conntrack_max.get_ref() == 0 {
+        return Err(resolver.error(
+            &file.topology.conntrack_max,
+            "conntrack_max must be at least 1 (nf_conntrack_max; the kernel's usual value is 262144)",
+        ));
+    }
     let mut topology = Topology {
         name: file.topology.name.get_ref().clone(),
         seed: file.topology.seed,
-        conntrack_max: file.topology.conntrack_max,
+        conntrack_max: *file.topology.conntrack_max.get_ref(),
         flow_cache: true,
         segments,
         routers,

@@ -180,6 +180,9 @@ pub struct Conntrack {
     last_sweep_ns: Option<u64>,
 }
 
+/// `NF_NAT_MAX_ATTEMPTS`: ports tried from one offset before a new one.
+const MAX_NAT_ATTEMPTS: u32 = 128;
+
 /// Kernel default timeouts in nanoseconds (nf_conntrack-sysctl.rst; reference §g):
 /// `nf_conntrack_tcp_timeout_*`, `udp_timeout` 30 / `udp_timeout_stream` 120,
 /// `icmp_timeout` 30, `generic_timeout` 600.
@@ -415,13 +418,27 @@ impl Conntrack {
             _ if original.protocol == PROTOCOL_ICMP => (0, 65535),
             _ => (1024, 65535),
         };
+        // nf_nat_l4proto_unique_tuple: at most 128 tries from a random offset; then a
+        // new random offset and half the window, down to 16 (softirq must not scan a
+        // whole full range) — so a nearly full class can fail before its last port
+        // is taken, as on a real node. The offsets are seeded hashes: deterministic.
         let span = high - low + 1;
-        let offset = flow_hash(original, self.seed) % span;
-        for step in 0..span {
-            let port = u16::try_from(low + (offset + step) % span).unwrap_or(0);
-            if !self.reply_tuple_in_use(&candidate(port)) {
-                return Ok(port);
+        let mut attempts = span.min(MAX_NAT_ATTEMPTS);
+        let mut round = 0u64;
+        loop {
+            let salt = self.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let offset = flow_hash(original, salt) % span;
+            for step in 0..attempts {
+                let port = u16::try_from(low + (offset + step) % span).unwrap_or(0);
+                if !self.reply_tuple_in_use(&candidate(port)) {
+                    return Ok(port);
+                }
             }
+            if attempts >= span || attempts < 16 {
+                break;
+            }
+            attempts /= 2;
+            round += 1;
         }
         Err(ConntrackError::PortsExhausted)
     }
@@ -534,6 +551,36 @@ mod tests {
             ),
             Err(ConntrackError::Clash)
         );
+    }
+
+    #[test]
+    fn a_masquerade_runs_out_of_ports_near_the_class_limit_but_not_for_another_port() {
+        // Pods on one node, all to 192.168.50.10:443: one node address gives the
+        // 1024-65535 class, 64,512 ports, per destination tuple.
+        let mut table = Conntrack::new(200_000, 3);
+        let node = Ipv4Addr::new(10, 20, 0, 11);
+        let mut established = 0u32;
+        let mut first_failure = None;
+        for index in 0..70_000u32 {
+            let pod = [172, 20, 1, 10 + u8::try_from(index % 8).unwrap()];
+            let original = key(pod, 20_000 + u16::try_from(index / 8).unwrap());
+            match table.insert_snat(original, node, 0) {
+                Ok(_) => established += 1,
+                Err(error) => {
+                    assert_eq!(error, ConntrackError::PortsExhausted);
+                    first_failure.get_or_insert(index);
+                }
+            }
+        }
+        assert!(established <= 64_512);
+        assert!(established > 60_000, "{established}");
+        assert!(first_failure.unwrap() > 50_000, "{first_failure:?}");
+        // Another destination port is another set of reply tuples: ports again.
+        let other = FlowKey {
+            destination_port: 8443,
+            ..key([172, 20, 1, 10], 20_000)
+        };
+        assert!(table.insert_snat(other, node, 0).is_ok());
     }
 
     #[test]

@@ -255,9 +255,9 @@ pub(super) fn run_tcp_client(client: &mut TcpClient, local: &mut ClientContext) 
             progressed |= sent > 0;
         }
     }
-    let mut buffer = [0u8; 16 * 1024];
+    // Read in place (no scratch buffer to clear on every poll of every socket).
     while socket.can_recv() {
-        match socket.recv_slice(&mut buffer) {
+        match socket.recv(|data| (data.len(), data.len())) {
             Ok(0) | Err(_) => break,
             Ok(count) => {
                 client.to_receive = client.to_receive.saturating_sub(count);
@@ -290,11 +290,11 @@ pub(super) fn run_udp_client(client: &mut UdpClient, local: &mut ClientContext) 
     let now = local.now;
     let socket = local.sockets.get_mut::<udp::Socket>(client.handle);
     let mut progressed = false;
-    let mut buffer = vec![0u8; UDP_BUFFER];
     while socket.can_recv() {
-        let Ok((count, _)) = socket.recv_slice(&mut buffer) else {
+        let Ok((payload, _)) = socket.recv() else {
             break;
         };
+        let count = payload.len();
         if client.exchanges.waiting() && count > 0 {
             client.exchanges.answered();
             progressed = true;

@@ -730,13 +730,16 @@ impl Stack {
         let server = &mut self.tcp_servers[index];
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         let mut progressed = false;
-        let mut buffer = [0u8; 16 * 1024];
         while socket.can_recv() {
-            match socket.recv_slice(&mut buffer) {
+            let received = &mut server.received;
+            let read = socket.recv(|data| {
+                received.extend_from_slice(data);
+                (data.len(), data.len())
+            });
+            match read {
                 Ok(0) | Err(_) => break,
-                Ok(count) => {
+                Ok(_) => {
                     progressed = true;
-                    server.received.extend_from_slice(&buffer[..count]);
                     let length = server.request_len.unwrap_or(1);
                     while server.received.len() >= length {
                         let request: Vec<u8> = server.received.drain(..length).collect();
@@ -766,12 +769,12 @@ impl Stack {
         let local_ip = self.nic.ip;
         let socket = self.sockets.get_mut::<udp::Socket>(handle);
         let mut progressed = false;
-        let mut buffer = vec![0u8; UDP_BUFFER];
         while socket.can_recv() {
-            let Ok((count, metadata)) = socket.recv_slice(&mut buffer) else {
+            let Ok((payload, metadata)) = socket.recv() else {
                 break;
             };
-            let request = &buffer[..count];
+            let request = payload.to_vec();
+            let request = &request[..];
             let response = match application {
                 // An echo server: the datagram back as it came.
                 Application::Opaque => request.to_vec(),

@@ -74,7 +74,6 @@ impl State {
         if flags & RST != 0 {
             return State::Close;
         }
-        #[allow(clippy::match_same_arms)]
         match (self, direction) {
             // A new SYN on a closed tuple reopens it (tcp_conntracks sIV for TW/CL).
             (State::TimeWait | State::Close, Direction::Original)

@@ -177,3 +177,36 @@ fn a_small_conntrack_table_refuses_new_connections_as_conntrack_full() {
     assert_eq!(burst.connections.established, 3);
     assert_balanced(&report, "burst");
 }
+
+#[test]
+fn behind_an_nsx_tier1_snat_a_pod_is_translated_twice_and_answered_through_both() {
+    let text = std::fs::read_to_string(topology_path("nsx-double-nat")).unwrap();
+    let (_, _, report) = run_text(&text);
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    let flow = flow(&report, "pod-to-client");
+    assert_eq!(flow.seen_source.as_deref(), Some("10.20.200.5"));
+    let snats: Vec<(&str, &str, &str)> = flow
+        .nat
+        .iter()
+        .filter(|n| n.kind == "snat")
+        .map(|n| (n.device.as_str(), n.component.as_str(), n.to.as_str()))
+        .collect();
+    assert!(snats
+        .iter()
+        .any(|(d, c, to)| *d == "worker-2" && *c == "netfilter" && to.starts_with("10.20.0.12:")));
+    assert!(snats
+        .iter()
+        .any(|(d, c, to)| *d == "t1-vks" && *c == "nsx-snat" && to.starts_with("10.20.200.5:")));
+    // The Tier-1 advertises its NAT address to the Tier-0.
+    let routes = routes_json(&text);
+    let t0 = router(&routes, "t0");
+    assert!(t0["fib"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["prefix"] == "10.20.200.5/32" && e["origin"] == "t1-nat"));
+}

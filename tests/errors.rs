@@ -173,11 +173,8 @@ fn a_udp_message_larger_than_the_pod_mtu_allows_is_refused() {
 
 #[test]
 fn features_not_modelled_yet_are_refused_not_ignored() {
-    let text = BASE.replace(
-        "name = \"r1\"\n",
-        "name = \"r1\"\nsnat = [ { match_source = \"172.20.0.0/16\", translated = \"10.30.0.5\" } ]\n",
-    );
-    assert_located(&refuse(&text), 11, 8, "router SNAT is not modelled");
+    let text = format!("{BASE}\n[[cluster.egress]]\nname = \"egress\"\n");
+    assert_located(&refuse(&text), 34, 1, "Antrea Egress is not modelled");
     let text = format!("{BASE}\n[[cluster.network_policy]]\nname = \"deny\"\n");
     assert_located(&refuse(&text), 34, 1, "NetworkPolicy is not modelled");
 }

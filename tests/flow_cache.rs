@@ -65,6 +65,7 @@ fn the_flow_cache_changes_nothing_but_speed() {
         "antrea-services",
         "nsx-loadbalancer",
         "egress-no-snat",
+        "nsx-double-nat",
     ] {
         hits += compare(name);
     }

@@ -157,6 +157,7 @@ fn their_captures_are_clean() {
         "antrea-services",
         "nsx-loadbalancer",
         "egress-no-snat",
+        "nsx-double-nat",
     ] {
         let out = dir.path().join(name);
         let output = netsim(&[

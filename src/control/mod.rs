@@ -338,7 +338,15 @@ fn advertise_to_tier0s(
                         .collect();
                     vips.into_iter().collect()
                 }
-                RouteKind::Nat => Vec::new(),
+                // Its SNAT addresses, as /32s.
+                RouteKind::Nat => {
+                    let addresses: std::collections::BTreeSet<Ipv4Net> = router
+                        .snat
+                        .iter()
+                        .filter_map(|rule| Ipv4Net::new(rule.translated, 32).ok())
+                        .collect();
+                    addresses.into_iter().collect()
+                }
             };
             for prefix in prefixes {
                 candidates[uplink.tier0].push(Candidate::new(

@@ -165,8 +165,11 @@ pub struct Router {
     /// Each configured BGP neighbor's session state.
     pub sessions: Vec<crate::control::bgp::SessionState>,
     pub urpf: Urpf,
-    /// Load-balancer virtual servers and their connections.
+    /// Load-balancer virtual servers.
     pub virtual_servers: Vec<VirtualServer>,
+    /// SNAT rules (an NSX Tier-1's), first match wins.
+    pub snat_rules: Vec<crate::topology::SnatRule>,
+    /// The connections its load balancer and SNAT translate.
     lb_conntrack: Conntrack,
     /// Salt of the ECMP hash (the topology seed).
     seed: u64,
@@ -190,15 +193,23 @@ impl Router {
             sessions: tables.sessions,
             urpf,
             virtual_servers: Vec::new(),
+            snat_rules: Vec::new(),
             lb_conntrack: Conntrack::new(0, seed),
             seed,
             identification: 0,
         }
     }
 
-    /// Gives the router a load balancer with these virtual servers.
-    pub fn set_load_balancer(&mut self, servers: Vec<VirtualServer>, conntrack_max: usize) {
+    /// Gives the router a load balancer with these virtual servers and these SNAT
+    /// rules, over one connection table.
+    pub fn set_nat(
+        &mut self,
+        servers: Vec<VirtualServer>,
+        snat_rules: Vec<crate::topology::SnatRule>,
+        conntrack_max: usize,
+    ) {
         self.virtual_servers = servers;
+        self.snat_rules = snat_rules;
         self.lb_conntrack = Conntrack::new(conntrack_max, self.seed);
     }
 
@@ -271,8 +282,7 @@ impl Router {
         }
         let destination = packet.meta.key.destination;
         // A reply to the load balancer's SNAT address belongs to its connection.
-        let load_balanced =
-            !self.virtual_servers.is_empty() && self.lb_conntrack.knows(&packet.meta.key);
+        let load_balanced = self.translates() && self.lb_conntrack.knows(&packet.meta.key);
         if !load_balanced
             && self
                 .ports
@@ -284,12 +294,74 @@ impl Router {
         Verdict::Continue
     }
 
+    /// Whether the router translates anything (a load balancer or SNAT rules).
+    fn translates(&self) -> bool {
+        !self.virtual_servers.is_empty() || !self.snat_rules.is_empty()
+    }
+
+    /// SNAT rules (an NSX Tier-1's, as NCP programs them for a namespace): the first
+    /// rule whose `match_source` holds the source translates it to its address, the
+    /// port chosen as the kernel does, in the router's connection table.
+    fn source_nat(&mut self, ctx: &mut Ctx, packet: &mut Packet) -> Verdict<Stop> {
+        let key = packet.meta.key;
+        let Some(rule) = self
+            .snat_rules
+            .iter()
+            .find(|rule| rule.match_source.contains(&key.source))
+            .copied()
+        else {
+            return Verdict::Continue;
+        };
+        if rule.match_source.contains(&key.destination) {
+            return Verdict::Continue; // east-west inside the matched network
+        }
+        // Only a connection that starts here is translated: the answers of one that
+        // came in (a node port's SYN-ACK) leave as they are.
+        let starts = match (key.protocol, packet.meta.icmp) {
+            (crate::wire::PROTOCOL_TCP, _) => {
+                packet.meta.tcp_flags & 0x12 == 0x02 // SYN without ACK
+            }
+            (_, crate::packet::IcmpKind::EchoRequest) => true,
+            (crate::wire::PROTOCOL_UDP, _) => true,
+            _ => false,
+        };
+        if !starts {
+            return Verdict::Continue;
+        }
+        let id = match self
+            .lb_conntrack
+            .insert_snat(key, rule.translated, ctx.now_ns)
+        {
+            Ok(id) => id,
+            Err(error) => {
+                return Verdict::Forward(Stop::Drop(
+                    DropReason::from(error),
+                    format!("snat to {} could not be committed", rule.translated),
+                ))
+            }
+        };
+        let Some(entry) = self.lb_conntrack.entry(id).copied() else {
+            return Verdict::Continue;
+        };
+        let source = entry.translated_source(Direction::Original);
+        packet.set_source(source.0, source.1);
+        ctx.nat(
+            &self.name,
+            "nsx-snat",
+            packet,
+            "snat",
+            || format!("{}:{}", key.source, key.source_port),
+            || format!("{}:{}", source.0, source.1),
+        );
+        Verdict::Continue
+    }
+
     /// The load balancer: a tracked connection's packets are translated both ways; a
     /// new one to a virtual server is checked against the source ranges, given a
     /// member (a hash of the 5-tuple with the topology seed) and SNATed to the LB's
     /// interface toward the member under automap — one conntrack entry with both.
     fn load_balance(&mut self, ctx: &mut Ctx, packet: &mut Packet) -> Verdict<Stop> {
-        if self.virtual_servers.is_empty() {
+        if !self.translates() {
             return Verdict::Continue;
         }
         let key = packet.meta.key;
@@ -302,13 +374,22 @@ impl Router {
                 let source = entry.translated_source(direction);
                 packet.set_destination(destination.0, destination.1);
                 packet.set_source(source.0, source.1);
-                let kind = match direction {
-                    Direction::Original => "dnat+snat",
-                    Direction::Reply => "undnat+unsnat",
+                let kind = match (direction, entry.has_dnat(), entry.has_snat()) {
+                    (Direction::Original, true, true) => "dnat+snat",
+                    (Direction::Original, true, false) => "dnat",
+                    (Direction::Original, false, _) => "snat",
+                    (Direction::Reply, true, true) => "undnat+unsnat",
+                    (Direction::Reply, true, false) => "undnat",
+                    (Direction::Reply, false, _) => "unsnat",
+                };
+                let component = if entry.has_dnat() {
+                    "load-balancer"
+                } else {
+                    "nsx-snat"
                 };
                 ctx.nat(
                     &self.name,
-                    "load-balancer",
+                    component,
                     packet,
                     kind,
                     || {
@@ -330,7 +411,7 @@ impl Router {
         let Some(server) = self.virtual_servers.iter().find(|v| {
             v.protocol == key.protocol && v.vip == key.destination && v.port == key.destination_port
         }) else {
-            return Verdict::Continue;
+            return self.source_nat(ctx, packet);
         };
         if !server.source_ranges.is_empty()
             && !server.source_ranges.iter().any(|r| r.contains(&key.source))

@@ -359,8 +359,8 @@ pub fn build(topology: &Topology) -> Network {
             .unwrap_or_else(|| crate::control::select(Vec::new(), router.ecmp));
         let mut device_router = Router::new(router.name.clone(), ports, tables, router.urpf, seed);
         let servers = virtual_servers(topology, router_id);
-        if !servers.is_empty() {
-            device_router.set_load_balancer(servers, topology.conntrack_max);
+        if !servers.is_empty() || !router.snat.is_empty() {
+            device_router.set_nat(servers, router.snat.clone(), topology.conntrack_max);
         }
         let device =
             network.add_device(router.name.clone(), Device::Router(Box::new(device_router)));

@@ -85,9 +85,10 @@ pub struct RouterConfig {
     /// NSX Tier-1: the route types advertised to the Tier-0.
     #[serde(default)]
     pub advertise: Option<Vec<Text>>,
-    // A capability of a later issue, accepted by the schema and refused when used.
+    /// SNAT rules (an NSX Tier-1's: a namespace's subnets to its egress /32), in
+    /// priority order.
     #[serde(default)]
-    pub snat: Option<Spanned<toml::Value>>,
+    pub snat: Vec<Spanned<SnatRuleConfig>>,
     /// Equal-cost multipath (default: on for an NSX Tier-0, off otherwise).
     #[serde(default)]
     pub ecmp: Option<Spanned<bool>>,
@@ -369,6 +370,16 @@ pub struct NodePortLocalConfig {
 
 fn enabled() -> bool {
     true
+}
+
+/// One SNAT rule of a router.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnatRuleConfig {
+    pub match_source: Spanned<Ipv4Net>,
+    pub translated: Spanned<Ipv4Addr>,
+    #[serde(default)]
+    pub random_fully: bool,
 }
 
 /// `[[cluster.service]]` (SPEC §2).

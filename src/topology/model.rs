@@ -137,6 +137,15 @@ pub struct Router {
     pub aggregates: Vec<Aggregate>,
     pub route_map_out: Vec<RouteMapEntry>,
     pub bgp: Option<Bgp>,
+    /// SNAT rules, first match wins.
+    pub snat: Vec<SnatRule>,
+}
+
+/// A router's SNAT rule: sources in `match_source` leave as `translated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatRule {
+    pub match_source: Ipv4Net,
+    pub translated: Ipv4Addr,
 }
 
 impl Router {

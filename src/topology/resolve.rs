@@ -397,7 +397,6 @@ pub(super) fn resolve_routers(
     for (router_id, spanned) in file.router.iter().enumerate() {
         let config = spanned.get_ref();
         let kind = super::routing::router_kind(resolver, &config.kind)?;
-        resolver.unsupported(&config.snat, "router SNAT")?;
         let name = config.name.get_ref().clone();
         let mut interfaces = Vec::new();
         for (segment_id, segment) in segments.iter().enumerate() {
@@ -481,6 +480,14 @@ pub(super) fn resolve_routers(
             aggregates: super::routing::aggregates(config),
             route_map_out,
             bgp,
+            snat: config
+                .snat
+                .iter()
+                .map(|rule| SnatRule {
+                    match_source: rule.get_ref().match_source.get_ref().trunc(),
+                    translated: *rule.get_ref().translated.get_ref(),
+                })
+                .collect(),
         });
     }
     Ok(routers)

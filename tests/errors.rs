@@ -468,3 +468,18 @@ fn a_conntrack_max_of_zero_is_located() {
         "conntrack_max must be at least 1",
     );
 }
+
+#[test]
+fn a_tier1_snat_rule_translating_to_a_network_is_located_at_its_value() {
+    let text = BASE.replace(
+        "name = \"r1\"\n",
+        "name = \"r1\"\nsnat = [ { match_source = \"10.20.0.0/24\", translated = \"10.30.0.0/24\" } ]\n",
+    );
+    let (line, column) = position(&text, "\"10.30.0.0/24\"");
+    assert_located(
+        &refuse(&text),
+        line,
+        column,
+        "`translated` must be one IPv4 address such as 10.30.0.5",
+    );
+}

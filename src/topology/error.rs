@@ -137,6 +137,26 @@ pub fn in_users_words(message: &str, key: Option<&str>) -> String {
             what.to_string()
         }
     };
+    // ipnet / std address parsers speak of syntax; say what the field wants.
+    let syntax = [
+        "invalid IPv4 address syntax",
+        "invalid IP address syntax",
+        "invalid IPv4 network syntax",
+        "invalid IP network syntax",
+    ];
+    if syntax.contains(&message) {
+        let subject = key.map_or("this value".to_string(), |k| format!("`{k}`"));
+        let network = key.is_some_and(|k| {
+            ["cidr", "prefix", "source", "pool", "range", "except"]
+                .iter()
+                .any(|word| k.contains(word))
+        });
+        return if network {
+            format!("{subject} must be an IPv4 network such as 10.30.0.0/24 ({message})")
+        } else {
+            format!("{subject} must be one IPv4 address such as 10.30.0.5 ({message})")
+        };
+    }
     for prefix in ["invalid value: ", "invalid type: "] {
         if let Some(rest) = message.strip_prefix(prefix) {
             if let Some((what, wanted)) = rest.split_once(", expected ") {

@@ -30,15 +30,21 @@ pub fn parse(file: &str, text: &str) -> Result<Topology, ConfigError> {
     resolve::resolve(&parsed, &source)
 }
 
-/// The key being assigned on the line holding byte `offset` (`mtu` in `mtu = 70000`).
+/// The key being assigned at byte `offset`: the nearest `key =` before it on its
+/// line (`translated` in `{ match_source = "…", translated = "…" }`, `mtu` in
+/// `mtu = 70000`).
 fn key_at(text: &str, offset: usize) -> Option<String> {
     let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let before = text.get(start..offset)?;
     let line = text[start..].lines().next()?;
-    let (key, _) = line.split_once('=')?;
-    let key = key.trim().trim_start_matches('{').trim();
-    let key = key.rsplit([',', '{']).next()?.trim();
-    (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .then(|| key.to_string())
+    // The value may start at `offset` itself, or the span may cover the whole line.
+    let head = if before.contains('=') { before } else { line };
+    let equals = head.rfind('=')?;
+    let key = head[..equals].trim_end();
+    let key = key
+        .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .next()?;
+    (!key.is_empty()).then(|| key.to_string())
 }
 
 /// Reads, parses and resolves a topology file.

@@ -328,10 +328,10 @@ impl Router {
         if !starts {
             return Verdict::Continue;
         }
-        let id = match self
-            .lb_conntrack
-            .insert_snat(key, rule.translated, ctx.now_ns)
-        {
+        let committed =
+            self.lb_conntrack
+                .insert_snat_with(key, rule.translated, rule.random_fully, ctx.now_ns);
+        let id = match committed {
             Ok(id) => id,
             Err(error) => {
                 return Verdict::Forward(Stop::Drop(

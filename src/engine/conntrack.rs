@@ -372,7 +372,20 @@ impl Conntrack {
         address: Ipv4Addr,
         now_ns: u64,
     ) -> Result<EntryId, ConntrackError> {
-        let port = self.choose_snat_port(&original, address)?;
+        self.insert_snat_with(original, address, false, now_ns)
+    }
+
+    /// Like [`Conntrack::insert_snat`]; with `random_fully` (iptables
+    /// `--random-fully`) the original port is not tried first: every connection
+    /// starts from its own random offset.
+    pub fn insert_snat_with(
+        &mut self,
+        original: FlowKey,
+        address: Ipv4Addr,
+        random_fully: bool,
+        now_ns: u64,
+    ) -> Result<EntryId, ConntrackError> {
+        let port = self.choose_snat_port(&original, address, random_fully)?;
         self.insert(original, snat_reply_tuple(&original, address, port), now_ns)
     }
 
@@ -394,7 +407,7 @@ impl Conntrack {
         };
         let reply = match snat {
             Some(address) => {
-                let port = self.choose_snat_port(&translated, address)?;
+                let port = self.choose_snat_port(&translated, address, false)?;
                 snat_reply_tuple(&translated, address, port)
             }
             None => translated.reversed(),
@@ -406,9 +419,10 @@ impl Conntrack {
         &self,
         original: &FlowKey,
         address: Ipv4Addr,
+        random_fully: bool,
     ) -> Result<u16, ConntrackError> {
         let candidate = |port: u16| snat_reply_tuple(original, address, port);
-        if !self.reply_tuple_in_use(&candidate(original.source_port)) {
+        if !random_fully && !self.reply_tuple_in_use(&candidate(original.source_port)) {
             return Ok(original.source_port);
         }
         let (low, high): (u32, u32) = match original.source_port {
@@ -580,6 +594,22 @@ mod tests {
             ..key([172, 20, 1, 10], 20_000)
         };
         assert!(table.insert_snat(other, node, 0).is_ok());
+    }
+
+    #[test]
+    fn random_fully_does_not_keep_the_original_port() {
+        let mut table = Conntrack::new(16, 5);
+        let node = Ipv4Addr::new(10, 20, 0, 11);
+        let kept = table
+            .insert_snat(key([172, 20, 1, 10], 40000), node, 0)
+            .unwrap();
+        assert_eq!(table.entry(kept).unwrap().reply.destination_port, 40000);
+        let random = table
+            .insert_snat_with(key([172, 20, 1, 11], 40001), node, true, 0)
+            .unwrap();
+        let port = table.entry(random).unwrap().reply.destination_port;
+        assert_ne!(port, 40001);
+        assert!(port >= 1024);
     }
 
     #[test]

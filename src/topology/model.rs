@@ -146,6 +146,8 @@ pub struct Router {
 pub struct SnatRule {
     pub match_source: Ipv4Net,
     pub translated: Ipv4Addr,
+    /// `--random-fully`: no attempt to keep the original port.
+    pub random_fully: bool,
 }
 
 impl Router {

@@ -486,6 +486,7 @@ pub(super) fn resolve_routers(
                 .map(|rule| SnatRule {
                     match_source: rule.get_ref().match_source.get_ref().trunc(),
                     translated: *rule.get_ref().translated.get_ref(),
+                    random_fully: rule.get_ref().random_fully,
                 })
                 .collect(),
         });

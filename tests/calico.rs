@@ -202,6 +202,12 @@ fn ipip_crosses_racks_and_same_rack_traffic_is_routed_as_is() {
     let to_client = flow(&report, "to-client");
     assert_eq!(to_client.seen_source.as_deref(), Some("10.30.2.11"));
     assert_eq!(to_client.nat[0].kind, "snat");
+    // natOutgoing's MASQUERADE is --random-fully: the pod's port is not kept.
+    let (from_port, to_port) = (
+        to_client.nat[0].from.rsplit(':').next().unwrap(),
+        to_client.nat[0].to.rsplit(':').next().unwrap(),
+    );
+    assert_ne!(from_port, to_port);
     assert!(flow(&report, "client-to-pod").nat.is_empty());
 
     let (_dir, out) = run_to_dir(&text);

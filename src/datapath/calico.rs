@@ -391,6 +391,12 @@ impl LinuxHost for CalicoNode {
             .map_or("cali", String::as_str)
     }
 
+    /// Felix adds `--random-fully` to its MASQUERADE when iptables supports it
+    /// (every current node image does; reference §f).
+    fn masquerade_random_fully(&self) -> bool {
+        true
+    }
+
     /// Felix `cali-nat-outgoing`: `-m set --match-set cali40masq-ipam-pools src -m set
     /// ! --match-set cali40all-ipam-pools dst -j MASQUERADE` — whatever interface the
     /// packet leaves by.

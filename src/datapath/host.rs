@@ -285,6 +285,10 @@ pub trait LinuxHost {
     fn node_port_redirect(&self) -> Option<Ipv4Addr> {
         None
     }
+    /// Whether the CNI's MASQUERADE rule uses `--random-fully`.
+    fn masquerade_random_fully(&self) -> bool {
+        false
+    }
     /// The CNI's masquerade rule for a new connection.
     fn masquerade(&self, ingress: HostIngress, egress: HostEgress, key: &FlowKey) -> bool;
     /// Hands a packet to an interior interface; `forwarded` is false for what the
@@ -801,8 +805,9 @@ pub trait LinuxHost {
         key: FlowKey,
         service: Option<&ServiceNat>,
     ) -> Result<EntryId, DropReason> {
-        let masquerade =
-            self.masquerade(ingress, egress, &key) || service.is_some_and(|nat| nat.masquerade);
+        let cni_masquerade = self.masquerade(ingress, egress, &key);
+        let random_fully = cni_masquerade && self.masquerade_random_fully();
+        let masquerade = cni_masquerade || service.is_some_and(|nat| nat.masquerade);
         let address = match egress {
             HostEgress::Uplink { .. } => self.stack().ip,
             HostEgress::Interior {
@@ -818,7 +823,11 @@ pub trait LinuxHost {
                 masquerade.then_some(address),
                 ctx.now_ns,
             ),
-            None if masquerade => stack.conntrack.insert_snat(key, address, ctx.now_ns),
+            None if masquerade => {
+                stack
+                    .conntrack
+                    .insert_snat_with(key, address, random_fully, ctx.now_ns)
+            }
             None => stack.conntrack.insert_untranslated(key, ctx.now_ns),
         };
         let id = committed.map_err(DropReason::from)?;

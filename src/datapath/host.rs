@@ -721,7 +721,7 @@ pub trait LinuxHost {
             return;
         };
         let name = stack.name.clone();
-        translate_related_icmp(ctx, &name, "netfilter", &entry, packet);
+        super::nat::translate_related_icmp(ctx, &name, "netfilter", &entry, packet);
     }
 
     /// POSTROUTING: apply the connection's SNAT (or un-DNAT), or commit a new
@@ -975,52 +975,6 @@ pub trait LinuxHost {
         );
         let error = icmp::originate(ctx, route.point, packet, message, header);
         self.send_local(ctx, route.egress, error, out);
-    }
-}
-
-/// An ICMP error RELATED to a tracked connection, about a packet the connection's
-/// reply direction carries, translated back as netfilter's
-/// `nf_nat_icmp_reply_translation` does: un-SNAT (the outer destination and the
-/// quoted source go back to the original client) and un-DNAT (the quoted
-/// destination, and the outer source when the endpoint itself sent the error, go
-/// back to the Service address the client used). Shared by the host's netfilter and
-/// AntreaProxy's zone in OVS.
-pub fn translate_related_icmp(
-    ctx: &mut Ctx,
-    device: &str,
-    component: &'static str,
-    entry: &crate::engine::conntrack::Entry,
-    packet: &mut Packet,
-) {
-    if entry.has_snat() {
-        let (address, port) = (entry.original.source, entry.original.source_port);
-        let before = packet.meta.key.destination;
-        packet.rewrite_quoted_source(address, port);
-        packet.set_destination(address, packet.meta.key.destination_port);
-        ctx.nat(
-            device,
-            component,
-            packet,
-            "unsnat-related",
-            || before.to_string(),
-            || address.to_string(),
-        );
-    }
-    if entry.has_dnat() {
-        let (address, port) = (entry.original.destination, entry.original.destination_port);
-        let before = packet.meta.key.source;
-        packet.rewrite_quoted_destination(address, port);
-        if before == entry.reply.source {
-            packet.set_source(address, packet.meta.key.source_port);
-        }
-        ctx.nat(
-            device,
-            component,
-            packet,
-            "undnat-related",
-            || before.to_string(),
-            || address.to_string(),
-        );
     }
 }
 

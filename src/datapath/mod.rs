@@ -17,6 +17,7 @@ pub mod forwarding;
 pub mod host;
 pub mod icmp;
 pub mod local;
+pub mod nat;
 pub mod router;
 pub mod services;
 pub mod switch;

@@ -294,6 +294,20 @@ impl Router {
         Verdict::Continue
     }
 
+    /// Applies the router's connection `id` to `packet` (`datapath::nat`): the load
+    /// balancer's entries (with a DNAT) or an SNAT rule's.
+    fn apply_tracked(&self, ctx: &mut Ctx, id: u32, direction: Direction, packet: &mut Packet) {
+        let Some(entry) = self.lb_conntrack.entry(id).copied() else {
+            return;
+        };
+        let component = if entry.has_dnat() {
+            "load-balancer"
+        } else {
+            "nsx-snat"
+        };
+        super::nat::apply_entry(ctx, &self.name, component, &entry, direction, packet);
+    }
+
     /// Whether the router translates anything (a load balancer or SNAT rules).
     fn translates(&self) -> bool {
         !self.virtual_servers.is_empty() || !self.snat_rules.is_empty()
@@ -340,19 +354,7 @@ impl Router {
                 ))
             }
         };
-        let Some(entry) = self.lb_conntrack.entry(id).copied() else {
-            return Verdict::Continue;
-        };
-        let source = entry.translated_source(Direction::Original);
-        packet.set_source(source.0, source.1);
-        ctx.nat(
-            &self.name,
-            "nsx-snat",
-            packet,
-            "snat",
-            || format!("{}:{}", key.source, key.source_port),
-            || format!("{}:{}", source.0, source.1),
-        );
+        self.apply_tracked(ctx, id, Direction::Original, packet);
         Verdict::Continue
     }
 
@@ -369,43 +371,7 @@ impl Router {
             self.lb_conntrack
                 .track(&key, packet.meta.tcp_flags, ctx.now_ns)
         {
-            if let Some(entry) = self.lb_conntrack.entry(id).copied() {
-                let destination = entry.translated_destination(direction);
-                let source = entry.translated_source(direction);
-                packet.set_destination(destination.0, destination.1);
-                packet.set_source(source.0, source.1);
-                let kind = match (direction, entry.has_dnat(), entry.has_snat()) {
-                    (Direction::Original, true, true) => "dnat+snat",
-                    (Direction::Original, true, false) => "dnat",
-                    (Direction::Original, false, _) => "snat",
-                    (Direction::Reply, true, true) => "undnat+unsnat",
-                    (Direction::Reply, true, false) => "undnat",
-                    (Direction::Reply, false, _) => "unsnat",
-                };
-                let component = if entry.has_dnat() {
-                    "load-balancer"
-                } else {
-                    "nsx-snat"
-                };
-                ctx.nat(
-                    &self.name,
-                    component,
-                    packet,
-                    kind,
-                    || {
-                        format!(
-                            "{}:{} > {}:{}",
-                            key.source, key.source_port, key.destination, key.destination_port
-                        )
-                    },
-                    || {
-                        format!(
-                            "{}:{} > {}:{}",
-                            source.0, source.1, destination.0, destination.1
-                        )
-                    },
-                );
-            }
+            self.apply_tracked(ctx, id, direction, packet);
             return Verdict::Continue;
         }
         let Some(server) = self.virtual_servers.iter().find(|v| {
@@ -444,7 +410,6 @@ impl Router {
         } else {
             None
         };
-        let service = server.service.clone();
         let id = match self.lb_conntrack.insert_nat(key, member, snat, ctx.now_ns) {
             Ok(id) => id,
             Err(error) => {
@@ -454,25 +419,7 @@ impl Router {
                 ))
             }
         };
-        let Some(entry) = self.lb_conntrack.entry(id).copied() else {
-            return Verdict::Continue;
-        };
-        let source = entry.translated_source(Direction::Original);
-        packet.set_destination(member.0, member.1);
-        packet.set_source(source.0, source.1);
-        ctx.nat(
-            &self.name,
-            "load-balancer",
-            packet,
-            "dnat+snat",
-            || {
-                format!(
-                    "{service} {}:{} > {}:{}",
-                    key.source, key.source_port, key.destination, key.destination_port
-                )
-            },
-            || format!("{}:{} > {}:{}", source.0, source.1, member.0, member.1),
-        );
+        self.apply_tracked(ctx, id, Direction::Original, packet);
         Verdict::Continue
     }
 

@@ -185,7 +185,7 @@ impl AntreaNode {
             let found = self.service_ct.lookup(&quoted.reversed(), ctx.now_ns);
             if let Some((id, Direction::Reply)) = found {
                 if let Some(entry) = self.service_ct.entry(id).copied() {
-                    crate::datapath::host::translate_related_icmp(
+                    crate::datapath::nat::translate_related_icmp(
                         ctx,
                         &self.settings.name,
                         "AntreaProxy",
@@ -206,40 +206,16 @@ impl AntreaNode {
         let Some(entry) = self.service_ct.entry(id).copied() else {
             return false;
         };
-        let key = packet.meta.key;
         // Both bindings of the entry, each way: DNAT / un-DNAT of the Service
-        // address, and (proxyAll node ports) SNAT / un-SNAT of antrea-gw0's.
-        let destination = entry.translated_destination(direction);
-        let source = entry.translated_source(direction);
-        let (destination_kind, source_kind) = match direction {
-            Direction::Original => ("dnat", "snat"),
-            Direction::Reply => ("unsnat", "undnat"),
-        };
-        for (kind, before, after) in [
-            (
-                destination_kind,
-                (key.destination, key.destination_port),
-                destination,
-            ),
-            (source_kind, (key.source, key.source_port), source),
-        ] {
-            if before == after {
-                continue;
-            }
-            if kind == destination_kind {
-                packet.set_destination(after.0, after.1);
-            } else {
-                packet.set_source(after.0, after.1);
-            }
-            ctx.nat(
-                &self.settings.name,
-                "AntreaProxy",
-                packet,
-                kind,
-                || format!("{}:{}", before.0, before.1),
-                || format!("{}:{}", after.0, after.1),
-            );
-        }
+        // address, and (hairpins, proxyAll node ports) SNAT / un-SNAT of antrea-gw0's.
+        crate::datapath::nat::apply_entry(
+            ctx,
+            &self.settings.name,
+            "AntreaProxy",
+            &entry,
+            direction,
+            packet,
+        );
         true
     }
 
@@ -309,28 +285,14 @@ impl AntreaNode {
             Ok(id) => id,
             Err(error) => return Verdict::Drop(DropReason::from(error)),
         };
-        let Some(entry) = self.service_ct.entry(id).copied() else {
-            return Verdict::Continue;
-        };
-        let source = entry.translated_source(Direction::Original);
-        packet.set_destination(endpoint.0, endpoint.1);
-        packet.set_source(source.0, source.1);
-        ctx.nat(
-            &self.settings.name,
-            "AntreaProxy",
-            packet,
-            "dnat",
-            || format!("{}:{}", key.destination, key.destination_port),
-            || format!("{}:{}", endpoint.0, endpoint.1),
-        );
-        if source != (key.source, key.source_port) {
-            ctx.nat(
+        if let Some(entry) = self.service_ct.entry(id).copied() {
+            crate::datapath::nat::apply_entry(
+                ctx,
                 &self.settings.name,
                 "AntreaProxy",
+                &entry,
+                Direction::Original,
                 packet,
-                "snat",
-                || format!("{}:{}", key.source, key.source_port),
-                || format!("{}:{}", source.0, source.1),
             );
         }
         Verdict::Continue

@@ -108,18 +108,9 @@ pub fn parse_endpoint(
     }
     if let Some(rest) = text.strip_prefix("nodeport:") {
         let (name, port) = split_port(rest)?;
-        let Some((node_name, service_name)) = name.split_once('/') else {
-            return Err(format!(
-                "`{text}`: a NodePort is written nodeport:NODE/NS/NAME:PORT"
-            ));
-        };
-        let (cluster, service) = find_service(topology, service_name)?;
-        let node = topology.clusters[cluster]
-            .nodes
-            .iter()
-            .position(|n| n.name == node_name)
-            .ok_or_else(|| format!("no node `{node_name}` in the Service's cluster"))?;
-        let service = &topology.clusters[cluster].services[service];
+        let (cluster, node, service) = node_and_service(topology, name, || {
+            format!("`{text}`: a NodePort is written nodeport:NODE/NS/NAME:PORT")
+        })?;
         let port = service_port(service, port)?;
         let node_port = port.node_port.ok_or_else(|| {
             format!(
@@ -157,18 +148,9 @@ pub fn parse_endpoint(
         ));
     }
     if let Some(rest) = text.strip_prefix("healthcheck:") {
-        let Some((node_name, service_name)) = rest.split_once('/') else {
-            return Err(format!(
-                "`{text}`: a health check is written healthcheck:NODE/NS/NAME"
-            ));
-        };
-        let (cluster, service) = find_service(topology, service_name)?;
-        let node = topology.clusters[cluster]
-            .nodes
-            .iter()
-            .position(|n| n.name == node_name)
-            .ok_or_else(|| format!("no node `{node_name}` in the Service's cluster"))?;
-        let service = &topology.clusters[cluster].services[service];
+        let (cluster, node, service) = node_and_service(topology, rest, || {
+            format!("`{text}`: a health check is written healthcheck:NODE/NS/NAME")
+        })?;
         let port = service.health_check_node_port.ok_or_else(|| {
             format!(
                 "Service {} has no health-check node port (it needs type LoadBalancer and external_traffic_policy = \"Local\")",
@@ -199,6 +181,25 @@ pub fn parse_endpoint(
         format!("`{text}` is not an endpoint (pod:NS/NAME, host:NAME, node:NAME, IP or IP:PORT)")
     })?;
     Ok((EndpointRef::Address(address), port))
+}
+
+/// `NODE/NS/NAME`: the cluster, the node's index and the Service; `form` says how
+/// the endpoint is written when `text` has no node part.
+fn node_and_service<'t>(
+    topology: &'t Topology,
+    text: &str,
+    form: impl FnOnce() -> String,
+) -> std::result::Result<(usize, usize, &'t Service), String> {
+    let Some((node_name, service_name)) = text.split_once('/') else {
+        return Err(form());
+    };
+    let (cluster, service) = find_service(topology, service_name)?;
+    let node = topology.clusters[cluster]
+        .nodes
+        .iter()
+        .position(|n| n.name == node_name)
+        .ok_or_else(|| format!("no node `{node_name}` in the Service's cluster"))?;
+    Ok((cluster, node, &topology.clusters[cluster].services[service]))
 }
 
 /// The Service `NS/NAME` (in whichever cluster has it).

@@ -129,6 +129,7 @@ impl CalicoNode {
             UPLINK_PORT,
             Conntrack::new(settings.conntrack_max, settings.seed),
         );
+        stack.host_process = settings.host_process.clone();
         let mut route_sources = BTreeMap::new();
         for (prefix, route, source) in &settings.routes {
             stack.routes.insert(*prefix, *route);
@@ -180,8 +181,14 @@ impl CalicoNode {
     pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, packet: Packet, out: &mut Outputs) {
         if in_port == UPLINK_PORT {
             self.uplink_input(ctx, packet, out);
-        } else if self.host_process_interface() == Some(in_port) {
-            self.host_input(ctx, HostIngress::Interior(in_port), None, packet, out);
+        } else if let Some(process) = self
+            .stack
+            .host_process
+            .as_ref()
+            .filter(|p| p.port == in_port)
+        {
+            let interface = HostIngress::Interior(process.interface);
+            self.host_input(ctx, interface, None, packet, out);
         } else {
             self.pod_input(ctx, usize::from(in_port - 1), packet, out);
         }
@@ -330,19 +337,6 @@ impl LinuxHost for CalicoNode {
     }
 
     fn interior(&self, interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
-        if let Some(process) = self
-            .settings
-            .host_process
-            .as_ref()
-            .filter(|p| p.port == interface)
-        {
-            return crate::datapath::host::process_link(
-                process,
-                self.settings.ip,
-                self.settings.mac,
-                self.settings.uplink_mtu,
-            );
-        }
         if interface == TUNNEL {
             let tunnel = self.settings.tunnel.as_ref();
             return InteriorLink {
@@ -367,21 +361,7 @@ impl LinuxHost for CalicoNode {
         }
     }
 
-    fn local_listener(&self, key: &FlowKey) -> Option<InteriorId> {
-        let process = self.settings.host_process.as_ref()?;
-        process
-            .listens_for(key, self.settings.ip)
-            .then_some(process.port)
-    }
-
-    fn host_process_interface(&self) -> Option<InteriorId> {
-        self.settings.host_process.as_ref().map(|p| p.port)
-    }
-
     fn interior_name(&self, interface: InteriorId) -> &str {
-        if self.host_process_interface() == Some(interface) {
-            return "kube-proxy";
-        }
         if interface == TUNNEL {
             return self.settings.tunnel.as_ref().map_or("tunl0", |t| t.name());
         }
@@ -414,15 +394,6 @@ impl LinuxHost for CalicoNode {
         out: &mut Outputs,
         forwarded: bool,
     ) {
-        if let Some(process) = self
-            .settings
-            .host_process
-            .as_ref()
-            .filter(|p| p.port == interface)
-        {
-            process.deliver(ctx, packet, out);
-            return;
-        }
         if interface == TUNNEL {
             if forwarded {
                 let name = self.interior_name(TUNNEL);

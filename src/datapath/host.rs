@@ -107,6 +107,8 @@ pub struct LocalPod {
 pub struct HostProcess {
     /// The node port its link is on.
     pub port: PortId,
+    /// The interior interface the host stack reaches it by.
+    pub interface: InteriorId,
     pub mac: Mac,
     pub point: PointId,
     /// TCP ports it listens on.
@@ -171,6 +173,8 @@ pub struct HostStack {
     /// The kernel routing table (`ip route`).
     pub routes: LpmTable<HostRoute>,
     pub conntrack: Conntrack,
+    /// The node's own listening processes (kube-proxy's health-check servers).
+    pub host_process: Option<HostProcess>,
     /// The cluster's Services, translated by kube-proxy in PREROUTING.
     pub services: Option<std::sync::Arc<ServiceTable>>,
     /// This node's index in its cluster (for traffic policies `Local`).
@@ -203,6 +207,7 @@ impl HostStack {
             uplink_port,
             routes: LpmTable::new(),
             conntrack,
+            host_process: None,
             services: None,
             node_index: 0,
             affinity: Affinity::default(),
@@ -273,12 +278,44 @@ pub trait LinuxHost {
     fn interior_name(&self, interface: InteriorId) -> &str;
     /// The interior interface of the node's own process listening for `key` (TCP to
     /// one of its ports), if one does.
-    fn local_listener(&self, _key: &FlowKey) -> Option<InteriorId> {
-        None
+    fn local_listener(&self, key: &FlowKey) -> Option<InteriorId> {
+        let stack = self.stack();
+        let process = stack.host_process.as_ref()?;
+        process
+            .listens_for(key, stack.ip)
+            .then_some(process.interface)
     }
     /// The interior interface of the node's own processes, if it has any.
     fn host_process_interface(&self) -> Option<InteriorId> {
-        None
+        self.stack().host_process.as_ref().map(|p| p.interface)
+    }
+
+    /// How a packet leaves through `interface`: the node's own processes, or the
+    /// CNI's interface.
+    fn link(&self, interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
+        let stack = self.stack();
+        match stack.host_process.as_ref() {
+            Some(process) if process.interface == interface => {
+                process_link(process, stack.ip, stack.mac, stack.uplink_mtu)
+            }
+            _ => self.interior(interface, next_hop),
+        }
+    }
+
+    /// Hands `packet` to `interface`: to the node's own processes, or to the CNI.
+    fn deliver_interior(
+        &mut self,
+        ctx: &mut Ctx,
+        interface: InteriorId,
+        next_hop: Ipv4Addr,
+        packet: Packet,
+        out: &mut Outputs,
+        forwarded: bool,
+    ) {
+        match self.stack().host_process.as_ref() {
+            Some(process) if process.interface == interface => process.deliver(ctx, packet, out),
+            _ => self.send_interior(ctx, interface, next_hop, packet, out, forwarded),
+        }
     }
     /// Where node-port traffic is redirected instead of kube-proxy translating it
     /// (Antrea's proxyAll: its virtual NodePort DNAT address, into OVS).
@@ -410,7 +447,7 @@ pub trait LinuxHost {
                 interface,
                 next_hop,
             } => {
-                let link = self.interior(interface, next_hop);
+                let link = self.link(interface, next_hop);
                 (link.mtu, Some(link.destination_mac))
             }
         };
@@ -528,10 +565,10 @@ pub trait LinuxHost {
                 interface,
                 next_hop,
             } => {
-                let link = self.interior(interface, next_hop);
+                let link = self.link(interface, next_hop);
                 packet.set_macs(link.source_mac, next_mac);
                 for fragment in forwarding::fragment_for_mtu(ctx, packet, size_limit) {
-                    self.send_interior(ctx, interface, next_hop, fragment, out, true);
+                    self.deliver_interior(ctx, interface, next_hop, fragment, out, true);
                 }
             }
         }
@@ -659,6 +696,11 @@ pub trait LinuxHost {
     fn egress_name(&self, egress: HostEgress) -> &str {
         match egress {
             HostEgress::Uplink { .. } => "eth0",
+            HostEgress::Interior { interface, .. }
+                if Some(interface) == self.host_process_interface() =>
+            {
+                "kube-proxy"
+            }
             HostEgress::Interior { interface, .. } => self.interior_name(interface),
         }
     }
@@ -813,7 +855,7 @@ pub trait LinuxHost {
             HostEgress::Interior {
                 interface,
                 next_hop,
-            } => self.interior(interface, next_hop).address,
+            } => self.link(interface, next_hop).address,
         };
         let stack = self.stack_mut();
         let committed = match service {
@@ -855,10 +897,10 @@ pub trait LinuxHost {
                     packet.meta.key.destination_port
                 )
             });
-            let link = self.interior(interface, destination);
+            let link = self.link(interface, destination);
             let mut packet = packet;
             packet.set_macs(link.source_mac, link.destination_mac);
-            self.send_interior(ctx, interface, destination, packet, out, true);
+            self.deliver_interior(ctx, interface, destination, packet, out, true);
             return;
         }
         let Some(route) = self.local_route(packet.meta.key.source) else {
@@ -908,7 +950,7 @@ pub trait LinuxHost {
                 interface,
                 next_hop,
             } => {
-                let link = self.interior(interface, next_hop);
+                let link = self.link(interface, next_hop);
                 Some(LocalRoute {
                     egress,
                     source: link.address,
@@ -927,7 +969,7 @@ pub trait LinuxHost {
             HostEgress::Interior {
                 interface,
                 next_hop,
-            } => self.send_interior(ctx, interface, next_hop, packet, out, false),
+            } => self.deliver_interior(ctx, interface, next_hop, packet, out, false),
         }
     }
 

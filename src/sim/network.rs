@@ -456,6 +456,7 @@ pub fn build(topology: &Topology) -> Network {
                 topology,
                 (cluster_id, node_id),
                 node_pods.len(),
+                Some(crate::datapath::antrea::HOST_PROCESS_INTERFACE),
             );
             let settings = NodeSettings {
                 host_process: host_process.clone(),
@@ -543,6 +544,7 @@ fn node_process(
     topology: &Topology,
     (cluster, node): (usize, usize),
     pods_on_node: usize,
+    interface: Option<crate::datapath::host::InteriorId>,
 ) -> Option<HostProcess> {
     let listens: Vec<u16> = topology.clusters[cluster]
         .health_checks(node)
@@ -555,8 +557,12 @@ fn node_process(
     let name = &topology.clusters[cluster].nodes[node].name;
     let point = network.add_point(&format!("{name}/kube-proxy"), "lo", PointKind::Internal);
     let index = u32::try_from(network.endpoints.len()).unwrap_or(0);
+    let port = PortId::try_from(pods_on_node + 1).unwrap_or(PortId::MAX);
     Some(HostProcess {
-        port: PortId::try_from(pods_on_node + 1).unwrap_or(PortId::MAX),
+        port,
+        // By default the interior interface is numbered like its port (Calico's
+        // interior interfaces are its ports).
+        interface: interface.unwrap_or(port),
         mac: Mac::seeded(topology.seed, mac_kind::HOST_PROCESS, index),
         point,
         listens,
@@ -844,6 +850,7 @@ fn build_calico_node(
         topology,
         (at.cluster_id, at.node_id),
         node_pods.len(),
+        None,
     );
     let settings = CalicoNodeSettings {
         host_process: host_process.clone(),

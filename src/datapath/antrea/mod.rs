@@ -45,8 +45,8 @@ use std::net::Ipv4Addr;
 pub const UPLINK_PORT: PortId = 0;
 /// antrea-gw0, the host stack's one interior interface.
 const GATEWAY: InteriorId = 0;
-/// The link to the node's own processes.
-const HOST_PROCESS: InteriorId = 1;
+/// The interior interface to the node's own processes (antrea-gw0 is 0).
+pub const HOST_PROCESS_INTERFACE: InteriorId = 1;
 /// Antrea's `VirtualNodePortDNATIPv4`: with proxyAll, the host DNATs node-port
 /// traffic to it so that it is routed through antrea-gw0 into OVS.
 pub const VIRTUAL_NODE_PORT_DNAT_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 252);
@@ -172,6 +172,7 @@ impl AntreaNode {
             Conntrack::new(settings.conntrack_max, settings.seed),
         );
         stack.routes = routes;
+        stack.host_process = settings.host_process.clone();
         AntreaNode {
             pod_by_ip,
             pod_by_mac,
@@ -221,13 +222,14 @@ impl AntreaNode {
     pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, packet: Packet, out: &mut Outputs) {
         if in_port == UPLINK_PORT {
             self.uplink_input(ctx, packet, out);
-        } else if self
-            .settings
+        } else if let Some(process) = self
+            .stack
             .host_process
             .as_ref()
-            .is_some_and(|p| p.port == in_port)
+            .filter(|p| p.port == in_port)
         {
-            self.host_input(ctx, HostIngress::Interior(HOST_PROCESS), None, packet, out);
+            let interface = HostIngress::Interior(process.interface);
+            self.host_input(ctx, interface, None, packet, out);
         } else {
             let pod = usize::from(in_port - 1);
             let slot = ctx.begin_receive(self.settings.pods[pod].veth_point, &packet);
@@ -251,15 +253,7 @@ impl LinuxHost for AntreaNode {
         address == self.gateway_ip()
     }
 
-    fn interior(&self, interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
-        if let (HOST_PROCESS, Some(process)) = (interface, &self.settings.host_process) {
-            return crate::datapath::host::process_link(
-                process,
-                self.settings.ip,
-                self.settings.mac,
-                self.settings.uplink_mtu,
-            );
-        }
+    fn interior(&self, _interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
         InteriorLink {
             mtu: self.settings.pod_mtu,
             address: self.gateway_ip(),
@@ -273,22 +267,8 @@ impl LinuxHost for AntreaNode {
         }
     }
 
-    fn interior_name(&self, interface: InteriorId) -> &str {
-        if interface == HOST_PROCESS {
-            return "kube-proxy";
-        }
+    fn interior_name(&self, _interface: InteriorId) -> &str {
         "antrea-gw0"
-    }
-
-    fn local_listener(&self, key: &FlowKey) -> Option<InteriorId> {
-        let process = self.settings.host_process.as_ref()?;
-        process
-            .listens_for(key, self.settings.ip)
-            .then_some(HOST_PROCESS)
-    }
-
-    fn host_process_interface(&self) -> Option<InteriorId> {
-        self.settings.host_process.as_ref().map(|_| HOST_PROCESS)
     }
 
     fn node_port_redirect(&self) -> Option<Ipv4Addr> {
@@ -310,16 +290,12 @@ impl LinuxHost for AntreaNode {
     fn send_interior(
         &mut self,
         ctx: &mut Ctx,
-        interface: InteriorId,
+        _interface: InteriorId,
         _next_hop: Ipv4Addr,
         packet: Packet,
         out: &mut Outputs,
         forwarded: bool,
     ) {
-        if let (HOST_PROCESS, Some(process)) = (interface, &self.settings.host_process) {
-            process.deliver(ctx, packet, out);
-            return;
-        }
         let slot = if forwarded {
             ctx.begin_receive(self.settings.gateway_point, &packet)
         } else {

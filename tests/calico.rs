@@ -394,3 +394,35 @@ fn plain_routed_pods_cross_racks_through_the_tor_without_encapsulation() {
         .iter()
         .all(|p| p.meta.key.destination == web_b && p.meta.ttl == 62));
 }
+
+#[test]
+fn kube_proxy_on_a_calico_node_answers_the_health_check_port() {
+    let base = example("calico-bgp-tor");
+    let base = base[..base.find("[[flow]]").unwrap()].replace(
+        "name = \"web-a\"\nnode = \"worker-a2\"",
+        "name = \"web-a\"\nnode = \"worker-a2\"\nlabels = { app = \"web\" }",
+    );
+    let text = format!(
+        "{base}\n[[cluster.service]]\nname = \"web\"\ntype = \"LoadBalancer\"\nexternal_traffic_policy = \"Local\"\nselector = {{ app = \"web\" }}\nports = [ {{ port = 80, target_port = \"http\" }} ]\nload_balancer_ip = \"172.16.61.10\"\nload_balancer = {{ router = \"tor\" }}\n\
+         \n[[flow]]\nname = \"a1\"\nfrom = \"host:client\"\nto = \"healthcheck:worker-a1/default/web\"\n\
+         \n[[flow]]\nname = \"a2\"\nfrom = \"host:client\"\nto = \"healthcheck:worker-a2/default/web\"\n"
+    );
+    let (topology, result, report) = run_text(&text);
+    let status = |name: &str| -> String {
+        frames_at(&topology, &result, name, "client:eth0", HopAction::Deliver)
+            .iter()
+            .find_map(|p| {
+                let frame = p.frame();
+                let at = frame.windows(9).position(|w| w == b"HTTP/1.1 ")?;
+                Some(String::from_utf8_lossy(&frame[at + 9..at + 12]).to_string())
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(flow(&report, "a1").verdict, "delivered");
+    assert_eq!(status("a1"), "503", "worker-a1 has no web pod");
+    assert_eq!(status("a2"), "200", "worker-a2 runs web-a");
+    assert_eq!(
+        netsim::report::path_devices(&flow(&report, "a2").path),
+        ["client", "tor", "worker-a2", "worker-a2/kube-proxy"]
+    );
+}

@@ -113,6 +113,10 @@ pub struct Meta {
     /// destination, or a device's answer (an ICMP error, an echo reply, a reset) to a
     /// packet that was not. Never on the wire.
     pub reply: bool,
+    /// The packet mark inside one node (`skb->mark` / OVS `pkt_mark`): kube-proxy's
+    /// KUBE-MARK-MASQ, Antrea Egress's SNAT-IP id. Kept through re-parsing inside a
+    /// device; cleared when the frame goes on a wire. Never on the wire.
+    pub mark: u32,
 }
 
 impl Default for Meta {
@@ -138,6 +142,7 @@ impl Default for Meta {
             flow: NO_FLOW,
             packet_id: 0,
             reply: false,
+            mark: 0,
         }
     }
 }
@@ -243,11 +248,18 @@ impl Packet {
     /// Parses Ethernet, IPv4 and the L4 ports into `meta`. Non-IPv4 frames parse with
     /// only the Ethernet fields set.
     pub fn parse(&mut self) -> Result<(), WireError> {
-        let (flow, packet_id, reply) = (self.meta.flow, self.meta.packet_id, self.meta.reply);
+        let Meta {
+            flow,
+            packet_id,
+            reply,
+            mark,
+            ..
+        } = self.meta;
         self.meta = parse_meta(self.frame())?;
         self.meta.flow = flow;
         self.meta.packet_id = packet_id;
         self.meta.reply = reply;
+        self.meta.mark = mark;
         Ok(())
     }
 

@@ -210,3 +210,47 @@ fn behind_an_nsx_tier1_snat_a_pod_is_translated_twice_and_answered_through_both(
         .iter()
         .any(|e| e["prefix"] == "10.20.200.5/32" && e["origin"] == "t1-nat"));
 }
+
+#[test]
+fn tier1_snat_rules_match_in_order_a_no_snat_rule_first_and_a_range_pool_after() {
+    let text = std::fs::read_to_string(topology_path("nsx-double-nat"))
+        .unwrap()
+        .replace(
+            "snat = [ { match_source = \"10.20.0.0/24\", translated = \"10.20.200.5\" } ]",
+            "snat = [\n  { name = \"keep-worker-1\", action = \"no_snat\", match_source = \"10.20.0.11/32\" },\n  { name = \"namespace\", match_source = \"10.20.0.0/24\", translated = \"10.20.200.5-10.20.200.6\" },\n]",
+        )
+        .replace("seen_source = \"10.20.200.5\"\n", "")
+        .replace(
+            "[[flow]]\nname = \"client-to-pod-ip\"",
+            "[[flow]]\nname = \"web-to-client\"\nfrom = \"pod:app01/web-1\"\nto = \"host:client\"\nprotocol = \"tcp\"\n\n[[flow]]\nname = \"client-to-pod-ip\"",
+        );
+    let (_, _, report) = run_text(&text);
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    // worker-1 matches the no_snat rule first: the client sees its node IP.
+    let web = flow(&report, "web-to-client");
+    assert_eq!(web.verdict, "delivered");
+    assert_eq!(web.seen_source.as_deref(), Some("10.20.0.11"));
+    assert!(!web.nat.iter().any(|n| n.device == "t1-vks"));
+    // worker-2 falls to the namespace rule and leaves as one address of the range.
+    let api = flow(&report, "pod-to-client");
+    assert_eq!(api.verdict, "delivered");
+    let seen = api.seen_source.clone().unwrap();
+    assert!(seen == "10.20.200.5" || seen == "10.20.200.6", "{seen}");
+    // Both addresses of the range are advertised as NAT /32s.
+    let routes = routes_json(&text);
+    let t0 = router(&routes, "t0");
+    for prefix in ["10.20.200.5/32", "10.20.200.6/32"] {
+        assert!(
+            t0["fib"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["prefix"] == prefix && e["origin"] == "t1-nat"),
+            "{prefix}"
+        );
+    }
+}

@@ -480,6 +480,27 @@ fn a_tier1_snat_rule_translating_to_a_network_is_located_at_its_value() {
         &refuse(&text),
         line,
         column,
-        "`translated` must be one IPv4 address such as 10.30.0.5",
+        "translated `10.30.0.0/24` is not one address (192.0.2.10) or a range",
+    );
+}
+
+#[test]
+fn a_tier1_snat_rule_with_a_backwards_range_or_an_unknown_action_is_located() {
+    let text = BASE.replace(
+        "name = \"r1\"\n",
+        "name = \"r1\"\nsnat = [ { match_source = \"10.20.0.0/24\", translated = \"10.30.0.9-10.30.0.5\" } ]\n",
+    );
+    let (line, column) = position(&text, "\"10.30.0.9-10.30.0.5\"");
+    assert_located(&refuse(&text), line, column, "is not one address");
+    let text = BASE.replace(
+        "name = \"r1\"\n",
+        "name = \"r1\"\nsnat = [ { match_source = \"10.20.0.0/24\", action = \"dnat\" } ]\n",
+    );
+    let (line, column) = position(&text, "\"dnat\"");
+    assert_located(
+        &refuse(&text),
+        line,
+        column,
+        "unknown snat action `dnat` (expected snat or no_snat)",
     );
 }

@@ -343,7 +343,11 @@ fn advertise_to_tier0s(
                     let addresses: std::collections::BTreeSet<Ipv4Net> = router
                         .snat
                         .iter()
-                        .filter_map(|rule| Ipv4Net::new(rule.translated, 32).ok())
+                        .filter_map(|rule| match rule.action {
+                            crate::engine::nat::NatAction::Snat(pool) => Some(pool),
+                            _ => None,
+                        })
+                        .flat_map(|pool| ipnet::Ipv4Subnets::new(pool.first, pool.last, 0))
                         .collect();
                     addresses.into_iter().collect()
                 }

@@ -18,12 +18,15 @@ use super::host::{
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::hash::tunnel_source_port;
-use crate::packet::{FlowKey, Packet};
+use crate::engine::nat::NatAction;
+use crate::engine::rules::{AddressSet, Layer, Predicate, Rule};
+use crate::packet::Packet;
 use crate::wire::{vxlan, Mac, ETHERTYPE_IPV4, PROTOCOL_IPIP, PROTOCOL_UDP};
 use ipnet::Ipv4Net;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::ops::Not;
 
 /// eth0 is port 0; pod veths follow from port 1.
 pub const UPLINK_PORT: PortId = 0;
@@ -130,6 +133,7 @@ impl CalicoNode {
             Conntrack::new(settings.conntrack_max, settings.seed),
         );
         stack.host_process = settings.host_process.clone();
+        append_nat_outgoing(&mut stack.postrouting, &settings);
         let mut route_sources = BTreeMap::new();
         for (prefix, route, source) in &settings.routes {
             stack.routes.insert(*prefix, *route);
@@ -373,18 +377,6 @@ impl LinuxHost for CalicoNode {
 
     /// Felix adds `--random-fully` to its MASQUERADE when iptables supports it
     /// (every current node image does; reference §f).
-    fn masquerade_random_fully(&self) -> bool {
-        true
-    }
-
-    /// Felix `cali-nat-outgoing`: `-m set --match-set cali40masq-ipam-pools src -m set
-    /// ! --match-set cali40all-ipam-pools dst -j MASQUERADE` — whatever interface the
-    /// packet leaves by.
-    fn masquerade(&self, _ingress: HostIngress, _egress: HostEgress, key: &FlowKey) -> bool {
-        let in_pool = |address: Ipv4Addr| self.settings.pools.iter().any(|p| p.contains(&address));
-        self.settings.nat_outgoing && in_pool(key.source) && !in_pool(key.destination)
-    }
-
     fn send_interior(
         &mut self,
         ctx: &mut Ctx,
@@ -418,4 +410,22 @@ impl LinuxHost for CalicoNode {
         }
         out.send(interface, packet);
     }
+}
+
+/// Felix's `cali-nat-outgoing` (reference §f): `-m set --match-set
+/// cali40masq-ipam-pools src -m set ! --match-set cali40all-ipam-pools dst -j
+/// MASQUERADE --random-fully` — whatever interface the packet leaves by.
+fn append_nat_outgoing(chain: &mut Layer<NatAction>, settings: &CalicoNodeSettings) {
+    if !settings.nat_outgoing {
+        return;
+    }
+    let pools = AddressSet::new(settings.pools.iter().copied());
+    chain.push(Rule::new(
+        "cali-nat-outgoing",
+        vec![
+            Predicate::SourceIn(pools.clone()),
+            Predicate::DestinationIn(pools).not(),
+        ],
+        NatAction::Masquerade { random_fully: true },
+    ));
 }

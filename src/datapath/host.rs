@@ -17,13 +17,60 @@ use super::services::{Affinity, ServiceTable};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::conntrack::{Conntrack, Direction, EntryId};
 use crate::engine::lpm::LpmTable;
+use crate::engine::nat::NatAction;
 use crate::engine::reassembly::{self, Reassembly};
+use crate::engine::rules::{InterfaceId, Layer, Metadata, Predicate, Rule};
 use crate::packet::{FlowKey, IcmpKind, Packet};
 use crate::wire::Mac;
 use std::net::Ipv4Addr;
 
 /// An interface inside the node (not eth0), numbered by the CNI.
 pub type InteriorId = u16;
+
+/// eth0 in the rule tables' interface numbering; an interior interface is its
+/// [`InteriorId`].
+pub const UPLINK_INTERFACE: InterfaceId = 0x1_0000;
+
+/// KUBE-MARK-MASQ's mark (kube-proxy `--iptables-masquerade-bit` 14; reference §c).
+pub const KUBE_MARK_MASQ: u32 = 0x4000;
+
+impl HostIngress {
+    /// The interface in the rule tables' numbering (`-i`).
+    pub fn interface(self) -> InterfaceId {
+        match self {
+            HostIngress::Uplink => UPLINK_INTERFACE,
+            HostIngress::Interior(interface) => InterfaceId::from(interface),
+        }
+    }
+}
+
+impl HostEgress {
+    /// The interface in the rule tables' numbering (`-o`).
+    pub fn interface(self) -> InterfaceId {
+        match self {
+            HostEgress::Uplink { .. } => UPLINK_INTERFACE,
+            HostEgress::Interior { interface, .. } => InterfaceId::from(interface),
+        }
+    }
+}
+
+/// The nat table's POSTROUTING chain as every node starts it: kube-proxy's
+/// KUBE-POSTROUTING (`-m mark --mark 0x4000/0x4000 -j MASQUERADE`) first; the CNI
+/// appends its own rules after it.
+pub fn postrouting_chain() -> Layer<NatAction> {
+    let mut chain = Layer::new("nat/POSTROUTING", NatAction::Keep);
+    chain.push(Rule::new(
+        "KUBE-POSTROUTING",
+        vec![Predicate::Mark {
+            value: KUBE_MARK_MASQ,
+            mask: KUBE_MARK_MASQ,
+        }],
+        NatAction::Masquerade {
+            random_fully: false,
+        },
+    ));
+    chain
+}
 
 /// Which end of a packet a NAT rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +114,11 @@ pub enum HostRoute {
 }
 
 /// A new connection kube-proxy DNATed in PREROUTING, to be committed in
-/// POSTROUTING with its original tuple (and SNAT when marked for masquerade).
+/// POSTROUTING with its original tuple (and SNAT when the packet carries
+/// KUBE-MARK-MASQ).
 #[derive(Debug, Clone)]
 pub struct ServiceNat {
     pub original: FlowKey,
-    /// KUBE-MARK-MASQ: MASQUERADE in POSTROUTING.
-    pub masquerade: bool,
     /// `NS/NAME` of the Service.
     pub service: String,
     /// Who translated (`kube-proxy`, `NodePortLocal`, `antrea-agent`).
@@ -173,6 +219,9 @@ pub struct HostStack {
     /// The kernel routing table (`ip route`).
     pub routes: LpmTable<HostRoute>,
     pub conntrack: Conntrack,
+    /// The nat table's POSTROUTING chain: every SNAT / MASQUERADE rule of the node,
+    /// kube-proxy's and the CNI's, in iptables order.
+    pub postrouting: Layer<NatAction>,
     /// The node's own listening processes (kube-proxy's health-check servers).
     pub host_process: Option<HostProcess>,
     /// The cluster's Services, translated by kube-proxy in PREROUTING.
@@ -207,6 +256,7 @@ impl HostStack {
             uplink_port,
             routes: LpmTable::new(),
             conntrack,
+            postrouting: postrouting_chain(),
             host_process: None,
             services: None,
             node_index: 0,
@@ -322,12 +372,6 @@ pub trait LinuxHost {
     fn node_port_redirect(&self) -> Option<Ipv4Addr> {
         None
     }
-    /// Whether the CNI's MASQUERADE rule uses `--random-fully`.
-    fn masquerade_random_fully(&self) -> bool {
-        false
-    }
-    /// The CNI's masquerade rule for a new connection.
-    fn masquerade(&self, ingress: HostIngress, egress: HostEgress, key: &FlowKey) -> bool;
     /// Hands a packet to an interior interface; `forwarded` is false for what the
     /// node itself sends (its hop is recorded already).
     fn send_interior(
@@ -516,7 +560,7 @@ pub trait LinuxHost {
                     arrived.destination,
                     arrived.destination_port,
                     packet.meta.key.destination_port,
-                    if nat.masquerade {
+                    if packet.meta.mark & KUBE_MARK_MASQ != 0 {
                         " (KUBE-MARK-MASQ)"
                     } else {
                         ""
@@ -614,7 +658,6 @@ pub trait LinuxHost {
             );
             return Proxied::Translated(ServiceNat {
                 original: key,
-                masquerade: false,
                 service: frontend.service.clone(),
                 component: "antrea-agent",
             });
@@ -652,6 +695,9 @@ pub trait LinuxHost {
         } else {
             !from_pods
         } || backend.ip == key.source;
+        if masquerade {
+            packet.meta.mark |= KUBE_MARK_MASQ;
+        }
         self.translate(
             ctx,
             packet,
@@ -661,7 +707,6 @@ pub trait LinuxHost {
         );
         Proxied::Translated(ServiceNat {
             original: key,
-            masquerade,
             service: frontend.service.clone(),
             component: "kube-proxy",
         })
@@ -686,7 +731,6 @@ pub trait LinuxHost {
         );
         Some(ServiceNat {
             original: key,
-            masquerade: false,
             service: format!("{}:{}", backend.ip, backend.port),
             component: "NodePortLocal",
         })
@@ -777,11 +821,10 @@ pub trait LinuxHost {
         service: Option<&ServiceNat>,
         packet: &mut Packet,
     ) -> Result<(), DropReason> {
-        let key = packet.meta.key;
         let (id, direction) = match connection {
             Some(connection) => connection,
             None => (
-                self.commit(ctx, ingress, egress, key, service)?,
+                self.commit(ctx, ingress, egress, packet, service)?,
                 Direction::Original,
             ),
         };
@@ -836,20 +879,19 @@ pub trait LinuxHost {
         );
     }
 
-    /// Commits a new connection: MASQUERADE to the address of the interface it
-    /// leaves by (the node IP on eth0) when the CNI's rule says so, untranslated
-    /// otherwise.
+    /// Commits a new connection as the POSTROUTING chain decides: the first rule that
+    /// matches SNATs into its pool, or MASQUERADEs to the address of the interface
+    /// the packet leaves by (the node IP on eth0); no match leaves it untranslated.
+    /// A Service's DNAT is committed in the same entry.
     fn commit(
         &mut self,
         ctx: &Ctx,
         ingress: HostIngress,
         egress: HostEgress,
-        key: FlowKey,
+        packet: &Packet,
         service: Option<&ServiceNat>,
     ) -> Result<EntryId, DropReason> {
-        let cni_masquerade = self.masquerade(ingress, egress, &key);
-        let random_fully = cni_masquerade && self.masquerade_random_fully();
-        let masquerade = cni_masquerade || service.is_some_and(|nat| nat.masquerade);
+        let key = packet.meta.key;
         let address = match egress {
             HostEgress::Uplink { .. } => self.stack().ip,
             HostEgress::Interior {
@@ -857,20 +899,23 @@ pub trait LinuxHost {
                 next_hop,
             } => self.link(interface, next_hop).address,
         };
+        let metadata = Metadata {
+            key,
+            in_interface: Some(ingress.interface()),
+            out_interface: Some(egress.interface()),
+            mark: packet.meta.mark,
+        };
         let stack = self.stack_mut();
-        let committed = match service {
-            Some(nat) => stack.conntrack.insert_nat(
+        let pool = stack.postrouting.classify(&metadata).action.pool(address);
+        let committed = match (service, pool) {
+            (Some(nat), pool) => stack.conntrack.insert_nat(
                 nat.original,
                 (key.destination, key.destination_port),
-                masquerade.then_some(address),
+                pool.as_ref(),
                 ctx.now_ns,
             ),
-            None if masquerade => {
-                stack
-                    .conntrack
-                    .insert_snat_with(key, address, random_fully, ctx.now_ns)
-            }
-            None => stack.conntrack.insert_untranslated(key, ctx.now_ns),
+            (None, Some(pool)) => stack.conntrack.insert_snat_pool(key, &pool, ctx.now_ns),
+            (None, None) => stack.conntrack.insert_untranslated(key, ctx.now_ns),
         };
         let id = committed.map_err(DropReason::from)?;
         if let Some(nat) = service {

@@ -15,10 +15,13 @@ use crate::control::RouteTables;
 use crate::engine::conntrack::{Conntrack, Direction};
 use crate::engine::hash::flow_hash;
 use crate::engine::lpm::LpmTable;
+use crate::engine::nat::{NatAction, NatPool};
+use crate::engine::rules::{AddressSet, Layer, Metadata, Predicate, Rule};
 use crate::packet::Packet;
 use crate::wire::{Mac, ETHERTYPE_IPV4};
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
+use std::ops::Not;
 
 /// Where a route came from (`netsim routes` prints it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -167,8 +170,8 @@ pub struct Router {
     pub urpf: Urpf,
     /// Load-balancer virtual servers.
     pub virtual_servers: Vec<VirtualServer>,
-    /// SNAT rules (an NSX Tier-1's), first match wins.
-    pub snat_rules: Vec<crate::topology::SnatRule>,
+    /// SNAT rules (an NSX Tier-1's) on the rule table, first match wins.
+    pub snat: Layer<NatAction>,
     /// The connections its load balancer and SNAT translate.
     lb_conntrack: Conntrack,
     /// Salt of the ECMP hash (the topology seed).
@@ -193,7 +196,7 @@ impl Router {
             sessions: tables.sessions,
             urpf,
             virtual_servers: Vec::new(),
-            snat_rules: Vec::new(),
+            snat: Layer::new("snat", NatAction::Keep),
             lb_conntrack: Conntrack::new(0, seed),
             seed,
             identification: 0,
@@ -205,11 +208,11 @@ impl Router {
     pub fn set_nat(
         &mut self,
         servers: Vec<VirtualServer>,
-        snat_rules: Vec<crate::topology::SnatRule>,
+        snat_rules: &[crate::topology::SnatRule],
         conntrack_max: usize,
     ) {
         self.virtual_servers = servers;
-        self.snat_rules = snat_rules;
+        self.snat = snat_layer(&self.name, snat_rules);
         self.lb_conntrack = Conntrack::new(conntrack_max, self.seed);
     }
 
@@ -310,25 +313,24 @@ impl Router {
 
     /// Whether the router translates anything (a load balancer or SNAT rules).
     fn translates(&self) -> bool {
-        !self.virtual_servers.is_empty() || !self.snat_rules.is_empty()
+        !self.virtual_servers.is_empty() || !self.snat.is_empty()
     }
 
     /// SNAT rules (an NSX Tier-1's, as NCP programs them for a namespace): the first
-    /// rule whose `match_source` holds the source translates it to its address, the
-    /// port chosen as the kernel does, in the router's connection table.
+    /// rule that matches a new connection decides — SNAT into its pool (the port chosen
+    /// as the kernel does, in the router's connection table) or `no_snat`.
     fn source_nat(&mut self, ctx: &mut Ctx, packet: &mut Packet) -> Verdict<Stop> {
         let key = packet.meta.key;
-        let Some(rule) = self
-            .snat_rules
-            .iter()
-            .find(|rule| rule.match_source.contains(&key.source))
-            .copied()
-        else {
+        let metadata = Metadata {
+            key,
+            in_interface: None,
+            out_interface: None,
+            mark: 0,
+        };
+        let decision = self.snat.classify(&metadata);
+        let Some(pool) = decision.action.pool(key.source) else {
             return Verdict::Continue;
         };
-        if rule.match_source.contains(&key.destination) {
-            return Verdict::Continue; // east-west inside the matched network
-        }
         // Only a connection that starts here is translated: the answers of one that
         // came in (a node port's SYN-ACK) leave as they are.
         let starts = match (key.protocol, packet.meta.icmp) {
@@ -342,15 +344,17 @@ impl Router {
         if !starts {
             return Verdict::Continue;
         }
-        let committed =
-            self.lb_conntrack
-                .insert_snat_with(key, rule.translated, rule.random_fully, ctx.now_ns);
+        let committed = self.lb_conntrack.insert_snat_pool(key, &pool, ctx.now_ns);
         let id = match committed {
             Ok(id) => id,
             Err(error) => {
                 return Verdict::Forward(Stop::Drop(
                     DropReason::from(error),
-                    format!("snat to {} could not be committed", rule.translated),
+                    format!(
+                        "snat rule {} to {} could not be committed",
+                        decision.name,
+                        describe_pool(&pool)
+                    ),
                 ))
             }
         };
@@ -410,7 +414,11 @@ impl Router {
         } else {
             None
         };
-        let id = match self.lb_conntrack.insert_nat(key, member, snat, ctx.now_ns) {
+        let snat = snat.map(crate::engine::nat::NatPool::address);
+        let id = match self
+            .lb_conntrack
+            .insert_nat(key, member, snat.as_ref(), ctx.now_ns)
+        {
             Ok(id) => id,
             Err(error) => {
                 return Verdict::Forward(Stop::Drop(
@@ -619,5 +627,37 @@ impl Router {
         );
         let error = icmp::originate(ctx, egress.point, packet, message, header);
         out.send(port, error);
+    }
+}
+
+/// An NSX gateway's SNAT rules on the rule table: each matches its sources (and
+/// destinations when given) but never traffic that stays inside its own source
+/// network (east-west between a namespace's segments is not translated).
+pub fn snat_layer(router: &str, rules: &[crate::topology::SnatRule]) -> Layer<NatAction> {
+    let mut layer = Layer::new(format!("{router}/snat"), NatAction::Keep);
+    for rule in rules {
+        let sources = AddressSet::new([rule.match_source]);
+        let mut predicates = vec![
+            Predicate::SourceIn(sources.clone()),
+            Predicate::DestinationIn(sources).not(),
+        ];
+        if let Some(destination) = rule.match_destination {
+            predicates.push(Predicate::DestinationIn(AddressSet::new([destination])));
+        }
+        layer.push(Rule::new(rule.name.clone(), predicates, rule.action));
+    }
+    layer
+}
+
+/// `A` or `A-B`, with `:LOW-HIGH` when the pool has ports.
+pub fn describe_pool(pool: &NatPool) -> String {
+    let addresses = if pool.first == pool.last {
+        pool.first.to_string()
+    } else {
+        format!("{}-{}", pool.first, pool.last)
+    };
+    match pool.ports {
+        Some((low, high)) => format!("{addresses}:{low}-{high}"),
+        None => addresses,
     }
 }

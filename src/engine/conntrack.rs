@@ -11,6 +11,7 @@
 //! sweeps its expired entries before it refuses a new one.
 
 use crate::engine::hash::flow_hash;
+use crate::engine::nat::NatPool;
 use crate::packet::FlowKey;
 use crate::wire::{PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
 use rustc_hash::FxHashMap;
@@ -372,32 +373,32 @@ impl Conntrack {
         address: Ipv4Addr,
         now_ns: u64,
     ) -> Result<EntryId, ConntrackError> {
-        self.insert_snat_with(original, address, false, now_ns)
+        self.insert_snat_pool(original, &NatPool::address(address), now_ns)
     }
 
-    /// Like [`Conntrack::insert_snat`]; with `random_fully` (iptables
-    /// `--random-fully`) the original port is not tried first: every connection
-    /// starts from its own random offset.
-    pub fn insert_snat_with(
+    /// Commits an entry that SNATs `original` into `pool`: the address as
+    /// `find_best_ips_proto` picks it, the port as [`Conntrack::insert_snat`] does
+    /// (within the pool's port range when it has one; with `random_fully` the
+    /// original port is not tried first).
+    pub fn insert_snat_pool(
         &mut self,
         original: FlowKey,
-        address: Ipv4Addr,
-        random_fully: bool,
+        pool: &NatPool,
         now_ns: u64,
     ) -> Result<EntryId, ConntrackError> {
-        let port = self.choose_snat_port(&original, address, random_fully)?;
-        self.insert(original, snat_reply_tuple(&original, address, port), now_ns)
+        let reply = self.snat_reply(&original, pool)?;
+        self.insert(original, reply, now_ns)
     }
 
     /// Commits one entry that DNATs `original` to `destination` (kube-proxy's
     /// KUBE-SEP DNAT, chosen in PREROUTING) and, when `snat` is given, also SNATs it
-    /// to that address (KUBE-MARK-MASQ → MASQUERADE in POSTROUTING): both bindings in
+    /// into that pool (KUBE-MARK-MASQ → MASQUERADE in POSTROUTING): both bindings in
     /// the one entry, the port chosen over the whole reply tuple.
     pub fn insert_nat(
         &mut self,
         original: FlowKey,
         destination: (Ipv4Addr, u16),
-        snat: Option<Ipv4Addr>,
+        snat: Option<&NatPool>,
         now_ns: u64,
     ) -> Result<EntryId, ConntrackError> {
         let translated = FlowKey {
@@ -406,36 +407,45 @@ impl Conntrack {
             ..original
         };
         let reply = match snat {
-            Some(address) => {
-                let port = self.choose_snat_port(&translated, address, false)?;
-                snat_reply_tuple(&translated, address, port)
-            }
+            Some(pool) => self.snat_reply(&translated, pool)?,
             None => translated.reversed(),
         };
         self.insert(original, reply, now_ns)
+    }
+
+    /// The reply tuple of `original` SNATed into `pool`.
+    fn snat_reply(&self, original: &FlowKey, pool: &NatPool) -> Result<FlowKey, ConntrackError> {
+        let address = pool.address_for(original, self.seed);
+        let port = self.choose_snat_port(original, address, pool)?;
+        Ok(snat_reply_tuple(original, address, port))
     }
 
     fn choose_snat_port(
         &self,
         original: &FlowKey,
         address: Ipv4Addr,
-        random_fully: bool,
+        pool: &NatPool,
     ) -> Result<u16, ConntrackError> {
         let candidate = |port: u16| snat_reply_tuple(original, address, port);
-        if !random_fully && !self.reply_tuple_in_use(&candidate(original.source_port)) {
+        let (low, high): (u32, u32) = match (pool.ports, original.source_port) {
+            (Some((low, high)), _) => (u32::from(low), u32::from(high)),
+            (None, _) if original.protocol == PROTOCOL_ICMP => (0, 65535),
+            (None, 0..=511) => (1, 511),
+            (None, 512..=1023) => (600, 1023),
+            (None, _) => (1024, 65535),
+        };
+        let in_range = (low..=high).contains(&u32::from(original.source_port));
+        if !pool.random_fully
+            && in_range
+            && !self.reply_tuple_in_use(&candidate(original.source_port))
+        {
             return Ok(original.source_port);
         }
-        let (low, high): (u32, u32) = match original.source_port {
-            0..=511 if original.protocol != PROTOCOL_ICMP => (1, 511),
-            512..=1023 if original.protocol != PROTOCOL_ICMP => (600, 1023),
-            _ if original.protocol == PROTOCOL_ICMP => (0, 65535),
-            _ => (1024, 65535),
-        };
         // nf_nat_l4proto_unique_tuple: at most 128 tries from a random offset; then a
         // new random offset and half the window, down to 16 (softirq must not scan a
         // whole full range) — so a nearly full class can fail before its last port
         // is taken, as on a real node. The offsets are seeded hashes: deterministic.
-        let span = high - low + 1;
+        let span = high.saturating_sub(low) + 1;
         let mut attempts = span.min(MAX_NAT_ATTEMPTS);
         let mut round = 0u64;
         loop {
@@ -605,7 +615,11 @@ mod tests {
             .unwrap();
         assert_eq!(table.entry(kept).unwrap().reply.destination_port, 40000);
         let random = table
-            .insert_snat_with(key([172, 20, 1, 11], 40001), node, true, 0)
+            .insert_snat_pool(
+                key([172, 20, 1, 11], 40001),
+                &NatPool::address(node).with_random_fully(true),
+                0,
+            )
             .unwrap();
         let port = table.entry(random).unwrap().reply.destination_port;
         assert_ne!(port, 40001);

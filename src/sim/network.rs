@@ -360,7 +360,7 @@ pub fn build(topology: &Topology) -> Network {
         let mut device_router = Router::new(router.name.clone(), ports, tables, router.urpf, seed);
         let servers = virtual_servers(topology, router_id);
         if !servers.is_empty() || !router.snat.is_empty() {
-            device_router.set_nat(servers, router.snat.clone(), topology.conntrack_max);
+            device_router.set_nat(servers, &router.snat, topology.conntrack_max);
         }
         let device =
             network.add_device(router.name.clone(), Device::Router(Box::new(device_router)));

@@ -405,7 +405,8 @@ impl Runner<'_> {
     }
 
     /// Puts a frame on the wire out of `device`'s `port`.
-    fn transmit(&mut self, device: DeviceId, port: PortId, packet: Packet) {
+    fn transmit(&mut self, device: DeviceId, port: PortId, mut packet: Packet) {
+        packet.meta.mark = 0; // skb->mark stays in the node
         match self.network.peer(device, port) {
             Some(end) => self.schedule(
                 self.now_ns + end.latency_ns,

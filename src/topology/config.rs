@@ -376,8 +376,18 @@ fn enabled() -> bool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnatRuleConfig {
+    /// How the report names the rule (default `snat[INDEX]`).
+    #[serde(default)]
+    pub name: Option<Text>,
+    /// `snat` (default) or `no_snat` (NSX `NO_SNAT`: leave matching traffic alone).
+    #[serde(default)]
+    pub action: Option<Text>,
     pub match_source: Spanned<Ipv4Net>,
-    pub translated: Spanned<Ipv4Addr>,
+    #[serde(default)]
+    pub match_destination: Option<Spanned<Ipv4Net>>,
+    /// One address (`192.0.2.10`) or a range (`192.0.2.10-192.0.2.13`).
+    #[serde(default)]
+    pub translated: Option<Text>,
     #[serde(default)]
     pub random_fully: bool,
 }

@@ -141,13 +141,15 @@ pub struct Router {
     pub snat: Vec<SnatRule>,
 }
 
-/// A router's SNAT rule: sources in `match_source` leave as `translated`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A router's SNAT rule: sources in `match_source` (toward `match_destination` when
+/// given) are translated into a pool, or explicitly not (`no_snat`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnatRule {
+    pub name: String,
     pub match_source: Ipv4Net,
-    pub translated: Ipv4Addr,
-    /// `--random-fully`: no attempt to keep the original port.
-    pub random_fully: bool,
+    pub match_destination: Option<Ipv4Net>,
+    /// `Snat(pool)` or `Keep` for `no_snat`.
+    pub action: crate::engine::nat::NatAction,
 }
 
 impl Router {

@@ -480,18 +480,79 @@ pub(super) fn resolve_routers(
             aggregates: super::routing::aggregates(config),
             route_map_out,
             bgp,
-            snat: config
-                .snat
-                .iter()
-                .map(|rule| SnatRule {
-                    match_source: rule.get_ref().match_source.get_ref().trunc(),
-                    translated: *rule.get_ref().translated.get_ref(),
-                    random_fully: rule.get_ref().random_fully,
-                })
-                .collect(),
+            snat: snat_rules(resolver, config)?,
         });
     }
     Ok(routers)
+}
+
+/// A router's `snat` rules: `translated` is one address or a range, required for
+/// `snat` and refused for `no_snat`.
+fn snat_rules(resolver: &Resolver, config: &RouterConfig) -> Result<Vec<SnatRule>> {
+    use crate::engine::nat::{NatAction, NatPool};
+    let mut rules = Vec::new();
+    for (index, spanned) in config.snat.iter().enumerate() {
+        let rule = spanned.get_ref();
+        let name = rule
+            .name
+            .as_ref()
+            .map_or_else(|| format!("snat[{index}]"), |name| name.get_ref().clone());
+        let action = match rule.action.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("snat") => {
+                let Some(translated) = &rule.translated else {
+                    return Err(resolver.error(
+                        spanned,
+                        "an snat rule needs `translated` (one address or a range A-B)",
+                    ));
+                };
+                let (first, last) = parse_address_range(translated.get_ref()).ok_or_else(|| {
+                    resolver.error(
+                        translated,
+                        format!(
+                            "translated `{}` is not one address (192.0.2.10) or a range \
+                             (192.0.2.10-192.0.2.13)",
+                            translated.get_ref()
+                        ),
+                    )
+                })?;
+                NatAction::Snat(NatPool::range(first, last).with_random_fully(rule.random_fully))
+            }
+            Some("no_snat") => {
+                if let Some(translated) = &rule.translated {
+                    return Err(resolver.error(
+                        translated,
+                        "a no_snat rule translates nothing: remove `translated`",
+                    ));
+                }
+                NatAction::Keep
+            }
+            Some(other) => {
+                return Err(resolver.error(
+                    rule.action.as_ref().unwrap_or(&config.name),
+                    format!("unknown snat action `{other}` (expected snat or no_snat)"),
+                ))
+            }
+        };
+        rules.push(SnatRule {
+            name,
+            match_source: rule.match_source.get_ref().trunc(),
+            match_destination: rule.match_destination.as_ref().map(|d| d.get_ref().trunc()),
+            action,
+        });
+    }
+    Ok(rules)
+}
+
+/// `A` or `A-B` with A <= B.
+pub(super) fn parse_address_range(text: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let (first, last) = match text.split_once('-') {
+        Some((first, last)) => (first.trim().parse().ok()?, last.trim().parse().ok()?),
+        None => {
+            let address: Ipv4Addr = text.trim().parse().ok()?;
+            (address, address)
+        }
+    };
+    (u32::from(first) <= u32::from(last)).then_some((first, last))
 }
 
 pub(super) fn check_static_routes(

@@ -24,7 +24,7 @@ mod tunnel;
 pub use crate::datapath::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
 pub use crate::datapath::host::LocalPod;
 use crate::datapath::host::{
-    HostEgress, HostIngress, HostRoute, HostStack, InteriorId, InteriorLink, LinuxHost,
+    HostIngress, HostRoute, HostStack, InteriorId, InteriorLink, LinuxHost,
 };
 use ovs::{OvsDecision, OvsSource};
 
@@ -34,12 +34,15 @@ use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
 use crate::engine::hash::tunnel_source_port;
 use crate::engine::lpm::LpmTable;
+use crate::engine::nat::NatAction;
+use crate::engine::rules::{AddressSet, InterfaceId, Layer, Predicate, Rule};
 use crate::packet::{FlowKey, Packet};
 use crate::wire::geneve;
 use crate::wire::{Mac, ETHERTYPE_IPV4, PROTOCOL_UDP};
 use ipnet::Ipv4Net;
 use rustc_hash::FxHashMap;
 use std::net::Ipv4Addr;
+use std::ops::Not;
 
 /// The node's uplink `eth0` is port 0; pod veths follow from port 1.
 pub const UPLINK_PORT: PortId = 0;
@@ -173,6 +176,7 @@ impl AntreaNode {
         );
         stack.routes = routes;
         stack.host_process = settings.host_process.clone();
+        append_postrouting(&mut stack.postrouting, &settings);
         AntreaNode {
             pod_by_ip,
             pod_by_mac,
@@ -278,14 +282,6 @@ impl LinuxHost for AntreaNode {
     /// MASQUERADE to the node IP for pod traffic leaving through eth0 to a
     /// destination outside the pod network, unless `noSNAT` (route_linux.go
     /// ANTREA-POSTROUTING: `-s <podCIDR> ! -o antrea-gw0 -j MASQUERADE`).
-    fn masquerade(&self, ingress: HostIngress, egress: HostEgress, key: &FlowKey) -> bool {
-        ingress == HostIngress::Interior(GATEWAY)
-            && matches!(egress, HostEgress::Uplink { .. })
-            && !self.settings.no_snat
-            && self.settings.pod_cidr.contains(&key.source)
-            && !self.settings.cluster_pod_cidr.contains(&key.destination)
-    }
-
     /// Through antrea-gw0 into OVS, toward the pod.
     fn send_interior(
         &mut self,
@@ -303,4 +299,25 @@ impl LinuxHost for AntreaNode {
         };
         self.ovs(ctx, OvsSource::Gateway, slot, packet, out);
     }
+}
+
+/// ANTREA-POSTROUTING as the agent installs it (pkg/agent/route/route_linux.go;
+/// reference §b): pod-CIDR sources to anything outside the pod network (ipset
+/// ANTREA-POD-IP) leaving by anything but antrea-gw0 are MASQUERADEd — unless
+/// `noSNAT`.
+fn append_postrouting(chain: &mut Layer<NatAction>, settings: &NodeSettings) {
+    if settings.no_snat {
+        return;
+    }
+    chain.push(Rule::new(
+        "ANTREA-POSTROUTING/masquerade",
+        vec![
+            Predicate::SourceIn(AddressSet::new([settings.pod_cidr])),
+            Predicate::DestinationIn(AddressSet::new([settings.cluster_pod_cidr])).not(),
+            Predicate::OutInterface(InterfaceId::from(GATEWAY)).not(),
+        ],
+        NatAction::Masquerade {
+            random_fully: false,
+        },
+    ));
 }

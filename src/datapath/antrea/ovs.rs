@@ -281,7 +281,11 @@ impl AntreaNode {
         snat: Option<Ipv4Addr>,
     ) -> Verdict<OvsDecision> {
         let key = packet.meta.key;
-        let id = match self.service_ct.insert_nat(key, endpoint, snat, ctx.now_ns) {
+        let snat = snat.map(crate::engine::nat::NatPool::address);
+        let id = match self
+            .service_ct
+            .insert_nat(key, endpoint, snat.as_ref(), ctx.now_ns)
+        {
             Ok(id) => id,
             Err(error) => return Verdict::Drop(DropReason::from(error)),
         };

@@ -172,9 +172,15 @@ fn a_udp_message_larger_than_the_pod_mtu_allows_is_refused() {
 }
 
 #[test]
-fn features_not_modelled_yet_are_refused_not_ignored() {
+fn features_not_modelled_yet_are_refused_not_ignored_and_an_empty_egress_is_explained() {
+    // An Egress without an address says what it needs.
     let text = format!("{BASE}\n[[cluster.egress]]\nname = \"egress\"\n");
-    assert_located(&refuse(&text), 34, 1, "Antrea Egress is not modelled");
+    assert_located(
+        &refuse(&text),
+        34,
+        1,
+        "an egress needs `egress_ip` or `external_ip_pool`",
+    );
     let text = format!("{BASE}\n[[cluster.network_policy]]\nname = \"deny\"\n");
     assert_located(&refuse(&text), 34, 1, "NetworkPolicy is not modelled");
 }

@@ -66,6 +66,7 @@ fn the_flow_cache_changes_nothing_but_speed() {
         "nsx-loadbalancer",
         "egress-no-snat",
         "nsx-double-nat",
+        "antrea-egress",
     ] {
         hits += compare(name);
     }

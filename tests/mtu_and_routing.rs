@@ -158,6 +158,7 @@ fn their_captures_are_clean() {
         "nsx-loadbalancer",
         "egress-no-snat",
         "nsx-double-nat",
+        "antrea-egress",
     ] {
         let out = dir.path().join(name);
         let output = netsim(&[

@@ -47,6 +47,9 @@ pub enum DropReason {
     Urpf,
     NoNeighbor,
     NoListener,
+    /// Antrea's EgressMark drops a tunnelled packet for the external network that
+    /// no Egress held on this node claims (ovs-pipeline.md EgressMark flow 7).
+    NoEgress,
     /// A new connection's tuple clashed with another's (conntrack `insert_failed`).
     ConntrackClash,
     /// The frame could not be parsed (a truncated or invalid header).
@@ -77,6 +80,7 @@ impl DropReason {
             DropReason::Urpf => "urpf",
             DropReason::NoNeighbor => "no-neighbor",
             DropReason::NoListener => "no-listener",
+            DropReason::NoEgress => "no-egress",
             DropReason::ConntrackClash => "conntrack-clash",
             DropReason::Malformed => "malformed",
         }

@@ -258,6 +258,12 @@ pub fn build(topology: &Topology) -> Network {
             segment_neighbors[node.segment].insert(node.ip, mac);
             macs.push(mac);
         }
+        // An egress IP is a secondary address of its node's uplink: the node
+        // answers ARP for it.
+        for egress in &cluster.egresses {
+            let holder = &cluster.nodes[egress.node];
+            segment_neighbors[holder.segment].insert(egress.ip, macs[egress.node]);
+        }
         node_macs.push(macs);
     }
     let host_macs: Vec<Mac> = topology
@@ -472,6 +478,8 @@ pub fn build(topology: &Topology) -> Network {
                 pod_cidr: node.pod_cidr,
                 cluster_pod_cidr: cluster.pod_cidr,
                 no_snat: cluster.antrea.no_snat,
+                egress: node_egress(topology, cluster, node_id),
+                snat_fully_random_ports: cluster.antrea.snat_fully_random_ports,
                 proxy_all: cluster.antrea.proxy_all,
                 tunnel_pmtu_icmp: cluster.node_kernel.answers_tunnel_pmtu(),
                 encapsulation: cluster.antrea.tunnel_type.encapsulation(),
@@ -535,6 +543,46 @@ pub fn build(topology: &Topology) -> Network {
         }
     }
     network
+}
+
+/// What node `node_id`'s Antrea agent programs for the cluster's Egresses.
+fn node_egress(
+    _topology: &Topology,
+    cluster: &crate::topology::Cluster,
+    node_id: usize,
+) -> crate::datapath::antrea::egress::NodeEgress {
+    use crate::datapath::antrea::egress::{EgressPlan, NodeEgress};
+    use crate::engine::rules::AddressSet;
+    let mut by_pod = FxHashMap::default();
+    for (index, egress) in cluster.egresses.iter().enumerate() {
+        for &pod in &egress.pods {
+            if cluster.pods[pod].node == node_id {
+                by_pod.insert(cluster.pods[pod].ip, index);
+            }
+        }
+    }
+    let bypass = [cluster.pod_cidr, cluster.service_cidr].into_iter().chain(
+        cluster
+            .nodes
+            .iter()
+            .filter_map(|node| ipnet::Ipv4Net::new(node.ip, 32).ok()),
+    );
+    NodeEgress {
+        egresses: cluster
+            .egresses
+            .iter()
+            .map(|egress| EgressPlan {
+                name: egress.name.clone(),
+                ip: egress.ip,
+                mark: egress.mark,
+                held_here: egress.node == node_id,
+                except_cidrs: AddressSet::new(egress.except_cidrs.iter().copied()),
+            })
+            .collect(),
+        by_pod,
+        bypass: AddressSet::new(bypass),
+        random_fully: cluster.antrea.snat_fully_random_ports,
+    }
 }
 
 /// The node's own listening processes (kube-proxy's health-check servers), on the

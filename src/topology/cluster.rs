@@ -59,7 +59,6 @@ pub(super) fn resolve_cluster(
         &config.cluster_network_policy,
         "Antrea ClusterNetworkPolicy",
     )?;
-    resolver.unsupported_list(&config.egress, "Antrea Egress")?;
 
     let node_segment = match &config.node_segment {
         Some(name) => lookup_segment(name)?,
@@ -128,7 +127,7 @@ pub(super) fn resolve_cluster(
         &services,
         &pods,
     )?;
-    Ok(Cluster {
+    let mut cluster = Cluster {
         name,
         cni,
         calico,
@@ -142,7 +141,17 @@ pub(super) fn resolve_cluster(
         nodes,
         namespaces,
         pods,
-    })
+        egresses: Vec::new(),
+    };
+    cluster.egresses = super::egress::resolve_egresses(
+        resolver,
+        &config.egress,
+        &config.external_ip_pool,
+        &cluster,
+        segments,
+        addresses,
+    )?;
+    Ok(cluster)
 }
 
 pub(super) fn parse_cidr_or_default(
@@ -249,6 +258,7 @@ pub(super) fn resolve_antrea(
         tunnel_type,
         no_snat: antrea.no_snat,
         proxy_all: antrea.proxy_all,
+        snat_fully_random_ports: antrea.snat_fully_random_ports,
         pod_mtu,
         node_port_local,
     })

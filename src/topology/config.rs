@@ -227,7 +227,9 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub cluster_network_policy: Vec<Spanned<toml::Table>>,
     #[serde(default)]
-    pub egress: Vec<Spanned<toml::Table>>,
+    pub egress: Vec<Spanned<super::egress::EgressConfig>>,
+    #[serde(default)]
+    pub external_ip_pool: Vec<Spanned<super::egress::ExternalIpPoolConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +244,10 @@ pub struct AntreaConfig {
     /// AntreaProxy `proxyAll`: node ports are load-balanced in OVS, not by kube-proxy.
     #[serde(default)]
     pub proxy_all: bool,
+    /// antrea-agent `snatFullyRandomPorts`: `--random-fully` on the masquerade and
+    /// the Egress SNAT rules.
+    #[serde(default)]
+    pub snat_fully_random_ports: bool,
     /// Pod MTU; 0 (the default) = the node segment's MTU minus the tunnel overhead.
     #[serde(default = "zero_mtu")]
     pub mtu: Spanned<u16>,
@@ -260,6 +266,7 @@ impl Default for AntreaConfig {
             tunnel_type: None,
             no_snat: false,
             proxy_all: false,
+            snat_fully_random_ports: false,
             mtu: zero_mtu(),
             node_port_local: None,
         }

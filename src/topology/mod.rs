@@ -5,12 +5,14 @@
 mod calico;
 mod cluster;
 pub mod config;
+pub mod egress;
 pub mod endpoint;
 pub mod error;
 mod expect;
 pub mod model;
 pub mod resolve;
 mod routing;
+pub mod selector;
 mod service;
 
 pub use error::{ConfigError, Source};

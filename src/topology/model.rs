@@ -261,6 +261,8 @@ pub struct AntreaSettings {
     pub no_snat: bool,
     /// AntreaProxy `proxyAll`.
     pub proxy_all: bool,
+    /// `snatFullyRandomPorts`: `--random-fully` on masquerade and Egress SNAT.
+    pub snat_fully_random_ports: bool,
     /// The MTU of every pod interface and of antrea-gw0.
     pub pod_mtu: u16,
     /// NodePortLocal's port range, when enabled (Antrea default 61000-62000).
@@ -363,6 +365,8 @@ pub struct Cluster {
     pub services: Vec<Service>,
     /// NodePortLocal mappings (Antrea): node IP:port -> pod:port.
     pub node_port_local: Vec<NodePortLocalMapping>,
+    /// Antrea Egresses, in file order.
+    pub egresses: Vec<super::egress::Egress>,
 }
 
 /// One NodePortLocal mapping: the pod's node forwards `node_port` to the pod's

@@ -18,6 +18,7 @@
 //!   the forwarding MTU check, and Antrea's `ANTREA-POSTROUTING` MASQUERADE of pod
 //!   traffic leaving the cluster to the node IP (pkg/agent/route/route_linux.go).
 
+pub mod egress;
 mod ovs;
 mod tunnel;
 
@@ -84,6 +85,10 @@ pub struct NodeSettings {
     pub pod_cidr: Ipv4Net,
     pub cluster_pod_cidr: Ipv4Net,
     pub no_snat: bool,
+    /// Antrea Egress as this node's agent programs it.
+    pub egress: egress::NodeEgress,
+    /// antrea-agent `snatFullyRandomPorts`: `--random-fully` on the masquerade.
+    pub snat_fully_random_ports: bool,
     /// AntreaProxy `proxyAll`: node ports go to OVS through antrea-gw0.
     pub proxy_all: bool,
     /// The node's own listening processes (kube-proxy's health checks).
@@ -254,7 +259,7 @@ impl LinuxHost for AntreaNode {
     }
 
     fn is_own_address(&self, address: Ipv4Addr) -> bool {
-        address == self.gateway_ip()
+        address == self.gateway_ip() || self.holds_egress_ip(address)
     }
 
     fn interior(&self, _interface: InteriorId, next_hop: Ipv4Addr) -> InteriorLink {
@@ -306,6 +311,7 @@ impl LinuxHost for AntreaNode {
 /// ANTREA-POD-IP) leaving by anything but antrea-gw0 are MASQUERADEd — unless
 /// `noSNAT`.
 fn append_postrouting(chain: &mut Layer<NatAction>, settings: &NodeSettings) {
+    egress::append_egress_snat(chain, &settings.egress);
     if settings.no_snat {
         return;
     }
@@ -317,7 +323,7 @@ fn append_postrouting(chain: &mut Layer<NatAction>, settings: &NodeSettings) {
             Predicate::OutInterface(InterfaceId::from(GATEWAY)).not(),
         ],
         NatAction::Masquerade {
-            random_fully: false,
+            random_fully: settings.snat_fully_random_ports,
         },
     ));
 }

@@ -16,7 +16,10 @@ const CODE_HOST_PROHIBITED: u8 = 10;
 pub(super) enum OvsSource {
     Pod(usize),
     Gateway,
-    Tunnel,
+    /// antrea-tun0, with the outer destination (`tun_dst`) it arrived for.
+    Tunnel {
+        destination: Ipv4Addr,
+    },
 }
 
 /// What the OVS pipeline decided for a flow; cached per flow.
@@ -33,8 +36,15 @@ pub(super) enum OvsDecision {
     ToTunnel {
         peer: Ipv4Addr,
     },
-    /// Output to antrea-gw0, into the host network stack.
-    ToGateway,
+    /// Output to antrea-gw0, into the host network stack; `egress` when EgressMark
+    /// marks it for an Egress this node holds (index in the node's Egresses).
+    ToGateway {
+        egress: Option<usize>,
+    },
+    /// EgressMark: to antrea-tun0 with `tun_dst` = the egress IP of a remote Egress.
+    ToEgressNode {
+        egress: usize,
+    },
     Drop(DropReason),
 }
 
@@ -147,11 +157,24 @@ impl AntreaNode {
                 });
                 self.tunnel_output(ctx, peer, packet, out);
             }
-            OvsDecision::ToGateway => {
+            OvsDecision::ToEgressNode { egress } => {
+                let plan = &self.settings.egress.egresses[egress];
+                let (name, ip) = (plan.name.clone(), plan.ip);
+                packet.set_macs(self.settings.gateway_mac, Mac::ANTREA_GLOBAL_VIRTUAL);
                 ctx.describe(slot, HopAction::Receive, || {
                     format!(
-                        "ovs l3 forward {} -> antrea-gw0 (to the host network stack)",
-                        packet.meta.key.destination
+                        "ovs EgressMark: egress {name} is held by another node -> antrea-tun0 tun_dst={ip} (the egress IP)"
+                    )
+                });
+                self.tunnel_output(ctx, ip, packet, out);
+            }
+            OvsDecision::ToGateway { egress } => {
+                let marked = egress.map(|egress| self.mark_for_egress(source, egress, &mut packet));
+                ctx.describe(slot, HopAction::Receive, || {
+                    format!(
+                        "ovs l3 forward {} -> antrea-gw0 (to the host network stack){}",
+                        packet.meta.key.destination,
+                        marked.unwrap_or_default()
                     )
                 });
                 // The pod addressed antrea-gw0's MAC already; L3Forwarding outputs the
@@ -167,6 +190,25 @@ impl AntreaNode {
             }
             OvsDecision::Drop(_) => unreachable!("drops leave the pipeline above"),
         }
+    }
+
+    /// EgressMark flows 5 and 6: the first packet of a connection gets the egress
+    /// IP's id in `pkt_mark` for iptables to SNAT by; a tunnelled one is addressed
+    /// to antrea-gw0 (it arrived for the Global Virtual MAC). Says what it did.
+    fn mark_for_egress(&self, source: OvsSource, egress: usize, packet: &mut Packet) -> String {
+        if let OvsSource::Tunnel { .. } = source {
+            packet.set_macs(packet.meta.source_mac, self.settings.gateway_mac);
+        }
+        let plan = &self.settings.egress.egresses[egress];
+        if self.stack.conntrack.knows(&packet.meta.key) {
+            // ct_state -new: no mark; the connection's SNAT is in conntrack.
+            return format!("; egress {}", plan.name);
+        }
+        packet.meta.mark = (packet.meta.mark & !egress::SNAT_IP_MARK_MASK) | plan.mark;
+        format!(
+            "; EgressMark: egress {} (egress IP {} held here) pkt_mark={:#x}",
+            plan.name, plan.ip, plan.mark
+        )
     }
 
     /// ConntrackTable in AntreaProxy's zone: a packet of a tracked Service connection
@@ -421,7 +463,7 @@ impl AntreaNode {
         _packet: &Packet,
     ) -> Verdict<OvsDecision> {
         match source {
-            OvsSource::Pod(_) | OvsSource::Gateway | OvsSource::Tunnel => Verdict::Continue,
+            OvsSource::Pod(_) | OvsSource::Gateway | OvsSource::Tunnel { .. } => Verdict::Continue,
         }
     }
 
@@ -436,12 +478,15 @@ impl AntreaNode {
         match decision {
             OvsDecision::ToPod { .. }
             | OvsDecision::ToTunnel { .. }
-            | OvsDecision::ToGateway
+            | OvsDecision::ToEgressNode { .. }
+            | OvsDecision::ToGateway { .. }
             | OvsDecision::Drop(_) => Verdict::Forward(decision),
         }
     }
 
-    /// L3Forwarding through the flow cache; also says whether the cache answered.
+    /// L3Forwarding (and EgressMark, which reads only the same inputs and static
+    /// Egress configuration) through the flow cache; also says whether the cache
+    /// answered.
     pub(super) fn l3_forwarding_cached(
         &mut self,
         source: OvsSource,
@@ -491,7 +536,9 @@ impl AntreaNode {
         if destination == self.gateway_ip() {
             // antrea-gw0's own address: the host stack answers.
             return match source {
-                OvsSource::Pod(_) | OvsSource::Tunnel => OvsDecision::ToGateway,
+                OvsSource::Pod(_) | OvsSource::Tunnel { .. } => {
+                    OvsDecision::ToGateway { egress: None }
+                }
                 OvsSource::Gateway => OvsDecision::Drop(DropReason::NoRoute),
             };
         }
@@ -501,9 +548,9 @@ impl AntreaNode {
         // proxyAll: the reply of a redirected node-port connection, un-NATed to the
         // virtual address, returns to the host stack.
         if packet.meta.key.source == VIRTUAL_NODE_PORT_DNAT_IP {
-            return OvsDecision::ToGateway;
+            return OvsDecision::ToGateway { egress: None };
         }
-        if source != OvsSource::Tunnel {
+        if !matches!(source, OvsSource::Tunnel { .. }) {
             if let Some((_, peer)) = self.peers.lookup(destination) {
                 if peer.tunnel {
                     return OvsDecision::ToTunnel { peer: peer.ip };
@@ -511,13 +558,15 @@ impl AntreaNode {
                 // A routed peer (noEncap / hybrid on one subnet): the host stack
                 // routes it over the underlay.
                 if let OvsSource::Pod(_) = source {
-                    return OvsDecision::ToGateway;
+                    return OvsDecision::ToGateway { egress: None };
                 }
             }
         }
+        // The external network: EgressMark decides.
         match source {
-            OvsSource::Pod(_) => OvsDecision::ToGateway,
-            OvsSource::Gateway | OvsSource::Tunnel => OvsDecision::Drop(DropReason::NoRoute),
+            OvsSource::Pod(_) => self.egress_mark_from_pod(packet),
+            OvsSource::Tunnel { destination } => self.egress_mark_from_tunnel(destination),
+            OvsSource::Gateway => OvsDecision::Drop(DropReason::NoRoute),
         }
     }
 

@@ -125,7 +125,8 @@ impl AntreaNode {
                 ErrorMessage::fragmentation_needed(mtu),
                 header,
             );
-            self.ovs(ctx, OvsSource::Tunnel, None, error, out);
+            let destination = self.settings.ip;
+            self.ovs(ctx, OvsSource::Tunnel { destination }, None, error, out);
         }
     }
 
@@ -135,7 +136,9 @@ impl AntreaNode {
             return;
         }
         let meta = &packet.meta;
-        if meta.key.destination == self.settings.ip
+        let for_this_node =
+            meta.key.destination == self.settings.ip || self.holds_egress_ip(meta.key.destination);
+        if for_this_node
             && meta.key.protocol == PROTOCOL_UDP
             && meta.key.destination_port == tunnel_name_and_port(self.settings.encapsulation).1
         {
@@ -156,6 +159,7 @@ impl AntreaNode {
         out: &mut Outputs,
     ) {
         let outer_source = packet.meta.key.source;
+        let outer_destination = packet.meta.key.destination;
         let vni = match decapsulate(&mut packet) {
             // uplink_input hands over only UDP 6081: Geneve.
             Ok((_, vni)) => vni,
@@ -174,7 +178,10 @@ impl AntreaNode {
             format!("{name} decap vni={vni} from {outer_source}")
         });
         let tunnel_slot = ctx.begin_receive(self.settings.tunnel_point, &packet);
-        self.ovs(ctx, OvsSource::Tunnel, tunnel_slot, packet, out);
+        let source = OvsSource::Tunnel {
+            destination: outer_destination,
+        };
+        self.ovs(ctx, source, tunnel_slot, packet, out);
     }
 }
 

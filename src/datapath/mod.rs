@@ -150,6 +150,8 @@ pub struct DropRecord {
     pub detail: String,
     /// The dropped packet was on its way back to the flow's client.
     pub reply: bool,
+    /// The packet's 5-tuple where it was dropped (to tell a flow's connections apart).
+    pub key: crate::packet::FlowKey,
 }
 
 /// Where a network address translation happened, for the report's `nat` list.
@@ -304,6 +306,7 @@ impl Ctx<'_> {
             reason,
             detail,
             reply: packet.meta.reply,
+            key: packet.meta.key,
         });
     }
 
@@ -319,6 +322,7 @@ impl Ctx<'_> {
             reason,
             detail,
             reply: false,
+            key: crate::packet::Meta::default().key,
         });
     }
 

@@ -79,6 +79,11 @@ pub struct ConnectionCounts {
     pub attempted: u64,
     pub established: u64,
     pub failed: u64,
+    /// Why the failed connections failed, counted: the drop reason of a
+    /// connection's lost request packets (`snat-ports-exhausted`, `conntrack-full`,
+    /// …), or what the client's own stack said (`EADDRNOTAVAIL`, an ICMP error's
+    /// errno), else `no-answer`.
+    pub failure_reasons: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -302,6 +307,33 @@ fn is_subsequence(wanted: &[String], devices: &[String]) -> bool {
         .all(|device| remaining.any(|seen| seen == device))
 }
 
+/// Counts why each failed connection failed: its stack's own reason, else the
+/// reason its request packets were dropped for (matched by the client's source
+/// port), else `no-answer`.
+fn failure_reasons(
+    drops: &[&crate::datapath::DropRecord],
+    failed: &[&crate::sim::endpoint::ConnectionStatus],
+) -> BTreeMap<String, u64> {
+    let mut by_port: std::collections::HashMap<u16, &'static str> = Default::default();
+    for drop in drops.iter().filter(|d| !d.reply) {
+        by_port
+            .entry(drop.key.source_port)
+            .or_insert(drop.reason.name());
+    }
+    let mut reasons = BTreeMap::new();
+    for connection in failed {
+        let reason = connection
+            .failure
+            .or_else(|| by_port.get(&connection.local_port).copied())
+            .unwrap_or("no-answer");
+        *reasons.entry(reason.to_string()).or_insert(0) += 1;
+    }
+    reasons
+}
+
+/// Translations the text summary shows per flow.
+const SUMMARY_NAT_LINES: usize = 8;
+
 /// Builds the report of a run.
 pub fn build(topology: &Topology, result: &RunResult) -> Report {
     let mut hops_by_flow: BTreeMap<u32, Vec<&Hop>> = BTreeMap::new();
@@ -323,33 +355,32 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
             reply: drops.iter().any(|d| d.reply),
         };
         let verdict = flow_verdict(flow, outcome, losses);
-        let nat = result.journal.nat.iter().filter(|n| n.flow == tag).fold(
-            Vec::<NatReport>::new(),
-            |mut list, n| {
-                if !list.iter().any(|existing| {
-                    existing.device == n.device
-                        && existing.kind == n.kind
-                        && existing.from == n.before
-                        && existing.to == n.after
-                }) {
-                    list.push(NatReport {
-                        device: n.device.clone(),
-                        component: n.component.to_string(),
-                        kind: n.kind.to_string(),
-                        from: n.before.clone(),
-                        to: n.after.clone(),
-                    });
-                }
-                list
-            },
-        );
+        // Each translation once, in the order first seen (a set: a flow with
+        // thousands of connections has thousands of distinct bindings).
+        let mut seen = std::collections::HashSet::new();
+        let nat: Vec<NatReport> = result
+            .journal
+            .nat
+            .iter()
+            .filter(|n| n.flow == tag)
+            .filter(|n| seen.insert((&n.device, n.kind, &n.before, &n.after)))
+            .map(|n| NatReport {
+                device: n.device.clone(),
+                component: n.component.to_string(),
+                kind: n.kind.to_string(),
+                from: n.before.clone(),
+                to: n.after.clone(),
+            })
+            .collect();
         let attempted = u64::from(flow.connections);
         let established = outcome.connections.iter().filter(|c| c.established).count() as u64;
-        let failed = outcome
+        let failed_connections: Vec<_> = outcome
             .connections
             .iter()
             .filter(|c| !c.completed || c.failed)
-            .count() as u64;
+            .collect();
+        let failed = failed_connections.len() as u64;
+        let failure_reasons = failure_reasons(&drops, &failed_connections);
         let destination = if flow.destination_port == 0 {
             flow.destination_ip.to_string()
         } else {
@@ -371,6 +402,7 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
                 attempted,
                 established,
                 failed,
+                failure_reasons,
             },
             seen_source: outcome.seen_source.map(|s| s.to_string()),
             path: path_of(&result.network, hops, outcome.first_packet),
@@ -583,10 +615,35 @@ pub fn text_summary(report: &Report) -> String {
         if let Some(seen) = &flow.seen_source {
             out.push_str(&format!("      seen source: {seen}\n"));
         }
-        for nat in &flow.nat {
+        let connections = &flow.connections;
+        if connections.attempted > 1 || connections.failed > 0 {
+            let reasons: Vec<String> = connections
+                .failure_reasons
+                .iter()
+                .map(|(reason, count)| format!("{reason} {count}"))
+                .collect();
+            out.push_str(&format!(
+                "      connections: attempted {}, established {}, failed {}{}\n",
+                connections.attempted,
+                connections.established,
+                connections.failed,
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", reasons.join(", "))
+                }
+            ));
+        }
+        for nat in flow.nat.iter().take(SUMMARY_NAT_LINES) {
             out.push_str(&format!(
                 "      {} on {}: {} -> {}\n",
                 nat.kind, nat.device, nat.from, nat.to
+            ));
+        }
+        if flow.nat.len() > SUMMARY_NAT_LINES {
+            out.push_str(&format!(
+                "      … {} more translations (report.json lists every one)\n",
+                flow.nat.len() - SUMMARY_NAT_LINES
             ));
         }
         if let Some(path_mtu) = &flow.path_mtu {

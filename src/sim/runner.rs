@@ -318,7 +318,9 @@ impl Runner<'_> {
         };
         for report in reports {
             if let Some(outcome) = self.flows.get_mut(report.flow as usize) {
-                outcome.notes.push(report.message.clone());
+                if !outcome.notes.contains(&report.message) {
+                    outcome.notes.push(report.message.clone());
+                }
                 if report.refused {
                     outcome.sent += 1;
                 }

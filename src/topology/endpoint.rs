@@ -450,7 +450,7 @@ fn build_flow(resolver: &Resolver, topology: &Topology, request: FlowRequest) ->
         None => 0,
     };
     let connections = request.connections.map(|c| *c.get_ref()).unwrap_or(1);
-    if connections == 0 || connections > 1000 {
+    if connections == 0 || connections > 100_000 {
         let at = request.connections.map(|c| c.span());
         return Err(resolver.source.error(at, "connections must be 1..=1000"));
     }

@@ -9,6 +9,11 @@ pub(super) enum Client {
     Tcp(TcpClient),
     Udp(UdpClient),
     Ping(PingClient),
+    /// A connection that failed before its first packet (no local port).
+    Unconnected {
+        flow: FlowTag,
+        status: ConnectionStatus,
+    },
 }
 
 pub(super) struct TcpClient {
@@ -59,11 +64,14 @@ pub(super) enum SendOutcome {
 }
 
 impl Exchanges {
-    pub(super) fn new(requests: u32) -> Self {
+    pub(super) fn new(requests: u32, local_port: u16) -> Self {
         Exchanges {
             requests_left: requests,
             waiting_until: None,
-            status: ConnectionStatus::default(),
+            status: ConnectionStatus {
+                local_port,
+                ..ConnectionStatus::default()
+            },
         }
     }
 

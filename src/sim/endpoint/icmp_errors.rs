@@ -92,7 +92,8 @@ impl Stack {
         match quoted.protocol {
             PROTOCOL_TCP => self.tcp_error(quoted.source_port, remote, error, errno, from),
             PROTOCOL_UDP => {
-                for client in &mut self.clients {
+                let clients = self.shards.iter_mut().flat_map(|s| s.clients.iter_mut());
+                for client in clients {
                     if let Client::Udp(c) = client {
                         if c.local_port == quoted.source_port && endpoint_is(c.remote, remote) {
                             if error != IcmpError::Soft {
@@ -112,7 +113,8 @@ impl Stack {
                 }
             }
             PROTOCOL_ICMP => {
-                for client in &mut self.clients {
+                let clients = self.shards.iter_mut().flat_map(|s| s.clients.iter_mut());
+                for client in clients {
                     if let Client::Ping(c) = client {
                         if c.identifier == quoted.source_port && c.remote == quoted.destination {
                             if c.exchanges.waiting() {
@@ -140,31 +142,44 @@ impl Stack {
         local_port: u16,
         remote: (Ipv4Addr, u16),
         error: IcmpError,
-        errno: &str,
+        errno: &'static str,
         from: Ipv4Addr,
     ) {
-        let matching: Vec<SocketHandle> = self
-            .sockets
+        let matching: Vec<(usize, SocketHandle)> = self
+            .shards
             .iter()
-            .filter_map(|(handle, socket)| match socket {
-                smoltcp::socket::Socket::Tcp(tcp) => {
-                    let local = tcp.local_endpoint()?;
-                    let peer = tcp.remote_endpoint()?;
-                    (local.port == local_port && endpoint_is(peer, remote)).then_some(handle)
-                }
-                _ => None,
+            .enumerate()
+            .flat_map(|(shard, target)| {
+                target
+                    .sockets
+                    .iter()
+                    .filter_map(move |(handle, socket)| match socket {
+                        smoltcp::socket::Socket::Tcp(tcp) => {
+                            let local = tcp.local_endpoint()?;
+                            let peer = tcp.remote_endpoint()?;
+                            (local.port == local_port && endpoint_is(peer, remote))
+                                .then_some((shard, handle))
+                        }
+                        _ => None,
+                    })
             })
             .collect();
-        for handle in matching {
+        for (shard, handle) in matching {
+            let sockets = &mut self.shards[shard].sockets;
             match error {
                 IcmpError::FragmentationNeeded { mtu } => {
                     let mss = usize::from(mtu).saturating_sub(40);
-                    self.sockets.get_mut::<tcp::Socket>(handle).reduce_mss(mss);
+                    sockets.get_mut::<tcp::Socket>(handle).reduce_mss(mss);
                 }
                 IcmpError::Hard | IcmpError::Soft => {
-                    let state = self.sockets.get::<tcp::Socket>(handle).state();
+                    let state = sockets.get::<tcp::Socket>(handle).state();
                     if matches!(state, tcp::State::SynSent | tcp::State::SynReceived) {
-                        self.abort_quietly(handle, &format!("connect: {errno}, ICMP from {from}"));
+                        self.abort_quietly(
+                            shard,
+                            handle,
+                            errno,
+                            &format!("connect: {errno}, ICMP from {from}"),
+                        );
                     }
                 }
             }
@@ -172,21 +187,29 @@ impl Stack {
     }
 
     /// Ends a connection the way `tcp_done` does: the socket is gone, no reset is sent.
-    pub(super) fn abort_quietly(&mut self, handle: SocketHandle, note: &str) {
+    pub(super) fn abort_quietly(
+        &mut self,
+        shard: usize,
+        handle: SocketHandle,
+        errno: &'static str,
+        note: &str,
+    ) {
         let mut aborted = Vec::new();
-        for client in &mut self.clients {
+        let target = &mut self.shards[shard];
+        for client in &mut target.clients {
             if let Client::Tcp(c) = client {
                 if c.handle == handle && !c.status.completed {
                     c.status.failed = true;
+                    c.status.failure = Some(errno);
                     c.socket_released = true;
                     aborted.push(c.flow);
                 }
             }
         }
+        target.tcp_servers.retain(|server| server.handle != handle);
+        target.sockets.remove(handle);
         for flow in aborted {
             self.report(flow, note.to_string());
         }
-        self.tcp_servers.retain(|server| server.handle != handle);
-        self.sockets.remove(handle);
     }
 }

@@ -41,6 +41,15 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Socket buffer sizes (Linux's default `tcp_rmem` is 128 KiB; 32 KiB each way keeps
 /// a large topology's memory small and a bulk flow's window open).
 const TCP_BUFFER: usize = 32 * 1024;
+/// The buffers of a stack holding many connections (more than one shard): smoltcp
+/// allocates a socket's buffers up front where Linux grows them from `tcp_rmem`'s
+/// 4 KiB minimum as data comes, so tens of thousands of connections get small ones.
+const TCP_BUFFER_CROWDED: usize = 2 * 1024;
+/// Sockets polled together. smoltcp walks every socket of the set it polls, so a
+/// stack keeps its connections in shards of this many and polls only the shard a
+/// packet or a timer concerns: the cost of a packet does not grow with the number
+/// of connections.
+const SHARD_SOCKETS: usize = 64;
 const UDP_BUFFER: usize = 64 * 1024;
 /// Linux's default `net.ipv4.ip_local_port_range`.
 const EPHEMERAL_PORTS: std::ops::Range<u16> = 32768..61000;
@@ -118,6 +127,11 @@ pub struct ConnectionStatus {
     pub completed: bool,
     pub failed: bool,
     pub answers: u32,
+    /// The client's local port (a TCP/UDP source port, an echo identifier).
+    pub local_port: u16,
+    /// Why the stack itself failed the connection, when it knows (`EADDRNOTAVAIL`,
+    /// an ICMP error's errno).
+    pub failure: Option<&'static str>,
 }
 
 /// Clears DF in the IPv4 header of an Ethernet frame (with the checksum update): the
@@ -137,26 +151,65 @@ fn clear_dont_fragment(frame: &mut [u8]) {
 /// back to a flow.
 type TagKey = (u8, u16, Ipv4Addr, u16);
 
+/// Connections polled together (see [`SHARD_SOCKETS`]): their sockets and the
+/// applications on them.
+pub(super) struct Shard {
+    sockets: SocketSet<'static>,
+    /// Listening TCP sockets per port (a listen backlog: one per connection being
+    /// set up).
+    tcp_listeners: BTreeMap<u16, Vec<SocketHandle>>,
+    tcp_servers: Vec<TcpServer>,
+    udp_servers: Vec<(SocketHandle, Application, u16)>,
+    clients: Vec<Client>,
+    /// Sockets ever opened here: a shard takes new connections until it is full.
+    opened: usize,
+    /// Its entry in the stack's wake-up set.
+    scheduled: Option<Instant>,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            sockets: SocketSet::new(Vec::new()),
+            tcp_listeners: BTreeMap::new(),
+            tcp_servers: Vec::new(),
+            udp_servers: Vec::new(),
+            clients: Vec::new(),
+            opened: 0,
+            scheduled: None,
+        }
+    }
+}
+
 /// One endpoint's stack and applications.
 pub struct Stack {
     pub nic: EndpointNic,
     iface: Interface,
     device: SimDevice,
-    sockets: SocketSet<'static>,
+    shards: Vec<Shard>,
     tcp_listen: Vec<u16>,
     udp_listen: Vec<u16>,
-    /// Listening TCP sockets per port, and the SYNs queued for each port that the
-    /// stack has not processed yet (each needs a listening socket of its own).
-    tcp_listeners: BTreeMap<u16, Vec<SocketHandle>>,
-    queued_syns: BTreeMap<u16, usize>,
-    tcp_servers: Vec<TcpServer>,
-    udp_servers: Vec<(SocketHandle, Application, u16)>,
     /// The application on each listening TCP port.
     tcp_applications: BTreeMap<u16, Application>,
     /// The application on each listening UDP port (its socket is made on first use).
     udp_applications: BTreeMap<u16, Application>,
-    clients: Vec<Client>,
+    /// Every client connection as (shard, index), in start order.
+    client_order: Vec<(usize, usize)>,
     client_ports: FxHashSet<(u8, u16)>,
+    /// Ephemeral ports handed out, per protocol.
+    ephemeral_used: FxHashMap<u8, u64>,
+    /// The shard of each client socket, by (protocol, local port or echo id).
+    port_shard: FxHashMap<(u8, u16), usize>,
+    /// The shard of each accepted TCP connection, by its tuple.
+    connection_shard: FxHashMap<TagKey, usize>,
+    /// The shard the first fragment of a datagram went to, by IP identification.
+    fragment_shard: FxHashMap<u16, usize>,
+    /// Received IP packets and the shard each goes to, until the next poll.
+    pending: VecDeque<(usize, Vec<u8>)>,
+    /// Shards with new clients, to poll at the next poll.
+    dirty: Vec<usize>,
+    /// When each shard next needs to run.
+    wakeups: std::collections::BTreeSet<(Instant, usize)>,
     tags: FxHashMap<TagKey, FlowTag>,
     random: u64,
     /// The flow of each datagram the stack fragmented, by IP identification.
@@ -179,14 +232,14 @@ pub struct StackReport {
     pub refused: bool,
 }
 
-/// A TCP socket with [`TCP_BUFFER`] bytes of buffer each way.
+/// A TCP socket with `buffer` bytes of buffer each way.
 /// Nagle's algorithm is off (TCP_NODELAY), as the applications netsim stands in for
 /// set it: HTTP clients (curl, Go's net/http) and servers (nginx `tcp_nodelay on`)
 /// send a message's last, short segment at once rather than after the first ACK.
-fn new_tcp_socket() -> tcp::Socket<'static> {
+fn new_tcp_socket(buffer: usize) -> tcp::Socket<'static> {
     let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; buffer]),
+        tcp::SocketBuffer::new(vec![0; buffer]),
     );
     socket.set_nagle_enabled(false);
     socket
@@ -224,17 +277,20 @@ impl Stack {
             nic,
             iface,
             device,
-            sockets: SocketSet::new(Vec::new()),
+            shards: vec![Shard::new()],
             tcp_listen: Vec::new(),
             udp_listen: Vec::new(),
-            tcp_listeners: BTreeMap::new(),
-            queued_syns: BTreeMap::new(),
             tcp_applications: BTreeMap::new(),
             udp_applications: BTreeMap::new(),
-            tcp_servers: Vec::new(),
-            udp_servers: Vec::new(),
-            clients: Vec::new(),
+            client_order: Vec::new(),
             client_ports: FxHashSet::default(),
+            ephemeral_used: FxHashMap::default(),
+            port_shard: FxHashMap::default(),
+            connection_shard: FxHashMap::default(),
+            fragment_shard: FxHashMap::default(),
+            pending: VecDeque::new(),
+            dirty: Vec::new(),
+            wakeups: std::collections::BTreeSet::new(),
             tags: FxHashMap::default(),
             random,
             fragment_tags: FxHashMap::default(),
@@ -251,13 +307,21 @@ impl Stack {
         self.random.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn ephemeral_port(&mut self, protocol: u8) -> u16 {
+    /// A free local port from `ip_local_port_range`, or None when every one is taken
+    /// (connect fails with EADDRNOTAVAIL; ports are not reused within a run, as
+    /// TIME-WAIT would keep them toward the same destination).
+    fn ephemeral_port(&mut self, protocol: u8) -> Option<u16> {
+        let span = u64::from(EPHEMERAL_PORTS.end - EPHEMERAL_PORTS.start);
+        let used = self.ephemeral_used.entry(protocol).or_insert(0);
+        if *used >= span {
+            return None;
+        }
+        *used += 1;
         loop {
-            let span = u64::from(EPHEMERAL_PORTS.end - EPHEMERAL_PORTS.start);
             let port =
                 EPHEMERAL_PORTS.start + u16::try_from(self.next_random() % span).unwrap_or(0);
             if self.client_ports.insert((protocol, port)) {
-                return port;
+                return Some(port);
             }
         }
     }
@@ -289,31 +353,99 @@ impl Stack {
         }
     }
 
-    /// A server socket for a listening port, made when the first traffic for it
-    /// arrives: a listening TCP socket for a SYN when none listens (a listen backlog:
-    /// one per connection being set up), the UDP socket for a datagram.
-    fn open_server_socket(&mut self, protocol: u8, port: u16, tcp_flags: u8) {
+    /// The shard new connections go to: the last one, or a new one when it is full.
+    fn open_shard(&mut self) -> usize {
+        let full = self
+            .shards
+            .last()
+            .is_none_or(|shard| shard.opened >= SHARD_SOCKETS);
+        if full {
+            self.shards.push(Shard::new());
+        }
+        self.shards.len() - 1
+    }
+
+    /// The buffer size of a new TCP socket: small once the stack holds many
+    /// connections.
+    fn tcp_buffer(&self, connections: u32) -> usize {
+        if self.shards.len() > 1 || connections as usize > SHARD_SOCKETS {
+            TCP_BUFFER_CROWDED
+        } else {
+            TCP_BUFFER
+        }
+    }
+
+    /// Which shard a received packet belongs to: an accepted connection's, a
+    /// client's (by local port), a fresh listener's for a SYN to a listening port,
+    /// else the first (a UDP server, echo requests, segments nothing expects).
+    fn shard_for(&mut self, meta: &crate::packet::Meta, frame: &[u8]) -> usize {
+        let identification = u16::from_be_bytes([frame[18], frame[19]]);
+        if meta.is_later_fragment {
+            return self.fragment_shard.get(&identification).copied().unwrap_or(0);
+        }
+        let key = meta.key;
+        let protocol = key.protocol;
+        let tuple = (protocol, key.destination_port, key.source, key.source_port);
+        let local = match meta.icmp {
+            IcmpKind::Error { .. } => None,
+            _ => Some((protocol, key.destination_port)),
+        };
+        let shard = if let Some(&shard) = self.connection_shard.get(&tuple) {
+            shard
+        } else if let Some(&shard) = local.and_then(|local| self.port_shard.get(&local)) {
+            shard
+        } else if protocol == PROTOCOL_TCP
+            && meta.tcp_flags & crate::packet::tcp_flags::SYN != 0
+            && meta.tcp_flags & crate::packet::tcp_flags::ACK == 0
+            && self.tcp_listen.contains(&key.destination_port)
+        {
+            let shard = self.open_shard();
+            self.connection_shard.insert(tuple, shard);
+            shard
+        } else {
+            0
+        };
+        if crate::engine::reassembly::is_fragment(frame) {
+            self.fragment_shard.insert(identification, shard);
+        }
+        shard
+    }
+
+    /// A server socket for a listening port, made when traffic for it arrives: a
+    /// listening TCP socket for a SYN when none listens in the connection's shard,
+    /// the UDP socket (in the first shard) for a datagram.
+    fn open_server_socket(&mut self, shard: usize, protocol: u8, port: u16, tcp_flags: u8) {
         match protocol {
             PROTOCOL_TCP
                 if tcp_flags & crate::packet::tcp_flags::SYN != 0
                     && tcp_flags & crate::packet::tcp_flags::ACK == 0
                     && self.tcp_listen.contains(&port) =>
             {
-                let queued = self.queued_syns.entry(port).or_insert(0);
-                *queued += 1;
-                let queued = *queued;
-                let listening = self.tcp_listeners.get(&port).map_or(0, Vec::len);
-                if listening < queued {
-                    self.add_tcp_listener(port);
+                let buffer = self.tcp_buffer(0);
+                let target = &mut self.shards[shard];
+                let sockets = &target.sockets;
+                let listening = target.tcp_listeners.get(&port).is_some_and(|handles| {
+                    handles
+                        .iter()
+                        .any(|handle| sockets.get::<tcp::Socket>(*handle).is_listening())
+                });
+                if !listening {
+                    let mut socket = new_tcp_socket(buffer);
+                    let _ = socket.listen(port);
+                    let handle = target.sockets.add(socket);
+                    target.opened += 1;
+                    target.tcp_listeners.entry(port).or_default().push(handle);
                 }
             }
             PROTOCOL_UDP => {
                 if let Some(&application) = self.udp_applications.get(&port) {
-                    if !self.udp_servers.iter().any(|(_, _, p)| *p == port) {
+                    let first = &mut self.shards[0];
+                    if !first.udp_servers.iter().any(|(_, _, p)| *p == port) {
                         let mut socket = new_udp_socket();
                         let _ = socket.bind(port);
-                        let handle = self.sockets.add(socket);
-                        self.udp_servers.push((handle, application, port));
+                        let handle = first.sockets.add(socket);
+                        first.opened += 1;
+                        first.udp_servers.push((handle, application, port));
                     }
                 }
             }
@@ -321,11 +453,28 @@ impl Stack {
         }
     }
 
-    fn add_tcp_listener(&mut self, port: u16) {
-        let mut socket = new_tcp_socket();
-        let _ = socket.listen(port);
-        let handle = self.sockets.add(socket);
-        self.tcp_listeners.entry(port).or_default().push(handle);
+    /// Adds a client socket to the open shard; returns (shard, handle).
+    fn add_client_socket(
+        &mut self,
+        socket: impl smoltcp::socket::AnySocket<'static>,
+        local: (u8, u16),
+    ) -> (usize, SocketHandle) {
+        let shard = self.open_shard();
+        let target = &mut self.shards[shard];
+        let handle = target.sockets.add(socket);
+        target.opened += 1;
+        self.port_shard.insert(local, shard);
+        if !self.dirty.contains(&shard) {
+            self.dirty.push(shard);
+        }
+        (shard, handle)
+    }
+
+    /// Records a new client of `shard`.
+    fn push_client(&mut self, shard: usize, client: Client) {
+        let clients = &mut self.shards[shard].clients;
+        self.client_order.push((shard, clients.len()));
+        clients.push(client);
     }
 
     /// Starts one connection of `flow` (tagged `tag`) speaking `application`.
@@ -338,25 +487,47 @@ impl Stack {
             flow_name: flow.name.clone(),
             bytes,
         };
+        let protocol = match flow.protocol {
+            Protocol::Tcp => PROTOCOL_TCP,
+            Protocol::Udp => PROTOCOL_UDP,
+            Protocol::Icmp => PROTOCOL_ICMP,
+        };
+        let Some(local_port) = self.ephemeral_port(protocol) else {
+            // connect() / bind() fails before any packet: EADDRNOTAVAIL.
+            self.report(
+                tag,
+                "connect: EADDRNOTAVAIL (cannot assign requested address: every port of \
+                 ip_local_port_range 32768-60999 is in use)"
+                    .into(),
+            );
+            let status = ConnectionStatus {
+                failed: true,
+                failure: Some("EADDRNOTAVAIL"),
+                ..ConnectionStatus::default()
+            };
+            let shard = self.shards.len() - 1;
+            self.push_client(shard, Client::Unconnected { flow: tag, status });
+            return;
+        };
         match (flow.protocol, flow.exchange) {
             (Protocol::Tcp, _) => {
-                let local_port = self.ephemeral_port(PROTOCOL_TCP);
-                let mut socket = new_tcp_socket();
+                let mut socket = new_tcp_socket(self.tcp_buffer(flow.connections));
                 socket.set_timeout(Some(TCP_TIMEOUT));
                 let remote = IpEndpoint::new(IpAddress::Ipv4(remote_ip), flow.destination_port);
                 let connected = socket
                     .connect(self.iface.context(), remote, local_port)
                     .is_ok();
-                let handle = self.sockets.add(socket);
+                let (shard, handle) = self.add_client_socket(socket, (PROTOCOL_TCP, local_port));
                 self.tags.insert(
                     (PROTOCOL_TCP, local_port, remote_ip, flow.destination_port),
                     tag,
                 );
                 let status = ConnectionStatus {
                     failed: !connected,
+                    local_port,
                     ..ConnectionStatus::default()
                 };
-                self.clients.push(Client::Tcp(TcpClient {
+                self.push_client(shard, Client::Tcp(TcpClient {
                     flow: tag,
                     handle,
                     request: messages.request(0),
@@ -372,16 +543,15 @@ impl Stack {
                 }));
             }
             (Protocol::Udp, _) => {
-                let local_port = self.ephemeral_port(PROTOCOL_UDP);
                 let mut socket = new_udp_socket();
                 let _ = socket.bind(local_port);
-                let handle = self.sockets.add(socket);
+                let (shard, handle) = self.add_client_socket(socket, (PROTOCOL_UDP, local_port));
                 self.tags.insert(
                     (PROTOCOL_UDP, local_port, remote_ip, flow.destination_port),
                     tag,
                 );
                 let remote = IpEndpoint::new(IpAddress::Ipv4(remote_ip), flow.destination_port);
-                self.clients.push(Client::Udp(UdpClient {
+                self.push_client(shard, Client::Udp(UdpClient {
                     flow: tag,
                     handle,
                     local_port,
@@ -389,11 +559,11 @@ impl Stack {
                     remote,
                     messages,
                     sent_requests: 0,
-                    exchanges: Exchanges::new(flow.requests),
+                    exchanges: Exchanges::new(flow.requests, local_port),
                 }));
             }
             (Protocol::Icmp, Exchange::Ping | Exchange::RequestResponse) => {
-                let identifier = self.ephemeral_port(PROTOCOL_ICMP);
+                let identifier = local_port;
                 let mut socket = icmp::Socket::new(
                     icmp::PacketBuffer::new(
                         vec![icmp::PacketMetadata::EMPTY; 16],
@@ -405,10 +575,10 @@ impl Stack {
                     ),
                 );
                 let _ = socket.bind(icmp::Endpoint::Ident(identifier));
-                let handle = self.sockets.add(socket);
+                let (shard, handle) = self.add_client_socket(socket, (PROTOCOL_ICMP, identifier));
                 self.tags
                     .insert((PROTOCOL_ICMP, identifier, remote_ip, identifier), tag);
-                self.clients.push(Client::Ping(PingClient {
+                self.push_client(shard, Client::Ping(PingClient {
                     flow: tag,
                     handle,
                     dont_fragment: flow.dont_fragment,
@@ -416,7 +586,7 @@ impl Stack {
                     identifier,
                     sequence: 0,
                     bytes,
-                    exchanges: Exchanges::new(flow.requests),
+                    exchanges: Exchanges::new(flow.requests, identifier),
                 }));
             }
         }
@@ -452,8 +622,9 @@ impl Stack {
         if let IcmpKind::Error { icmp_type, code } = meta.icmp {
             self.react_to_icmp_error(frame, icmp_type, code);
         }
+        let shard = self.shard_for(&meta, frame);
         if !meta.is_later_fragment {
-            self.open_server_socket(key.protocol, key.destination_port, meta.tcp_flags);
+            self.open_server_socket(shard, key.protocol, key.destination_port, meta.tcp_flags);
         }
         let arrival = match key.protocol {
             // A fragment goes to the stack's reassembly (smoltcp
@@ -477,23 +648,33 @@ impl Stack {
             }
             _ => Arrival::Delivered,
         };
-        self.device
-            .rx
-            .push_back(frame[ETHERNET_HEADER_LEN..].to_vec());
+        self.pending
+            .push_back((shard, frame[ETHERNET_HEADER_LEN..].to_vec()));
         arrival
     }
 
-    /// Runs the stack and its applications at `now`; returns the frames it sends.
+    /// Runs the stack and its applications at `now`: each received packet in its
+    /// shard, then every shard with new clients or a timer due. Returns the frames
+    /// it sends.
     pub fn poll(&mut self, now: Instant, flows: &[Flow]) -> Vec<Departure> {
-        for _ in 0..64 {
-            self.iface.poll(now, &mut self.device, &mut self.sockets);
-            self.replace_used_listeners();
-            let progressed = self.run_applications(now, flows);
-            if !progressed && self.device.rx.is_empty() {
+        while let Some((shard, packet)) = self.pending.pop_front() {
+            self.device.rx.push_back(packet);
+            self.poll_shard(shard, now, flows);
+        }
+        let mut due = std::mem::take(&mut self.dirty);
+        while let Some(&(at, shard)) = self.wakeups.first() {
+            if at > now {
                 break;
             }
+            self.wakeups.pop_first();
+            self.shards[shard].scheduled = None;
+            due.push(shard);
         }
-        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        due.sort_unstable();
+        due.dedup();
+        for shard in due {
+            self.poll_shard(shard, now, flows);
+        }
         let packets = std::mem::take(&mut self.device.tx);
         packets
             .into_iter()
@@ -502,25 +683,55 @@ impl Stack {
             .collect()
     }
 
-    /// When the stack next needs to run (a timer), if ever.
-    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        let stack = self.iface.poll_at(now, &self.sockets);
-        let applications = self.clients.iter().filter_map(|client| match client {
+    /// Runs one shard's sockets and applications until they settle, then books its
+    /// next timer.
+    fn poll_shard(&mut self, shard: usize, now: Instant, flows: &[Flow]) {
+        for _ in 0..64 {
+            self.iface
+                .poll(now, &mut self.device, &mut self.shards[shard].sockets);
+            self.replace_used_listeners(shard);
+            let progressed = self.run_applications(shard, now, flows);
+            if !progressed && self.device.rx.is_empty() {
+                break;
+            }
+        }
+        self.iface
+            .poll(now, &mut self.device, &mut self.shards[shard].sockets);
+        self.reschedule(shard, now);
+    }
+
+    /// Books when `shard` next needs to run (a socket timer or a client's wait).
+    fn reschedule(&mut self, shard: usize, now: Instant) {
+        let target = &mut self.shards[shard];
+        if let Some(previous) = target.scheduled.take() {
+            self.wakeups.remove(&(previous, shard));
+        }
+        let stack = self.iface.poll_at(now, &target.sockets);
+        let applications = target.clients.iter().filter_map(|client| match client {
             Client::Udp(c) => c.exchanges.waiting_until,
             Client::Ping(c) => c.exchanges.waiting_until,
-            Client::Tcp(_) => None,
+            Client::Tcp(_) | Client::Unconnected { .. } => None,
         });
-        stack.into_iter().chain(applications).min()
+        if let Some(next) = stack.into_iter().chain(applications).min() {
+            target.scheduled = Some(next);
+            self.wakeups.insert((next, shard));
+        }
+    }
+
+    /// When the stack next needs to run (a timer), if ever.
+    pub fn poll_at(&mut self, _now: Instant) -> Option<Instant> {
+        self.wakeups.first().map(|(at, _)| *at)
     }
 
     /// Status of every client connection, by flow tag, in start order.
     pub fn client_status(&self) -> Vec<(FlowTag, ConnectionStatus)> {
-        self.clients
+        self.client_order
             .iter()
-            .map(|client| match client {
+            .map(|&(shard, index)| match &self.shards[shard].clients[index] {
                 Client::Tcp(c) => (c.flow, c.status),
                 Client::Udp(c) => (c.flow, c.exchanges.status),
                 Client::Ping(c) => (c.flow, c.exchanges.status),
+                Client::Unconnected { flow, status } => (*flow, *status),
             })
             .collect()
     }
@@ -621,11 +832,11 @@ impl Stack {
 
     /// A listening TCP socket that accepted a connection becomes that connection's
     /// server; the next SYN gets a fresh listening socket (a listen backlog).
-    fn replace_used_listeners(&mut self) {
-        self.queued_syns.clear();
+    fn replace_used_listeners(&mut self, shard: usize) {
+        let target = &mut self.shards[shard];
         let mut used: Vec<(u16, SocketHandle)> = Vec::new();
-        for (port, handles) in &mut self.tcp_listeners {
-            let sockets = &self.sockets;
+        for (port, handles) in &mut target.tcp_listeners {
+            let sockets = &target.sockets;
             handles.retain(|handle| {
                 let listening = sockets.get::<tcp::Socket>(*handle).is_listening();
                 if !listening {
@@ -640,7 +851,7 @@ impl Stack {
                 .get(&port)
                 .copied()
                 .unwrap_or(Application::Opaque);
-            self.tcp_servers.push(TcpServer {
+            target.tcp_servers.push(TcpServer {
                 handle,
                 application,
                 request_len: None,
@@ -650,19 +861,19 @@ impl Stack {
         }
     }
 
-    fn run_applications(&mut self, now: Instant, flows: &[Flow]) -> bool {
+    fn run_applications(&mut self, shard: usize, now: Instant, flows: &[Flow]) -> bool {
         let mut progressed = false;
-        for index in 0..self.tcp_servers.len() {
-            progressed |= self.run_tcp_server(index, flows);
+        for index in 0..self.shards[shard].tcp_servers.len() {
+            progressed |= self.run_tcp_server(shard, index, flows);
         }
-        for index in 0..self.udp_servers.len() {
-            let (handle, application, _) = self.udp_servers[index];
-            progressed |= self.run_udp_server(handle, application);
+        for index in 0..self.shards[shard].udp_servers.len() {
+            let (handle, application, _) = self.shards[shard].udp_servers[index];
+            progressed |= self.run_udp_server(shard, handle, application);
         }
-        let mut clients = std::mem::take(&mut self.clients);
-        for client in &mut clients {
+        let target = &mut self.shards[shard];
+        for client in &mut target.clients {
             let mut local = ClientContext {
-                sockets: &mut self.sockets,
+                sockets: &mut target.sockets,
                 path_mtu: &self.path_mtu,
                 reports: &mut self.reports,
                 now,
@@ -671,44 +882,18 @@ impl Stack {
                 Client::Tcp(c) => run_tcp_client(c, &mut local),
                 Client::Udp(c) => run_udp_client(c, &mut local),
                 Client::Ping(c) => run_ping_client(c, &mut local),
+                Client::Unconnected { .. } => false,
             };
         }
-        self.clients = clients;
-        self.release_closed_sockets();
+        release_closed_sockets(target);
         progressed
     }
 
-    /// Gives back the buffers of connections that are over (closed, or in TIME-WAIT,
-    /// where Linux keeps only a small timewait socket without buffers), so memory
-    /// follows the connections open now, not every connection ever made.
-    fn release_closed_sockets(&mut self) {
-        let over = |state: tcp::State| matches!(state, tcp::State::Closed | tcp::State::TimeWait);
-        let sockets = &mut self.sockets;
-        self.tcp_servers.retain(|server| {
-            let done = over(sockets.get::<tcp::Socket>(server.handle).state());
-            if done {
-                sockets.remove(server.handle);
-            }
-            !done
-        });
-        for client in &mut self.clients {
-            if let Client::Tcp(c) = client {
-                let finished = c.status.completed || c.status.failed;
-                if finished
-                    && !c.socket_released
-                    && over(sockets.get::<tcp::Socket>(c.handle).state())
-                {
-                    sockets.remove(c.handle);
-                    c.socket_released = true;
-                }
-            }
-        }
-    }
-
-    fn run_tcp_server(&mut self, index: usize, flows: &[Flow]) -> bool {
-        let handle = self.tcp_servers[index].handle;
-        if self.tcp_servers[index].request_len.is_none() {
-            let socket = self.sockets.get::<tcp::Socket>(handle);
+    fn run_tcp_server(&mut self, shard: usize, index: usize, flows: &[Flow]) -> bool {
+        let target = &mut self.shards[shard];
+        let handle = target.tcp_servers[index].handle;
+        if target.tcp_servers[index].request_len.is_none() {
+            let socket = target.sockets.get::<tcp::Socket>(handle);
             if let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint())
             {
                 let IpAddress::Ipv4(remote_ip) = remote.addr;
@@ -716,19 +901,19 @@ impl Stack {
                     .tags
                     .get(&(PROTOCOL_TCP, local.port, remote_ip, remote.port))
                     .copied();
-                let application = self.tcp_servers[index].application;
+                let application = target.tcp_servers[index].application;
                 let length = tag.and_then(|tag| flows.get(tag as usize)).map(|flow| {
                     let bytes = usize::try_from(flow.bytes).unwrap_or(1);
                     application
                         .request(Protocol::Tcp, &flow.name, bytes, 0)
                         .len()
                 });
-                self.tcp_servers[index].request_len = Some(length.unwrap_or(1).max(1));
+                target.tcp_servers[index].request_len = Some(length.unwrap_or(1).max(1));
             }
         }
         let local_ip = self.nic.ip;
-        let server = &mut self.tcp_servers[index];
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let server = &mut target.tcp_servers[index];
+        let socket = target.sockets.get_mut::<tcp::Socket>(handle);
         let mut progressed = false;
         while socket.can_recv() {
             let received = &mut server.received;
@@ -765,9 +950,14 @@ impl Stack {
         progressed
     }
 
-    fn run_udp_server(&mut self, handle: SocketHandle, application: Application) -> bool {
+    fn run_udp_server(
+        &mut self,
+        shard: usize,
+        handle: SocketHandle,
+        application: Application,
+    ) -> bool {
         let local_ip = self.nic.ip;
-        let socket = self.sockets.get_mut::<udp::Socket>(handle);
+        let socket = self.shards[shard].sockets.get_mut::<udp::Socket>(handle);
         let mut progressed = false;
         while socket.can_recv() {
             let Ok((payload, metadata)) = socket.recv() else {
@@ -784,5 +974,30 @@ impl Stack {
             progressed = true;
         }
         progressed
+    }
+}
+
+/// Gives back the buffers of connections that are over (closed, or in TIME-WAIT,
+/// where Linux keeps only a small timewait socket without buffers), so memory
+/// follows the connections open now, not every connection ever made.
+fn release_closed_sockets(shard: &mut Shard) {
+    let over = |state: tcp::State| matches!(state, tcp::State::Closed | tcp::State::TimeWait);
+    let sockets = &mut shard.sockets;
+    shard.tcp_servers.retain(|server| {
+        let done = over(sockets.get::<tcp::Socket>(server.handle).state());
+        if done {
+            sockets.remove(server.handle);
+        }
+        !done
+    });
+    for client in &mut shard.clients {
+        if let Client::Tcp(c) = client {
+            let finished = c.status.completed || c.status.failed;
+            if finished && !c.socket_released && over(sockets.get::<tcp::Socket>(c.handle).state())
+            {
+                sockets.remove(c.handle);
+                c.socket_released = true;
+            }
+        }
     }
 }

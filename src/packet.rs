@@ -117,6 +117,10 @@ pub struct Meta {
     /// KUBE-MARK-MASQ, Antrea Egress's SNAT-IP id. Kept through re-parsing inside a
     /// device; cleared when the frame goes on a wire. Never on the wire.
     pub mark: u32,
+    /// The source port (echo identifier) the packet had when its endpoint sent it:
+    /// which of a flow's connections it belongs to, whatever NAT did since. Never on
+    /// the wire.
+    pub origin_port: u16,
 }
 
 impl Default for Meta {
@@ -143,6 +147,7 @@ impl Default for Meta {
             packet_id: 0,
             reply: false,
             mark: 0,
+            origin_port: 0,
         }
     }
 }
@@ -253,6 +258,7 @@ impl Packet {
             packet_id,
             reply,
             mark,
+            origin_port,
             ..
         } = self.meta;
         self.meta = parse_meta(self.frame())?;
@@ -260,6 +266,7 @@ impl Packet {
         self.meta.packet_id = packet_id;
         self.meta.reply = reply;
         self.meta.mark = mark;
+        self.meta.origin_port = origin_port;
         Ok(())
     }
 

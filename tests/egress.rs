@@ -254,3 +254,111 @@ fn tier1_snat_rules_match_in_order_a_no_snat_rule_first_and_a_range_pool_after()
         );
     }
 }
+
+/// Quickstart with `pods` load pods on worker-1 and the flows given.
+fn load_topology(pods: usize, flows: &str) -> String {
+    let text = std::fs::read_to_string(topology_path("quickstart")).unwrap();
+    let mut text = text[..text.find("[[cluster.pod]]").unwrap()].replace(
+        "listen = [ { protocol = \"tcp\", port = 5432 }, { protocol = \"udp\", port = 40053 } ]",
+        "listen = [ { protocol = \"tcp\", port = 5432 }, { protocol = \"tcp\", port = 5433 } ]",
+    );
+    for pod in 1..=pods {
+        text.push_str(&format!(
+            "[[cluster.pod]]\nname = \"load-{pod}\"\nnamespace = \"app01\"\nnode = \"worker-1\"\n\n"
+        ));
+    }
+    text + flows
+}
+
+#[test]
+fn tens_of_thousands_of_connections_exhaust_the_masquerade_at_the_port_class_limit() {
+    // Three pods open 25,000 connections each to db:5432 at once: 75,000 want the
+    // node IP's 64,512 ports of the 1024-65535 class toward that one destination.
+    let mut flows = String::new();
+    for pod in 1..=3 {
+        flows.push_str(&format!(
+            "[[flow]]\nname = \"load-{pod}\"\nfrom = \"pod:app01/load-{pod}\"\nto = \"host:db:5432\"\nprotocol = \"tcp\"\nconnections = 25000\n\n"
+        ));
+    }
+    // A fourth pod, later, to another port of the same server: its tuples are
+    // unique again, so it gets ports (its own, kept).
+    flows.push_str("[[flow]]\nname = \"other-port\"\nfrom = \"pod:app01/load-4\"\nto = \"host:db:5433\"\nprotocol = \"tcp\"\nconnections = 200\nstart = \"10ms\"\n");
+    let topology = netsim::topology::parse("exhaust.toml", &load_topology(4, &flows)).unwrap();
+    let result = netsim::sim::runner::run(&topology);
+    let report = netsim::report::build(&topology, &result);
+    let mut established = 0;
+    let mut failed = 0;
+    for pod in 1..=3 {
+        let connections = &flow(&report, &format!("load-{pod}")).connections;
+        assert_eq!(connections.attempted, 25_000);
+        established += connections.established;
+        failed += connections.failed;
+        for reason in connections.failure_reasons.keys() {
+            assert_eq!(reason, "snat-ports-exhausted");
+        }
+        assert_balanced(&report, &format!("load-{pod}"));
+    }
+    // The class holds 64,512 ports; the bounded search (128 tries, halving) may give
+    // up a little before the last one is taken, as the kernel does.
+    assert!(established <= 64_512, "{established}");
+    assert!(established >= 64_000, "{established}");
+    assert_eq!(established + failed, 75_000);
+    let exhausted = flow(&report, "load-3")
+        .drop
+        .as_ref()
+        .expect("a drop is reported");
+    assert_eq!(
+        (exhausted.device.as_str(), exhausted.reason.as_str()),
+        ("worker-1", "snat-ports-exhausted")
+    );
+    let other = &flow(&report, "other-port").connections;
+    assert_eq!((other.established, other.failed), (200, 0));
+    // Every translated port stays in the class of the original (>= 1024).
+    assert!(flow(&report, "load-1")
+        .nat
+        .iter()
+        .filter(|n| n.kind == "snat")
+        .all(|n| n.to.rsplit(':').next().unwrap().parse::<u32>().unwrap() >= 1024));
+}
+
+#[test]
+fn behind_a_tier1_snat_address_the_tier1_runs_out_of_ports_at_the_same_limit() {
+    // Two nodes masquerade 33,000 connections each to client:443 (well inside each
+    // node IP's class); the Tier-1 SNATs all 66,000 to the namespace's one /32 and
+    // runs out at its 64,512 ports.
+    let text = std::fs::read_to_string(topology_path("nsx-double-nat")).unwrap();
+    let mut text = text[..text.find("[[cluster.pod]]").unwrap()].to_string();
+    let mut flows = String::new();
+    for node in 1..=2 {
+        for pod in 1..=3 {
+            text.push_str(&format!(
+                "[[cluster.pod]]\nname = \"load-{node}-{pod}\"\nnamespace = \"app01\"\nnode = \"worker-{node}\"\n\n"
+            ));
+            flows.push_str(&format!(
+                "[[flow]]\nname = \"load-{node}-{pod}\"\nfrom = \"pod:app01/load-{node}-{pod}\"\nto = \"host:client:443\"\nprotocol = \"tcp\"\nconnections = 11000\n\n"
+            ));
+        }
+    }
+    let topology = netsim::topology::parse("t1.toml", &(text + &flows)).unwrap();
+    let result = netsim::sim::runner::run(&topology);
+    let report = netsim::report::build(&topology, &result);
+    let (mut established, mut failed) = (0, 0);
+    for node in 1..=2 {
+        for pod in 1..=3 {
+            let flow = flow(&report, &format!("load-{node}-{pod}"));
+            established += flow.connections.established;
+            failed += flow.connections.failed;
+            for reason in flow.connections.failure_reasons.keys() {
+                assert_eq!(reason, "snat-ports-exhausted");
+            }
+            if let Some(drop) = &flow.drop {
+                assert_eq!(
+                    (drop.device.as_str(), drop.reason.as_str()),
+                    ("t1-vks", "snat-ports-exhausted")
+                );
+            }
+        }
+    }
+    assert!((64_000..=64_512).contains(&established), "{established}");
+    assert_eq!(established + failed, 66_000);
+}

@@ -116,6 +116,7 @@ pub fn fragment_for_mtu(ctx: &mut Ctx, packet: Packet, mtu: usize) -> Fragments 
             continue;
         };
         fragment.meta.reply = packet.meta.reply;
+        fragment.meta.origin_port = packet.meta.origin_port;
         if index == 0 {
             fragment.meta.packet_id = packet.meta.packet_id;
         } else {

@@ -439,6 +439,7 @@ pub trait LinuxHost {
                 let mut whole = Packet::from_frame(&frame, packet.meta.flow).ok()?;
                 whole.meta.packet_id = first_tag;
                 whole.meta.reply = packet.meta.reply;
+                whole.meta.origin_port = packet.meta.origin_port;
                 Some((whole, Some(largest_fragment)))
             }
         }

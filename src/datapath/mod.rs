@@ -150,8 +150,9 @@ pub struct DropRecord {
     pub detail: String,
     /// The dropped packet was on its way back to the flow's client.
     pub reply: bool,
-    /// The packet's 5-tuple where it was dropped (to tell a flow's connections apart).
-    pub key: crate::packet::FlowKey,
+    /// The source port the packet left its endpoint with (which connection of the
+    /// flow it belonged to).
+    pub origin_port: u16,
 }
 
 /// Where a network address translation happened, for the report's `nat` list.
@@ -306,7 +307,7 @@ impl Ctx<'_> {
             reason,
             detail,
             reply: packet.meta.reply,
-            key: packet.meta.key,
+            origin_port: packet.meta.origin_port,
         });
     }
 
@@ -322,7 +323,7 @@ impl Ctx<'_> {
             reason,
             detail,
             reply: false,
-            key: crate::packet::Meta::default().key,
+            origin_port: 0,
         });
     }
 

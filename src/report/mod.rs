@@ -308,8 +308,8 @@ fn is_subsequence(wanted: &[String], devices: &[String]) -> bool {
 }
 
 /// Counts why each failed connection failed: its stack's own reason, else the
-/// reason its request packets were dropped for (matched by the client's source
-/// port), else `no-answer`.
+/// reason its request packets were dropped for (matched by the source port they
+/// left the client with), else `no-answer`.
 fn failure_reasons(
     drops: &[&crate::datapath::DropRecord],
     failed: &[&crate::sim::endpoint::ConnectionStatus],
@@ -317,7 +317,7 @@ fn failure_reasons(
     let mut by_port: std::collections::HashMap<u16, &'static str> = Default::default();
     for drop in drops.iter().filter(|d| !d.reply) {
         by_port
-            .entry(drop.key.source_port)
+            .entry(drop.origin_port)
             .or_insert(drop.reason.name());
     }
     let mut reasons = BTreeMap::new();

@@ -49,7 +49,7 @@ const TCP_BUFFER_CROWDED: usize = 2 * 1024;
 /// stack keeps its connections in shards of this many and polls only the shard a
 /// packet or a timer concerns: the cost of a packet does not grow with the number
 /// of connections.
-const SHARD_SOCKETS: usize = 64;
+const SHARD_SOCKETS: usize = 8;
 const UDP_BUFFER: usize = 64 * 1024;
 /// Linux's default `net.ipv4.ip_local_port_range`.
 const EPHEMERAL_PORTS: std::ops::Range<u16> = 32768..61000;
@@ -381,7 +381,11 @@ impl Stack {
     fn shard_for(&mut self, meta: &crate::packet::Meta, frame: &[u8]) -> usize {
         let identification = u16::from_be_bytes([frame[18], frame[19]]);
         if meta.is_later_fragment {
-            return self.fragment_shard.get(&identification).copied().unwrap_or(0);
+            return self
+                .fragment_shard
+                .get(&identification)
+                .copied()
+                .unwrap_or(0);
         }
         let key = meta.key;
         let protocol = key.protocol;
@@ -527,20 +531,23 @@ impl Stack {
                     local_port,
                     ..ConnectionStatus::default()
                 };
-                self.push_client(shard, Client::Tcp(TcpClient {
-                    flow: tag,
-                    handle,
-                    request: messages.request(0),
-                    written: 0,
-                    to_receive: messages.response_len(),
-                    requests_left: flow.requests,
-                    sent_requests: 1,
-                    messages,
-                    closing: false,
-                    socket_released: false,
-                    applied_path_mtu: None,
-                    status,
-                }));
+                self.push_client(
+                    shard,
+                    Client::Tcp(TcpClient {
+                        flow: tag,
+                        handle,
+                        request: messages.request(0),
+                        written: 0,
+                        to_receive: messages.response_len(),
+                        requests_left: flow.requests,
+                        sent_requests: 1,
+                        messages,
+                        closing: false,
+                        socket_released: false,
+                        applied_path_mtu: None,
+                        status,
+                    }),
+                );
             }
             (Protocol::Udp, _) => {
                 let mut socket = new_udp_socket();
@@ -551,16 +558,19 @@ impl Stack {
                     tag,
                 );
                 let remote = IpEndpoint::new(IpAddress::Ipv4(remote_ip), flow.destination_port);
-                self.push_client(shard, Client::Udp(UdpClient {
-                    flow: tag,
-                    handle,
-                    local_port,
-                    dont_fragment: flow.dont_fragment,
-                    remote,
-                    messages,
-                    sent_requests: 0,
-                    exchanges: Exchanges::new(flow.requests, local_port),
-                }));
+                self.push_client(
+                    shard,
+                    Client::Udp(UdpClient {
+                        flow: tag,
+                        handle,
+                        local_port,
+                        dont_fragment: flow.dont_fragment,
+                        remote,
+                        messages,
+                        sent_requests: 0,
+                        exchanges: Exchanges::new(flow.requests, local_port),
+                    }),
+                );
             }
             (Protocol::Icmp, Exchange::Ping | Exchange::RequestResponse) => {
                 let identifier = local_port;
@@ -578,16 +588,19 @@ impl Stack {
                 let (shard, handle) = self.add_client_socket(socket, (PROTOCOL_ICMP, identifier));
                 self.tags
                     .insert((PROTOCOL_ICMP, identifier, remote_ip, identifier), tag);
-                self.push_client(shard, Client::Ping(PingClient {
-                    flow: tag,
-                    handle,
-                    dont_fragment: flow.dont_fragment,
-                    remote: remote_ip,
-                    identifier,
-                    sequence: 0,
-                    bytes,
-                    exchanges: Exchanges::new(flow.requests, identifier),
-                }));
+                self.push_client(
+                    shard,
+                    Client::Ping(PingClient {
+                        flow: tag,
+                        handle,
+                        dont_fragment: flow.dont_fragment,
+                        remote: remote_ip,
+                        identifier,
+                        sequence: 0,
+                        bytes,
+                        exchanges: Exchanges::new(flow.requests, identifier),
+                    }),
+                );
             }
         }
     }

@@ -362,3 +362,50 @@ fn behind_a_tier1_snat_address_the_tier1_runs_out_of_ports_at_the_same_limit() {
     assert!((64_000..=64_512).contains(&established), "{established}");
     assert_eq!(established + failed, 66_000);
 }
+
+#[test]
+fn an_ncp_per_service_snat_pool_wins_over_the_namespace_rule_for_its_backend_pods() {
+    let text = std::fs::read_to_string(topology_path("egress-no-snat"))
+        .unwrap()
+        .replace(
+            "kind = \"nsx-t1\"",
+            "kind = \"nsx-t1\"\nsnat = [ { name = \"namespace\", match_source = \"172.21.0.0/16\", translated = \"10.30.0.5\" } ]",
+        )
+        .replace(
+            "[[cluster.pod]]\nname = \"app\"\nnode = \"b-worker-1\"\n",
+            "[[cluster.pod]]\nname = \"app\"\nnode = \"b-worker-1\"\nlabels = { app = \"web\" }\nports = [ { port = 8080 } ]\n\n[[cluster.pod]]\nname = \"batch\"\nnode = \"b-worker-1\"\n\n[[cluster.service]]\nname = \"web\"\nselector = { app = \"web\" }\nports = [ { port = 80, target_port = 8080 } ]\nsnat_pool = \"10.30.0.16-10.30.0.31\"\n",
+        );
+    let text = format!(
+        "{}[[flow]]\nname = \"batch-to-db\"\nfrom = \"pod:routed/default/batch\"\nto = \"host:db:5432\"\n",
+        text
+    );
+    let (_, _, report) = run_text(&text);
+    // The Service's backend pod leaves as the Service's SNAT address ...
+    let web = flow(&report, "routed-to-db");
+    assert_eq!(web.verdict, "delivered");
+    assert_eq!(web.seen_source.as_deref(), Some("10.30.0.16"));
+    // ... any other pod of the namespace as the namespace's.
+    let batch = flow(&report, "batch-to-db");
+    assert_eq!(batch.verdict, "delivered");
+    assert_eq!(batch.seen_source.as_deref(), Some("10.30.0.5"));
+}
+
+#[test]
+fn a_snat_pool_without_an_nsx_tier1_in_front_is_refused() {
+    let text = std::fs::read_to_string(topology_path("quickstart"))
+        .unwrap()
+        .replace(
+            "[[cluster.deployment]]",
+            "[[cluster.service]]\nname = \"web\"\nnamespace = \"app01\"\nselector = { app = \"web\" }\nports = [ { port = 80, target_port = 8080 } ]\nsnat_pool = \"10.30.0.16-10.30.0.31\"\n\n[[cluster.deployment]]",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pool.toml");
+    std::fs::write(&file, &text).unwrap();
+    let run = netsim(&["check", file.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8(run.stderr).unwrap();
+    let at = text.find("\"10.30.0.16-10.30.0.31\"").unwrap();
+    let line = text[..at].matches('\n').count() + 1;
+    assert!(stderr.contains(&format!("pool.toml:{line}:")), "{stderr}");
+    assert!(stderr.contains("needs an nsx-t1 gateway"), "{stderr}");
+}

@@ -119,6 +119,7 @@ pub(super) fn resolve_cluster(
         &namespaces,
         &pods,
         routers,
+        segments[node_segment].gateway,
     )?;
     let node_port_local = super::service::allocate_node_port_local(
         resolver,

@@ -427,6 +427,11 @@ pub struct ServiceConfig {
     pub load_balancer: Option<Spanned<LoadBalancerConfig>>,
     #[serde(default)]
     pub load_balancer_source_ranges: Vec<Spanned<Ipv4Net>>,
+    /// NCP's `ncp/snat_pool` annotation: a per-Service SNAT address from this pool
+    /// (`A-B` or a CIDR) for the Service's backend pods, on the Tier-1 in front of
+    /// the cluster, before the namespace's rule.
+    #[serde(default)]
+    pub snat_pool: Option<Text>,
 }
 
 /// Where a LoadBalancer Service's VIP lives and how it reaches the pods.

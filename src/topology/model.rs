@@ -410,6 +410,14 @@ pub struct LoadBalancer {
     pub source_ranges: Vec<Ipv4Net>,
 }
 
+/// NCP's per-Service SNAT rule on a Tier-1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSnat {
+    pub router: RouterId,
+    pub ip: Ipv4Addr,
+    pub sources: Vec<Ipv4Addr>,
+}
+
 /// A Service: its virtual address and ports, and the pods its selector picks.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -429,6 +437,9 @@ pub struct Service {
     /// `healthCheckNodePort` (LoadBalancer with externalTrafficPolicy Local), where
     /// kube-proxy on every node answers whether the node has local endpoints.
     pub health_check_node_port: Option<u16>,
+    /// NCP per-Service SNAT (`ncp/snat_pool`): the Tier-1, the address allocated
+    /// from the pool, and the backend pods' addresses it translates.
+    pub snat: Option<ServiceSnat>,
 }
 
 impl Cluster {

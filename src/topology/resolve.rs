@@ -189,6 +189,7 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
     check_pod_cidrs_disjoint(&resolver, file, &clusters)?;
     check_cluster_networks_off_segments(&resolver, file, &clusters, &segments)?;
     let mut routers = routers;
+    add_service_snat_rules(&mut routers, &clusters);
     let transit = super::routing::resolve_uplinks(&resolver, file, &mut routers, segments.len())?;
     let mut segments = segments;
     segments.extend(transit);
@@ -541,6 +542,31 @@ fn snat_rules(resolver: &Resolver, config: &RouterConfig) -> Result<Vec<SnatRule
         });
     }
     Ok(rules)
+}
+
+/// NCP's per-Service SNAT rules go on the Tier-1 ahead of its own (namespace)
+/// rules, "with higher priority than the namespace rule" (reference §e): one rule
+/// per backend pod address, in the order the Services are written.
+fn add_service_snat_rules(routers: &mut [Router], clusters: &[Cluster]) {
+    use crate::engine::nat::{NatAction, NatPool};
+    let mut inserted = vec![0usize; routers.len()];
+    for service in clusters.iter().flat_map(|cluster| &cluster.services) {
+        let Some(snat) = &service.snat else {
+            continue;
+        };
+        for source in &snat.sources {
+            let rule = SnatRule {
+                name: format!("service:{}/{}", service.namespace, service.name),
+                match_source: Ipv4Net::from(*source),
+                match_destination: None,
+                action: NatAction::Snat(NatPool::address(snat.ip)),
+            };
+            routers[snat.router]
+                .snat
+                .insert(inserted[snat.router], rule);
+            inserted[snat.router] += 1;
+        }
+    }
 }
 
 /// `A` or `A-B` with A <= B.

@@ -36,7 +36,9 @@ pub(super) fn resolve_services(
     namespaces: &[Namespace],
     pods: &[Pod],
     routers: &[Router],
+    gateway: Option<RouterId>,
 ) -> Result<Vec<Service>> {
+    let mut snat_taken: BTreeSet<Ipv4Addr> = BTreeSet::new();
     super::resolve::unique_names(
         resolver,
         "service",
@@ -162,7 +164,19 @@ pub(super) fn resolve_services(
         } else {
             None
         };
+        let snat = match &service.snat_pool {
+            Some(pool) => Some(service_snat(
+                resolver,
+                pool,
+                gateway,
+                routers,
+                &mut snat_taken,
+                selected.iter().map(|&pod| pods[pod].ip).collect(),
+            )?),
+            None => None,
+        };
         services.push(Service {
+            snat,
             name: service.name.get_ref().clone(),
             namespace,
             kind,
@@ -188,6 +202,62 @@ pub(super) fn resolve_services(
         });
     }
     Ok(services)
+}
+
+/// NCP's `ncp/snat_pool`: the first free address of the pool, on the NSX Tier-1 that
+/// is the cluster's node-segment gateway (reference §e: per-Service SNAT for the
+/// backend pods, before the namespace rule).
+fn service_snat(
+    resolver: &Resolver,
+    pool: &Text,
+    gateway: Option<RouterId>,
+    routers: &[Router],
+    taken: &mut BTreeSet<Ipv4Addr>,
+    sources: Vec<Ipv4Addr>,
+) -> Result<ServiceSnat> {
+    let router = gateway
+        .filter(|&router| routers[router].kind == RouterKind::NsxTier1)
+        .ok_or_else(|| {
+            resolver.error(
+                pool,
+                "snat_pool is NCP's per-Service SNAT: the cluster's node segment needs an nsx-t1 gateway",
+            )
+        })?;
+    let (first, last) = match pool.get_ref().trim().parse::<Ipv4Net>() {
+        Ok(cidr) => (
+            u32::from(cidr.network()) + 1,
+            u32::from(cidr.broadcast()).saturating_sub(1),
+        ),
+        Err(_) => super::resolve::parse_address_range(pool.get_ref())
+            .map(|(a, b)| (u32::from(a), u32::from(b)))
+            .ok_or_else(|| {
+                resolver.error(
+                    pool,
+                    format!(
+                        "snat_pool `{}` is not a range (10.20.200.16-10.20.200.31) or a CIDR",
+                        pool.get_ref()
+                    ),
+                )
+            })?,
+    };
+    let ip = (first..=last)
+        .map(Ipv4Addr::from)
+        .find(|address| !taken.contains(address))
+        .ok_or_else(|| {
+            resolver.error(
+                pool,
+                format!(
+                    "snat_pool `{}` has no free address (IP_POOL_EXHAUSTED)",
+                    pool.get_ref()
+                ),
+            )
+        })?;
+    taken.insert(ip);
+    Ok(ServiceSnat {
+        router,
+        ip,
+        sources,
+    })
 }
 
 /// A LoadBalancer Service's `load_balancer_ip` on `load_balancer.router`, its

@@ -115,6 +115,27 @@ fn whole_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// Pod to a host outside the cluster through the node's host stack, established:
+/// MASQUERADEd by the node against the same path with `no_snat` (the translation's
+/// cost is the difference).
+fn masquerade(c: &mut Criterion) {
+    let topology = default_topology();
+    let mut unsnatted = topology.clone();
+    for cluster in &mut unsnatted.clusters {
+        cluster.antrea.no_snat = true;
+    }
+    let mut group = c.benchmark_group("pod to host");
+    group.throughput(Throughput::Elements(1));
+    for (name, topology) in [("masquerade", &topology), ("no snat", &unsnatted)] {
+        let mut forwarder = Forwarder::to_host(topology, false).unwrap();
+        let established = forwarder.frame(40_000, 512);
+        group.bench_function(format!("established, {name}"), |b| {
+            b.iter(|| assert!(forwarder.send(black_box(&established), 0)))
+        });
+    }
+    group.finish();
+}
+
 /// A router between two segments with `routes` static routes (plus connected).
 fn router_topology(routes: usize) -> String {
     let mut text = String::from(
@@ -256,5 +277,5 @@ fn calico_150(reflectors: bool) -> String {
     text
 }
 
-criterion_group!(benches, parsing, geneve, engine, whole_path, routing);
+criterion_group!(benches, parsing, geneve, engine, whole_path, masquerade, routing);
 criterion_main!(benches);

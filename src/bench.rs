@@ -78,13 +78,20 @@ impl Forwarder {
     /// A forwarder between the first two pods of the first cluster that run on
     /// different nodes.
     pub fn new(topology: &Topology, capture: bool) -> Result<Forwarder, String> {
-        Forwarder::with_target(topology, capture, false)
+        Forwarder::with_target(topology, capture, Target::Pod)
     }
 
     /// Like [`Forwarder::new`], but addressed to the ClusterIP of a UDP Service whose
     /// only endpoint is the server pod (AntreaProxy translates every packet).
     pub fn via_service(topology: &Topology, capture: bool) -> Result<Forwarder, String> {
-        Forwarder::with_target(topology, capture, true)
+        Forwarder::with_target(topology, capture, Target::Service)
+    }
+
+    /// From the client pod to the topology's first host (port 5000), out of the
+    /// cluster through the node's host stack: MASQUERADEd unless the cluster has
+    /// `no_snat`.
+    pub fn to_host(topology: &Topology, capture: bool) -> Result<Forwarder, String> {
+        Forwarder::with_target(topology, capture, Target::Host)
     }
 
     /// The UDP Service port whose one endpoint is pod `server` of the first cluster.
@@ -102,7 +109,7 @@ impl Forwarder {
     fn with_target(
         topology: &Topology,
         capture: bool,
-        via_service: bool,
+        target: Target,
     ) -> Result<Forwarder, String> {
         let cluster = topology.clusters.first().ok_or("bench needs a cluster")?;
         let client = cluster.pods.first().ok_or("bench needs pods")?;
@@ -115,13 +122,18 @@ impl Forwarder {
         let source = network
             .endpoint(EndpointRef::Pod { cluster: 0, pod: 0 })
             .ok_or("no client endpoint")?;
-        let destination = network
-            .endpoint(EndpointRef::Pod {
+        let server_ref = match target {
+            Target::Host if topology.hosts.is_empty() => {
+                return Err("bench to a host needs a [[host]]".into())
+            }
+            Target::Host => EndpointRef::Host(0),
+            Target::Pod | Target::Service => EndpointRef::Pod {
                 cluster: 0,
                 pod: server,
-            })
-            .ok_or("no server endpoint")?;
-        let (destination_ip, destination_port) = if via_service {
+            },
+        };
+        let destination = network.endpoint(server_ref).ok_or("no server endpoint")?;
+        let (destination_ip, destination_port) = if target == Target::Service {
             Forwarder::service_of(topology, server).ok_or(
                 "bench via a Service needs a UDP Service whose only endpoint is the server pod",
             )?
@@ -216,6 +228,14 @@ impl Forwarder {
     }
 }
 
+/// Where a [`Forwarder`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Pod,
+    Service,
+    Host,
+}
+
 /// Rewrites a UDP frame's ports in place, with an RFC 1624 checksum update.
 fn set_udp_ports(frame: &mut [u8], source_port: u16, destination_port: u16) {
     let udp = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
@@ -252,9 +272,12 @@ fn scenario(
     let established = kind != ScenarioKind::NewFlows;
     let per_thread = options.packets.div_ceil(threads);
     let capture = options.capture != CaptureMode::None;
+    let unsnatted = without_snat(topology);
     let mut forwarders = (0..threads)
         .map(|_| match kind {
             ScenarioKind::ViaClusterIp => Forwarder::via_service(topology, capture),
+            ScenarioKind::ToHostMasquerade => Forwarder::to_host(topology, capture),
+            ScenarioKind::ToHostNoSnat => Forwarder::to_host(&unsnatted, capture),
             _ => Forwarder::new(topology, capture),
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -324,6 +347,8 @@ fn scenario(
             ScenarioKind::Established => "cross-node-udp/established",
             ScenarioKind::NewFlows => "cross-node-udp/new-flow-per-packet",
             ScenarioKind::ViaClusterIp => "cross-node-udp-via-clusterip/established",
+            ScenarioKind::ToHostMasquerade => "pod-to-host-udp-masquerade/established",
+            ScenarioKind::ToHostNoSnat => "pod-to-host-udp-no-snat/established",
         }
         .into(),
         threads,
@@ -350,6 +375,20 @@ enum ScenarioKind {
     NewFlows,
     /// Known flows to a ClusterIP whose endpoint is the server pod (AntreaProxy).
     ViaClusterIp,
+    /// Known flows from the pod to a host outside, MASQUERADEd by the node.
+    ToHostMasquerade,
+    /// The same path with the cluster's `no_snat`: the conntrack entry without
+    /// translation (the masquerade's cost is the difference).
+    ToHostNoSnat,
+}
+
+/// The topology with every Antrea cluster's SNAT off.
+fn without_snat(topology: &Topology) -> Topology {
+    let mut copy = topology.clone();
+    for cluster in &mut copy.clusters {
+        cluster.antrea.no_snat = true;
+    }
+    copy
 }
 
 /// Runs every scenario for every thread count.
@@ -367,6 +406,9 @@ pub fn run_with_progress(
     let mut kinds = vec![ScenarioKind::Established, ScenarioKind::NewFlows];
     if Forwarder::via_service(topology, false).is_ok() {
         kinds.push(ScenarioKind::ViaClusterIp);
+    }
+    if Forwarder::to_host(topology, false).is_ok() {
+        kinds.extend([ScenarioKind::ToHostMasquerade, ScenarioKind::ToHostNoSnat]);
     }
     let total = counts.len() * kinds.len();
     let mut scenarios = Vec::new();

@@ -25,7 +25,8 @@ fn bench_json_has_the_spec_fields_for_each_scenario() {
     );
     let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let scenarios = results["scenarios"].as_array().unwrap();
-    // Established, new flows, and established through the two-node ClusterIP.
+    // Established, new flows, established through the two-node ClusterIP, and out to
+    // the host with and without the node's masquerade.
     let names: Vec<&str> = scenarios
         .iter()
         .map(|s| s["name"].as_str().unwrap())
@@ -35,7 +36,9 @@ fn bench_json_has_the_spec_fields_for_each_scenario() {
         [
             "cross-node-udp/established",
             "cross-node-udp/new-flow-per-packet",
-            "cross-node-udp-via-clusterip/established"
+            "cross-node-udp-via-clusterip/established",
+            "pod-to-host-udp-masquerade/established",
+            "pod-to-host-udp-no-snat/established",
         ]
     );
     for scenario in scenarios {

@@ -15,7 +15,7 @@ fn ip(text: &str) -> Ipv4Addr {
 }
 
 #[test]
-fn the_egress_example_meets_its_expectations_and_lints_clean() {
+fn the_egress_example_meets_its_expectations_and_accounts_for_every_packet() {
     let (_, _, report) = run("antrea-egress");
     assert!(
         report.expectations.iter().all(|e| e.ok),
@@ -217,4 +217,60 @@ fn egress_mistakes_are_located() {
         "\"batch-pool\"  #",
         "unknown external_ip_pool `batch-pool`",
     );
+}
+
+#[test]
+fn a_tunnelled_packet_for_the_outside_that_no_held_egress_claims_is_dropped() {
+    // Take the Geneve packet worker-1 sends for the egress IP and address it to
+    // egress-1's own transport IP instead: no Egress is held at that address, so
+    // EgressMark drops it (flow 7) instead of letting it out.
+    let (topology, result, _) = run("antrea-egress");
+    let mut packet = frames_at(
+        &topology,
+        &result,
+        "prod-to-db",
+        "worker-1:eth0",
+        HopAction::Encapsulate,
+    )
+    .remove(0);
+    let port = packet.meta.key.destination_port;
+    packet.set_destination(ip("10.20.0.13"), port);
+    let mut network = netsim::sim::network::build(&topology);
+    let device = network
+        .device_names
+        .iter()
+        .position(|name| name == "egress-1")
+        .unwrap();
+    let mut journal = netsim::datapath::Journal::default();
+    let mut outputs = netsim::datapath::Outputs::default();
+    let mut ctx = netsim::datapath::Ctx {
+        now_ns: 0,
+        journal: &mut journal,
+    };
+    network.process(&mut ctx, device, 0, packet, &mut outputs);
+    assert!(outputs.packets.is_empty());
+    let drop = journal.drops.first().expect("a drop");
+    assert_eq!(
+        (drop.device.as_str(), drop.reason.name()),
+        ("egress-1", "no-egress")
+    );
+}
+
+#[test]
+fn snat_fully_random_ports_randomises_the_egress_and_masquerade_ports() {
+    let text = example().replace(
+        "traffic_encap_mode = \"encap\"",
+        "traffic_encap_mode = \"encap\"\nsnat_fully_random_ports = true",
+    );
+    let (_, _, report) = run_text(&text);
+    for name in ["prod-to-db", "dev-to-db"] {
+        let flow = flow(&report, name);
+        assert_eq!(flow.verdict, "delivered");
+        let snat = flow.nat.iter().find(|n| n.kind == "snat").unwrap();
+        assert_ne!(
+            snat.from.rsplit(':').next(),
+            snat.to.rsplit(':').next(),
+            "--random-fully does not keep the original port ({name})"
+        );
+    }
 }

@@ -67,6 +67,7 @@ fn the_flow_cache_changes_nothing_but_speed() {
         "egress-no-snat",
         "nsx-double-nat",
         "antrea-egress",
+        "network-policy",
     ] {
         hits += compare(name);
     }

@@ -18,6 +18,7 @@ pub mod host;
 pub mod icmp;
 pub mod local;
 pub mod nat;
+pub mod policy;
 pub mod router;
 pub mod services;
 pub mod switch;
@@ -167,6 +168,17 @@ pub struct NatRecord {
     pub after: String,
 }
 
+/// A policy rule's decision on a flow's connection, for the report's `policy` list.
+#[derive(Debug, Clone)]
+pub struct PolicyRecord {
+    pub flow: FlowTag,
+    pub device: String,
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    pub action: policy::PolicyAction,
+    pub rule: String,
+}
+
 /// Which packets' hops a [`Journal`] keeps.
 #[derive(Debug, Clone, Default)]
 pub enum Recording {
@@ -199,6 +211,8 @@ pub struct Journal {
     pub hops: Vec<Hop>,
     pub drops: Vec<DropRecord>,
     pub nat: Vec<NatRecord>,
+    /// Policy decisions on new connections, each naming its rule.
+    pub policy: Vec<PolicyRecord>,
     /// Packets generated inside the network (ICMP errors and replies), per flow tag.
     pub generated: Vec<(FlowTag, u64)>,
     /// Packets of a flow a device accepted as addressed to itself (a node or router
@@ -359,6 +373,26 @@ impl Ctx<'_> {
     }
 
     /// Records a NAT rewrite for the report.
+    /// Records a policy decision on one of a flow's connections.
+    pub fn policy(
+        &mut self,
+        device: &str,
+        packet: &Packet,
+        direction: &'static str,
+        action: policy::PolicyAction,
+        rule: &str,
+    ) {
+        if packet.meta.flow != NO_FLOW && !matches!(self.journal.recording, Recording::Nothing) {
+            self.journal.policy.push(PolicyRecord {
+                flow: packet.meta.flow,
+                device: device.to_string(),
+                direction,
+                action,
+                rule: rule.to_string(),
+            });
+        }
+    }
+
     pub fn nat(
         &mut self,
         device: &str,

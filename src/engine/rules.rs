@@ -17,25 +17,42 @@ use std::net::Ipv4Addr;
 /// An interface of the device classifying, as its policy numbers them.
 pub type InterfaceId = u32;
 
-/// A set of IPv4 prefixes (an ipset, an NSX group's addresses).
+/// A set of IPv4 prefixes (an ipset, an NSX group's addresses, a selector's pods):
+/// host addresses in a hash set, wider prefixes in a list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressSet {
+    hosts: rustc_hash::FxHashSet<u32>,
     prefixes: Vec<Ipv4Net>,
 }
 
 impl AddressSet {
     pub fn new(prefixes: impl IntoIterator<Item = Ipv4Net>) -> Self {
+        let mut set = AddressSet::default();
+        for prefix in prefixes {
+            if prefix.prefix_len() == 32 {
+                set.hosts.insert(u32::from(prefix.addr()));
+            } else {
+                set.prefixes.push(prefix.trunc());
+            }
+        }
+        set
+    }
+
+    /// The set of these host addresses.
+    pub fn of_hosts(addresses: impl IntoIterator<Item = Ipv4Addr>) -> Self {
         AddressSet {
-            prefixes: prefixes.into_iter().collect(),
+            hosts: addresses.into_iter().map(u32::from).collect(),
+            prefixes: Vec::new(),
         }
     }
 
     pub fn contains(&self, address: Ipv4Addr) -> bool {
-        self.prefixes.iter().any(|prefix| prefix.contains(&address))
+        self.hosts.contains(&u32::from(address))
+            || self.prefixes.iter().any(|prefix| prefix.contains(&address))
     }
 
-    pub fn prefixes(&self) -> &[Ipv4Net] {
-        &self.prefixes
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.prefixes.is_empty()
     }
 }
 

@@ -105,7 +105,7 @@ pub struct NatReport {
     pub to: String,
 }
 
-/// A policy decision (empty until NetworkPolicy is modelled).
+/// A policy rule's decision on the flow (each distinct one once).
 #[derive(Debug, Serialize)]
 pub struct PolicyReport {
     pub device: String,
@@ -331,6 +331,30 @@ fn failure_reasons(
     reasons
 }
 
+/// The flow's policy decisions, each distinct one once, in the order first made.
+fn policy_decisions(result: &RunResult, tag: u32) -> Vec<PolicyReport> {
+    let mut seen = std::collections::HashSet::new();
+    result
+        .journal
+        .policy
+        .iter()
+        .filter(|p| p.flow == tag)
+        .filter(|p| seen.insert((&p.device, p.direction, p.action, &p.rule)))
+        .map(|p| PolicyReport {
+            device: p.device.clone(),
+            direction: p.direction.to_string(),
+            verdict: match p.action {
+                crate::datapath::policy::PolicyAction::Allow => "allow",
+                crate::datapath::policy::PolicyAction::Drop => "drop",
+                crate::datapath::policy::PolicyAction::Reject => "reject",
+                crate::datapath::policy::PolicyAction::Pass => "pass",
+            }
+            .to_string(),
+            rule: p.rule.clone(),
+        })
+        .collect()
+}
+
 /// Translations the text summary shows per flow.
 const SUMMARY_NAT_LINES: usize = 8;
 
@@ -408,7 +432,7 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
             path: path_of(&result.network, hops, outcome.first_packet),
             reply_path: path_of(&result.network, hops, outcome.first_reply),
             nat,
-            policy: Vec::new(),
+            policy: policy_decisions(result, tag),
             drop: if verdict == Verdict::Delivered {
                 None
             } else {
@@ -632,6 +656,12 @@ pub fn text_summary(report: &Report) -> String {
                 } else {
                     format!(" ({})", reasons.join(", "))
                 }
+            ));
+        }
+        for decision in &flow.policy {
+            out.push_str(&format!(
+                "      policy {} on {}: {} by {}\n",
+                decision.direction, decision.device, decision.verdict, decision.rule
             ));
         }
         for nat in flow.nat.iter().take(SUMMARY_NAT_LINES) {

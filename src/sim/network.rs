@@ -387,6 +387,7 @@ pub fn build(topology: &Topology) -> Network {
     let mut pod_counter = 0u32;
     for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
         let services = service_table(cluster, seed);
+        let cluster_policy = Arc::new(crate::datapath::policy::compile(cluster));
         if cluster.calico.is_some() {
             for node_id in 0..cluster.nodes.len() {
                 let at = CalicoNodeAt {
@@ -479,6 +480,7 @@ pub fn build(topology: &Topology) -> Network {
                 cluster_pod_cidr: cluster.pod_cidr,
                 no_snat: cluster.antrea.no_snat,
                 egress: node_egress(topology, cluster, node_id),
+                policy: cluster_policy.clone(),
                 snat_fully_random_ports: cluster.antrea.snat_fully_random_ports,
                 proxy_all: cluster.antrea.proxy_all,
                 tunnel_pmtu_icmp: cluster.node_kernel.answers_tunnel_pmtu(),

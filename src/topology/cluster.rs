@@ -46,6 +46,12 @@ pub(super) fn resolve_cluster(
             ))
         }
     };
+    if cni == Cni::Calico {
+        resolver.unsupported_list(
+            &config.network_policy,
+            "NetworkPolicy on a Calico cluster (Felix)",
+        )?;
+    }
     if cni == Cni::Antrea {
         if let Some(calico) = &config.calico {
             return Err(resolver.error(
@@ -54,7 +60,6 @@ pub(super) fn resolve_cluster(
             ));
         }
     }
-    resolver.unsupported_list(&config.network_policy, "NetworkPolicy")?;
     resolver.unsupported_list(
         &config.cluster_network_policy,
         "Antrea ClusterNetworkPolicy",
@@ -143,7 +148,14 @@ pub(super) fn resolve_cluster(
         namespaces,
         pods,
         egresses: Vec::new(),
+        network_policies: Vec::new(),
     };
+    cluster.network_policies = super::policy::resolve_network_policies(
+        resolver,
+        &config.network_policy,
+        &cluster.pods,
+        &cluster.namespaces,
+    )?;
     cluster.egresses = super::egress::resolve_egresses(
         resolver,
         &config.egress,

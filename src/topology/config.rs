@@ -223,7 +223,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub service: Vec<Spanned<ServiceConfig>>,
     #[serde(default)]
-    pub network_policy: Vec<Spanned<toml::Table>>,
+    pub network_policy: Vec<Spanned<super::policy::NetworkPolicyConfig>>,
     #[serde(default)]
     pub cluster_network_policy: Vec<Spanned<toml::Table>>,
     #[serde(default)]

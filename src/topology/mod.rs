@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod error;
 mod expect;
 pub mod model;
+pub mod policy;
 pub mod resolve;
 mod routing;
 pub mod selector;

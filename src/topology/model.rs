@@ -367,6 +367,8 @@ pub struct Cluster {
     pub node_port_local: Vec<NodePortLocalMapping>,
     /// Antrea Egresses, in file order.
     pub egresses: Vec<super::egress::Egress>,
+    /// Kubernetes NetworkPolicies, in file order.
+    pub network_policies: Vec<super::policy::NetworkPolicy>,
 }
 
 /// One NodePortLocal mapping: the pod's node forwards `node_port` to the pod's

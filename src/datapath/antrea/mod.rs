@@ -87,6 +87,8 @@ pub struct NodeSettings {
     pub no_snat: bool,
     /// Antrea Egress as this node's agent programs it.
     pub egress: egress::NodeEgress,
+    /// The cluster's compiled network policy.
+    pub policy: std::sync::Arc<crate::datapath::policy::ClusterPolicy>,
     /// antrea-agent `snatFullyRandomPorts`: `--random-fully` on the masquerade.
     pub snat_fully_random_ports: bool,
     /// AntreaProxy `proxyAll`: node ports go to OVS through antrea-gw0.
@@ -124,6 +126,8 @@ pub struct AntreaNode {
     /// AntreaProxy's ClientIP affinity (its learned flows).
     service_affinity: crate::datapath::services::Affinity,
     flow_cache: FlowCache<(OvsSource, FlowKey, Mac), OvsDecision>,
+    /// NetworkPolicy enforcement: the compiled policy and the connections it allowed.
+    policy: crate::datapath::policy::PolicyEnforcer,
 }
 
 impl AntreaNode {
@@ -190,6 +194,11 @@ impl AntreaNode {
             service_ct: Conntrack::new(settings.conntrack_max, settings.seed),
             service_affinity: Default::default(),
             flow_cache: FlowCache::new(settings.flow_cache_capacity),
+            policy: crate::datapath::policy::PolicyEnforcer::new(
+                settings.policy.clone(),
+                settings.conntrack_max,
+                settings.seed,
+            ),
             settings,
         }
     }

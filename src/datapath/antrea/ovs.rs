@@ -8,6 +8,8 @@
 use super::*;
 use crate::engine::conntrack::Direction;
 
+use crate::datapath::policy::{PolicyDirection, PolicyState};
+
 /// ICMP destination unreachable code 10: host administratively prohibited.
 const CODE_HOST_PROHIBITED: u8 = 10;
 
@@ -45,6 +47,8 @@ pub(super) enum OvsDecision {
     ToEgressNode {
         egress: usize,
     },
+    /// A stage ended the packet and accounted for it (a policy denial).
+    Consumed,
     Drop(DropReason),
 }
 
@@ -90,7 +94,8 @@ impl AntreaNode {
         }
         let mut decision = OvsDecision::Drop(DropReason::NoRoute);
         let mut cache_hit = false;
-        let mut tracked = false;
+        let mut tracked = None;
+        let mut policy = PolicyState::Unenforced;
         for stage in OVS_PIPELINE {
             let verdict = match stage {
                 OvsStage::Classifier => self.classifier(source, &packet),
@@ -98,9 +103,12 @@ impl AntreaNode {
                     tracked = self.service_conntrack(ctx, &mut packet);
                     Verdict::Continue
                 }
-                OvsStage::ServiceLb if tracked => Verdict::Continue,
+                OvsStage::ServiceLb if tracked.is_some() => Verdict::Continue,
                 OvsStage::ServiceLb => self.service_lb(ctx, source, slot, &mut packet, out),
-                OvsStage::EgressPolicy => self.egress_policy(source, &packet),
+                OvsStage::EgressPolicy => {
+                    policy = self.policy_state(ctx, tracked, &packet);
+                    self.egress_policy(ctx, slot, source, policy, &packet)
+                }
                 OvsStage::L3Forwarding => {
                     (decision, cache_hit) = self.l3_forwarding_cached(source, &packet);
                     match decision {
@@ -108,11 +116,16 @@ impl AntreaNode {
                         _ => Verdict::Continue,
                     }
                 }
-                OvsStage::IngressPolicy => self.ingress_policy(decision, &packet),
+                OvsStage::IngressPolicy => {
+                    self.ingress_policy(ctx, slot, decision, policy, &packet)
+                }
             };
             match verdict {
                 Verdict::Continue => {}
-                Verdict::Forward(_) => break,
+                Verdict::Forward(forwarded) => {
+                    decision = forwarded;
+                    break;
+                }
                 Verdict::Drop(reason) => {
                     let destination = packet.meta.key.destination;
                     ctx.describe(slot, HopAction::Drop, || {
@@ -128,6 +141,14 @@ impl AntreaNode {
                     return;
                 }
             }
+        }
+        if let OvsDecision::Consumed = decision {
+            return;
+        }
+        let enforced_here =
+            matches!(source, OvsSource::Pod(_)) || matches!(decision, OvsDecision::ToPod { .. });
+        if policy == PolicyState::New && enforced_here {
+            self.policy.commit(ctx, &packet);
         }
         match decision {
             OvsDecision::ToPod {
@@ -188,7 +209,9 @@ impl AntreaNode {
                 );
                 self.host_input(ctx, HostIngress::Interior(GATEWAY), None, packet, out);
             }
-            OvsDecision::Drop(_) => unreachable!("drops leave the pipeline above"),
+            OvsDecision::Drop(_) | OvsDecision::Consumed => {
+                unreachable!("drops leave the pipeline above")
+            }
         }
     }
 
@@ -214,16 +237,18 @@ impl AntreaNode {
     /// ConntrackTable in AntreaProxy's zone: a packet of a tracked Service connection
     /// is translated (DNAT on the way to the endpoint, the Service address put back
     /// as the source of a reply). True when the packet belongs to a connection.
-    pub(super) fn service_conntrack(&mut self, ctx: &mut Ctx, packet: &mut Packet) -> bool {
+    pub(super) fn service_conntrack(
+        &mut self,
+        ctx: &mut Ctx,
+        packet: &mut Packet,
+    ) -> Option<Direction> {
         if self.service_ct.is_empty() {
-            return false;
+            return None;
         }
         if let crate::packet::IcmpKind::Error { .. } = packet.meta.icmp {
             // RELATED: an error about a Service connection, e.g. the endpoint's port
             // unreachable, goes back to the client from the Service address.
-            let Some(quoted) = crate::packet::quoted_flow_key(packet) else {
-                return false;
-            };
+            let quoted = crate::packet::quoted_flow_key(packet)?;
             let found = self.service_ct.lookup(&quoted.reversed(), ctx.now_ns);
             if let Some((id, Direction::Reply)) = found {
                 if let Some(entry) = self.service_ct.entry(id).copied() {
@@ -234,20 +259,16 @@ impl AntreaNode {
                         &entry,
                         packet,
                     );
-                    return true;
+                    return Some(Direction::Reply);
                 }
             }
-            return false;
+            return None;
         }
         let tracked = self
             .service_ct
             .track(&packet.meta.key, packet.meta.tcp_flags, ctx.now_ns);
-        let Some((id, direction)) = tracked else {
-            return false;
-        };
-        let Some(entry) = self.service_ct.entry(id).copied() else {
-            return false;
-        };
+        let (id, direction) = tracked?;
+        let entry = self.service_ct.entry(id).copied()?;
         // Both bindings of the entry, each way: DNAT / un-DNAT of the Service
         // address, and (hairpins, proxyAll node ports) SNAT / un-SNAT of antrea-gw0's.
         crate::datapath::nat::apply_entry(
@@ -258,7 +279,7 @@ impl AntreaNode {
             direction,
             packet,
         );
-        true
+        Some(direction)
     }
 
     /// ServiceLB / EndpointDNAT: a new connection from a local pod to a ClusterIP
@@ -454,34 +475,79 @@ impl AntreaNode {
         false
     }
 
-    /// EgressRule / EgressDefaultRule tables: Antrea enforces a pod's egress policy on
-    /// its own node, so only packets from a local pod are subject to it. No policy is
-    /// modelled yet: every packet passes.
-    pub(super) fn egress_policy(
-        &self,
-        source: OvsSource,
-        _packet: &Packet,
-    ) -> Verdict<OvsDecision> {
-        match source {
-            OvsSource::Pod(_) | OvsSource::Gateway | OvsSource::Tunnel { .. } => Verdict::Continue,
+    /// The connection's policy state (`ct_state`): a reply AntreaProxy un-DNATed
+    /// belongs to a connection policy allowed where it started; anything else is
+    /// looked up in the node's policy connection table.
+    fn policy_state(
+        &mut self,
+        ctx: &Ctx,
+        tracked: Option<Direction>,
+        packet: &Packet,
+    ) -> PolicyState {
+        match (self.policy.state(ctx, packet), tracked) {
+            (PolicyState::Unenforced, _) => PolicyState::Unenforced,
+            (_, Some(Direction::Reply)) => PolicyState::Established,
+            (state, _) => state,
         }
     }
 
-    /// IngressRule / IngressDefaultRule tables: a pod's ingress policy is enforced on
-    /// the destination node, for packets about to be output to a local pod. No policy
-    /// is modelled yet: every packet passes.
+    /// EgressRule / EgressDefaultRule: a local pod's new connection is decided by
+    /// the egress policy on its own node (after AntreaProxy's DNAT: the endpoint,
+    /// not the Service address).
+    pub(super) fn egress_policy(
+        &self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        source: OvsSource,
+        policy: PolicyState,
+        packet: &Packet,
+    ) -> Verdict<OvsDecision> {
+        if policy != PolicyState::New || !matches!(source, OvsSource::Pod(_)) {
+            return Verdict::Continue;
+        }
+        match self
+            .policy
+            .check(ctx, &self.settings.name, PolicyDirection::Egress, packet)
+        {
+            Ok(()) => Verdict::Continue,
+            Err(denial) => self.deny(ctx, slot, packet, &denial),
+        }
+    }
+
+    /// IngressRule / IngressDefaultRule: a new connection to a local pod is decided
+    /// by the ingress policy on the destination's node.
     pub(super) fn ingress_policy(
         &self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
         decision: OvsDecision,
-        _packet: &Packet,
+        policy: PolicyState,
+        packet: &Packet,
     ) -> Verdict<OvsDecision> {
-        match decision {
-            OvsDecision::ToPod { .. }
-            | OvsDecision::ToTunnel { .. }
-            | OvsDecision::ToEgressNode { .. }
-            | OvsDecision::ToGateway { .. }
-            | OvsDecision::Drop(_) => Verdict::Forward(decision),
+        if policy != PolicyState::New || !matches!(decision, OvsDecision::ToPod { .. }) {
+            return Verdict::Forward(decision);
         }
+        match self
+            .policy
+            .check(ctx, &self.settings.name, PolicyDirection::Ingress, packet)
+        {
+            Ok(()) => Verdict::Forward(decision),
+            Err(denial) => self.deny(ctx, slot, packet, &denial),
+        }
+    }
+
+    /// A policy denial: the drop, named by its rule.
+    fn deny(
+        &self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        packet: &Packet,
+        denial: &crate::datapath::policy::PolicyDenial,
+    ) -> Verdict<OvsDecision> {
+        let what = denial.describe();
+        ctx.describe(slot, HopAction::Drop, || format!("ovs {what}"));
+        ctx.drop_packet(&self.settings.name, packet, denial.reason(), || what);
+        Verdict::Forward(OvsDecision::Consumed)
     }
 
     /// L3Forwarding (and EgressMark, which reads only the same inputs and static

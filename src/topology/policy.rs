@@ -1,0 +1,420 @@
+//! Kubernetes NetworkPolicy (`[[cluster.network_policy]]`), resolved as the API
+//! server validates it and as every CNI reads it (reference §d): the pods a policy
+//! selects, the directions it isolates (`policy_types`, defaulting to Ingress plus
+//! Egress when an egress section is written), and each rule's peers and ports with
+//! selectors evaluated against the cluster's pods and namespaces. Peers and ports
+//! left out mean "everything"; an empty rule list isolates and allows nothing.
+
+use super::config::Text;
+use super::model::{Namespace, Pod, Protocol};
+use super::resolve::{Resolver, Result};
+use super::selector::{resolve_selector, LabelSelectorConfig};
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// `[[cluster.network_policy]]`: a NetworkPolicy spec in snake_case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicyConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub namespace: Option<Text>,
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelectorConfig>,
+    #[serde(default)]
+    pub policy_types: Option<Vec<Text>>,
+    #[serde(default)]
+    pub ingress: Option<Vec<Spanned<PolicyRuleConfig>>>,
+    #[serde(default)]
+    pub egress: Option<Vec<Spanned<PolicyRuleConfig>>>,
+}
+
+/// One ingress or egress rule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRuleConfig {
+    #[serde(default)]
+    pub from: Option<Vec<Spanned<PeerConfig>>>,
+    #[serde(default)]
+    pub to: Option<Vec<Spanned<PeerConfig>>>,
+    #[serde(default)]
+    pub ports: Option<Vec<Spanned<PolicyPortConfig>>>,
+}
+
+/// A peer: pod and/or namespace selectors, or an IP block.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelectorConfig>,
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelectorConfig>,
+    #[serde(default)]
+    pub ip_block: Option<IpBlockConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpBlockConfig {
+    pub cidr: Text,
+    #[serde(default)]
+    pub except: Vec<Text>,
+}
+
+/// A port: by number or by name, with an optional range end.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPortConfig {
+    #[serde(default)]
+    pub protocol: Option<Text>,
+    #[serde(default)]
+    pub port: Option<Spanned<PortValue>>,
+    #[serde(default)]
+    pub end_port: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PortValue {
+    Number(u16),
+    Name(String),
+}
+
+/// A resolved NetworkPolicy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    pub name: String,
+    pub namespace: String,
+    /// The pods it selects (indices in the cluster's pods).
+    pub pods: Vec<usize>,
+    /// Its ingress rules when it isolates ingress; None when it does not.
+    pub ingress: Option<Vec<PolicyRule>>,
+    pub egress: Option<Vec<PolicyRule>>,
+}
+
+impl NetworkPolicy {
+    /// `NS/NAME`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One rule: peers (None: every source or destination) and ports (None: every port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub peers: Option<Vec<PolicyPeer>>,
+    pub ports: Option<Vec<PolicyPort>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyPeer {
+    /// Pods chosen by the peer's selectors.
+    Pods(Vec<usize>),
+    /// `ip_block`: the CIDR minus its exceptions (pod addresses included).
+    IpBlock { cidr: Ipv4Net, except: Vec<Ipv4Net> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyPort {
+    /// IP protocol number (TCP 6, UDP 17, SCTP 132).
+    pub protocol: u8,
+    /// None: every port of the protocol.
+    pub port: Option<PortRef>,
+    pub end_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    Number(u16),
+    /// A container port name, resolved on the destination pod.
+    Name(String),
+}
+
+/// The SCTP protocol number.
+pub const PROTOCOL_SCTP: u8 = 132;
+
+/// Resolves a cluster's NetworkPolicies against its pods and namespaces.
+pub(super) fn resolve_network_policies(
+    resolver: &Resolver,
+    policies: &[Spanned<NetworkPolicyConfig>],
+    pods: &[Pod],
+    namespaces: &[Namespace],
+) -> Result<Vec<NetworkPolicy>> {
+    let mut resolved = Vec::new();
+    for spanned in policies {
+        let config = spanned.get_ref();
+        let namespace = match &config.namespace {
+            Some(ns) if !namespaces.iter().any(|n| &n.name == ns.get_ref()) => {
+                return Err(resolver.error(
+                    ns,
+                    format!(
+                        "no namespace named `{}` (declare it with [[cluster.namespace]])",
+                        ns.get_ref()
+                    ),
+                ))
+            }
+            Some(ns) => ns.get_ref().clone(),
+            None => "default".to_string(),
+        };
+        let name = config.name.get_ref().clone();
+        if resolved
+            .iter()
+            .any(|p: &NetworkPolicy| p.name == name && p.namespace == namespace)
+        {
+            return Err(resolver.error(
+                &config.name,
+                format!("a network_policy {namespace}/{name} is defined twice"),
+            ));
+        }
+        let selector = match &config.pod_selector {
+            Some(selector) => resolve_selector(resolver, selector)?,
+            None => Default::default(),
+        };
+        let selected: Vec<usize> = (0..pods.len())
+            .filter(|&pod| pods[pod].namespace == namespace && selector.matches(&pods[pod].labels))
+            .collect();
+        let (isolates_ingress, isolates_egress) = policy_types(resolver, config)?;
+        let context = PeerContext {
+            resolver,
+            pods,
+            namespaces,
+            namespace: &namespace,
+        };
+        let ingress = if isolates_ingress {
+            Some(resolve_rules(
+                &context,
+                config.ingress.as_deref().unwrap_or(&[]),
+                true,
+            )?)
+        } else {
+            None
+        };
+        let egress = if isolates_egress {
+            Some(resolve_rules(
+                &context,
+                config.egress.as_deref().unwrap_or(&[]),
+                false,
+            )?)
+        } else {
+            None
+        };
+        resolved.push(NetworkPolicy {
+            name,
+            namespace,
+            pods: selected,
+            ingress,
+            egress,
+        });
+    }
+    Ok(resolved)
+}
+
+/// `policy_types`, or its default: Ingress always, Egress when an egress section
+/// is written (reference §d).
+fn policy_types(resolver: &Resolver, config: &NetworkPolicyConfig) -> Result<(bool, bool)> {
+    let Some(types) = &config.policy_types else {
+        return Ok((true, config.egress.is_some()));
+    };
+    let (mut ingress, mut egress) = (false, false);
+    for kind in types {
+        match kind.get_ref().as_str() {
+            "Ingress" => ingress = true,
+            "Egress" => egress = true,
+            other => {
+                return Err(resolver.error(
+                    kind,
+                    format!("unknown policy type `{other}` (expected Ingress or Egress)"),
+                ))
+            }
+        }
+    }
+    Ok((ingress, egress))
+}
+
+struct PeerContext<'a> {
+    resolver: &'a Resolver<'a>,
+    pods: &'a [Pod],
+    namespaces: &'a [Namespace],
+    namespace: &'a str,
+}
+
+fn resolve_rules(
+    context: &PeerContext,
+    rules: &[Spanned<PolicyRuleConfig>],
+    ingress: bool,
+) -> Result<Vec<PolicyRule>> {
+    let mut resolved = Vec::new();
+    for spanned in rules {
+        let rule = spanned.get_ref();
+        let (peers, wrong) = if ingress {
+            (&rule.from, &rule.to)
+        } else {
+            (&rule.to, &rule.from)
+        };
+        if wrong.is_some() {
+            let (right, wrong) = if ingress {
+                ("from", "to")
+            } else {
+                ("to", "from")
+            };
+            return Err(context.resolver.error(
+                spanned,
+                format!("this rule's peers are `{right}`, not `{wrong}`"),
+            ));
+        }
+        let peers = match peers {
+            // An empty or missing peer list matches every peer.
+            Some(list) if !list.is_empty() => Some(
+                list.iter()
+                    .map(|peer| resolve_peer(context, peer))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        let ports = match &rule.ports {
+            Some(list) if !list.is_empty() => Some(
+                list.iter()
+                    .map(|port| resolve_port(context.resolver, port))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        resolved.push(PolicyRule { peers, ports });
+    }
+    Ok(resolved)
+}
+
+fn resolve_peer(context: &PeerContext, spanned: &Spanned<PeerConfig>) -> Result<PolicyPeer> {
+    let resolver = context.resolver;
+    let peer = spanned.get_ref();
+    if let Some(block) = &peer.ip_block {
+        if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+            return Err(resolver.error(
+                spanned,
+                "a peer is either an ip_block or selectors, not both",
+            ));
+        }
+        let cidr = parse_cidr(resolver, &block.cidr)?;
+        let mut except = Vec::new();
+        for text in &block.except {
+            let excluded = parse_cidr(resolver, text)?;
+            if !cidr.contains(&excluded) {
+                return Err(resolver.error(
+                    text,
+                    format!("except {excluded} is outside its cidr {cidr}"),
+                ));
+            }
+            except.push(excluded);
+        }
+        return Ok(PolicyPeer::IpBlock { cidr, except });
+    }
+    if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+        return Err(resolver.error(
+            spanned,
+            "a peer needs pod_selector, namespace_selector or ip_block",
+        ));
+    }
+    let pod_selector = peer
+        .pod_selector
+        .as_ref()
+        .map(|s| resolve_selector(resolver, s))
+        .transpose()?;
+    let namespace_selector = peer
+        .namespace_selector
+        .as_ref()
+        .map(|s| resolve_selector(resolver, s))
+        .transpose()?;
+    let pods = (0..context.pods.len())
+        .filter(|&index| {
+            let pod = &context.pods[index];
+            // Without a namespace selector a pod selector picks in the policy's own
+            // namespace; with one, in the namespaces it selects.
+            let namespace_ok = match &namespace_selector {
+                None => pod.namespace == context.namespace,
+                Some(selector) => context
+                    .namespaces
+                    .iter()
+                    .find(|n| n.name == pod.namespace)
+                    .is_some_and(|n| selector.matches(&n.labels)),
+            };
+            namespace_ok
+                && pod_selector
+                    .as_ref()
+                    .is_none_or(|selector| selector.matches(&pod.labels))
+        })
+        .collect();
+    Ok(PolicyPeer::Pods(pods))
+}
+
+fn parse_cidr(resolver: &Resolver, text: &Text) -> Result<Ipv4Net> {
+    text.get_ref()
+        .trim()
+        .parse::<Ipv4Net>()
+        .map(|net| net.trunc())
+        .map_err(|_| {
+            resolver.error(
+                text,
+                format!("`{}` is not a CIDR such as 192.168.0.0/16", text.get_ref()),
+            )
+        })
+}
+
+fn resolve_port(resolver: &Resolver, spanned: &Spanned<PolicyPortConfig>) -> Result<PolicyPort> {
+    let config = spanned.get_ref();
+    let protocol = match &config.protocol {
+        None => crate::wire::PROTOCOL_TCP,
+        Some(text) => match text.get_ref().as_str() {
+            "TCP" => crate::wire::PROTOCOL_TCP,
+            "UDP" => crate::wire::PROTOCOL_UDP,
+            "SCTP" => PROTOCOL_SCTP,
+            other => {
+                return Err(resolver.error(
+                    text,
+                    format!("unknown protocol `{other}` (expected TCP, UDP or SCTP)"),
+                ))
+            }
+        },
+    };
+    let port = config.port.as_ref().map(|p| match p.get_ref() {
+        PortValue::Number(number) => PortRef::Number(*number),
+        PortValue::Name(name) => PortRef::Name(name.clone()),
+    });
+    if let Some(end) = &config.end_port {
+        match &port {
+            None => {
+                return Err(resolver.error(end, "end_port needs a numeric `port` to start from"))
+            }
+            Some(PortRef::Name(name)) => {
+                return Err(resolver.error(
+                    end,
+                    format!("end_port cannot follow a named port (`{name}`)"),
+                ))
+            }
+            Some(PortRef::Number(start)) if end.get_ref() < start => {
+                return Err(resolver.error(
+                    end,
+                    format!("end_port {} is below port {start}", end.get_ref()),
+                ))
+            }
+            Some(PortRef::Number(_)) => {}
+        }
+    }
+    Ok(PolicyPort {
+        protocol,
+        port,
+        end_port: config.end_port.as_ref().map(|e| *e.get_ref()),
+    })
+}
+
+/// The port numbers a named port has on `pod` for `protocol`.
+pub fn named_port(pod: &Pod, name: &str, protocol: u8) -> Option<u16> {
+    pod.ports.iter().find_map(|port| {
+        let matches_protocol = match port.protocol {
+            Protocol::Tcp => protocol == crate::wire::PROTOCOL_TCP,
+            Protocol::Udp => protocol == crate::wire::PROTOCOL_UDP,
+            Protocol::Icmp => false,
+        };
+        (port.name.as_deref() == Some(name) && matches_protocol).then_some(port.port)
+    })
+}

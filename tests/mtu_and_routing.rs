@@ -159,6 +159,7 @@ fn their_captures_are_clean() {
         "egress-no-snat",
         "nsx-double-nat",
         "antrea-egress",
+        "network-policy",
     ] {
         let out = dir.path().join(name);
         let output = netsim(&[

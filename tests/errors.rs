@@ -181,13 +181,8 @@ fn features_not_modelled_yet_are_refused_not_ignored_and_an_empty_egress_is_expl
         1,
         "an egress needs `egress_ip` or `external_ip_pool`",
     );
-    let text = format!("{BASE}\n[[cluster.cluster_network_policy]]\nname = \"deny\"\n");
-    assert_located(
-        &refuse(&text),
-        34,
-        1,
-        "Antrea ClusterNetworkPolicy is not modelled",
-    );
+    let text = format!("{BASE}\n[[dfw]]\nname = \"deny\"\n");
+    assert_located(&refuse(&text), 34, 1, "is not modelled");
 }
 
 #[test]

@@ -68,6 +68,7 @@ fn the_flow_cache_changes_nothing_but_speed() {
         "nsx-double-nat",
         "antrea-egress",
         "network-policy",
+        "antrea-tiers",
     ] {
         hits += compare(name);
     }

@@ -160,6 +160,7 @@ fn their_captures_are_clean() {
         "nsx-double-nat",
         "antrea-egress",
         "network-policy",
+        "antrea-tiers",
     ] {
         let out = dir.path().join(name);
         let output = netsim(&[

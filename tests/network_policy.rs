@@ -334,3 +334,117 @@ fn policy_mistakes_are_located() {
         "unknown protocol `ICMP`",
     );
 }
+
+#[test]
+fn antrea_tiers_decide_before_kubernetes_policy_and_baseline_after() {
+    let (topology, result, report) = run("antrea-tiers");
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    // Pass hands the decision to Kubernetes policy: both are named, in order.
+    assert_eq!(
+        rules(&report, "web-to-api"),
+        [
+            (
+                "ingress".to_string(),
+                "pass".to_string(),
+                "cluster_network_policy:team-a-decides ingress[0]".to_string()
+            ),
+            (
+                "ingress".to_string(),
+                "allow".to_string(),
+                "network_policy:team-a/web-to-api ingress[0]".to_string()
+            ),
+        ]
+    );
+    // A securityops Allow opens what team-a's isolation would drop.
+    assert_eq!(
+        rules(&report, "prom-to-api")[0].2,
+        "cluster_network_policy:allow-monitoring ingress[0]"
+    );
+    // A securityops Drop beats the Kubernetes allow for the quarantined pod.
+    assert_eq!(
+        rules(&report, "web-to-legacy"),
+        [(
+            "ingress".to_string(),
+            "drop".to_string(),
+            "cluster_network_policy:quarantine ingress[0]".to_string()
+        )]
+    );
+    // Baseline guards team-b (no Kubernetes policy there) ...
+    assert_eq!(
+        rules(&report, "tool-to-team-b")[0].2,
+        "cluster_network_policy:namespace-walls ingress[0]"
+    );
+    // ... but never opens what Kubernetes policy isolates: dev -> team-a dies by
+    // team-a's isolation, not by a baseline rule.
+    assert_eq!(
+        rules(&report, "tool-to-api")[0].2,
+        "default-deny by isolation: team-a/web-to-api"
+    );
+    // Reject: the quarantined client gets a TCP reset from the destination at once.
+    let resets = frames_at(
+        &topology,
+        &result,
+        "legacy-out",
+        "team-a/legacy:eth0",
+        netsim::datapath::HopAction::Deliver,
+    );
+    assert_eq!(resets.len(), 1);
+    let reset = &resets[0];
+    assert_eq!(
+        reset.meta.tcp_flags & netsim::packet::tcp_flags::RST,
+        netsim::packet::tcp_flags::RST
+    );
+    assert_eq!(reset.meta.key.source.to_string(), "172.20.2.5");
+    assert_eq!(flow(&report, "legacy-out").connections.failed, 1);
+}
+
+#[test]
+fn a_udp_reject_answers_with_icmp_administratively_prohibited() {
+    let policies = "[[cluster.cluster_network_policy]]\nname = \"no-udp\"\npriority = 1.0\napplied_to = [ { pod_selector = { match_labels = { app = \"web\" } } } ]\ningress = [ { action = \"Reject\", ports = [ { protocol = \"UDP\" } ] } ]\n";
+    let text = format!(
+        "{BASE}\n{policies}\n[[flow]]\nname = \"dns\"\nfrom = \"pod:b/client-b\"\nto = \"pod:a/web-1:53\"\nprotocol = \"udp\"\n"
+    );
+    let (topology, result, report) = run_text(&text);
+    let dns = flow(&report, "dns");
+    assert_eq!(dns.verdict, "dropped");
+    assert_eq!(dns.icmp_received, ["type 3 code 10 from 172.20.1.2"]);
+    assert!(!frames_at(
+        &topology,
+        &result,
+        "dns",
+        "b/client-b:eth0",
+        netsim::datapath::HopAction::Deliver
+    )
+    .is_empty());
+}
+
+#[test]
+fn cluster_network_policy_mistakes_are_located() {
+    let head = "[[cluster.cluster_network_policy]]\nname = \"p\"\n";
+    refused(
+        &format!("{head}tier = \"ops\"\npriority = 1.0\n"),
+        "\"ops\"",
+        "unknown tier `ops`",
+    );
+    refused(
+        &format!("{head}priority = 10001.0\n"),
+        "10001.0",
+        "priority 10001 is outside 1.0-10000.0",
+    );
+    refused(
+        &format!(
+            "{head}tier = \"baseline\"\npriority = 1.0\ningress = [ {{ action = \"Pass\" }} ]\n"
+        ),
+        "\"Pass\"",
+        "Pass is not allowed in the baseline tier",
+    );
+    refused(
+        &format!("{head}priority = 1.0\ningress = [ {{ action = \"Deny\" }} ]\n"),
+        "\"Deny\"",
+        "unknown action `Deny`",
+    );
+}

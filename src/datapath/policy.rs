@@ -1,21 +1,25 @@
 //! Network policy as every CNI enforces it, on the engine's rule table: a cluster's
-//! Kubernetes NetworkPolicies compiled once into an ingress and an egress
-//! `Layer<PolicyAction>` (reference §d), and a per-node enforcer that decides a
-//! connection once — egress on the source pod's node, ingress on the destination's —
-//! and lets every later packet and every reply of an allowed connection through its
-//! own connection table, as Antrea's `ct_state=+est` flows and Felix's conntrack
-//! accept rule do.
+//! Antrea ClusterNetworkPolicies and Kubernetes NetworkPolicies compiled once, per
+//! direction, into three `Layer<PolicyAction>`s (reference §b, §d), and a per-node
+//! enforcer that decides a connection once — egress on the source pod's node,
+//! ingress on the destination's — and lets every later packet and every reply of an
+//! allowed connection through its own connection table, as Antrea's `ct_state=+est`
+//! flows and Felix's conntrack accept rule do.
 //!
-//! Compiled order (first match wins): every rule that allows, then one drop per
-//! policy for the pods it isolates ("default-deny by isolation"), then a default
-//! that allows what no policy selects. Allows are additive across policies, so this
-//! order is the union Kubernetes specifies.
+//! Evaluation: the Antrea tiers (emergency 50 … application 250; within a tier by
+//! policy priority, rules in order; first match; `Pass` falls through), then
+//! Kubernetes policy (every rule that allows, then one drop per policy for the pods
+//! it isolates — "default-deny by isolation" — so allows are additive), then, for
+//! connections Kubernetes policy does not isolate, the baseline tier (253), then
+//! allow.
 
 use super::{Ctx, DropReason};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::rules::{AddressSet, Layer, Metadata, Predicate, Rule};
 use crate::packet::{FlowKey, Packet};
-use crate::topology::policy::{named_port, NetworkPolicy, PolicyPeer, PolicyPort, PortRef};
+use crate::topology::policy::{
+    named_port, ClusterNetworkPolicy, PolicyPeer, PolicyPort, PortRef, BASELINE_TIER,
+};
 use crate::topology::Cluster;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -51,11 +55,72 @@ impl PolicyDirection {
     }
 }
 
+/// One direction's compiled policy, in the order Antrea evaluates it (reference §b):
+/// the Antrea-native tiers emergency … application (Allow, Drop, Reject, or Pass to
+/// the next level), then Kubernetes NetworkPolicy (allows, then isolation drops),
+/// then the baseline tier for what Kubernetes policy leaves unisolated.
+#[derive(Debug, Clone)]
+pub struct DirectionPolicy {
+    pub tiers: Layer<PolicyAction>,
+    pub kubernetes: Layer<PolicyAction>,
+    pub baseline: Layer<PolicyAction>,
+}
+
+impl DirectionPolicy {
+    fn new(direction: PolicyDirection) -> Self {
+        let name = direction.name();
+        DirectionPolicy {
+            tiers: Layer::new(format!("antrea-tiers/{name}"), PolicyAction::Pass),
+            kubernetes: Layer::new(format!("network-policy/{name}"), PolicyAction::Pass),
+            baseline: Layer::new(format!("baseline/{name}"), PolicyAction::Allow),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tiers.is_empty() && self.kubernetes.is_empty() && self.baseline.is_empty()
+    }
+
+    /// The decision for a new connection: the first tier rule that is not Pass;
+    /// else Kubernetes policy where it isolates; else the baseline tier; else allow.
+    /// Every rule that decided something (a Pass included) is listed, last the one
+    /// that decided.
+    pub fn decide(&self, key: &FlowKey) -> Vec<PolicyDecision> {
+        let metadata = Metadata {
+            key: *key,
+            in_interface: None,
+            out_interface: None,
+            mark: 0,
+        };
+        let mut steps = Vec::new();
+        for layer in [&self.tiers, &self.kubernetes, &self.baseline] {
+            let decision = layer.classify(&metadata);
+            let action = *decision.action;
+            if decision.rule.is_some() {
+                steps.push(PolicyDecision {
+                    action,
+                    rule: Some(decision.name.to_string()),
+                });
+            }
+            if action != PolicyAction::Pass {
+                if decision.rule.is_none() {
+                    steps.push(PolicyDecision { action, rule: None });
+                }
+                return steps;
+            }
+        }
+        steps.push(PolicyDecision {
+            action: PolicyAction::Allow,
+            rule: None,
+        });
+        steps
+    }
+}
+
 /// A cluster's compiled policy.
 #[derive(Debug, Clone)]
 pub struct ClusterPolicy {
-    pub ingress: Layer<PolicyAction>,
-    pub egress: Layer<PolicyAction>,
+    pub ingress: DirectionPolicy,
+    pub egress: DirectionPolicy,
 }
 
 impl ClusterPolicy {
@@ -63,11 +128,22 @@ impl ClusterPolicy {
         self.ingress.is_empty() && self.egress.is_empty()
     }
 
-    pub fn layer(&self, direction: PolicyDirection) -> &Layer<PolicyAction> {
+    pub fn direction(&self, direction: PolicyDirection) -> &DirectionPolicy {
         match direction {
             PolicyDirection::Egress => &self.egress,
             PolicyDirection::Ingress => &self.ingress,
         }
+    }
+
+    /// The final decision for a new connection in one direction.
+    pub fn decide(&self, direction: PolicyDirection, key: &FlowKey) -> PolicyDecision {
+        self.direction(direction)
+            .decide(key)
+            .pop()
+            .unwrap_or(PolicyDecision {
+                action: PolicyAction::Allow,
+                rule: None,
+            })
     }
 }
 
@@ -76,69 +152,101 @@ impl ClusterPolicy {
 pub struct PolicyDecision {
     pub action: PolicyAction,
     /// The deciding rule (`network_policy:NS/NAME ingress[0]`, `default-deny by
-    /// isolation: NS/NAME`), or None when no policy selects the pod.
+    /// isolation: NS/NAME`, `cluster_network_policy:NAME ingress[1]`), or None when
+    /// no rule applies.
     pub rule: Option<String>,
 }
 
-impl ClusterPolicy {
-    /// Classifies a new connection's packet in one direction.
-    pub fn decide(&self, direction: PolicyDirection, key: &FlowKey) -> PolicyDecision {
-        let metadata = Metadata {
-            key: *key,
-            in_interface: None,
-            out_interface: None,
-            mark: 0,
+/// Compiles a cluster's ClusterNetworkPolicies and NetworkPolicies.
+pub fn compile(cluster: &Cluster) -> ClusterPolicy {
+    let mut ingress = DirectionPolicy::new(PolicyDirection::Ingress);
+    let mut egress = DirectionPolicy::new(PolicyDirection::Egress);
+    for (direction, compiled) in [
+        (PolicyDirection::Ingress, &mut ingress),
+        (PolicyDirection::Egress, &mut egress),
+    ] {
+        compile_tiers(cluster, direction, compiled);
+        compile_kubernetes(cluster, direction, &mut compiled.kubernetes);
+    }
+    ClusterPolicy { ingress, egress }
+}
+
+/// Antrea-native rules: tiers by priority, policies by priority (ties in file
+/// order), rules in order; baseline's into its own layer.
+fn compile_tiers(cluster: &Cluster, direction: PolicyDirection, compiled: &mut DirectionPolicy) {
+    let mut order: Vec<&ClusterNetworkPolicy> = cluster.cluster_network_policies.iter().collect();
+    order.sort_by(|a, b| {
+        (a.tier_priority, a.priority)
+            .partial_cmp(&(b.tier_priority, b.priority))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    for policy in order {
+        if policy.pods.is_empty() {
+            continue;
+        }
+        let rules = match direction {
+            PolicyDirection::Ingress => &policy.ingress,
+            PolicyDirection::Egress => &policy.egress,
         };
-        let decision = self.layer(direction).classify(&metadata);
-        PolicyDecision {
-            action: *decision.action,
-            rule: decision.rule.map(|_| decision.name.to_string()),
+        let selected = pod_set(cluster, &policy.pods);
+        let layer = if policy.tier_priority == BASELINE_TIER {
+            &mut compiled.baseline
+        } else {
+            &mut compiled.tiers
+        };
+        for (index, rule) in rules.iter().enumerate() {
+            let name = format!(
+                "cluster_network_policy:{} {}[{index}]",
+                policy.name,
+                direction.name()
+            );
+            for predicates in
+                rule_predicates(cluster, &policy.pods, direction, &rule.rule, &selected)
+            {
+                layer.push(Rule::new(name.clone(), predicates, rule.action));
+            }
         }
     }
 }
 
-/// Compiles a cluster's NetworkPolicies.
-pub fn compile(cluster: &Cluster) -> ClusterPolicy {
-    let mut ingress = Layer::new("network-policy/ingress", PolicyAction::Allow);
-    let mut egress = Layer::new("network-policy/egress", PolicyAction::Allow);
-    for (direction, layer) in [
-        (PolicyDirection::Ingress, &mut ingress),
-        (PolicyDirection::Egress, &mut egress),
-    ] {
-        let mut isolation = Vec::new();
-        for policy in &cluster.network_policies {
-            let rules = match direction {
-                PolicyDirection::Ingress => &policy.ingress,
-                PolicyDirection::Egress => &policy.egress,
-            };
-            let Some(rules) = rules else {
-                continue;
-            };
-            if policy.pods.is_empty() {
-                continue;
-            }
-            let selected = pod_set(cluster, &policy.pods);
-            for (index, rule) in rules.iter().enumerate() {
-                let name = format!(
-                    "network_policy:{} {}[{index}]",
-                    policy.qualified_name(),
-                    direction.name()
-                );
-                for predicates in rule_predicates(cluster, policy, direction, rule, &selected) {
-                    layer.push(Rule::new(name.clone(), predicates, PolicyAction::Allow));
-                }
-            }
-            isolation.push(Rule::new(
-                format!("default-deny by isolation: {}", policy.qualified_name()),
-                vec![own_side(direction, selected)],
-                PolicyAction::Drop,
-            ));
+/// Kubernetes NetworkPolicy: every allow, then each policy's isolation drop.
+fn compile_kubernetes(
+    cluster: &Cluster,
+    direction: PolicyDirection,
+    layer: &mut Layer<PolicyAction>,
+) {
+    let mut isolation = Vec::new();
+    for policy in &cluster.network_policies {
+        let rules = match direction {
+            PolicyDirection::Ingress => &policy.ingress,
+            PolicyDirection::Egress => &policy.egress,
+        };
+        let Some(rules) = rules else {
+            continue;
+        };
+        if policy.pods.is_empty() {
+            continue;
         }
-        for rule in isolation {
-            layer.push(rule);
+        let selected = pod_set(cluster, &policy.pods);
+        for (index, rule) in rules.iter().enumerate() {
+            let name = format!(
+                "network_policy:{} {}[{index}]",
+                policy.qualified_name(),
+                direction.name()
+            );
+            for predicates in rule_predicates(cluster, &policy.pods, direction, rule, &selected) {
+                layer.push(Rule::new(name.clone(), predicates, PolicyAction::Allow));
+            }
         }
+        isolation.push(Rule::new(
+            format!("default-deny by isolation: {}", policy.qualified_name()),
+            vec![own_side(direction, selected)],
+            PolicyAction::Drop,
+        ));
     }
-    ClusterPolicy { ingress, egress }
+    for rule in isolation {
+        layer.push(rule);
+    }
 }
 
 /// The policy's own pods: the destination of ingress, the source of egress.
@@ -167,7 +275,7 @@ fn pod_set(cluster: &Cluster, pods: &[usize]) -> AddressSet {
 /// name the port differently get their own rules, and pods without it none.
 fn rule_predicates(
     cluster: &Cluster,
-    policy: &NetworkPolicy,
+    own_pods: &[usize],
     direction: PolicyDirection,
     rule: &crate::topology::policy::PolicyRule,
     selected: &AddressSet,
@@ -186,7 +294,7 @@ fn rule_predicates(
         for port in &ports {
             let port_groups = match port {
                 None => vec![(Vec::new(), None)],
-                Some(port) => port_predicates(cluster, policy, direction, *peer, port),
+                Some(port) => port_predicates(cluster, own_pods, direction, *peer, port),
             };
             for (port_predicates, destinations) in port_groups {
                 let mut predicates = vec![own_side(direction, selected.clone())];
@@ -225,7 +333,7 @@ fn peer_predicates(
 /// applies to.
 fn port_predicates(
     cluster: &Cluster,
-    policy: &NetworkPolicy,
+    own_pods: &[usize],
     direction: PolicyDirection,
     peer: Option<&PolicyPeer>,
     port: &PolicyPort,
@@ -245,7 +353,7 @@ fn port_predicates(
         )],
         Some(PortRef::Name(name)) => {
             let candidates: Vec<usize> = match (direction, peer) {
-                (PolicyDirection::Ingress, _) => policy.pods.clone(),
+                (PolicyDirection::Ingress, _) => own_pods.to_vec(),
                 (PolicyDirection::Egress, Some(PolicyPeer::Pods(pods))) => pods.clone(),
                 (PolicyDirection::Egress, _) => (0..cluster.pods.len()).collect(),
             };
@@ -329,10 +437,16 @@ impl PolicyEnforcer {
         direction: PolicyDirection,
         packet: &Packet,
     ) -> Result<(), PolicyDenial> {
-        let decision = self.policy.decide(direction, &packet.meta.key);
-        if let Some(rule) = &decision.rule {
-            ctx.policy(device, packet, direction.name(), decision.action, rule);
+        let mut steps = self.policy.direction(direction).decide(&packet.meta.key);
+        for step in &steps {
+            if let Some(rule) = &step.rule {
+                ctx.policy(device, packet, direction.name(), step.action, rule);
+            }
         }
+        let decision = steps.pop().unwrap_or(PolicyDecision {
+            action: PolicyAction::Allow,
+            rule: None,
+        });
         match decision.action {
             PolicyAction::Allow | PolicyAction::Pass => Ok(()),
             action => Err(PolicyDenial {

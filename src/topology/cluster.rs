@@ -60,10 +60,6 @@ pub(super) fn resolve_cluster(
             ));
         }
     }
-    resolver.unsupported_list(
-        &config.cluster_network_policy,
-        "Antrea ClusterNetworkPolicy",
-    )?;
 
     let node_segment = match &config.node_segment {
         Some(name) => lookup_segment(name)?,
@@ -149,7 +145,20 @@ pub(super) fn resolve_cluster(
         pods,
         egresses: Vec::new(),
         network_policies: Vec::new(),
+        cluster_network_policies: Vec::new(),
     };
+    if cni == Cni::Calico {
+        resolver.unsupported_list(
+            &config.cluster_network_policy,
+            "Antrea ClusterNetworkPolicy on a Calico cluster",
+        )?;
+    }
+    cluster.cluster_network_policies = super::policy::resolve_cluster_network_policies(
+        resolver,
+        &config.cluster_network_policy,
+        &cluster.pods,
+        &cluster.namespaces,
+    )?;
     cluster.network_policies = super::policy::resolve_network_policies(
         resolver,
         &config.network_policy,

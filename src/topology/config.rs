@@ -225,7 +225,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub network_policy: Vec<Spanned<super::policy::NetworkPolicyConfig>>,
     #[serde(default)]
-    pub cluster_network_policy: Vec<Spanned<toml::Table>>,
+    pub cluster_network_policy: Vec<Spanned<super::policy::ClusterNetworkPolicyConfig>>,
     #[serde(default)]
     pub egress: Vec<Spanned<super::egress::EgressConfig>>,
     #[serde(default)]

@@ -369,6 +369,8 @@ pub struct Cluster {
     pub egresses: Vec<super::egress::Egress>,
     /// Kubernetes NetworkPolicies, in file order.
     pub network_policies: Vec<super::policy::NetworkPolicy>,
+    /// Antrea ClusterNetworkPolicies, in file order.
+    pub cluster_network_policies: Vec<super::policy::ClusterNetworkPolicy>,
 }
 
 /// One NodePortLocal mapping: the pod's node forwards `node_port` to the pod's

@@ -179,7 +179,7 @@ pub(super) fn resolve_network_policies(
             resolver,
             pods,
             namespaces,
-            namespace: &namespace,
+            namespace: Some(&namespace),
         };
         let ingress = if isolates_ingress {
             Some(resolve_rules(
@@ -236,7 +236,9 @@ struct PeerContext<'a> {
     resolver: &'a Resolver<'a>,
     pods: &'a [Pod],
     namespaces: &'a [Namespace],
-    namespace: &'a str,
+    /// The policy's namespace; None for a cluster-scoped policy (Antrea's
+    /// ClusterNetworkPolicy), whose pod selectors pick in every namespace.
+    namespace: Option<&'a str>,
 }
 
 fn resolve_rules(
@@ -244,45 +246,67 @@ fn resolve_rules(
     rules: &[Spanned<PolicyRuleConfig>],
     ingress: bool,
 ) -> Result<Vec<PolicyRule>> {
-    let mut resolved = Vec::new();
-    for spanned in rules {
-        let rule = spanned.get_ref();
-        let (peers, wrong) = if ingress {
-            (&rule.from, &rule.to)
-        } else {
-            (&rule.to, &rule.from)
-        };
-        if wrong.is_some() {
-            let (right, wrong) = if ingress {
-                ("from", "to")
-            } else {
-                ("to", "from")
+    rules
+        .iter()
+        .map(|spanned| {
+            let rule = spanned.get_ref();
+            let sides = RuleSides {
+                from: &rule.from,
+                to: &rule.to,
+                ports: &rule.ports,
             };
-            return Err(context.resolver.error(
-                spanned,
-                format!("this rule's peers are `{right}`, not `{wrong}`"),
-            ));
-        }
-        let peers = match peers {
-            // An empty or missing peer list matches every peer.
-            Some(list) if !list.is_empty() => Some(
-                list.iter()
-                    .map(|peer| resolve_peer(context, peer))
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-            _ => None,
+            resolve_rule(context, spanned, &sides, ingress)
+        })
+        .collect()
+}
+
+/// A rule's peers (both spellings, to refuse the wrong one) and ports.
+struct RuleSides<'a> {
+    from: &'a Option<Vec<Spanned<PeerConfig>>>,
+    to: &'a Option<Vec<Spanned<PeerConfig>>>,
+    ports: &'a Option<Vec<Spanned<PolicyPortConfig>>>,
+}
+
+/// One rule's peers and ports; a missing or empty list means every peer / port.
+fn resolve_rule<T>(
+    context: &PeerContext,
+    at: &Spanned<T>,
+    sides: &RuleSides,
+    ingress: bool,
+) -> Result<PolicyRule> {
+    let (peers, wrong) = if ingress {
+        (sides.from, sides.to)
+    } else {
+        (sides.to, sides.from)
+    };
+    if wrong.is_some() {
+        let (right, wrong) = if ingress {
+            ("from", "to")
+        } else {
+            ("to", "from")
         };
-        let ports = match &rule.ports {
-            Some(list) if !list.is_empty() => Some(
-                list.iter()
-                    .map(|port| resolve_port(context.resolver, port))
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-            _ => None,
-        };
-        resolved.push(PolicyRule { peers, ports });
+        return Err(context.resolver.error(
+            at,
+            format!("this rule's peers are `{right}`, not `{wrong}`"),
+        ));
     }
-    Ok(resolved)
+    let peers = match peers {
+        Some(list) if !list.is_empty() => Some(
+            list.iter()
+                .map(|peer| resolve_peer(context, peer))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        _ => None,
+    };
+    let ports = match sides.ports {
+        Some(list) if !list.is_empty() => Some(
+            list.iter()
+                .map(|port| resolve_port(context.resolver, port))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        _ => None,
+    };
+    Ok(PolicyRule { peers, ports })
 }
 
 fn resolve_peer(context: &PeerContext, spanned: &Spanned<PeerConfig>) -> Result<PolicyPeer> {
@@ -331,7 +355,7 @@ fn resolve_peer(context: &PeerContext, spanned: &Spanned<PeerConfig>) -> Result<
             // Without a namespace selector a pod selector picks in the policy's own
             // namespace; with one, in the namespaces it selects.
             let namespace_ok = match &namespace_selector {
-                None => pod.namespace == context.namespace,
+                None => context.namespace.is_none_or(|own| pod.namespace == own),
                 Some(selector) => context
                     .namespaces
                     .iter()
@@ -417,4 +441,180 @@ pub fn named_port(pod: &Pod, name: &str, protocol: u8) -> Option<u16> {
         };
         (port.name.as_deref() == Some(name) && matches_protocol).then_some(port.port)
     })
+}
+
+/// `[[cluster.cluster_network_policy]]`: an Antrea ClusterNetworkPolicy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNetworkPolicyConfig {
+    pub name: Text,
+    #[serde(default)]
+    pub tier: Option<Text>,
+    pub priority: Spanned<f64>,
+    #[serde(default)]
+    pub applied_to: Vec<Spanned<super::selector::PodPeerConfig>>,
+    #[serde(default)]
+    pub ingress: Vec<Spanned<AntreaRuleConfig>>,
+    #[serde(default)]
+    pub egress: Vec<Spanned<AntreaRuleConfig>>,
+}
+
+/// One Antrea-native rule: an action and the Kubernetes-style peers and ports.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntreaRuleConfig {
+    pub action: Text,
+    #[serde(default)]
+    pub name: Option<Text>,
+    #[serde(default)]
+    pub from: Option<Vec<Spanned<PeerConfig>>>,
+    #[serde(default)]
+    pub to: Option<Vec<Spanned<PeerConfig>>>,
+    #[serde(default)]
+    pub ports: Option<Vec<Spanned<PolicyPortConfig>>>,
+}
+
+/// Antrea's static tiers (reference §b): lower numbers first; baseline after
+/// Kubernetes NetworkPolicy.
+pub const TIERS: [(&str, u8); 6] = [
+    ("emergency", 50),
+    ("securityops", 100),
+    ("networkops", 150),
+    ("platform", 200),
+    ("application", 250),
+    ("baseline", 253),
+];
+
+/// The baseline tier's priority.
+pub const BASELINE_TIER: u8 = 253;
+
+/// A resolved ClusterNetworkPolicy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterNetworkPolicy {
+    pub name: String,
+    pub tier: &'static str,
+    pub tier_priority: u8,
+    pub priority: f64,
+    /// The pods it applies to.
+    pub pods: Vec<usize>,
+    pub ingress: Vec<AntreaRule>,
+    pub egress: Vec<AntreaRule>,
+}
+
+/// One Antrea-native rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AntreaRule {
+    pub action: crate::datapath::policy::PolicyAction,
+    pub rule: PolicyRule,
+}
+
+/// Resolves a cluster's ClusterNetworkPolicies: tier, priority (1.0-10000.0),
+/// `applied_to` and rules (peers cluster-scoped: a pod selector alone picks in every
+/// namespace), with Antrea's validation.
+pub(super) fn resolve_cluster_network_policies(
+    resolver: &Resolver,
+    policies: &[Spanned<ClusterNetworkPolicyConfig>],
+    pods: &[Pod],
+    namespaces: &[Namespace],
+) -> Result<Vec<ClusterNetworkPolicy>> {
+    super::resolve::unique_names(
+        resolver,
+        "cluster_network_policy",
+        policies.iter().map(|p| &p.get_ref().name),
+    )?;
+    let mut resolved = Vec::new();
+    for spanned in policies {
+        let config = spanned.get_ref();
+        let (tier, tier_priority) = match &config.tier {
+            None => ("application", 250),
+            Some(text) => TIERS
+                .iter()
+                .find(|(name, _)| *name == text.get_ref())
+                .copied()
+                .ok_or_else(|| {
+                    resolver.error(
+                        text,
+                        format!(
+                            "unknown tier `{}` (expected emergency, securityops, networkops, platform, application or baseline)",
+                            text.get_ref()
+                        ),
+                    )
+                })?,
+        };
+        let priority = *config.priority.get_ref();
+        if !(1.0..=10000.0).contains(&priority) {
+            return Err(resolver.error(
+                &config.priority,
+                format!("priority {priority} is outside 1.0-10000.0"),
+            ));
+        }
+        let mut selected = std::collections::BTreeSet::new();
+        for target in &config.applied_to {
+            let peer = super::selector::resolve_peer(resolver, target.get_ref())?;
+            selected.extend((0..pods.len()).filter(|&pod| peer.selects(&pods[pod], namespaces)));
+        }
+        let context = PeerContext {
+            resolver,
+            pods,
+            namespaces,
+            namespace: None,
+        };
+        let mut rules = [Vec::new(), Vec::new()];
+        for (direction, configs) in [(0, &config.ingress), (1, &config.egress)] {
+            for rule in configs {
+                rules[direction].push(resolve_antrea_rule(
+                    &context,
+                    rule,
+                    direction == 0,
+                    tier_priority,
+                )?);
+            }
+        }
+        let [ingress, egress] = rules;
+        resolved.push(ClusterNetworkPolicy {
+            name: config.name.get_ref().clone(),
+            tier,
+            tier_priority,
+            priority,
+            pods: selected.into_iter().collect(),
+            ingress,
+            egress,
+        });
+    }
+    Ok(resolved)
+}
+
+fn resolve_antrea_rule(
+    context: &PeerContext,
+    spanned: &Spanned<AntreaRuleConfig>,
+    ingress: bool,
+    tier_priority: u8,
+) -> Result<AntreaRule> {
+    use crate::datapath::policy::PolicyAction;
+    let config = spanned.get_ref();
+    let action = match config.action.get_ref().as_str() {
+        "Allow" => PolicyAction::Allow,
+        "Drop" => PolicyAction::Drop,
+        "Reject" => PolicyAction::Reject,
+        "Pass" if tier_priority == BASELINE_TIER => {
+            return Err(context.resolver.error(
+                &config.action,
+                "Pass is not allowed in the baseline tier (nothing comes after it)",
+            ))
+        }
+        "Pass" => PolicyAction::Pass,
+        other => {
+            return Err(context.resolver.error(
+                &config.action,
+                format!("unknown action `{other}` (expected Allow, Drop, Reject or Pass)"),
+            ))
+        }
+    };
+    let sides = RuleSides {
+        from: &config.from,
+        to: &config.to,
+        ports: &config.ports,
+    };
+    let rule = resolve_rule(context, spanned, &sides, ingress)?;
+    Ok(AntreaRule { action, rule })
 }

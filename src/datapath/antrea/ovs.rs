@@ -107,7 +107,7 @@ impl AntreaNode {
                 OvsStage::ServiceLb => self.service_lb(ctx, source, slot, &mut packet, out),
                 OvsStage::EgressPolicy => {
                     policy = self.policy_state(ctx, tracked, &packet);
-                    self.egress_policy(ctx, slot, source, policy, &packet)
+                    self.egress_policy(ctx, slot, source, policy, &packet, out)
                 }
                 OvsStage::L3Forwarding => {
                     (decision, cache_hit) = self.l3_forwarding_cached(source, &packet);
@@ -117,7 +117,7 @@ impl AntreaNode {
                     }
                 }
                 OvsStage::IngressPolicy => {
-                    self.ingress_policy(ctx, slot, decision, policy, &packet)
+                    self.ingress_policy(ctx, slot, decision, policy, &packet, out)
                 }
             };
             match verdict {
@@ -495,12 +495,13 @@ impl AntreaNode {
     /// the egress policy on its own node (after AntreaProxy's DNAT: the endpoint,
     /// not the Service address).
     pub(super) fn egress_policy(
-        &self,
+        &mut self,
         ctx: &mut Ctx,
         slot: Option<usize>,
         source: OvsSource,
         policy: PolicyState,
         packet: &Packet,
+        out: &mut Outputs,
     ) -> Verdict<OvsDecision> {
         if policy != PolicyState::New || !matches!(source, OvsSource::Pod(_)) {
             return Verdict::Continue;
@@ -510,19 +511,20 @@ impl AntreaNode {
             .check(ctx, &self.settings.name, PolicyDirection::Egress, packet)
         {
             Ok(()) => Verdict::Continue,
-            Err(denial) => self.deny(ctx, slot, packet, &denial),
+            Err(denial) => self.deny(ctx, slot, packet, &denial, out),
         }
     }
 
     /// IngressRule / IngressDefaultRule: a new connection to a local pod is decided
     /// by the ingress policy on the destination's node.
     pub(super) fn ingress_policy(
-        &self,
+        &mut self,
         ctx: &mut Ctx,
         slot: Option<usize>,
         decision: OvsDecision,
         policy: PolicyState,
         packet: &Packet,
+        out: &mut Outputs,
     ) -> Verdict<OvsDecision> {
         if policy != PolicyState::New || !matches!(decision, OvsDecision::ToPod { .. }) {
             return Verdict::Forward(decision);
@@ -532,22 +534,90 @@ impl AntreaNode {
             .check(ctx, &self.settings.name, PolicyDirection::Ingress, packet)
         {
             Ok(()) => Verdict::Forward(decision),
-            Err(denial) => self.deny(ctx, slot, packet, &denial),
+            Err(denial) => self.deny(ctx, slot, packet, &denial, out),
         }
     }
 
-    /// A policy denial: the drop, named by its rule.
+    /// A policy denial: the drop, named by its rule; a Reject also answers the
+    /// client.
     fn deny(
-        &self,
+        &mut self,
         ctx: &mut Ctx,
         slot: Option<usize>,
         packet: &Packet,
         denial: &crate::datapath::policy::PolicyDenial,
+        out: &mut Outputs,
     ) -> Verdict<OvsDecision> {
         let what = denial.describe();
         ctx.describe(slot, HopAction::Drop, || format!("ovs {what}"));
         ctx.drop_packet(&self.settings.name, packet, denial.reason(), || what);
+        if denial.action == crate::datapath::policy::PolicyAction::Reject {
+            self.reject(ctx, packet, out);
+        }
         Verdict::Forward(OvsDecision::Consumed)
+    }
+
+    /// Antrea's policy Reject (pkg/agent/controller/networkpolicy/reject.go;
+    /// reference §b): a TCP RST, otherwise ICMP destination unreachable "host
+    /// administratively prohibited", from the rejected packet's destination to its
+    /// source, sent the way the source is reached — a local pod's port, the tunnel
+    /// to its node, or the host network stack.
+    fn reject(&mut self, ctx: &mut Ctx, packet: &Packet, out: &mut Outputs) {
+        let client = packet.meta.key.source;
+        let local = self.pod_by_ip.get(&client).copied();
+        let link = crate::datapath::local::AnswerLink {
+            source_mac: self.settings.gateway_mac,
+            destination_mac: local
+                .map_or(self.settings.gateway_mac, |pod| self.settings.pods[pod].mac),
+            identification: 0,
+        };
+        let point = self.settings.gateway_point;
+        let answer = if packet.meta.key.protocol == crate::wire::PROTOCOL_TCP {
+            let Some(mut reset) = crate::datapath::local::reset(packet, link) else {
+                return;
+            };
+            ctx.generated(&mut reset);
+            reset
+        } else if icmp::may_send_error(packet) {
+            let header = ErrorHeader {
+                source: packet.meta.key.destination,
+                source_mac: link.source_mac,
+                destination_mac: link.destination_mac,
+                ttl: 64,
+                identification: 0,
+                tos: 0,
+                dont_fragment: false,
+            };
+            let message = ErrorMessage {
+                icmp_type: icmp::TYPE_DESTINATION_UNREACHABLE,
+                code: CODE_HOST_PROHIBITED,
+                rest: 0,
+            };
+            icmp::originate(ctx, point, packet, message, header)
+        } else {
+            return;
+        };
+        if let Some(pod) = local {
+            let veth = self.settings.pods[pod].veth_point;
+            ctx.hop(veth, &answer, HopAction::Transmit, || {
+                "policy reject: answer to the client".into()
+            });
+            out.send(PortId::try_from(pod + 1).unwrap_or(PortId::MAX), answer);
+            return;
+        }
+        match self
+            .peers
+            .lookup(client)
+            .map(|(_, peer)| (peer.ip, peer.tunnel))
+        {
+            Some((peer, true)) => self.tunnel_output(ctx, peer, answer, out),
+            _ => {
+                ctx.hop(point, &answer, HopAction::Transmit, || {
+                    "policy reject: answer to the client through the host".into()
+                });
+                self.host_input(ctx, HostIngress::Interior(GATEWAY), None, answer, out);
+            }
+        }
     }
 
     /// L3Forwarding (and EgressMark, which reads only the same inputs and static

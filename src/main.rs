@@ -64,6 +64,20 @@ impl ProtocolArg {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum MatrixProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MatrixFormat {
+    Text,
+    Json,
+    Csv,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run every [[flow]]; write report.json, capture.pcapng and flows/*.pcapng.
@@ -120,6 +134,24 @@ enum Command {
         router: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+    },
+    /// The reachability truth table policy gives between pods (and named hosts)
+    /// for one protocol and port: rows sources, columns destinations, `.` allowed,
+    /// `X` blocked, each cell with the rules that decided it. It evaluates the
+    /// compiled policy (the same rules `run` enforces: the source's egress, the
+    /// destination's ingress), not a packet per cell, so routing and NAT play no
+    /// part.
+    Matrix {
+        topology: PathBuf,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        #[arg(long, value_enum, default_value = "tcp")]
+        protocol: MatrixProtocol,
+        /// Only the pods of this namespace (no hosts).
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: MatrixFormat,
     },
     /// Measure the forwarding core: packets/s, bits/s and ns/packet per thread count.
     Bench {
@@ -271,6 +303,28 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&routes)?),
                 Format::Text => print!("{}", netsim::report::routes::text(&routes)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Matrix {
+            topology: path,
+            port,
+            protocol,
+            namespace,
+            format,
+        } => {
+            let topology = load(&path, None)?;
+            let protocol = match protocol {
+                MatrixProtocol::Tcp => netsim::wire::PROTOCOL_TCP,
+                MatrixProtocol::Udp => netsim::wire::PROTOCOL_UDP,
+                MatrixProtocol::Sctp => netsim::topology::policy::PROTOCOL_SCTP,
+            };
+            let matrix =
+                netsim::report::matrix::build(&topology, protocol, port, namespace.as_deref());
+            match format {
+                MatrixFormat::Json => println!("{}", serde_json::to_string_pretty(&matrix)?),
+                MatrixFormat::Csv => print!("{}", netsim::report::matrix::csv(&matrix)),
+                MatrixFormat::Text => print!("{}", netsim::report::matrix::text(&matrix)),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -448,3 +448,173 @@ fn cluster_network_policy_mistakes_are_located() {
         "unknown action `Deny`",
     );
 }
+
+/// The matrix cell of `from` -> `to` for TCP `port`.
+fn cell(matrix: &netsim::report::matrix::Matrix, from: &str, to: &str) -> bool {
+    let row = matrix.rows.iter().position(|r| r == from).unwrap();
+    let column = matrix.columns.iter().position(|c| c == to).unwrap();
+    matrix.allowed[row][column]
+}
+
+#[test]
+fn the_matrix_agrees_with_run_on_every_pod_to_pod_flow_of_the_examples() {
+    for name in ["network-policy", "antrea-tiers"] {
+        let (topology, _, report) = run(name);
+        for flow in &topology.flows {
+            let (Some(from), Some(to)) = (
+                flow.from_text.strip_prefix("pod:"),
+                flow.to_text.strip_prefix("pod:"),
+            ) else {
+                continue;
+            };
+            let to = to.split(':').next().unwrap();
+            let matrix = netsim::report::matrix::build(
+                &topology,
+                netsim::wire::PROTOCOL_TCP,
+                flow.destination_port,
+                None,
+            );
+            let outcome = common::flow(&report, &flow.name);
+            let blocked_by_policy = outcome.drop.as_ref().is_some_and(|d| d.reason == "policy");
+            assert_eq!(
+                cell(&matrix, from, to),
+                !blocked_by_policy,
+                "{name}: {} ({from} -> {to})",
+                flow.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_matrix_lists_the_deciding_rules_and_hosts() {
+    let topology = netsim::topology::load(&topology_path("network-policy")).unwrap();
+    let matrix = netsim::report::matrix::build(&topology, netsim::wire::PROTOCOL_TCP, 8080, None);
+    assert!(matrix.columns.contains(&"host:desk".to_string()));
+    // desk -> frontend on 8080: the ip_block rule.
+    let row = matrix.rows.iter().position(|r| r == "host:desk").unwrap();
+    let column = matrix
+        .columns
+        .iter()
+        .position(|c| c == "shop/frontend-1")
+        .unwrap();
+    assert!(matrix.allowed[row][column]);
+    assert_eq!(
+        matrix.rules[row][column],
+        ["ingress: network_policy:shop/allow-frontend ingress[1]"]
+    );
+    // quarantined -> frontend: the isolation.
+    let row = matrix
+        .rows
+        .iter()
+        .position(|r| r == "host:quarantined")
+        .unwrap();
+    assert!(!matrix.allowed[row][column]);
+    // --namespace keeps that namespace's pods only.
+    let shop =
+        netsim::report::matrix::build(&topology, netsim::wire::PROTOCOL_TCP, 8080, Some("shop"));
+    assert_eq!(shop.rows, ["shop/frontend-1", "shop/api-1", "shop/db-1"]);
+    let output = netsim(&[
+        "matrix",
+        "topologies/network-policy.toml",
+        "--port",
+        "8080",
+        "--format",
+        "csv",
+    ]);
+    assert!(output.status.success());
+    let csv = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        csv.starts_with("source,ingress/lb-1,shop/frontend-1,"),
+        "{csv}"
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LABELS: [&str; 3] = ["web", "client", "db"];
+
+    /// A Kubernetes policy in namespace a or b selecting app=L, allowing ingress
+    /// from app=M pods of either namespace.
+    fn kubernetes_policy(index: usize, namespace: u8, own: usize, peer: usize) -> String {
+        let namespace = if namespace == 0 { "a" } else { "b" };
+        format!(
+            "[[cluster.network_policy]]\nname = \"k{index}\"\nnamespace = \"{namespace}\"\npod_selector = {{ match_labels = {{ app = \"{}\" }} }}\ningress = [ {{ from = [ {{ namespace_selector = {{}}, pod_selector = {{ match_labels = {{ app = \"{}\" }} }} }} ] }} ]\n\n",
+            LABELS[own], LABELS[peer]
+        )
+    }
+
+    fn antrea_policy(name: &str, tier: &str, action: &str, own: usize, peer: usize) -> String {
+        format!(
+            "[[cluster.cluster_network_policy]]\nname = \"{name}\"\ntier = \"{tier}\"\npriority = 10.0\napplied_to = [ {{ pod_selector = {{ match_labels = {{ app = \"{}\" }} }} }} ]\ningress = [ {{ action = \"{action}\", from = [ {{ pod_selector = {{ match_labels = {{ app = \"{}\" }} }} }} ] }} ]\n\n",
+            LABELS[own], LABELS[peer]
+        )
+    }
+
+    fn matrix_of(policies: &str) -> netsim::report::matrix::Matrix {
+        let topology = netsim::topology::parse("p.toml", &format!("{BASE}\n{policies}")).unwrap();
+        netsim::report::matrix::build(&topology, netsim::wire::PROTOCOL_TCP, 8080, None)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// An Antrea Allow never turns a `.` into an `X` when no Drop or Reject
+        /// rule exists.
+        #[test]
+        fn adding_an_allow_never_removes_a_dot(
+            kubernetes in prop::collection::vec((0u8..2, 0usize..3, 0usize..3), 0..4),
+            allow in (0usize..3, 0usize..3),
+        ) {
+            let mut policies = String::new();
+            for (index, (namespace, own, peer)) in kubernetes.iter().enumerate() {
+                policies.push_str(&kubernetes_policy(index, *namespace, *own, *peer));
+            }
+            let before = matrix_of(&policies);
+            policies.push_str(&antrea_policy("extra-allow", "application", "Allow", allow.0, allow.1));
+            let after = matrix_of(&policies);
+            for (row_before, row_after) in before.allowed.iter().zip(&after.allowed) {
+                for (was, is) in row_before.iter().zip(row_after) {
+                    prop_assert!(!*was || *is);
+                }
+            }
+        }
+
+        /// A securityops Drop wins over every application-tier Allow and every
+        /// Kubernetes allow for the pairs it covers.
+        #[test]
+        fn a_drop_in_a_higher_tier_always_wins(
+            kubernetes in prop::collection::vec((0u8..2, 0usize..3, 0usize..3), 0..4),
+            allows in prop::collection::vec((0usize..3, 0usize..3), 0..3),
+            drop in (0usize..3, 0usize..3),
+        ) {
+            let mut policies = String::new();
+            for (index, (namespace, own, peer)) in kubernetes.iter().enumerate() {
+                policies.push_str(&kubernetes_policy(index, *namespace, *own, *peer));
+            }
+            for (index, (own, peer)) in allows.iter().enumerate() {
+                policies.push_str(&antrea_policy(&format!("allow-{index}"), "application", "Allow", *own, *peer));
+            }
+            policies.push_str(&antrea_policy("drop", "securityops", "Drop", drop.0, drop.1));
+            let topology = netsim::topology::parse("p.toml", &format!("{BASE}\n{policies}")).unwrap();
+            let matrix = netsim::report::matrix::build(&topology, netsim::wire::PROTOCOL_TCP, 8080, None);
+            let pods = &topology.clusters[0].pods;
+            for (row, source) in matrix.rows.iter().enumerate() {
+                for (column, destination) in matrix.columns.iter().enumerate() {
+                    let label = |name: &str| {
+                        pods.iter()
+                            .find(|p| p.qualified_name() == name)
+                            .and_then(|p| p.labels.get("app").cloned())
+                    };
+                    if label(destination).as_deref() == Some(LABELS[drop.0])
+                        && label(source).as_deref() == Some(LABELS[drop.1])
+                    {
+                        prop_assert!(!matrix.allowed[row][column], "{source} -> {destination}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! path, NAT and drop; every expectation with what was seen; run-wide counters.
 //! Fields are serialized in a fixed order, so reports are byte-identical run to run.
 
+pub mod matrix;
 pub mod routes;
 
 use crate::datapath::Hop;

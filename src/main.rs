@@ -112,6 +112,10 @@ enum Command {
         /// Print only the expectations that failed.
         #[arg(long, short)]
         quiet: bool,
+        /// Also write the expectations as JUnit XML to this file (replaced whole, or
+        /// not at all).
+        #[arg(long)]
+        junit: Option<PathBuf>,
     },
     /// Send one exchange and print every hop: device, interface, lookup, match, rewrite.
     Trace {
@@ -247,10 +251,15 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check {
             topology: path,
             quiet,
+            junit,
         } => {
             let topology = load(&path, None)?;
             let result = simulate(&topology, false, !quiet);
             let report = netsim::report::build(&topology, &result);
+            if let Some(file) = &junit {
+                write_whole(file, &netsim::report::junit(&report))
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+            }
             if quiet {
                 for failed in report.expectations.iter().filter(|e| !e.ok) {
                     println!("[FAIL] {}\n        got: {}", failed.expect, failed.got);
@@ -405,4 +414,18 @@ fn exit_for(report: &netsim::report::Report) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Writes `text` to `file` through a temporary file beside it and a rename, so the
+/// file is either the old one or the whole new one.
+fn write_whole(file: &Path, text: &str) -> std::io::Result<()> {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "junit.xml".into());
+    let temporary = file.with_file_name(format!(".{name}.netsim-tmp"));
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temporary);
+    })
 }

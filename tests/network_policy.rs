@@ -618,3 +618,42 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn check_writes_junit_and_names_the_deciding_rule_of_a_failed_expectation() {
+    let text = std::fs::read_to_string(topology_path("antrea-tiers"))
+        .unwrap()
+        .replace(
+            "[[expect]]\nflow = \"web-to-legacy\"\nverdict = \"dropped\"",
+            "[[expect]]\nflow = \"web-to-legacy\"\nverdict = \"delivered\"",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiers.toml");
+    std::fs::write(&file, &text).unwrap();
+    let junit = dir.path().join("report.xml");
+    let output = netsim(&[
+        "check",
+        file.to_str().unwrap(),
+        "--quiet",
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("decided_by=drop cluster_network_policy:quarantine ingress[0] on w2"),
+        "{stdout}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"));
+    assert!(xml.contains("<testsuite name=\"antrea-tiers\" tests=\"7\" failures=\"1\">"));
+    assert_eq!(xml.matches("<testcase ").count(), 7);
+    assert_eq!(xml.matches("<failure message=").count(), 1);
+    assert!(xml.contains("cluster_network_policy:quarantine ingress[0]"));
+    // Nothing but the named file was written.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}

@@ -549,7 +549,7 @@ fn evaluate(
             if let Some(seen) = seen_source {
                 ok &= report.seen_source.as_deref() == Some(seen.to_string().as_str());
             }
-            let got = format!(
+            let mut got = format!(
                 "flow {}: verdict={} dropped_by={} path=[{}] seen_source={}",
                 report.name,
                 report.verdict,
@@ -561,6 +561,13 @@ fn evaluate(
                 devices.join(", "),
                 report.seen_source.as_deref().unwrap_or("-")
             );
+            // The policy rule that decided (the last one recorded on the flow).
+            if let Some(decision) = report.policy.last() {
+                got.push_str(&format!(
+                    " decided_by={} {} on {} ({})",
+                    decision.verdict, decision.rule, decision.device, decision.direction
+                ));
+            }
             ExpectationReport {
                 expect: text.clone(),
                 ok,
@@ -746,4 +753,44 @@ mod tests {
         let plain = names(&["pod", "node", "r1", "host"]);
         assert_eq!(fold_path(&plain), "pod -> node -> r1 -> host");
     }
+}
+
+/// The expectations as JUnit XML (one test case each; a failure carries what was
+/// observed), for CI systems that read test reports.
+pub fn junit(report: &Report) -> String {
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let failures = report.expectations.iter().filter(|e| !e.ok).count();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    out.push_str(&format!(
+        "<testsuites name=\"netsim\" tests=\"{}\" failures=\"{failures}\">\n",
+        report.expectations.len()
+    ));
+    out.push_str(&format!(
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\">\n",
+        escape(&report.topology),
+        report.expectations.len()
+    ));
+    for expectation in &report.expectations {
+        out.push_str(&format!(
+            "    <testcase classname=\"{}.expect\" name=\"{}\"",
+            escape(&report.topology),
+            escape(&expectation.expect)
+        ));
+        if expectation.ok {
+            out.push_str(" />\n");
+        } else {
+            out.push_str(&format!(
+                ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
+                escape(&expectation.got),
+                escape(&expectation.got)
+            ));
+        }
+    }
+    out.push_str("  </testsuite>\n</testsuites>\n");
+    out
 }

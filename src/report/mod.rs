@@ -735,26 +735,6 @@ pub fn describe_drop(drop: &DropReport) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_routing_loop_is_folded_and_a_plain_path_is_not() {
-        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let mut looped = names(&["pod", "node", "r1"]);
-        for _ in 0..30 {
-            looped.extend(names(&["r2", "r1"]));
-        }
-        assert_eq!(
-            fold_path(&looped),
-            "pod -> node -> r1 -> r2 -> … 56 more hops between r1 and r2 … -> r1 -> r2 -> r1"
-        );
-        let plain = names(&["pod", "node", "r1", "host"]);
-        assert_eq!(fold_path(&plain), "pod -> node -> r1 -> host");
-    }
-}
-
 /// The expectations as JUnit XML (one test case each; a failure carries what was
 /// observed), for CI systems that read test reports.
 pub fn junit(report: &Report) -> String {
@@ -793,4 +773,24 @@ pub fn junit(report: &Report) -> String {
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_routing_loop_is_folded_and_a_plain_path_is_not() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut looped = names(&["pod", "node", "r1"]);
+        for _ in 0..30 {
+            looped.extend(names(&["r2", "r1"]));
+        }
+        assert_eq!(
+            fold_path(&looped),
+            "pod -> node -> r1 -> r2 -> … 56 more hops between r1 and r2 … -> r1 -> r2 -> r1"
+        );
+        let plain = names(&["pod", "node", "r1", "host"]);
+        assert_eq!(fold_path(&plain), "pod -> node -> r1 -> host");
+    }
 }

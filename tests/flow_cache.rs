@@ -69,6 +69,7 @@ fn the_flow_cache_changes_nothing_but_speed() {
         "antrea-egress",
         "network-policy",
         "antrea-tiers",
+        "nsx-dfw",
     ] {
         hits += compare(name);
     }

@@ -161,6 +161,7 @@ fn their_captures_are_clean() {
         "antrea-egress",
         "network-policy",
         "antrea-tiers",
+        "nsx-dfw",
     ] {
         let out = dir.path().join(name);
         let output = netsim(&[

@@ -657,3 +657,106 @@ fn check_writes_junit_and_names_the_deciding_rule_of_a_failed_expectation() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+#[test]
+fn the_dfw_sees_geneve_in_encap_and_pod_addresses_when_routed() {
+    let (_, _, report) = run("nsx-dfw");
+    assert!(
+        report.expectations.iter().all(|e| e.ok),
+        "{:#?}",
+        report.expectations
+    );
+    // Encap: the DFW decides on the outer Geneve packets between node IPs.
+    assert!(rules(&report, "overlay-cross-node")
+        .iter()
+        .all(|(_, verdict, rule)| verdict == "allow" && rule == "dfw:protect-nodes/allow-geneve"));
+    // Routed: the DFW at the node's vNIC and the NetworkPolicy in OVS, in order.
+    assert_eq!(
+        rules(&report, "desk-to-web"),
+        [
+            (
+                "ingress".to_string(),
+                "allow".to_string(),
+                "dfw:protect-nodes/allow-web".to_string()
+            ),
+            (
+                "ingress".to_string(),
+                "allow".to_string(),
+                "network_policy:default/web-from-corp ingress[0]".to_string()
+            ),
+        ]
+    );
+    let admin = flow(&report, "desk-to-admin");
+    assert_eq!(admin.drop.as_ref().unwrap().device, "dfw:b-worker-1");
+}
+
+#[test]
+fn a_dfw_that_drops_geneve_cuts_cross_node_pods_but_not_same_node_ones() {
+    let text = std::fs::read_to_string(topology_path("nsx-dfw"))
+        .unwrap()
+        .replace("action = \"allow\", sources = [\"10.20.0.0/24\"]", "action = \"reject\", sources = [\"10.20.0.0/24\"]")
+        .replace(
+            "[[cluster.pod]]\nname = \"server\"\nnode = \"a-worker-2\"",
+            "[[cluster.pod]]\nname = \"neighbour\"\nnode = \"a-worker-1\"\nports = [ { port = 8080 } ]\n\n[[cluster.pod]]\nname = \"server\"\nnode = \"a-worker-2\"",
+        )
+        + "\n[[flow]]\nname = \"same-node\"\nfrom = \"pod:overlay/default/client\"\nto = \"pod:overlay/default/neighbour\"\nprotocol = \"tcp\"\n";
+    let (_, _, report) = run_text(&text);
+    let cross = flow(&report, "overlay-cross-node");
+    assert_eq!(cross.verdict, "dropped");
+    let drop = cross.drop.as_ref().unwrap();
+    assert_eq!(
+        (drop.device.as_str(), drop.reason.as_str()),
+        ("dfw:a-worker-1", "policy")
+    );
+    assert!(drop
+        .detail
+        .contains("rejected by dfw:protect-nodes/allow-geneve"));
+    assert_eq!(flow(&report, "same-node").verdict, "delivered");
+}
+
+#[test]
+fn dfw_mistakes_are_located() {
+    let example = std::fs::read_to_string(topology_path("nsx-dfw")).unwrap();
+    for (from, to, needle, message) in [
+        (
+            "action = \"drop\"",
+            "action = \"deny\"",
+            "\"deny\"",
+            "unknown DFW action `deny`",
+        ),
+        (
+            "services = [\"tcp/8080\"]",
+            "services = [\"http\"]",
+            "\"http\"",
+            "service `http` is not any, icmp",
+        ),
+        (
+            "category = \"application\"",
+            "category = \"apps\"",
+            "\"apps\"",
+            "unknown category `apps`",
+        ),
+        (
+            "applied_to = { vms = [\"a-worker-1\",",
+            "applied_to = { vms = [\"a-worker-9\",",
+            "\"a-worker-9\"",
+            "no node or host named `a-worker-9`",
+        ),
+    ] {
+        let text = example.replacen(from, to, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dfw.toml");
+        std::fs::write(&file, &text).unwrap();
+        let run = netsim(&["check", file.to_str().unwrap()]);
+        assert_eq!(run.status.code(), Some(2), "{to}");
+        let stderr = String::from_utf8(run.stderr).unwrap();
+        let at = text.find(needle).unwrap();
+        let line = text[..at].matches('\n').count() + 1;
+        let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+        assert!(
+            stderr.contains(&format!("dfw.toml:{line}:{column}: ")),
+            "{to}: {stderr}"
+        );
+        assert!(stderr.contains(message), "{stderr}");
+    }
+}

@@ -12,6 +12,7 @@
 
 pub mod antrea;
 pub mod calico;
+pub mod dfw;
 pub mod encap;
 pub mod forwarding;
 pub mod host;

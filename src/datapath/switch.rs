@@ -1,8 +1,10 @@
 //! An L2 segment (an NSX segment, a VDS port group, a VPC subnet): forwards a frame
 //! to the port that owns its destination MAC. The MAC table is known from the
 //! topology (every member's MAC), so there is no flooding or learning to model; a
-//! frame for an unknown MAC is dropped (`no-neighbor`).
+//! frame for an unknown MAC is dropped (`no-neighbor`). A port whose VM has NSX DFW
+//! rules filters what leaves the VM and what is delivered to it (`datapath::dfw`).
 
+use super::dfw::{VnicDirection, VnicFirewall};
 use super::{Ctx, DropReason, Outputs, PortId};
 use crate::packet::Packet;
 use crate::wire::Mac;
@@ -13,6 +15,8 @@ pub struct Switch {
     pub name: String,
     mac_table: FxHashMap<Mac, PortId>,
     port_count: PortId,
+    /// The NSX DFW at each port's vNIC (the VM behind it), by port.
+    firewalls: Vec<Option<VnicFirewall>>,
 }
 
 impl Switch {
@@ -21,6 +25,7 @@ impl Switch {
             name,
             mac_table: FxHashMap::default(),
             port_count: 0,
+            firewalls: Vec::new(),
         }
     }
 
@@ -29,7 +34,31 @@ impl Switch {
         let port = self.port_count;
         self.port_count += 1;
         self.mac_table.insert(mac, port);
+        self.firewalls.push(None);
         port
+    }
+
+    /// Puts a DFW filter on the vNIC of the member with `mac`.
+    pub fn set_firewall(&mut self, mac: Mac, firewall: VnicFirewall) {
+        if let Some(&port) = self.mac_table.get(&mac) {
+            self.firewalls[usize::from(port)] = Some(firewall);
+        }
+    }
+
+    /// The DFW at `port`'s vNIC admits the frame (or there is none).
+    fn admits(
+        &mut self,
+        ctx: &mut Ctx,
+        port: PortId,
+        direction: VnicDirection,
+        packet: &Packet,
+        answer_port: PortId,
+        out: &mut Outputs,
+    ) -> bool {
+        match self.firewalls.get_mut(usize::from(port)) {
+            Some(Some(firewall)) => firewall.admit(ctx, direction, packet, answer_port, out),
+            _ => true,
+        }
     }
 
     pub fn process(&mut self, ctx: &mut Ctx, in_port: PortId, packet: Packet, out: &mut Outputs) {
@@ -40,8 +69,15 @@ impl Switch {
             }
             return;
         }
+        if !self.admits(ctx, in_port, VnicDirection::Out, &packet, in_port, out) {
+            return;
+        }
         match self.mac_table.get(&destination) {
-            Some(&port) if port != in_port => out.send(port, packet),
+            Some(&port) if port != in_port => {
+                if self.admits(ctx, port, VnicDirection::In, &packet, in_port, out) {
+                    out.send(port, packet);
+                }
+            }
             // A frame for the sender's own MAC never leaves its port.
             Some(_) => ctx.drop_packet(&self.name, &packet, DropReason::NoNeighbor, || {
                 format!("segment {}: frame sent back to its own port", self.name)

@@ -544,6 +544,33 @@ pub fn build(topology: &Topology) -> Network {
             }
         }
     }
+    // The NSX DFW at each node's and host's vNIC.
+    let vms = topology
+        .clusters
+        .iter()
+        .enumerate()
+        .flat_map(|(cluster, c)| {
+            c.nodes
+                .iter()
+                .enumerate()
+                .map(move |(node, n)| (n.name.as_str(), n.segment, (cluster, node)))
+        })
+        .map(|(name, segment, (cluster, node))| (name, segment, node_macs[cluster][node]))
+        .chain(
+            topology
+                .hosts
+                .iter()
+                .enumerate()
+                .map(|(index, host)| (host.name.as_str(), host.segment, host_macs[index])),
+        )
+        .collect::<Vec<_>>();
+    for (name, segment, mac) in vms {
+        if let Some(firewall) = crate::datapath::dfw::compile(topology, name) {
+            if let Device::Switch(switch) = &mut network.devices[switches[segment]] {
+                switch.set_firewall(mac, firewall);
+            }
+        }
+    }
     network
 }
 

@@ -22,9 +22,9 @@ pub struct TopologyFile {
     pub host: Vec<Spanned<HostConfig>>,
     #[serde(default)]
     pub cluster: Vec<Spanned<ClusterConfig>>,
-    /// NSX distributed firewall: accepted by the schema, refused until modelled.
+    /// NSX distributed firewall sections.
     #[serde(default)]
-    pub dfw: Vec<Spanned<toml::Table>>,
+    pub dfw: Vec<Spanned<super::dfw::DfwConfig>>,
     #[serde(default)]
     pub flow: Vec<Spanned<FlowConfig>>,
     #[serde(default)]
@@ -39,6 +39,9 @@ pub struct TopologySection {
     pub seed: u64,
     #[serde(default = "default_conntrack_max")]
     pub conntrack_max: Spanned<usize>,
+    /// The DFW's default Layer-3 rule: `allow` (NSX's default) or `drop`.
+    #[serde(default)]
+    pub dfw_default: Option<Text>,
     /// Kubernetes manifests to load: refused until modelled.
     #[serde(default)]
     pub include: Option<Spanned<toml::Value>>,

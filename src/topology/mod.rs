@@ -5,6 +5,7 @@
 mod calico;
 mod cluster;
 pub mod config;
+pub mod dfw;
 pub mod egress;
 pub mod endpoint;
 pub mod error;

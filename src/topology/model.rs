@@ -25,6 +25,9 @@ pub struct Topology {
     pub clusters: Vec<Cluster>,
     pub flows: Vec<Flow>,
     pub expectations: Vec<Expectation>,
+    /// NSX DFW sections, and the default rule's action.
+    pub dfw: Vec<super::dfw::DfwSection>,
+    pub dfw_default: crate::datapath::policy::PolicyAction,
 }
 
 #[derive(Debug, Clone)]

@@ -101,7 +101,6 @@ pub(super) fn unique_names<'n>(
 pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
     let resolver = Resolver { source };
     resolver.unsupported(&file.topology.include, "`include` of Kubernetes manifests")?;
-    resolver.unsupported_list(&file.dfw, "NSX distributed firewall (`[[dfw]]`)")?;
 
     unique_names(
         &resolver,
@@ -213,7 +212,10 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
         clusters,
         flows: Vec::new(),
         expectations: Vec::new(),
+        dfw: Vec::new(),
+        dfw_default: crate::datapath::policy::PolicyAction::Allow,
     };
+    resolve_firewall(&resolver, file, &mut topology)?;
     if topology.name.is_empty()
         || topology.name.contains(['/', '\\'])
         || topology.name.starts_with('.')
@@ -567,6 +569,58 @@ fn add_service_snat_rules(routers: &mut [Router], clusters: &[Cluster]) {
             inserted[snat.router] += 1;
         }
     }
+}
+
+/// The `[[dfw]]` sections over the topology's VMs (nodes and hosts), and the
+/// default rule.
+fn resolve_firewall(
+    resolver: &Resolver,
+    file: &TopologyFile,
+    topology: &mut Topology,
+) -> Result<()> {
+    let vms: Vec<(String, usize)> = topology
+        .clusters
+        .iter()
+        .flat_map(|cluster| {
+            cluster
+                .nodes
+                .iter()
+                .map(|node| (node.name.clone(), node.segment))
+        })
+        .chain(
+            topology
+                .hosts
+                .iter()
+                .map(|host| (host.name.clone(), host.segment)),
+        )
+        .collect();
+    let segments = &topology.segments;
+    let segment_of = |name: &Text| -> Result<usize> {
+        segments
+            .iter()
+            .position(|segment| &segment.name == name.get_ref())
+            .ok_or_else(|| resolver.error(name, format!("no segment named `{}`", name.get_ref())))
+    };
+    topology.dfw = super::dfw::resolve_dfw(resolver, &file.dfw, &segment_of, &vms)?;
+    topology.dfw_default = match file
+        .topology
+        .dfw_default
+        .as_ref()
+        .map(|d| d.get_ref().as_str())
+    {
+        None | Some("allow") => crate::datapath::policy::PolicyAction::Allow,
+        Some("drop") => crate::datapath::policy::PolicyAction::Drop,
+        Some(other) => {
+            return Err(resolver.error(
+                file.topology
+                    .dfw_default
+                    .as_ref()
+                    .unwrap_or(&file.topology.name),
+                format!("unknown dfw_default `{other}` (expected allow or drop)"),
+            ))
+        }
+    };
+    Ok(())
 }
 
 /// `A` or `A-B` with A <= B.

@@ -269,12 +269,19 @@ fn scenario(
     threads: usize,
     kind: ScenarioKind,
 ) -> Result<Scenario, String> {
-    let established = kind != ScenarioKind::NewFlows;
+    let established = !matches!(
+        kind,
+        ScenarioKind::NewFlows | ScenarioKind::NewFlowsWithPolicies
+    );
     let per_thread = options.packets.div_ceil(threads);
     let capture = options.capture != CaptureMode::None;
     let unsnatted = without_snat(topology);
+    let guarded = with_policies(topology, POLICY_COUNT);
     let mut forwarders = (0..threads)
         .map(|_| match kind {
+            ScenarioKind::EstablishedWithPolicies | ScenarioKind::NewFlowsWithPolicies => {
+                Forwarder::new(&guarded, capture)
+            }
             ScenarioKind::ViaClusterIp => Forwarder::via_service(topology, capture),
             ScenarioKind::ToHostMasquerade => Forwarder::to_host(topology, capture),
             ScenarioKind::ToHostNoSnat => Forwarder::to_host(&unsnatted, capture),
@@ -349,6 +356,10 @@ fn scenario(
             ScenarioKind::ViaClusterIp => "cross-node-udp-via-clusterip/established",
             ScenarioKind::ToHostMasquerade => "pod-to-host-udp-masquerade/established",
             ScenarioKind::ToHostNoSnat => "pod-to-host-udp-no-snat/established",
+            ScenarioKind::EstablishedWithPolicies => "cross-node-udp-1000-policies/established",
+            ScenarioKind::NewFlowsWithPolicies => {
+                "cross-node-udp-1000-policies/new-flow-per-packet"
+            }
         }
         .into(),
         threads,
@@ -380,6 +391,67 @@ enum ScenarioKind {
     /// The same path with the cluster's `no_snat`: the conntrack entry without
     /// translation (the masquerade's cost is the difference).
     ToHostNoSnat,
+    /// Pod to pod with 1,000 NetworkPolicies on the server: known flows (the
+    /// connection's decision is reused) ...
+    EstablishedWithPolicies,
+    /// ... and a new connection every packet (each decided by the policy layers).
+    NewFlowsWithPolicies,
+}
+
+/// NetworkPolicies the policy scenarios load.
+const POLICY_COUNT: usize = 1_000;
+
+/// The topology with `count` NetworkPolicies on the server pod's namespace: each
+/// isolates the server for ingress and allows one /16 that sends nothing, one port;
+/// the last allows the client. Every new connection to the server walks them all.
+fn with_policies(topology: &Topology, count: usize) -> Topology {
+    use crate::topology::policy::{NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule, PortRef};
+    let mut copy = topology.clone();
+    let Some(cluster) = copy.clusters.first_mut() else {
+        return copy;
+    };
+    let (Some(client), Some(server)) = (
+        cluster.pods.first().cloned(),
+        cluster
+            .pods
+            .iter()
+            .position(|pod| Some(pod.node) != cluster.pods.first().map(|c| c.node)),
+    ) else {
+        return copy;
+    };
+    let namespace = cluster.pods[server].namespace.clone();
+    for index in 0..count {
+        let peer = if index + 1 == count {
+            PolicyPeer::IpBlock {
+                cidr: ipnet::Ipv4Net::from(client.ip),
+                except: Vec::new(),
+            }
+        } else {
+            let second = u8::try_from(index % 250).unwrap_or(0);
+            let first = 100 + u8::try_from(index / 250).unwrap_or(0);
+            PolicyPeer::IpBlock {
+                cidr: ipnet::Ipv4Net::new(Ipv4Addr::new(first, second, 0, 0), 16)
+                    .unwrap_or_default(),
+                except: Vec::new(),
+            }
+        };
+        let port = (index + 1 != count).then(|| PolicyPort {
+            protocol: PROTOCOL_UDP,
+            port: Some(PortRef::Number(7000 + u16::try_from(index).unwrap_or(0))),
+            end_port: None,
+        });
+        cluster.network_policies.push(NetworkPolicy {
+            name: format!("bench-{index}"),
+            namespace: namespace.clone(),
+            pods: vec![server],
+            ingress: Some(vec![PolicyRule {
+                peers: Some(vec![peer]),
+                ports: port.map(|p| vec![p]),
+            }]),
+            egress: None,
+        });
+    }
+    copy
 }
 
 /// The topology with every Antrea cluster's SNAT off.
@@ -410,6 +482,10 @@ pub fn run_with_progress(
     if Forwarder::to_host(topology, false).is_ok() {
         kinds.extend([ScenarioKind::ToHostMasquerade, ScenarioKind::ToHostNoSnat]);
     }
+    kinds.extend([
+        ScenarioKind::EstablishedWithPolicies,
+        ScenarioKind::NewFlowsWithPolicies,
+    ]);
     let total = counts.len() * kinds.len();
     let mut scenarios = Vec::new();
     for threads in counts {

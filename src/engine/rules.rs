@@ -148,6 +148,135 @@ pub struct Layer<A> {
     pub name: String,
     rules: Vec<Rule<A>>,
     default: A,
+    /// Which rules can match a packet's addresses (see [`AddressIndex`]).
+    index: AddressIndex,
+}
+
+/// Rules a layer holds before classification uses its index rather than a scan.
+const INDEXED_FROM: usize = 32;
+
+/// Which rules can match a packet, by address, so a large layer classifies by
+/// looking at its candidates only (in rule order) instead of every rule. Every rule
+/// is filed on both sides: under the addresses of its positive `SourceIn` (host
+/// addresses exactly, prefixes by length) or among the source-free rules, and the
+/// same for `DestinationIn`. A packet's candidates on one side are that side's
+/// rules for its address plus the side's free rules; classification walks the
+/// smaller side in rule order, so first match still wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct AddressIndex {
+    source: SideIndex,
+    destination: SideIndex,
+    source_free: Vec<u32>,
+    destination_free: Vec<u32>,
+}
+
+/// One side's index: host address -> rules, (prefix length, network) -> rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SideIndex {
+    hosts: rustc_hash::FxHashMap<u32, Vec<u32>>,
+    prefixes: rustc_hash::FxHashMap<(u8, u32), Vec<u32>>,
+    /// Prefix lengths in use.
+    lengths: Vec<u8>,
+}
+
+impl SideIndex {
+    fn add(&mut self, index: u32, set: &AddressSet) {
+        for host in &set.hosts {
+            self.hosts.entry(*host).or_default().push(index);
+        }
+        for prefix in &set.prefixes {
+            let length = prefix.prefix_len();
+            let network = u32::from(prefix.network());
+            self.prefixes
+                .entry((length, network))
+                .or_default()
+                .push(index);
+            if !self.lengths.contains(&length) {
+                self.lengths.push(length);
+            }
+        }
+    }
+
+    fn lists<'a>(&'a self, address: Ipv4Addr, lists: &mut Vec<&'a [u32]>) {
+        let address = u32::from(address);
+        if let Some(rules) = self.hosts.get(&address) {
+            lists.push(rules);
+        }
+        for &length in &self.lengths {
+            let mask = if length == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(length))
+            };
+            if let Some(rules) = self.prefixes.get(&(length, address & mask)) {
+                lists.push(rules);
+            }
+        }
+    }
+}
+
+impl AddressIndex {
+    fn add<A>(&mut self, index: u32, rule: &Rule<A>) {
+        let first = |source: bool| {
+            rule.predicates
+                .iter()
+                .find_map(|predicate| match predicate {
+                    Predicate::SourceIn(set) if source => Some(set),
+                    Predicate::DestinationIn(set) if !source => Some(set),
+                    _ => None,
+                })
+        };
+        match first(true) {
+            Some(set) => self.source.add(index, set),
+            None => self.source_free.push(index),
+        }
+        match first(false) {
+            Some(set) => self.destination.add(index, set),
+            None => self.destination_free.push(index),
+        }
+    }
+
+    /// The lists of rules that can match `key` on its more selective side; each
+    /// list is in rule order.
+    fn candidate_lists(&self, key: &FlowKey) -> Vec<&[u32]> {
+        let mut by_source: Vec<&[u32]> = vec![&self.source_free];
+        self.source.lists(key.source, &mut by_source);
+        let mut by_destination: Vec<&[u32]> = vec![&self.destination_free];
+        self.destination.lists(key.destination, &mut by_destination);
+        let size = |lists: &[&[u32]]| lists.iter().map(|list| list.len()).sum::<usize>();
+        if size(&by_source) <= size(&by_destination) {
+            by_source
+        } else {
+            by_destination
+        }
+    }
+}
+
+/// Walks several ascending lists of rule indices as one, in order, each index once
+/// (the lists are few: the rules for any packet, its addresses, their prefixes).
+struct MergedCandidates<'a> {
+    lists: Vec<&'a [u32]>,
+    last: Option<u32>,
+}
+
+impl Iterator for MergedCandidates<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        loop {
+            let (position, &smallest) = self
+                .lists
+                .iter()
+                .enumerate()
+                .filter_map(|(position, list)| list.first().map(|head| (position, head)))
+                .min_by_key(|(_, head)| **head)?;
+            self.lists[position] = &self.lists[position][1..];
+            if self.last != Some(smallest) {
+                self.last = Some(smallest);
+                return Some(smallest);
+            }
+        }
+    }
 }
 
 /// Which rule decided, and its action.
@@ -166,11 +295,14 @@ impl<A> Layer<A> {
             name: name.into(),
             rules: Vec::new(),
             default,
+            index: AddressIndex::default(),
         }
     }
 
     /// Appends a rule (`-A`): it is tried after every rule already in the table.
     pub fn push(&mut self, rule: Rule<A>) {
+        let index = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
+        self.index.add(index, &rule);
         self.rules.push(rule);
     }
 
@@ -182,14 +314,23 @@ impl<A> Layer<A> {
         self.rules.is_empty()
     }
 
-    /// The first rule that matches, or the default.
+    /// The first rule that matches, or the default. A large layer looks only at
+    /// the rules its address index says can match.
     pub fn classify(&self, packet: &Metadata) -> Decision<'_, A> {
-        match self
-            .rules
-            .iter()
-            .enumerate()
+        let found = if self.rules.len() < INDEXED_FROM {
+            self.rules
+                .iter()
+                .enumerate()
+                .find(|(_, rule)| rule.matches(packet))
+        } else {
+            MergedCandidates {
+                lists: self.index.candidate_lists(&packet.key),
+                last: None,
+            }
+            .map(|index| (index as usize, &self.rules[index as usize]))
             .find(|(_, rule)| rule.matches(packet))
-        {
+        };
+        match found {
             Some((index, rule)) => Decision {
                 action: &rule.action,
                 rule: Some(index),
@@ -265,6 +406,50 @@ mod tests {
         assert_eq!((*east_west.action, east_west.rule), ("accept", None));
         let gateway = layer.classify(&packet([10, 244, 0, 5], [8, 8, 8, 8], 2, 0x1));
         assert_eq!(gateway.name, "default");
+    }
+
+    #[test]
+    fn a_large_layer_decides_as_a_linear_scan_would() {
+        let mut layer = Layer::new("big", 0usize);
+        for index in 0..200u32 {
+            let predicates = match index % 4 {
+                0 => vec![Predicate::SourceIn(AddressSet::of_hosts([Ipv4Addr::from(
+                    0x0a00_0000 + index,
+                )]))],
+                1 => vec![Predicate::SourceIn(set(&format!(
+                    "10.{}.0.0/16",
+                    index % 7
+                )))],
+                2 => vec![Predicate::DestinationIn(set("2.2.2.0/24"))],
+                _ => vec![
+                    Predicate::SourceIn(set("10.0.0.0/8")),
+                    Predicate::DestinationPort {
+                        low: 443,
+                        high: 443,
+                    },
+                ],
+            };
+            layer.push(Rule::new(
+                format!("r{index}"),
+                predicates,
+                index as usize + 1,
+            ));
+        }
+        for source in [
+            [10, 0, 0, 5],
+            [10, 3, 1, 1],
+            [10, 0, 0, 200],
+            [192, 168, 1, 1],
+        ] {
+            for destination in [[2, 2, 2, 2], [8, 8, 8, 8]] {
+                let metadata = packet(source, destination, 0, 0);
+                let linear = layer
+                    .rules()
+                    .iter()
+                    .position(|rule| rule.matches(&metadata));
+                assert_eq!(layer.classify(&metadata).rule, linear, "{source:?}");
+            }
+        }
     }
 
     #[test]

@@ -426,3 +426,53 @@ fn kube_proxy_on_a_calico_node_answers_the_health_check_port() {
         ["client", "tor", "worker-a2", "worker-a2/kube-proxy"]
     );
 }
+
+#[test]
+fn felix_enforces_network_policy_in_the_forward_chain_statefully() {
+    // web-b accepts only the client pod on http; web-a's egress is closed.
+    let text = std::fs::read_to_string(topology_path("calico-bgp-tor"))
+        .unwrap()
+        .replace(
+            "[[cluster.pod]]\nname = \"client\"\nnode = \"worker-a1\"\n",
+            "[[cluster.pod]]\nname = \"client\"\nnode = \"worker-a1\"\nlabels = { app = \"client\" }\n",
+        )
+        .replace(
+            "[[cluster.pod]]\nname = \"web-b\"\nnode = \"worker-b1\"\n",
+            "[[cluster.pod]]\nname = \"web-b\"\nnode = \"worker-b1\"\nlabels = { app = \"web-b\" }\n",
+        )
+        .replace(
+            "[[cluster.pod]]\nname = \"web-a\"\nnode = \"worker-a2\"\n",
+            "[[cluster.pod]]\nname = \"web-a\"\nnode = \"worker-a2\"\nlabels = { app = \"web-a\" }\n",
+        )
+        .replacen(
+            "[[flow]]",
+            "[[cluster.network_policy]]\nname = \"web-b-from-client\"\npod_selector = { match_labels = { app = \"web-b\" } }\ningress = [ { from = [ { pod_selector = { match_labels = { app = \"client\" } } } ], ports = [ { port = \"http\" } ] } ]\n\n[[cluster.network_policy]]\nname = \"web-a-no-egress\"\npod_selector = { match_labels = { app = \"web-a\" } }\npolicy_types = [\"Egress\"]\n\n[[flow]]",
+            1,
+        );
+    let (_, _, report) = run_text(&text);
+    // The client reaches web-b (and its answers come back through the ESTABLISHED
+    // accept).
+    let cross = flow(&report, "cross-rack");
+    assert_eq!(cross.verdict, "delivered");
+    assert_eq!(
+        cross.policy[0].rule,
+        "network_policy:default/web-b-from-client ingress[0]"
+    );
+    assert_eq!(cross.policy[0].device, "worker-b1");
+    // The corporate host is not the client pod: dropped on web-b's node.
+    let host = flow(&report, "client-to-pod");
+    assert_eq!(host.verdict, "dropped");
+    let drop = host.drop.as_ref().unwrap();
+    assert_eq!(
+        (drop.device.as_str(), drop.reason.as_str()),
+        ("worker-b1", "policy")
+    );
+    assert!(drop
+        .detail
+        .contains("default-deny by isolation: default/web-b-from-client"));
+    // web-a may send nothing: its own node drops it (egress).
+    let borrowed = flow(&report, "to-borrowed");
+    assert_eq!(borrowed.verdict, "dropped");
+    assert_eq!(borrowed.drop.as_ref().unwrap().device, "worker-a2");
+    assert_eq!(borrowed.policy[0].direction, "egress");
+}

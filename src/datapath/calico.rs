@@ -16,7 +16,9 @@ use super::host::{
     HostEgress, HostIngress, HostRoute, HostStack, InteriorId, InteriorLink, LinuxHost, LocalPod,
 };
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
+use crate::datapath::policy::{PolicyDirection, PolicyEnforcer, PolicyState};
 use crate::engine::conntrack::Conntrack;
+use crate::engine::conntrack::Direction;
 use crate::engine::hash::tunnel_source_port;
 use crate::engine::nat::NatAction;
 use crate::engine::rules::{AddressSet, Layer, Predicate, Rule};
@@ -88,6 +90,8 @@ impl RouteSource {
 /// Everything a Calico node is built from.
 #[derive(Debug, Clone)]
 pub struct CalicoNodeSettings {
+    /// The cluster's compiled network policy.
+    pub policy: std::sync::Arc<crate::datapath::policy::ClusterPolicy>,
     pub name: String,
     pub ip: Ipv4Addr,
     pub mac: Mac,
@@ -118,6 +122,9 @@ pub struct CalicoNode {
     settings: CalicoNodeSettings,
     pub stack: HostStack,
     route_sources: BTreeMap<Ipv4Net, RouteSource>,
+    /// Felix's policy: the cluster's compiled NetworkPolicy and the connections it
+    /// allowed.
+    policy: PolicyEnforcer,
 }
 
 impl CalicoNode {
@@ -139,10 +146,16 @@ impl CalicoNode {
             stack.routes.insert(*prefix, *route);
             route_sources.insert(*prefix, *source);
         }
+        let policy = PolicyEnforcer::new(
+            settings.policy.clone(),
+            settings.conntrack_max,
+            settings.seed,
+        );
         CalicoNode {
             settings,
             stack,
             route_sources,
+            policy,
         }
     }
 
@@ -377,6 +390,51 @@ impl LinuxHost for CalicoNode {
 
     /// Felix adds `--random-fully` to its MASQUERADE when iptables supports it
     /// (every current node image does; reference §f).
+    /// Felix's filter FORWARD chains (reference §f; Calico enforces Kubernetes
+    /// NetworkPolicy in iptables): `cali-fw-<veth>` for what a local pod sends
+    /// (its egress policy), `cali-tw-<veth>` for what is routed to one (its ingress
+    /// policy), both after `--ctstate RELATED,ESTABLISHED -j ACCEPT`.
+    fn filter_forward(
+        &mut self,
+        ctx: &mut Ctx,
+        slot: Option<usize>,
+        ingress: HostIngress,
+        egress: HostEgress,
+        connection: Option<(crate::engine::conntrack::EntryId, Direction)>,
+        packet: &Packet,
+    ) -> bool {
+        let state = match (self.policy.state(ctx, packet), connection) {
+            (PolicyState::New, None | Some((_, Direction::Original))) => PolicyState::New,
+            _ => return true,
+        };
+        let is_pod = |interface: InteriorId| {
+            interface != TUNNEL && usize::from(interface) <= self.settings.pods.len()
+        };
+        let from_pod = matches!(ingress, HostIngress::Interior(id) if is_pod(id));
+        let to_pod = matches!(egress, HostEgress::Interior { interface, .. } if is_pod(interface));
+        for (applies, direction, chain) in [
+            (from_pod, PolicyDirection::Egress, "cali-fw"),
+            (to_pod, PolicyDirection::Ingress, "cali-tw"),
+        ] {
+            if !applies {
+                continue;
+            }
+            if let Err(denial) = self
+                .policy
+                .check(ctx, &self.settings.name, direction, packet)
+            {
+                let what = denial.describe();
+                ctx.describe(slot, HopAction::Drop, || format!("felix {chain}: {what}"));
+                ctx.drop_packet(&self.settings.name, packet, denial.reason(), || what);
+                return false;
+            }
+        }
+        if state == PolicyState::New && (from_pod || to_pod) {
+            self.policy.commit(ctx, packet);
+        }
+        true
+    }
+
     fn send_interior(
         &mut self,
         ctx: &mut Ctx,

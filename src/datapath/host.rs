@@ -372,6 +372,20 @@ pub trait LinuxHost {
     fn node_port_redirect(&self) -> Option<Ipv4Addr> {
         None
     }
+    /// The filter FORWARD chain for a routed packet (after PREROUTING's NAT, before
+    /// POSTROUTING): false when the CNI's policy dropped it (and recorded so).
+    fn filter_forward(
+        &mut self,
+        _ctx: &mut Ctx,
+        _slot: Option<usize>,
+        _ingress: HostIngress,
+        _egress: HostEgress,
+        _connection: Option<(EntryId, Direction)>,
+        _packet: &Packet,
+    ) -> bool {
+        true
+    }
+
     /// Hands a packet to an interior interface; `forwarded` is false for what the
     /// node itself sends (its hop is recorded already).
     fn send_interior(
@@ -506,6 +520,10 @@ pub trait LinuxHost {
         if !matches!(ingress, HostIngress::Interior(id) if Some(id) == self.host_process_interface())
         {
             packet.decrement_ttl();
+        }
+        // The filter table's FORWARD chain: the CNI's policy (Felix's cali-fw / cali-tw).
+        if !self.filter_forward(ctx, slot, ingress, egress, connection, &packet) {
+            return;
         }
         // Neighbour resolution. Linux resolves after POSTROUTING and sends the
         // host-unreachable to the translated source, which the RELATED conntrack

@@ -398,6 +398,7 @@ pub fn build(topology: &Topology) -> Network {
                     bgp: &control.nodes[cluster_id][node_id],
                     attach: &attach,
                     services: services.clone(),
+                    policy: cluster_policy.clone(),
                 };
                 build_calico_node(&mut network, topology, at, &mut pod_counter);
             }
@@ -742,6 +743,7 @@ struct CalicoNodeAt<'a> {
     /// Plugs a device's port into a segment's switch.
     attach: &'a dyn Fn(&mut Network, usize, DeviceId, PortId, Mac),
     services: Option<Arc<ServiceTable>>,
+    policy: Arc<crate::datapath::policy::ClusterPolicy>,
 }
 
 /// The virtual servers of the LoadBalancer Services whose VIP lives on router
@@ -930,6 +932,7 @@ fn build_calico_node(
         None,
     );
     let settings = CalicoNodeSettings {
+        policy: at.policy.clone(),
         host_process: host_process.clone(),
         name: node.name.clone(),
         ip: node.ip,

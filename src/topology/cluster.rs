@@ -46,12 +46,6 @@ pub(super) fn resolve_cluster(
             ))
         }
     };
-    if cni == Cni::Calico {
-        resolver.unsupported_list(
-            &config.network_policy,
-            "NetworkPolicy on a Calico cluster (Felix)",
-        )?;
-    }
     if cni == Cni::Antrea {
         if let Some(calico) = &config.calico {
             return Err(resolver.error(

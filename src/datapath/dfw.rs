@@ -8,7 +8,7 @@
 
 use super::local::AnswerLink;
 use super::policy::PolicyAction;
-use super::{icmp, Ctx, DropReason, Outputs, PortId};
+use super::{Ctx, DropReason, Outputs, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::rules::{AddressSet, Layer, Metadata, Predicate, Rule};
 use crate::packet::Packet;
@@ -169,33 +169,8 @@ fn reject(ctx: &mut Ctx, packet: &Packet) -> Option<Packet> {
         destination_mac: packet.meta.source_mac,
         identification: 0,
     };
-    if packet.meta.key.protocol == crate::wire::PROTOCOL_TCP {
-        let mut reset = super::local::reset(packet, link)?;
-        ctx.generated(&mut reset);
-        return Some(reset);
-    }
-    if !icmp::may_send_error(packet) {
-        return None;
-    }
-    let header = icmp::ErrorHeader {
-        source: packet.meta.key.destination,
-        source_mac: link.source_mac,
-        destination_mac: link.destination_mac,
-        ttl: 64,
-        identification: 0,
-        tos: 0,
-        dont_fragment: false,
-    };
-    // The reference gives no code for NSX's reject [K]; NSX documents a
+    // The reference gives no ICMP code for NSX's reject [K]; NSX documents a
     // "destination unreachable" answer, and RFC 1812's "communication
-    // administratively prohibited" (13) is what a firewall filter sends.
-    let mut answer = icmp::error(
-        packet,
-        icmp::TYPE_DESTINATION_UNREACHABLE,
-        CODE_ADMINISTRATIVELY_PROHIBITED,
-        0,
-        header,
-    );
-    ctx.generated(&mut answer);
-    Some(answer)
+    // administratively prohibited" (13) is what a filter sends.
+    super::local::refusal(ctx, packet, link, CODE_ADMINISTRATIVELY_PROHIBITED, None)
 }

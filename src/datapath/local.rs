@@ -143,6 +143,49 @@ pub fn describe_refusal(refusal: &Packet) -> String {
 /// reset): with ACK set, `<SEQ=SEG.ACK><CTL=RST>`; otherwise `<SEQ=0><ACK=SEG.SEQ +
 /// SEG.LEN><CTL=RST,ACK>`, SYN and FIN each counting one. Linux sends it with DF set,
 /// IP id 0 and TTL 64 (`tcp_v4_send_reset` on the per-netns control socket).
+/// A firewall's or proxy's refusal of `packet`, from its destination back to its
+/// source: a TCP RST (counted as generated), otherwise ICMP destination unreachable
+/// with `code` (none for a packet no ICMP error may answer). The ICMP error's hop is
+/// recorded at `point` when there is one.
+pub fn refusal(
+    ctx: &mut Ctx,
+    packet: &Packet,
+    link: AnswerLink,
+    code: u8,
+    point: Option<PointId>,
+) -> Option<Packet> {
+    if packet.meta.key.protocol == crate::wire::PROTOCOL_TCP {
+        let mut answer = reset(packet, link)?;
+        ctx.generated(&mut answer);
+        return Some(answer);
+    }
+    if !icmp::may_send_error(packet) {
+        return None;
+    }
+    let header = ErrorHeader {
+        source: packet.meta.key.destination,
+        source_mac: link.source_mac,
+        destination_mac: link.destination_mac,
+        ttl: 64,
+        identification: 0,
+        tos: 0,
+        dont_fragment: false,
+    };
+    let message = ErrorMessage {
+        icmp_type: icmp::TYPE_DESTINATION_UNREACHABLE,
+        code,
+        rest: 0,
+    };
+    Some(match point {
+        Some(point) => icmp::originate(ctx, point, packet, message, header),
+        None => {
+            let mut answer = icmp::error(packet, message.icmp_type, code, 0, header);
+            ctx.generated(&mut answer);
+            answer
+        }
+    })
+}
+
 pub fn reset(packet: &Packet, link: AnswerLink) -> Option<Packet> {
     let meta = &packet.meta;
     if meta.tcp_flags & tcp_flags::RST != 0 {

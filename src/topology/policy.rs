@@ -144,19 +144,8 @@ pub(super) fn resolve_network_policies(
     let mut resolved = Vec::new();
     for spanned in policies {
         let config = spanned.get_ref();
-        let namespace = match &config.namespace {
-            Some(ns) if !namespaces.iter().any(|n| &n.name == ns.get_ref()) => {
-                return Err(resolver.error(
-                    ns,
-                    format!(
-                        "no namespace named `{}` (declare it with [[cluster.namespace]])",
-                        ns.get_ref()
-                    ),
-                ))
-            }
-            Some(ns) => ns.get_ref().clone(),
-            None => "default".to_string(),
-        };
+        let namespace =
+            super::resolve::namespace_of(resolver, config.namespace.as_ref(), namespaces)?;
         let name = config.name.get_ref().clone();
         if resolved
             .iter()

@@ -623,6 +623,25 @@ fn resolve_firewall(
     Ok(())
 }
 
+/// An object's `namespace` (default `default`), which must be declared.
+pub(super) fn namespace_of(
+    resolver: &Resolver,
+    namespace: Option<&Text>,
+    namespaces: &[Namespace],
+) -> Result<String> {
+    match namespace {
+        Some(ns) if !namespaces.iter().any(|n| &n.name == ns.get_ref()) => Err(resolver.error(
+            ns,
+            format!(
+                "no namespace named `{}` (declare it with [[cluster.namespace]])",
+                ns.get_ref()
+            ),
+        )),
+        Some(ns) => Ok(ns.get_ref().clone()),
+        None => Ok("default".to_string()),
+    }
+}
+
 /// `A` or `A-B` with A <= B.
 pub(super) fn parse_address_range(text: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
     let (first, last) = match text.split_once('-') {

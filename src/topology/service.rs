@@ -88,19 +88,8 @@ pub(super) fn resolve_services(
     for spanned in &config.service {
         let service = spanned.get_ref();
         refuse_not_modelled(resolver, service)?;
-        let namespace = match &service.namespace {
-            Some(ns) if !namespaces.iter().any(|n| &n.name == ns.get_ref()) => {
-                return Err(resolver.error(
-                    ns,
-                    format!(
-                        "no namespace named `{}` (declare it with [[cluster.namespace]])",
-                        ns.get_ref()
-                    ),
-                ))
-            }
-            Some(ns) => ns.get_ref().clone(),
-            None => "default".to_string(),
-        };
+        let namespace =
+            super::resolve::namespace_of(resolver, service.namespace.as_ref(), namespaces)?;
         let kind = match service.kind.as_ref().map(|k| k.get_ref().as_str()) {
             None | Some("ClusterIP") => ServiceType::ClusterIp,
             Some("NodePort") => ServiceType::NodePort,

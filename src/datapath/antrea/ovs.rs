@@ -413,34 +413,18 @@ impl AntreaNode {
             destination_mac: local.mac,
             identification: 0,
         };
-        let answer = if packet.meta.key.protocol == crate::wire::PROTOCOL_TCP {
-            let Some(mut reset) = crate::datapath::local::reset(packet, link) else {
-                return;
-            };
-            ctx.generated(&mut reset);
-            ctx.hop(local.veth_point, &reset, HopAction::Transmit, || {
-                "AntreaProxy reject: tcp reset from the Service address (no endpoints)".into()
-            });
-            reset
-        } else if icmp::may_send_error(packet) {
-            let header = ErrorHeader {
-                source: packet.meta.key.destination,
-                source_mac: link.source_mac,
-                destination_mac: link.destination_mac,
-                ttl: 64,
-                identification: 0,
-                tos: 0,
-                dont_fragment: false,
-            };
-            let message = ErrorMessage {
-                icmp_type: icmp::TYPE_DESTINATION_UNREACHABLE,
-                code: CODE_HOST_PROHIBITED,
-                rest: 0,
-            };
-            icmp::originate(ctx, local.veth_point, packet, message, header)
-        } else {
+        let tcp = packet.meta.key.protocol == crate::wire::PROTOCOL_TCP;
+        let point = (!tcp).then_some(local.veth_point);
+        let Some(answer) =
+            crate::datapath::local::refusal(ctx, packet, link, CODE_HOST_PROHIBITED, point)
+        else {
             return;
         };
+        if tcp {
+            ctx.hop(local.veth_point, &answer, HopAction::Transmit, || {
+                "AntreaProxy reject: tcp reset from the Service address (no endpoints)".into()
+            });
+        }
         let port = PortId::try_from(pod + 1).unwrap_or(PortId::MAX);
         out.send(port, answer);
     }
@@ -572,29 +556,9 @@ impl AntreaNode {
             identification: 0,
         };
         let point = self.settings.gateway_point;
-        let answer = if packet.meta.key.protocol == crate::wire::PROTOCOL_TCP {
-            let Some(mut reset) = crate::datapath::local::reset(packet, link) else {
-                return;
-            };
-            ctx.generated(&mut reset);
-            reset
-        } else if icmp::may_send_error(packet) {
-            let header = ErrorHeader {
-                source: packet.meta.key.destination,
-                source_mac: link.source_mac,
-                destination_mac: link.destination_mac,
-                ttl: 64,
-                identification: 0,
-                tos: 0,
-                dont_fragment: false,
-            };
-            let message = ErrorMessage {
-                icmp_type: icmp::TYPE_DESTINATION_UNREACHABLE,
-                code: CODE_HOST_PROHIBITED,
-                rest: 0,
-            };
-            icmp::originate(ctx, point, packet, message, header)
-        } else {
+        let Some(answer) =
+            crate::datapath::local::refusal(ctx, packet, link, CODE_HOST_PROHIBITED, Some(point))
+        else {
             return;
         };
         if let Some(pod) = local {

@@ -188,7 +188,7 @@ fn egress_mistakes_are_located() {
     assert_located(
         &text,
         "\"egress-9\"",
-        "node `egress-9` is not in this cluster",
+        "no node named `egress-9` in this cluster",
     );
     let text = example().replace("[\"192.168.60.0/24\"]", "[\"192.168.60.0/33\"]");
     assert_located(&text, "\"192.168.60.0/33\"", "is not a CIDR");

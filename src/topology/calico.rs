@@ -53,17 +53,7 @@ pub(super) fn resolve_calico(
     let default = Spanned::new(0..0, empty_config());
     let spanned = config.calico.as_ref().unwrap_or(&default);
     let calico = spanned.get_ref();
-    let node_index = |name: &Text| -> Result<usize> {
-        nodes
-            .iter()
-            .position(|n| &n.name == name.get_ref())
-            .ok_or_else(|| {
-                resolver.error(
-                    name,
-                    format!("no node named `{}` in this cluster", name.get_ref()),
-                )
-            })
-    };
+    let node_index = |name: &Text| super::egress::node_index(resolver, name, nodes);
     // calico.yaml: CALICO_IPV4POOL_IPIP=Always, VXLAN Never.
     let ipip_mode = encap_mode(
         resolver,

@@ -276,14 +276,15 @@ fn resolve_pools<'a>(
     Ok(resolved)
 }
 
-fn node_index(resolver: &Resolver, name: &Text, nodes: &[Node]) -> Result<usize> {
+/// The index of the cluster node named `name`.
+pub(super) fn node_index(resolver: &Resolver, name: &Text, nodes: &[Node]) -> Result<usize> {
     nodes
         .iter()
         .position(|n| &n.name == name.get_ref())
         .ok_or_else(|| {
             resolver.error(
                 name,
-                format!("node `{}` is not in this cluster", name.get_ref()),
+                format!("no node named `{}` in this cluster", name.get_ref()),
             )
         })
 }

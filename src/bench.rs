@@ -184,6 +184,16 @@ impl Forwarder {
         transport_frame(PROTOCOL_UDP, &addresses, &payload)
     }
 
+    /// Rewrites `frame` (one of [`Forwarder::frame`]'s) into the `index`-th of more
+    /// distinct UDP flows than any node's flow cache holds (64,000 source ports ×
+    /// 1,000 destination ports), so a run over consecutive indices misses the cache
+    /// on every packet.
+    pub fn make_new_flow(frame: &mut [u8], index: usize) {
+        let source_port = 1024 + u16::try_from(index % 64_000).unwrap_or(0);
+        let destination_port = 5000 + u16::try_from(index / 64_000 % 1000).unwrap_or(0);
+        set_udp_ports(frame, source_port, destination_port);
+    }
+
     /// Forwards one frame end to end; true when it reached the server pod.
     pub fn send(&mut self, frame: &[u8], now_ns: u64) -> bool {
         let mut packet = match self.spare.take() {
@@ -315,11 +325,7 @@ fn scenario(
                         } else {
                             // A new 5-tuple every packet: more distinct flows than any
                             // node's flow cache holds, so every packet takes the slow path.
-                            let flow = index * threads + thread;
-                            let source_port = 1024 + u16::try_from(flow % 64_000).unwrap_or(0);
-                            let destination_port =
-                                5000 + u16::try_from(flow / 64_000 % 1000).unwrap_or(0);
-                            set_udp_ports(&mut fresh, source_port, destination_port);
+                            Forwarder::make_new_flow(&mut fresh, index * threads + thread);
                             forwarder.send(&fresh, now)
                         };
                         delivered += u64::from(ok);

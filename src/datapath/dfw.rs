@@ -30,6 +30,8 @@ pub enum VnicDirection {
 pub struct VnicFirewall {
     /// `dfw:VM`: how drops name where they happened.
     pub device: String,
+    /// The VM's eth0 capture point: a denied frame is recorded there, named.
+    pub point: Option<super::PointId>,
     inbound: Layer<PolicyAction>,
     outbound: Layer<PolicyAction>,
     connections: Conntrack,
@@ -88,6 +90,7 @@ pub fn compile(topology: &Topology, vm: &str) -> Option<VnicFirewall> {
     }
     Some(VnicFirewall {
         device: format!("dfw:{vm}"),
+        point: None,
         inbound,
         outbound,
         connections: Conntrack::new(topology.conntrack_max, topology.seed),
@@ -146,6 +149,11 @@ impl VnicFirewall {
         } else {
             "dropped"
         };
+        if let Some(point) = self.point {
+            ctx.hop(point, packet, super::HopAction::Drop, || {
+                format!("dfw {way} {verb} by {rule}")
+            });
+        }
         ctx.drop_packet(&self.device, packet, DropReason::Policy, || {
             format!("{way} {verb} by {rule}")
         });

@@ -566,7 +566,13 @@ pub fn build(topology: &Topology) -> Network {
         )
         .collect::<Vec<_>>();
     for (name, segment, mac) in vms {
-        if let Some(firewall) = crate::datapath::dfw::compile(topology, name) {
+        if let Some(mut firewall) = crate::datapath::dfw::compile(topology, name) {
+            let eth0 = format!("{name}:eth0");
+            firewall.point = network
+                .points
+                .iter()
+                .position(|point| point.name == eth0)
+                .and_then(|index| PointId::try_from(index).ok());
             if let Device::Switch(switch) = &mut network.devices[switches[segment]] {
                 switch.set_firewall(mac, firewall);
             }

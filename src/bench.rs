@@ -33,8 +33,9 @@ pub struct BenchOptions {
     pub packets: usize,
     /// IP packet size in bytes.
     pub size: usize,
-    /// One thread count, or (None) 1 and every count up to the machine's cores.
-    pub threads: Option<usize>,
+    /// The thread counts to measure; empty: 1 and every count up to the machine's
+    /// cores.
+    pub threads: Vec<usize>,
     pub capture: CaptureMode,
 }
 
@@ -259,15 +260,17 @@ fn set_udp_ports(frame: &mut [u8], source_port: u16, destination_port: u16) {
 }
 
 fn thread_counts(options: &BenchOptions) -> Vec<usize> {
-    match options.threads {
-        Some(threads) => vec![threads.max(1)],
-        None => {
-            let cores = std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(1);
-            (1..=cores).collect()
-        }
+    if options.threads.is_empty() {
+        let cores = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1);
+        return (1..=cores).collect();
     }
+    options
+        .threads
+        .iter()
+        .map(|&threads| threads.max(1))
+        .collect()
 }
 
 /// Runs one scenario on `threads` threads: `established` replays `flows` known flows

@@ -157,7 +157,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: MatrixFormat,
     },
-    /// Measure the forwarding core: packets/s, bits/s and ns/packet per thread count.
+    /// Measure the forwarding core: packets/s, bits/s and ns/packet per scenario and
+    /// thread count. ns/packet is CPU time per packet: wall time × threads ÷ packets
+    /// (so on N threads that scale perfectly it stays what it is on one).
     Bench {
         topology: Option<PathBuf>,
         #[arg(long, default_value_t = 64)]
@@ -166,9 +168,10 @@ enum Command {
         packets: usize,
         #[arg(long, default_value_t = 512)]
         size: usize,
-        /// Thread counts to measure (default: 1 and every count up to the cores).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// Thread counts to measure, e.g. `1,2,4` (default: 1 and every count up to
+        /// the cores).
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
         #[arg(long, value_enum, default_value = "none")]
         capture: CaptureArg,
         #[arg(long, value_enum, default_value = "text")]

@@ -83,3 +83,31 @@ fn bench_runs_on_a_given_topology_with_capture() {
     assert!(text.contains("cross-node-udp/established"));
     assert!(text.contains("packets/s"));
 }
+
+#[test]
+fn bench_takes_a_list_of_thread_counts() {
+    let output = netsim(&[
+        "bench",
+        "--threads",
+        "1,2",
+        "--packets",
+        "200",
+        "--flows",
+        "4",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let threads: std::collections::BTreeSet<u64> = results["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["threads"].as_u64().unwrap())
+        .collect();
+    assert_eq!(threads.into_iter().collect::<Vec<_>>(), [1, 2]);
+}

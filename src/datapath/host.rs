@@ -876,26 +876,8 @@ pub trait LinuxHost {
         target: (Ipv4Addr, u16),
         (kind, component): (&'static str, &'static str),
     ) {
-        let key = packet.meta.key;
-        let current = match side {
-            Side::Source => (key.source, key.source_port),
-            Side::Destination => (key.destination, key.destination_port),
-        };
-        if current == target {
-            return;
-        }
-        match side {
-            Side::Source => packet.set_source(target.0, target.1),
-            Side::Destination => packet.set_destination(target.0, target.1),
-        }
-        ctx.nat(
-            &self.stack().name,
-            component,
-            packet,
-            kind,
-            || format!("{}:{}", current.0, current.1),
-            || format!("{}:{}", target.0, target.1),
-        );
+        let device = self.stack().name.as_str();
+        super::nat::rewrite(ctx, (device, component), packet, side, target, kind);
     }
 
     /// Commits a new connection as the POSTROUTING chain decides: the first rule that

@@ -7,8 +7,10 @@
 //! errors are translated back here too.
 
 use super::Ctx;
+use crate::datapath::host::Side;
 use crate::engine::conntrack::{Direction, Entry};
 use crate::packet::Packet;
+use std::net::Ipv4Addr;
 
 /// Rewrites both ends of `packet` as `entry` says for a packet in `direction`
 /// (original: DNAT and SNAT; reply: un-SNAT and un-DNAT), recording each rewrite that
@@ -21,37 +23,54 @@ pub fn apply_entry(
     direction: Direction,
     packet: &mut Packet,
 ) {
-    let key = packet.meta.key;
-    let destination = entry.translated_destination(direction);
-    let source = entry.translated_source(direction);
     let (destination_kind, source_kind) = match direction {
         Direction::Original => ("dnat", "snat"),
         Direction::Reply => ("unsnat", "undnat"),
     };
-    let before = (key.destination, key.destination_port);
-    if before != destination {
-        packet.set_destination(destination.0, destination.1);
-        ctx.nat(
-            device,
-            component,
-            packet,
-            destination_kind,
-            || format!("{}:{}", before.0, before.1),
-            || format!("{}:{}", destination.0, destination.1),
-        );
+    let record = (device, component);
+    let destination = entry.translated_destination(direction);
+    rewrite(
+        ctx,
+        record,
+        packet,
+        Side::Destination,
+        destination,
+        destination_kind,
+    );
+    let source = entry.translated_source(direction);
+    rewrite(ctx, record, packet, Side::Source, source, source_kind);
+}
+
+/// Rewrites one end of `packet` to `target` when it differs (addresses, port and
+/// checksums together) and records the rewrite as `kind` by `(device, component)`.
+pub fn rewrite(
+    ctx: &mut Ctx,
+    (device, component): (&str, &'static str),
+    packet: &mut Packet,
+    side: Side,
+    target: (Ipv4Addr, u16),
+    kind: &'static str,
+) {
+    let key = packet.meta.key;
+    let current = match side {
+        Side::Source => (key.source, key.source_port),
+        Side::Destination => (key.destination, key.destination_port),
+    };
+    if current == target {
+        return;
     }
-    let before = (key.source, key.source_port);
-    if before != source {
-        packet.set_source(source.0, source.1);
-        ctx.nat(
-            device,
-            component,
-            packet,
-            source_kind,
-            || format!("{}:{}", before.0, before.1),
-            || format!("{}:{}", source.0, source.1),
-        );
+    match side {
+        Side::Source => packet.set_source(target.0, target.1),
+        Side::Destination => packet.set_destination(target.0, target.1),
     }
+    ctx.nat(
+        device,
+        component,
+        packet,
+        kind,
+        || format!("{}:{}", current.0, current.1),
+        || format!("{}:{}", target.0, target.1),
+    );
 }
 
 /// An ICMP error RELATED to a tracked connection, about a packet the connection's

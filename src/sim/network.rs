@@ -480,7 +480,7 @@ pub fn build(topology: &Topology) -> Network {
                 pod_cidr: node.pod_cidr,
                 cluster_pod_cidr: cluster.pod_cidr,
                 no_snat: cluster.antrea.no_snat,
-                egress: node_egress(topology, cluster, node_id),
+                egress: node_egress(cluster, node_id),
                 policy: cluster_policy.clone(),
                 snat_fully_random_ports: cluster.antrea.snat_fully_random_ports,
                 proxy_all: cluster.antrea.proxy_all,
@@ -583,7 +583,6 @@ pub fn build(topology: &Topology) -> Network {
 
 /// What node `node_id`'s Antrea agent programs for the cluster's Egresses.
 fn node_egress(
-    _topology: &Topology,
     cluster: &crate::topology::Cluster,
     node_id: usize,
 ) -> crate::datapath::antrea::egress::NodeEgress {
@@ -617,7 +616,6 @@ fn node_egress(
             .collect(),
         by_pod,
         bypass: AddressSet::new(bypass),
-        random_fully: cluster.antrea.snat_fully_random_ports,
     }
 }
 

@@ -41,9 +41,6 @@ pub struct NodeEgress {
     /// The cluster's pod CIDR, the Service CIDR and every node's transport IP
     /// (EgressMark flows 1-3 and L3Forwarding send these elsewhere).
     pub bypass: AddressSet,
-    /// `snatFullyRandomPorts` (`egress.snatFullyRandomPorts`): `--random-fully` on
-    /// the Egress SNAT rules.
-    pub random_fully: bool,
 }
 
 impl NodeEgress {
@@ -96,7 +93,12 @@ impl AntreaNode {
 
 /// The Egress SNAT rules for the IPs this node holds, appended to POSTROUTING before
 /// the masquerade (route_linux.go; reference §b).
-pub(super) fn append_egress_snat(chain: &mut Layer<NatAction>, egress: &NodeEgress) {
+/// `random_fully` is `snatFullyRandomPorts`, as on the masquerade.
+pub(super) fn append_egress_snat(
+    chain: &mut Layer<NatAction>,
+    egress: &NodeEgress,
+    random_fully: bool,
+) {
     let mut done: Vec<Ipv4Addr> = Vec::new();
     for plan in egress.egresses.iter().filter(|plan| plan.held_here) {
         if done.contains(&plan.ip) {
@@ -113,8 +115,7 @@ pub(super) fn append_egress_snat(chain: &mut Layer<NatAction>, egress: &NodeEgre
                 Predicate::OutInterface(InterfaceId::from(GATEWAY)).not(),
             ],
             NatAction::Snat(
-                crate::engine::nat::NatPool::address(plan.ip)
-                    .with_random_fully(egress.random_fully),
+                crate::engine::nat::NatPool::address(plan.ip).with_random_fully(random_fully),
             ),
         ));
     }

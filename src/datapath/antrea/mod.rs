@@ -320,7 +320,7 @@ impl LinuxHost for AntreaNode {
 /// ANTREA-POD-IP) leaving by anything but antrea-gw0 are MASQUERADEd — unless
 /// `noSNAT`.
 fn append_postrouting(chain: &mut Layer<NatAction>, settings: &NodeSettings) {
-    egress::append_egress_snat(chain, &settings.egress);
+    egress::append_egress_snat(chain, &settings.egress, settings.snat_fully_random_ports);
     if settings.no_snat {
         return;
     }

@@ -413,7 +413,7 @@ const POLICY_COUNT: usize = 1_000;
 /// The topology with `count` NetworkPolicies on the server pod's namespace: each
 /// isolates the server for ingress and allows one /16 that sends nothing, one port;
 /// the last allows the client. Every new connection to the server walks them all.
-fn with_policies(topology: &Topology, count: usize) -> Topology {
+pub fn with_policies(topology: &Topology, count: usize) -> Topology {
     use crate::topology::policy::{NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule, PortRef};
     let mut copy = topology.clone();
     let Some(cluster) = copy.clusters.first_mut() else {

@@ -6,7 +6,7 @@
 //! hash), so threads share nothing on the fast path. Wall-clock timing lives here
 //! only, outside the core.
 
-use crate::capture::CaptureMode;
+use crate::capture::{CaptureMode, PcapngStream};
 use crate::datapath::{Ctx, Journal, Outputs, PortId, Recording};
 use crate::packet::Packet;
 use crate::sim::network::{build, Device, DeviceId, Network};
@@ -37,6 +37,9 @@ pub struct BenchOptions {
     /// cores.
     pub threads: Vec<usize>,
     pub capture: CaptureMode,
+    /// Where capture files go when capture is on; kept there. `None`: a temporary
+    /// directory, removed after each scenario.
+    pub capture_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +58,11 @@ pub struct Scenario {
     /// CPU time per packet: elapsed time x threads / packets.
     pub ns_per_packet: f64,
     pub new_flows_per_second: f64,
+    /// With capture on: hops written to pcapng (every capture point a packet
+    /// crossed, or the edges), per second and in all, and the bytes written.
+    pub captured_packets: u64,
+    pub captured_packets_per_second: f64,
+    pub capture_bytes_per_second: f64,
 }
 
 /// Pushes pre-built frames from one pod through the fabric to another.
@@ -73,6 +81,8 @@ pub struct Forwarder {
     pub destination_port: u16,
     source_mac: crate::wire::Mac,
     gateway_mac: crate::wire::Mac,
+    /// Where recorded hops stream as pcapng, when capture is on.
+    capture: Option<PcapngStream<std::fs::File>>,
 }
 
 impl Forwarder {
@@ -165,8 +175,31 @@ impl Forwarder {
             destination_port,
             source_mac: source_nic.mac,
             gateway_mac: source_nic.gateway_mac.ok_or("client pod has no gateway")?,
+            capture: None,
             network,
         })
+    }
+
+    /// Records every hop at the capture points `mode` includes and streams them into
+    /// `file` as pcapng (one interface per included point), as `run` writes
+    /// `capture.pcapng`.
+    pub fn capture_into(&mut self, file: std::fs::File, mode: CaptureMode) {
+        let points = &self.network.points;
+        self.journal.recording = Recording::Everything;
+        self.journal.uncaptured = points.iter().map(|p| !mode.includes(p.kind)).collect();
+        self.capture = Some(PcapngStream::new(file, points, |_, point| {
+            mode.includes(point.kind)
+        }));
+    }
+
+    /// Writes what is still buffered; returns the hops and bytes written.
+    pub fn finish_capture(&mut self) -> Result<(u64, u64), String> {
+        let Some(stream) = self.capture.take() else {
+            return Ok((0, 0));
+        };
+        let totals = (stream.packets(), stream.bytes());
+        stream.finish().map_err(|error| error.to_string())?;
+        Ok(totals)
     }
 
     /// A UDP frame of `size` IP bytes from the client pod, as the pod sends it.
@@ -231,10 +264,19 @@ impl Forwarder {
                 }
             }
         }
-        if ctx.journal.hops.len() > 100_000 {
-            ctx.journal.hops.clear();
+        if let Some(stream) = &mut self.capture {
+            for hop in &self.journal.hops {
+                if stream.write_hop(hop).is_err() {
+                    return false;
+                }
+            }
+            self.journal.hops.clear();
+        } else if self.journal.hops.len() > 100_000 {
+            self.journal.hops.clear();
         }
-        ctx.journal.drops.clear();
+        self.journal.drops.clear();
+        self.journal.nat.clear();
+        self.journal.policy.clear();
         delivered
     }
 }
@@ -287,20 +329,20 @@ fn scenario(
         ScenarioKind::NewFlows | ScenarioKind::NewFlowsWithPolicies
     );
     let per_thread = options.packets.div_ceil(threads);
-    let capture = options.capture != CaptureMode::None;
     let unsnatted = without_snat(topology);
     let guarded = with_policies(topology, POLICY_COUNT);
     let mut forwarders = (0..threads)
         .map(|_| match kind {
             ScenarioKind::EstablishedWithPolicies | ScenarioKind::NewFlowsWithPolicies => {
-                Forwarder::new(&guarded, capture)
+                Forwarder::new(&guarded, false)
             }
-            ScenarioKind::ViaClusterIp => Forwarder::via_service(topology, capture),
-            ScenarioKind::ToHostMasquerade => Forwarder::to_host(topology, capture),
-            ScenarioKind::ToHostNoSnat => Forwarder::to_host(&unsnatted, capture),
-            _ => Forwarder::new(topology, capture),
+            ScenarioKind::ViaClusterIp => Forwarder::via_service(topology, false),
+            ScenarioKind::ToHostMasquerade => Forwarder::to_host(topology, false),
+            ScenarioKind::ToHostNoSnat => Forwarder::to_host(&unsnatted, false),
+            _ => Forwarder::new(topology, false),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let capture_files = CaptureFiles::open(options, kind, &mut forwarders)?;
     let flows = options.flows.max(1);
     let started = Instant::now();
     let delivered: Vec<u64> = crossbeam::thread::scope(|scope| {
@@ -343,7 +385,13 @@ fn scenario(
             .collect()
     })
     .map_err(|_| "a bench thread panicked".to_string())?;
+    let mut captured = (0u64, 0u64);
+    for forwarder in &mut forwarders {
+        let (hops, bytes) = forwarder.finish_capture()?;
+        captured = (captured.0 + hops, captured.1 + bytes);
+    }
     let elapsed = started.elapsed().as_secs_f64();
+    capture_files.close();
     let packets: u64 = delivered.iter().sum();
     let expected = u64::try_from(per_thread * threads).unwrap_or(0);
     if packets != expected {
@@ -358,19 +406,10 @@ fn scenario(
     #[allow(clippy::cast_precision_loss)]
     let size_f = options.size as f64;
     let packets_per_second = packets_f / elapsed;
+    #[allow(clippy::cast_precision_loss)]
+    let (captured_packets, captured_bytes) = (captured.0 as f64, captured.1 as f64);
     Ok(Scenario {
-        name: match kind {
-            ScenarioKind::Established => "cross-node-udp/established",
-            ScenarioKind::NewFlows => "cross-node-udp/new-flow-per-packet",
-            ScenarioKind::ViaClusterIp => "cross-node-udp-via-clusterip/established",
-            ScenarioKind::ToHostMasquerade => "pod-to-host-udp-masquerade/established",
-            ScenarioKind::ToHostNoSnat => "pod-to-host-udp-no-snat/established",
-            ScenarioKind::EstablishedWithPolicies => "cross-node-udp-1000-policies/established",
-            ScenarioKind::NewFlowsWithPolicies => {
-                "cross-node-udp-1000-policies/new-flow-per-packet"
-            }
-        }
-        .into(),
+        name: kind.name().into(),
         threads,
         capture: match options.capture {
             CaptureMode::All => "all",
@@ -383,7 +422,72 @@ fn scenario(
         bits_per_second: packets_per_second * size_f * 8.0,
         ns_per_packet: elapsed * 1e9 * threads_f / packets_f,
         new_flows_per_second: if established { 0.0 } else { packets_per_second },
+        captured_packets: captured.0,
+        captured_packets_per_second: captured_packets / elapsed,
+        capture_bytes_per_second: captured_bytes / elapsed,
     })
+}
+
+/// The pcapng files of one scenario's threads, when capture is on: in
+/// `--capture-dir` (kept), or in a temporary directory removed afterwards.
+struct CaptureFiles {
+    temporary: Option<std::path::PathBuf>,
+}
+
+impl CaptureFiles {
+    fn open(
+        options: &BenchOptions,
+        kind: ScenarioKind,
+        forwarders: &mut [Forwarder],
+    ) -> Result<CaptureFiles, String> {
+        if options.capture == CaptureMode::None {
+            return Ok(CaptureFiles { temporary: None });
+        }
+        let (directory, temporary) = match &options.capture_dir {
+            Some(directory) => (directory.clone(), None),
+            None => {
+                let directory =
+                    std::env::temp_dir().join(format!("netsim-bench-{}", std::process::id()));
+                (directory.clone(), Some(directory))
+            }
+        };
+        std::fs::create_dir_all(&directory)
+            .map_err(|error| format!("{}: {error}", directory.display()))?;
+        let threads = forwarders.len();
+        for (thread, forwarder) in forwarders.iter_mut().enumerate() {
+            let name = format!(
+                "{}-{thread}-of-{threads}.pcapng",
+                kind.name().replace('/', "-")
+            );
+            let path = directory.join(name);
+            let file = std::fs::File::create(&path)
+                .map_err(|error| format!("{}: {error}", path.display()))?;
+            forwarder.capture_into(file, options.capture);
+        }
+        Ok(CaptureFiles { temporary })
+    }
+
+    fn close(self) {
+        if let Some(directory) = self.temporary {
+            let _ = std::fs::remove_dir_all(directory);
+        }
+    }
+}
+
+impl ScenarioKind {
+    fn name(self) -> &'static str {
+        match self {
+            ScenarioKind::Established => "cross-node-udp/established",
+            ScenarioKind::NewFlows => "cross-node-udp/new-flow-per-packet",
+            ScenarioKind::ViaClusterIp => "cross-node-udp-via-clusterip/established",
+            ScenarioKind::ToHostMasquerade => "pod-to-host-udp-masquerade/established",
+            ScenarioKind::ToHostNoSnat => "pod-to-host-udp-no-snat/established",
+            ScenarioKind::EstablishedWithPolicies => "cross-node-udp-1000-policies/established",
+            ScenarioKind::NewFlowsWithPolicies => {
+                "cross-node-udp-1000-policies/new-flow-per-packet"
+            }
+        }
+    }
 }
 
 /// What a scenario sends.
@@ -507,21 +611,34 @@ pub fn run_with_progress(
     Ok(BenchResults { scenarios })
 }
 
-/// The text table of a bench run.
+/// The text table of a bench run (with captured hops/s and MB/s when capture is on).
 pub fn text(results: &BenchResults) -> String {
+    let capture = results.scenarios.iter().any(|s| s.captured_packets > 0);
     let mut out = format!(
-        "{:<38} {:>7} {:>14} {:>12} {:>11}\n",
+        "{:<48} {:>7} {:>12} {:>8} {:>10}",
         "scenario", "threads", "packets/s", "Gbit/s", "ns/packet"
     );
+    if capture {
+        out.push_str(&format!(" {:>13} {:>9}", "captured/s", "MB/s"));
+    }
+    out.push('\n');
     for s in &results.scenarios {
         out.push_str(&format!(
-            "{:<38} {:>7} {:>14.0} {:>12.3} {:>11.1}\n",
+            "{:<48} {:>7} {:>12.0} {:>8.3} {:>10.1}",
             s.name,
             s.threads,
             s.packets_per_second,
             s.bits_per_second / 1e9,
             s.ns_per_packet
         ));
+        if capture {
+            out.push_str(&format!(
+                " {:>13.0} {:>9.1}",
+                s.captured_packets_per_second,
+                s.capture_bytes_per_second / 1e6
+            ));
+        }
+        out.push('\n');
     }
     out
 }

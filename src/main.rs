@@ -172,8 +172,14 @@ enum Command {
         /// the cores).
         #[arg(long, value_delimiter = ',')]
         threads: Vec<usize>,
+        /// Record every hop (or the edges) and write it as pcapng, as `run` does;
+        /// the scenario then reports captured packets/s and bytes/s too.
         #[arg(long, value_enum, default_value = "none")]
         capture: CaptureArg,
+        /// Where the capture files go (kept; one per scenario and thread). Without
+        /// it they go to a temporary directory and are removed after each scenario.
+        #[arg(long)]
+        capture_dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -347,6 +353,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             size,
             threads,
             capture,
+            capture_dir,
             format,
         } => {
             let topology = match path {
@@ -359,6 +366,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 size,
                 threads,
                 capture: capture.into(),
+                capture_dir,
             };
             let results = benchmark(&topology, &options, format == Format::Text)
                 .map_err(anyhow::Error::msg)?;

@@ -111,3 +111,56 @@ fn bench_takes_a_list_of_thread_counts() {
         .collect();
     assert_eq!(threads.into_iter().collect::<Vec<_>>(), [1, 2]);
 }
+
+/// `--capture edges` and `all` write real pcapng (Wireshark reads it clean, the
+/// Geneve on the underlay included), one file per scenario and thread, the edges
+/// file holding fewer hops than `all` for the same packets; the JSON says how many.
+#[test]
+fn bench_capture_writes_clean_pcapng_and_edges_writes_fewer_hops() {
+    let mut captured = Vec::new();
+    for mode in ["all", "edges"] {
+        let directory = tempfile::tempdir().unwrap();
+        let output = netsim(&[
+            "bench",
+            "--packets",
+            "300",
+            "--threads",
+            "1",
+            "--size",
+            "64",
+            "--capture",
+            mode,
+            "--capture-dir",
+            directory.path().to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let established = &json["scenarios"][0];
+        assert_eq!(established["name"], "cross-node-udp/established");
+        assert_eq!(established["capture"], mode);
+        let file = directory
+            .path()
+            .join("cross-node-udp-established-0-of-1.pcapng");
+        let hops = established["captured_packets"].as_u64().unwrap();
+        assert!(hops >= 600, "{mode}: {hops} hops for 300 packets");
+        lint(&["--expect-geneve"], &[&file]);
+        let listed = std::process::Command::new("tshark")
+            .args(["-n", "-r"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let frames = String::from_utf8_lossy(&listed.stdout).lines().count();
+        assert_eq!(
+            frames as u64, hops,
+            "{mode}: the file holds every hop written"
+        );
+        captured.push(hops);
+    }
+    assert!(captured[1] < captured[0], "edges {captured:?} all");
+}

@@ -6,16 +6,7 @@
 
 use crate::datapath::Hop;
 use crate::sim::network::{CapturePoint, PointKind};
-use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
-use pcap_file::pcapng::blocks::interface_description::{
-    InterfaceDescriptionBlock, InterfaceDescriptionOption,
-};
-use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
-use pcap_file::pcapng::PcapNgWriter;
-use pcap_file::{DataLink, Endianness};
-use std::borrow::Cow;
 use std::io::Write;
-use std::time::Duration;
 
 /// The simulated clock's epoch: 2026-01-01T00:00:00Z.
 pub const EPOCH_SECONDS: u64 = 1_767_225_600;
@@ -49,7 +40,201 @@ impl CaptureMode {
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("writing pcapng: {0}")]
-    Pcap(#[from] pcap_file::PcapError),
+    Io(#[from] std::io::Error),
+}
+
+/// pcapng block types and option codes (draft-ietf-opsawg-pcapng).
+const SECTION_HEADER: u32 = 0x0A0D_0D0A;
+const INTERFACE_DESCRIPTION: u32 = 1;
+const ENHANCED_PACKET: u32 = 6;
+const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
+const OPTION_END: u16 = 0;
+const OPTION_COMMENT: u16 = 1;
+const OPTION_IF_NAME: u16 = 2;
+const OPTION_SHB_USER_APPLICATION: u16 = 4;
+const OPTION_IF_TSRESOL: u16 = 9;
+const LINKTYPE_ETHERNET: u16 = 1;
+const LINKTYPE_RAW: u16 = 101;
+
+/// The buffered bytes are handed to the writer once they pass this.
+const FLUSH_AT: usize = 1 << 20;
+
+/// Streams pcapng: the section header and one interface per chosen capture point
+/// first, then one Enhanced Packet Block per hop, encoded straight into one reused
+/// buffer that goes to the writer a megabyte at a time — no allocation and no
+/// syscall per packet, so writing is bound by the sink's bandwidth.
+pub struct PcapngStream<W: Write> {
+    writer: W,
+    /// The file's interface id of each capture point, `None` when not written.
+    interface_of: Vec<Option<u32>>,
+    /// Whether each point carries bare IP (link type RAW).
+    raw_ip: Vec<bool>,
+    buffer: Vec<u8>,
+    packets: u64,
+    bytes: u64,
+}
+
+impl<W: Write> PcapngStream<W> {
+    /// Starts a file whose interfaces are the `points` for which `include` holds,
+    /// in network order.
+    pub fn new(
+        writer: W,
+        points: &[CapturePoint],
+        include: impl Fn(usize, &CapturePoint) -> bool,
+    ) -> PcapngStream<W> {
+        let mut stream = PcapngStream {
+            writer,
+            interface_of: vec![None; points.len()],
+            raw_ip: points.iter().map(|point| point.raw_ip).collect(),
+            buffer: Vec::with_capacity(FLUSH_AT + (1 << 16)),
+            packets: 0,
+            bytes: 0,
+        };
+        stream.section_header();
+        let mut next_interface = 0u32;
+        for (index, point) in points.iter().enumerate() {
+            if include(index, point) {
+                stream.interface_of[index] = Some(next_interface);
+                next_interface += 1;
+                stream.interface_description(point);
+            }
+        }
+        stream
+    }
+
+    fn section_header(&mut self) {
+        let start = self.begin_block(SECTION_HEADER);
+        self.put_u32(BYTE_ORDER_MAGIC);
+        self.put_u16(1);
+        self.put_u16(0);
+        self.buffer.extend_from_slice(&(-1i64).to_le_bytes());
+        self.put_option(
+            OPTION_SHB_USER_APPLICATION,
+            concat!("netsim ", env!("CARGO_PKG_VERSION")).as_bytes(),
+        );
+        self.put_u32(u32::from(OPTION_END));
+        self.end_block(start);
+    }
+
+    fn interface_description(&mut self, point: &CapturePoint) {
+        let start = self.begin_block(INTERFACE_DESCRIPTION);
+        self.put_u16(if point.raw_ip {
+            LINKTYPE_RAW
+        } else {
+            LINKTYPE_ETHERNET
+        });
+        self.put_u16(0);
+        self.put_u32(0); // snaplen: no limit
+        self.put_option(OPTION_IF_NAME, point.name.as_bytes());
+        self.put_option(OPTION_IF_TSRESOL, &[9]); // nanoseconds
+        self.put_u32(u32::from(OPTION_END));
+        self.end_block(start);
+    }
+
+    /// Appends `hop` if its point is one of the file's interfaces. The comment says
+    /// what the hop did (`action: detail`).
+    pub fn write_hop(&mut self, hop: &Hop) -> Result<(), CaptureError> {
+        let point = hop.point as usize;
+        let Some(interface_id) = self.interface_of.get(point).copied().flatten() else {
+            return Ok(());
+        };
+        let data = if self.raw_ip[point] {
+            hop.frame
+                .get(crate::wire::ETHERNET_HEADER_LEN..)
+                .unwrap_or_default()
+        } else {
+            &hop.frame[..]
+        };
+        let start = self.begin_block(ENHANCED_PACKET);
+        self.put_u32(interface_id);
+        let timestamp = u128::from(EPOCH_SECONDS) * 1_000_000_000 + u128::from(hop.time_ns);
+        self.put_u32(u32::try_from(timestamp >> 32).unwrap_or(u32::MAX));
+        self.put_u32(u32::try_from(timestamp & 0xFFFF_FFFF).unwrap_or(0));
+        let length = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        self.put_u32(length);
+        self.put_u32(length);
+        self.put_padded(data);
+        // The comment option, written in place: action, ": ", detail.
+        let (action, detail) = (hop.action.name().as_bytes(), hop.detail.as_bytes());
+        let comment_length = action.len() + 2 + detail.len();
+        self.put_u16(OPTION_COMMENT);
+        self.put_u16(u16::try_from(comment_length).unwrap_or(u16::MAX));
+        self.buffer.extend_from_slice(action);
+        self.buffer.extend_from_slice(b": ");
+        self.buffer.extend_from_slice(detail);
+        self.pad();
+        self.put_u32(u32::from(OPTION_END));
+        self.end_block(start);
+        self.packets += 1;
+        if self.buffer.len() >= FLUSH_AT {
+            self.flush_buffer()?;
+        }
+        Ok(())
+    }
+
+    /// Packets written so far.
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    /// Bytes written so far, headers included.
+    pub fn bytes(&self) -> u64 {
+        self.bytes + self.buffer.len() as u64
+    }
+
+    /// Writes what is buffered and hands back the writer.
+    pub fn finish(mut self) -> Result<W, CaptureError> {
+        self.flush_buffer()?;
+        self.writer.flush()?;
+        Ok(self.writer)
+    }
+
+    fn flush_buffer(&mut self) -> Result<(), CaptureError> {
+        self.writer.write_all(&self.buffer)?;
+        self.bytes += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Writes a block's type and a placeholder length; returns where it starts.
+    fn begin_block(&mut self, block_type: u32) -> usize {
+        let start = self.buffer.len();
+        self.put_u32(block_type);
+        self.put_u32(0);
+        start
+    }
+
+    /// Closes the block begun at `start`: its total length, at both ends.
+    fn end_block(&mut self, start: usize) {
+        let length = u32::try_from(self.buffer.len() - start + 4).unwrap_or(u32::MAX);
+        self.put_u32(length);
+        self.buffer[start + 4..start + 8].copy_from_slice(&length.to_le_bytes());
+    }
+
+    fn put_u16(&mut self, value: u16) {
+        self.buffer.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn put_u32(&mut self, value: u32) {
+        self.buffer.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn put_option(&mut self, code: u16, value: &[u8]) {
+        self.put_u16(code);
+        self.put_u16(u16::try_from(value.len()).unwrap_or(u16::MAX));
+        self.put_padded(value);
+    }
+
+    fn put_padded(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+        self.pad();
+    }
+
+    /// Zero bytes up to the next 32-bit boundary.
+    fn pad(&mut self) {
+        let padding = (4 - self.buffer.len() % 4) % 4;
+        self.buffer.extend_from_slice(&[0u8; 3][..padding]);
+    }
 }
 
 /// Writes `hops` (already in time order) seen at the included `points` as pcapng. Only
@@ -61,66 +246,17 @@ pub fn write_pcapng<W: Write>(
     hops: &[&Hop],
     mode: CaptureMode,
 ) -> Result<W, CaptureError> {
-    let section = SectionHeaderBlock {
-        endianness: Endianness::Little,
-        major_version: 1,
-        minor_version: 0,
-        section_length: -1,
-        options: vec![SectionHeaderOption::UserApplication(Cow::Borrowed(
-            concat!("netsim ", env!("CARGO_PKG_VERSION")),
-        ))],
-    };
-    let mut pcap = PcapNgWriter::with_section_header(writer, section)?;
-    // Interface ids in the file: the included points the hops were seen at, in
-    // network order.
     let mut crossed = vec![false; points.len()];
     for hop in hops {
         if let Some(seen) = crossed.get_mut(hop.point as usize) {
             *seen = true;
         }
     }
-    let mut interface_of = vec![None; points.len()];
-    let mut next_interface = 0u32;
-    for (index, point) in points.iter().enumerate() {
-        if !mode.includes(point.kind) || !crossed[index] {
-            continue;
-        }
-        interface_of[index] = Some(next_interface);
-        next_interface += 1;
-        let block = InterfaceDescriptionBlock {
-            linktype: if point.raw_ip {
-                DataLink::RAW
-            } else {
-                DataLink::ETHERNET
-            },
-            snaplen: 0,
-            options: vec![
-                InterfaceDescriptionOption::IfName(Cow::Borrowed(&point.name)),
-                InterfaceDescriptionOption::IfTsResol(9),
-            ],
-        };
-        pcap.write_pcapng_block(block)?;
-    }
+    let mut stream = PcapngStream::new(writer, points, |index, point| {
+        mode.includes(point.kind) && crossed[index]
+    });
     for hop in hops {
-        let Some(interface_id) = interface_of.get(hop.point as usize).copied().flatten() else {
-            continue;
-        };
-        let comment = format!("{}: {}", hop.action.name(), hop.detail);
-        let data = if points[hop.point as usize].raw_ip {
-            hop.frame
-                .get(crate::wire::ETHERNET_HEADER_LEN..)
-                .unwrap_or_default()
-        } else {
-            &hop.frame[..]
-        };
-        let block = EnhancedPacketBlock {
-            interface_id,
-            timestamp: Duration::from_secs(EPOCH_SECONDS) + Duration::from_nanos(hop.time_ns),
-            original_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
-            data: Cow::Borrowed(data),
-            options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment))],
-        };
-        pcap.write_pcapng_block(block)?;
+        stream.write_hop(hop)?;
     }
-    Ok(pcap.into_inner())
+    stream.finish()
 }

@@ -209,6 +209,9 @@ impl Recording {
 #[derive(Debug, Default)]
 pub struct Journal {
     pub recording: Recording,
+    /// Capture points whose hops are not kept, by point id (`netsim bench --capture
+    /// edges` leaves out node internals); empty: every point is kept.
+    pub uncaptured: Vec<bool>,
     pub hops: Vec<Hop>,
     pub drops: Vec<DropRecord>,
     pub nat: Vec<NatRecord>,
@@ -257,7 +260,7 @@ impl Ctx<'_> {
         action: HopAction,
         detail: impl FnOnce() -> String,
     ) {
-        if self.journal.recording.includes(packet.meta.packet_id) {
+        if self.keeps(point, packet) {
             self.record(point, packet, action, detail());
         }
     }
@@ -265,11 +268,22 @@ impl Ctx<'_> {
     /// Reserves a hop for `packet` as received now, to be described once the device
     /// has decided what to do with it (so the receive record says what happened).
     pub fn begin_receive(&mut self, point: PointId, packet: &Packet) -> Option<usize> {
-        if !self.journal.recording.includes(packet.meta.packet_id) {
+        if !self.keeps(point, packet) {
             return None;
         }
         self.record(point, packet, HopAction::Receive, String::new());
         Some(self.journal.hops.len() - 1)
+    }
+
+    /// True when the hop of `packet` at `point` is recorded.
+    fn keeps(&self, point: PointId, packet: &Packet) -> bool {
+        self.journal.recording.includes(packet.meta.packet_id)
+            && !self
+                .journal
+                .uncaptured
+                .get(point as usize)
+                .copied()
+                .unwrap_or(false)
     }
 
     fn record(&mut self, point: PointId, packet: &Packet, action: HopAction, detail: String) {

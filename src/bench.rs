@@ -270,7 +270,7 @@ impl Forwarder {
                     return false;
                 }
             }
-            self.journal.hops.clear();
+            self.journal.recycle_hops();
         } else if self.journal.hops.len() > 100_000 {
             self.journal.hops.clear();
         }

@@ -50,9 +50,9 @@ impl std::fmt::Display for FlowKey {
             formatter,
             "{} {}:{} -> {}:{}",
             self.protocol_name(),
-            self.source,
+            crate::wire::Dotted(self.source),
             self.source_port,
-            self.destination,
+            crate::wire::Dotted(self.destination),
             self.destination_port
         )
     }

@@ -235,9 +235,25 @@ pub struct Journal {
     pub generated_count: u64,
     /// The last packet id handed out.
     pub last_packet_id: u64,
+    /// Frame buffers of hops already written out ([`Journal::recycle_hops`]), reused
+    /// by the next hops recorded so a streaming capture allocates no frame per hop.
+    pub spare_frames: Vec<Vec<u8>>,
 }
 
 impl Journal {
+    /// Forgets the recorded hops (they have been written), keeping their frame
+    /// buffers for the next ones.
+    pub fn recycle_hops(&mut self) {
+        const KEPT: usize = 4096;
+        for hop in self.hops.drain(..) {
+            if self.spare_frames.len() < KEPT {
+                let mut frame = hop.frame;
+                frame.clear();
+                self.spare_frames.push(frame);
+            }
+        }
+    }
+
     /// A fresh run-wide packet id.
     pub fn next_packet_id(&mut self) -> u64 {
         self.last_packet_id += 1;
@@ -292,7 +308,11 @@ impl Ctx<'_> {
             point,
             flow: packet.meta.flow,
             packet_id: packet.meta.packet_id,
-            frame: packet.frame().to_vec(),
+            frame: {
+                let mut frame = self.journal.spare_frames.pop().unwrap_or_default();
+                frame.extend_from_slice(packet.frame());
+                frame
+            },
             action,
             detail,
         });

@@ -97,6 +97,53 @@ impl Mac {
     }
 }
 
+/// An IPv4 address shown dotted-quad, as `Ipv4Addr`'s `Display` does, but built in
+/// a stack buffer and written once: capture comments name addresses on every hop,
+/// and `Ipv4Addr`'s formatting (four integer formats through `fmt::write`) was most
+/// of what recording a hop cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Dotted(pub std::net::Ipv4Addr);
+
+impl std::fmt::Display for Dotted {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = [0u8; 15];
+        let mut length = 0;
+        for (index, octet) in self.0.octets().into_iter().enumerate() {
+            if index > 0 {
+                text[length] = b'.';
+                length += 1;
+            }
+            if octet >= 100 {
+                text[length] = b'0' + octet / 100;
+                length += 1;
+            }
+            if octet >= 10 {
+                text[length] = b'0' + octet / 10 % 10;
+                length += 1;
+            }
+            text[length] = b'0' + octet % 10;
+            length += 1;
+        }
+        // Only ASCII digits and dots were written.
+        formatter.pad(std::str::from_utf8(&text[..length]).unwrap_or_default())
+    }
+}
+
+/// A prefix shown as `network/length` with a [`Dotted`] network.
+#[derive(Debug, Clone, Copy)]
+pub struct DottedNet(pub ipnet::Ipv4Net);
+
+impl std::fmt::Display for DottedNet {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "{}/{}",
+            Dotted(self.0.network()),
+            self.0.prefix_len()
+        )
+    }
+}
+
 impl std::fmt::Display for Mac {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.0;
@@ -234,3 +281,21 @@ pub fn transport_frame(protocol: u8, addresses: &FrameAddresses, payload: &[u8])
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod dotted_tests {
+    use super::{Dotted, DottedNet};
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    proptest! {
+        #[test]
+        fn dotted_shows_what_ipv4addr_shows(address in any::<u32>(), length in 0u8..=32) {
+            let address = Ipv4Addr::from(address);
+            prop_assert_eq!(Dotted(address).to_string(), address.to_string());
+            prop_assert_eq!(format!("{:>16}", Dotted(address)), format!("{address:>16}"));
+            let net = ipnet::Ipv4Net::new(address, length).unwrap().trunc();
+            prop_assert_eq!(DottedNet(net).to_string(), net.to_string());
+        }
+    }
+}

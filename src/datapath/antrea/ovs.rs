@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::engine::conntrack::Direction;
+use crate::wire::{Dotted, DottedNet};
 
 use crate::datapath::policy::{PolicyDirection, PolicyState};
 
@@ -167,8 +168,10 @@ impl AntreaNode {
                     let (cidr, peer_name) = self
                         .peers
                         .lookup(destination)
-                        .map(|(cidr, p)| (cidr.to_string(), p.name.as_str()))
+                        .map(|(cidr, p)| (cidr, p.name.as_str()))
                         .unwrap_or_default();
+                    let (destination, cidr, peer) =
+                        (Dotted(destination), DottedNet(cidr), Dotted(peer));
                     let via = if cache_hit { "flow cache" } else { "L3Forwarding" };
                     let ttl = packet.meta.ttl;
                     format!(

@@ -2,6 +2,7 @@
 //! it for Antrea, and Linux's PMTU check for a bridged tunnel port.
 
 use super::*;
+use crate::wire::Dotted;
 
 impl AntreaNode {
     /// Encapsulates toward `peer` and sends on eth0; or, when the result would not
@@ -20,7 +21,7 @@ impl AntreaNode {
             self.settings.tunnel_point,
             &packet,
             HopAction::Transmit,
-            || format!("output to antrea-tun0, tun_dst={peer}"),
+            || format!("output to antrea-tun0, tun_dst={}", Dotted(peer)),
         );
         if packet.ip_len() > tunnel_mtu {
             self.tunnel_pmtu_exceeded(ctx, tunnel_mtu, packet, out);
@@ -56,6 +57,7 @@ impl AntreaNode {
         let node_ip = self.settings.ip;
         ctx.hop(self.settings.uplink_point, &packet, HopAction::Encapsulate, || {
             let (name, port) = tunnel_name_and_port(self.settings.encapsulation);
+            let (node_ip, peer) = (Dotted(node_ip), Dotted(peer));
             format!("{name} encap vni=0 {node_ip} -> {peer} udp {source_port}->{port} (inner {inner_key})")
         });
         out.send(UPLINK_PORT, packet);
@@ -175,7 +177,7 @@ impl AntreaNode {
         };
         ctx.describe(slot, HopAction::Decapsulate, || {
             let (name, _) = tunnel_name_and_port(self.settings.encapsulation);
-            format!("{name} decap vni={vni} from {outer_source}")
+            format!("{name} decap vni={vni} from {}", Dotted(outer_source))
         });
         let tunnel_slot = ctx.begin_receive(self.settings.tunnel_point, &packet);
         let source = OvsSource::Tunnel {

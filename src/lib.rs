@@ -25,6 +25,7 @@ pub mod capture;
 pub mod control;
 pub mod datapath;
 pub mod engine;
+pub mod generate;
 pub mod output;
 pub mod packet;
 pub mod report;

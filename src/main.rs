@@ -157,6 +157,33 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: MatrixFormat,
     },
+    /// Write a topology at the scale of the VKS maxima (150 nodes × 110 pods, 1,000
+    /// NetworkPolicies, 500 Services by default) for scale measurements: pods spread
+    /// over namespaces and apps, a Service per app, policies by namespace and pod
+    /// selector, flows across nodes, through Services and out.
+    Generate {
+        #[arg(long, default_value_t = 150)]
+        nodes: usize,
+        #[arg(long, default_value_t = 110)]
+        pods_per_node: usize,
+        #[arg(long, default_value_t = 50)]
+        namespaces: usize,
+        /// Apps (label `app`) per namespace.
+        #[arg(long, default_value_t = 10)]
+        apps: usize,
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        #[arg(long, default_value_t = 500)]
+        services: usize,
+        #[arg(long, default_value_t = 100)]
+        flows: usize,
+        /// Write here (whole, or not at all) instead of to stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace `--out` if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Measure the forwarding core: packets/s, bits/s and ns/packet per scenario and
     /// thread count. ns/packet is CPU time per packet: wall time × threads ÷ packets
     /// (so on N threads that scale perfectly it stays what it is on one).
@@ -297,6 +324,47 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             topology.expectations.clear();
             let result = netsim::sim::runner::run(&topology);
             print!("{}", netsim::trace::render(&topology, &result));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate {
+            nodes,
+            pods_per_node,
+            namespaces,
+            apps,
+            policies,
+            services,
+            flows,
+            out,
+            force,
+        } => {
+            let options = netsim::generate::ScaleOptions {
+                nodes,
+                pods_per_node,
+                namespaces,
+                apps,
+                policies,
+                services,
+                flows,
+            };
+            let text = match netsim::generate::scale_topology(&options) {
+                Ok(text) => text,
+                Err(error) => {
+                    eprintln!("netsim: {error}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            match out {
+                None => print!("{text}"),
+                Some(file) if file.exists() && !force => {
+                    eprintln!(
+                        "netsim: {} exists; pass --force to replace it",
+                        file.display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                Some(file) => write_whole(&file, &text)
+                    .map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Routes {

@@ -8,7 +8,7 @@
 use super::config::Text;
 use super::model::{Namespace, Pod, Protocol};
 use super::resolve::{Resolver, Result};
-use super::selector::{resolve_selector, LabelSelectorConfig};
+use super::selector::{resolve_selector, LabelSelectorConfig, PodsByNamespace};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use toml::Spanned;
@@ -142,15 +142,14 @@ pub(super) fn resolve_network_policies(
     namespaces: &[Namespace],
 ) -> Result<Vec<NetworkPolicy>> {
     let mut resolved = Vec::new();
+    let by_namespace = PodsByNamespace::new(pods);
+    let mut names = std::collections::BTreeSet::new();
     for spanned in policies {
         let config = spanned.get_ref();
         let namespace =
             super::resolve::namespace_of(resolver, config.namespace.as_ref(), namespaces)?;
         let name = config.name.get_ref().clone();
-        if resolved
-            .iter()
-            .any(|p: &NetworkPolicy| p.name == name && p.namespace == namespace)
-        {
+        if !names.insert((namespace.clone(), name.clone())) {
             return Err(resolver.error(
                 &config.name,
                 format!("a network_policy {namespace}/{name} is defined twice"),
@@ -160,14 +159,18 @@ pub(super) fn resolve_network_policies(
             Some(selector) => resolve_selector(resolver, selector)?,
             None => Default::default(),
         };
-        let selected: Vec<usize> = (0..pods.len())
-            .filter(|&pod| pods[pod].namespace == namespace && selector.matches(&pods[pod].labels))
+        let selected: Vec<usize> = by_namespace
+            .in_namespace(&namespace)
+            .iter()
+            .copied()
+            .filter(|&pod| selector.matches(&pods[pod].labels))
             .collect();
         let (isolates_ingress, isolates_egress) = policy_types(resolver, config)?;
         let context = PeerContext {
             resolver,
             pods,
             namespaces,
+            by_namespace: &by_namespace,
             namespace: Some(&namespace),
         };
         let ingress = if isolates_ingress {
@@ -225,6 +228,7 @@ struct PeerContext<'a> {
     resolver: &'a Resolver<'a>,
     pods: &'a [Pod],
     namespaces: &'a [Namespace],
+    by_namespace: &'a PodsByNamespace<'a>,
     /// The policy's namespace; None for a cluster-scoped policy (Antrea's
     /// ClusterNetworkPolicy), whose pod selectors pick in every namespace.
     namespace: Option<&'a str>,
@@ -338,23 +342,22 @@ fn resolve_peer(context: &PeerContext, spanned: &Spanned<PeerConfig>) -> Result<
         .as_ref()
         .map(|s| resolve_selector(resolver, s))
         .transpose()?;
-    let pods = (0..context.pods.len())
+    // Without a namespace selector a pod selector picks in the policy's own
+    // namespace (every namespace for a cluster-scoped policy); with one, in the
+    // namespaces it selects.
+    let candidates: Vec<usize> = match (&namespace_selector, context.namespace) {
+        (Some(selector), _) => context
+            .by_namespace
+            .in_selected_namespaces(selector, context.namespaces),
+        (None, Some(own)) => context.by_namespace.in_namespace(own).to_vec(),
+        (None, None) => (0..context.pods.len()).collect(),
+    };
+    let pods = candidates
+        .into_iter()
         .filter(|&index| {
-            let pod = &context.pods[index];
-            // Without a namespace selector a pod selector picks in the policy's own
-            // namespace; with one, in the namespaces it selects.
-            let namespace_ok = match &namespace_selector {
-                None => context.namespace.is_none_or(|own| pod.namespace == own),
-                Some(selector) => context
-                    .namespaces
-                    .iter()
-                    .find(|n| n.name == pod.namespace)
-                    .is_some_and(|n| selector.matches(&n.labels)),
-            };
-            namespace_ok
-                && pod_selector
-                    .as_ref()
-                    .is_none_or(|selector| selector.matches(&pod.labels))
+            pod_selector
+                .as_ref()
+                .is_none_or(|selector| selector.matches(&context.pods[index].labels))
         })
         .collect();
     Ok(PolicyPeer::Pods(pods))
@@ -511,6 +514,7 @@ pub(super) fn resolve_cluster_network_policies(
         "cluster_network_policy",
         policies.iter().map(|p| &p.get_ref().name),
     )?;
+    let by_namespace = PodsByNamespace::new(pods);
     let mut resolved = Vec::new();
     for spanned in policies {
         let config = spanned.get_ref();
@@ -546,6 +550,7 @@ pub(super) fn resolve_cluster_network_policies(
             resolver,
             pods,
             namespaces,
+            by_namespace: &by_namespace,
             namespace: None,
         };
         let mut rules = [Vec::new(), Vec::new()];

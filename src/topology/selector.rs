@@ -114,6 +114,48 @@ impl PodPeer {
     }
 }
 
+/// The pods of each namespace, by namespace name, in pod order: selecting walks only
+/// the namespaces a policy or Service can pick, not every pod of the cluster for
+/// every selector (150 × 110 pods by 1,000 policies was seconds of string
+/// comparisons).
+pub struct PodsByNamespace<'a> {
+    pods: BTreeMap<&'a str, Vec<usize>>,
+}
+
+impl<'a> PodsByNamespace<'a> {
+    pub fn new(pods: &'a [Pod]) -> PodsByNamespace<'a> {
+        let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (index, pod) in pods.iter().enumerate() {
+            by_namespace
+                .entry(pod.namespace.as_str())
+                .or_default()
+                .push(index);
+        }
+        PodsByNamespace { pods: by_namespace }
+    }
+
+    /// The pods of namespace `name`, in pod order.
+    pub fn in_namespace(&self, name: &str) -> &[usize] {
+        self.pods.get(name).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The pods of the (declared) namespaces whose labels `selector` matches, in pod
+    /// order.
+    pub fn in_selected_namespaces(
+        &self,
+        selector: &LabelSelector,
+        namespaces: &[Namespace],
+    ) -> Vec<usize> {
+        let mut pods: Vec<usize> = namespaces
+            .iter()
+            .filter(|namespace| selector.matches(&namespace.labels))
+            .flat_map(|namespace| self.in_namespace(&namespace.name).iter().copied())
+            .collect();
+        pods.sort_unstable();
+        pods
+    }
+}
+
 /// Resolves a selector: every operator known, In/NotIn with values, Exists and
 /// DoesNotExist without (apimachinery's validation).
 pub fn resolve_selector(

@@ -46,6 +46,7 @@ pub(super) fn resolve_services(
     )?;
     let mut taken_ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut taken_node_ports: BTreeSet<u16> = BTreeSet::new();
+    let by_namespace = super::selector::PodsByNamespace::new(pods);
     // Explicit addresses and node ports first, so allocation skips them.
     for spanned in &config.service {
         let service = spanned.get_ref();
@@ -115,14 +116,15 @@ pub(super) fn resolve_services(
         let selected: Vec<usize> = if service.selector.is_empty() {
             Vec::new() // a Service without a selector has no automatic endpoints
         } else {
-            (0..pods.len())
+            by_namespace
+                .in_namespace(&namespace)
+                .iter()
+                .copied()
                 .filter(|&index| {
-                    let pod = &pods[index];
-                    pod.namespace == namespace
-                        && service
-                            .selector
-                            .iter()
-                            .all(|(key, value)| pod.labels.get(key) == Some(value))
+                    service
+                        .selector
+                        .iter()
+                        .all(|(key, value)| pods[index].labels.get(key) == Some(value))
                 })
                 .collect()
         };

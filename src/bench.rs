@@ -63,6 +63,9 @@ pub struct Scenario {
     pub captured_packets: u64,
     pub captured_packets_per_second: f64,
     pub capture_bytes_per_second: f64,
+    /// Of the flow-cache lookups every node made (OVS's cache in front of its
+    /// pipeline), the share that hit.
+    pub flow_cache_hit_rate: f64,
 }
 
 /// Pushes pre-built frames from one pod through the fabric to another.
@@ -190,6 +193,11 @@ impl Forwarder {
         self.capture = Some(PcapngStream::new(file, points, |_, point| {
             mode.includes(point.kind)
         }));
+    }
+
+    /// Flow-cache (hits, misses) over every node the forwarder's network has.
+    pub fn flow_cache_stats(&self) -> (u64, u64) {
+        self.network.flow_cache_stats()
     }
 
     /// Writes what is still buffered; returns the hops and bytes written.
@@ -392,6 +400,10 @@ fn scenario(
     }
     let elapsed = started.elapsed().as_secs_f64();
     capture_files.close();
+    let (hits, misses) = forwarders
+        .iter()
+        .map(Forwarder::flow_cache_stats)
+        .fold((0, 0), |(h, m), (hits, misses)| (h + hits, m + misses));
     let packets: u64 = delivered.iter().sum();
     let expected = u64::try_from(per_thread * threads).unwrap_or(0);
     if packets != expected {
@@ -425,6 +437,12 @@ fn scenario(
         captured_packets: captured.0,
         captured_packets_per_second: captured_packets / elapsed,
         capture_bytes_per_second: captured_bytes / elapsed,
+        #[allow(clippy::cast_precision_loss)]
+        flow_cache_hit_rate: if hits + misses == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + misses) as f64
+        },
     })
 }
 
@@ -615,8 +633,8 @@ pub fn run_with_progress(
 pub fn text(results: &BenchResults) -> String {
     let capture = results.scenarios.iter().any(|s| s.captured_packets > 0);
     let mut out = format!(
-        "{:<48} {:>7} {:>12} {:>8} {:>10}",
-        "scenario", "threads", "packets/s", "Gbit/s", "ns/packet"
+        "{:<48} {:>7} {:>12} {:>8} {:>10} {:>9}",
+        "scenario", "threads", "packets/s", "Gbit/s", "ns/packet", "cache hit"
     );
     if capture {
         out.push_str(&format!(" {:>13} {:>9}", "captured/s", "MB/s"));
@@ -624,12 +642,13 @@ pub fn text(results: &BenchResults) -> String {
     out.push('\n');
     for s in &results.scenarios {
         out.push_str(&format!(
-            "{:<48} {:>7} {:>12.0} {:>8.3} {:>10.1}",
+            "{:<48} {:>7} {:>12.0} {:>8.3} {:>10.1} {:>8.1}%",
             s.name,
             s.threads,
             s.packets_per_second,
             s.bits_per_second / 1e9,
-            s.ns_per_packet
+            s.ns_per_packet,
+            s.flow_cache_hit_rate * 100.0
         ));
         if capture {
             out.push_str(&format!(

@@ -199,6 +199,9 @@ enum Command {
         /// the cores).
         #[arg(long, value_delimiter = ',')]
         threads: Vec<usize>,
+        /// Run each scenario this many times and report the median (by packets/s).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
         /// Record every hop (or the edges) and write it as pcapng, as `run` does;
         /// the scenario then reports captured packets/s and bytes/s too.
         #[arg(long, value_enum, default_value = "none")]
@@ -420,6 +423,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             packets,
             size,
             threads,
+            repeat,
             capture,
             capture_dir,
             format,
@@ -434,6 +438,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 size,
                 threads,
                 capture: capture.into(),
+                repeat,
                 capture_dir,
             };
             let results = benchmark(&topology, &options, format == Format::Text)

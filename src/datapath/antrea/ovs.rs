@@ -299,10 +299,16 @@ impl AntreaNode {
         packet: &mut Packet,
         out: &mut Outputs,
     ) -> Verdict<OvsDecision> {
-        let Some(table) = self.stack.services.clone() else {
+        let key = packet.meta.key;
+        // Most packets are for no Service: decide that on a borrow, and take a handle
+        // on the table (an atomic increment) only for a Service's new connection.
+        let for_a_service = self.stack.services.as_deref().is_some_and(|table| {
+            (source == OvsSource::Gateway && key.destination == VIRTUAL_NODE_PORT_DNAT_IP)
+                || (matches!(source, OvsSource::Pod(_)) && table.cluster_ip(&key).is_some())
+        });
+        let (true, Some(table)) = (for_a_service, self.stack.services.clone()) else {
             return Verdict::Continue;
         };
-        let key = packet.meta.key;
         if source == OvsSource::Gateway && key.destination == VIRTUAL_NODE_PORT_DNAT_IP {
             return self.node_port_lb(ctx, slot, &table, packet);
         }

@@ -1,10 +1,14 @@
 //! `netsim bench`: the forwarding core's speed, measured on the same datapath `run`
 //! and `trace` use ([`Network::process`]). Cross-node pod-to-pod UDP packets go from
 //! the client pod's veth through the source node (OVS, Geneve encap), the segment,
-//! and the destination node (decap, OVS) to the server pod's veth. Each thread owns a
-//! shard of the flows and its own copy of the fabric (receive-side scaling by flow
-//! hash), so threads share nothing on the fast path. Wall-clock timing lives here
-//! only, outside the core.
+//! and the destination node (decap, OVS) to the server pod's veth; other scenarios
+//! go through a ClusterIP, out through the node's masquerade, or past 1,000
+//! NetworkPolicies. Each thread is a shard: it owns the flows a symmetric flow hash
+//! gives it ([`crate::engine::hash::shard_of`], receive-side scaling, so a
+//! connection's replies would land there too) and its own fabric with their state,
+//! so threads share nothing on the fast path. With capture on, every hop streams
+//! into the shard's own pcapng file. Wall-clock timing lives here only, outside the
+//! core.
 
 use crate::capture::{CaptureMode, PcapngStream};
 use crate::datapath::{Ctx, Journal, Outputs, PortId, Recording};
@@ -229,6 +233,41 @@ impl Forwarder {
         transport_frame(PROTOCOL_UDP, &addresses, &payload)
     }
 
+    /// The established flows (source ports 10,000 up, `flows` of them) that shard
+    /// `shard` of `shards` owns by symmetric flow hash (receive-side scaling: a
+    /// connection's packets and replies on one shard), as frames of `size` IP bytes.
+    /// A shard the hash leaves empty (fewer flows than shards) takes every
+    /// `shards`-th flow instead, so each shard sends.
+    pub fn shard_of_flows(
+        &self,
+        flows: usize,
+        shard: usize,
+        shards: usize,
+        size: usize,
+    ) -> Vec<Vec<u8>> {
+        let port = |flow: usize| 10_000 + u16::try_from(flow % 50_000).unwrap_or(0);
+        let key = |flow: usize| crate::packet::FlowKey {
+            protocol: PROTOCOL_UDP,
+            source: self.source_ip,
+            source_port: port(flow),
+            destination: self.destination_ip,
+            destination_port: self.destination_port,
+        };
+        let mut owned: Vec<usize> = (0..flows)
+            .filter(|&flow| crate::engine::hash::shard_of(&key(flow), 0, shards) == shard)
+            .collect();
+        if owned.is_empty() {
+            owned = (0..flows).filter(|flow| flow % shards == shard).collect();
+        }
+        if owned.is_empty() {
+            owned.push(0);
+        }
+        owned
+            .into_iter()
+            .map(|flow| self.frame(port(flow), size))
+            .collect()
+    }
+
     /// Rewrites `frame` (one of [`Forwarder::frame`]'s) into the `index`-th of more
     /// distinct UDP flows than any node's flow cache holds (64,000 source ports ×
     /// 1,000 destination ports), so a run over consecutive indices misses the cache
@@ -362,21 +401,12 @@ fn scenario(
             .enumerate()
             .map(|(thread, forwarder)| {
                 scope.spawn(move |_| {
-                    // This thread's shard of the flows.
-                    let templates: Vec<Vec<u8>> = (0..flows)
-                        .filter(|flow| flow % threads == thread)
-                        .map(|flow| {
-                            forwarder.frame(
-                                10_000 + u16::try_from(flow % 50_000).unwrap_or(0),
-                                options.size,
-                            )
-                        })
-                        .collect();
+                    let templates = forwarder.shard_of_flows(flows, thread, threads, options.size);
                     let mut delivered = 0u64;
                     let mut fresh = forwarder.frame(1024, options.size);
                     for index in 0..per_thread {
                         let now = u64::try_from(index).unwrap_or(0) * 1_000;
-                        let ok = if established && !templates.is_empty() {
+                        let ok = if established {
                             forwarder.send(&templates[index % templates.len()], now)
                         } else {
                             // A new 5-tuple every packet: more distinct flows than any

@@ -29,6 +29,37 @@ pub fn flow_hash(key: &FlowKey, seed: u64) -> u32 {
     u32::try_from(value >> 32).unwrap_or(u32::MAX)
 }
 
+/// A hash of a flow's 5-tuple that is the same for both directions (the endpoints
+/// ordered before hashing, as a symmetric RSS key does): a connection's packets and
+/// its replies land on the same shard.
+pub fn symmetric_flow_hash(key: &FlowKey, seed: u64) -> u32 {
+    let forward = (key.source, key.source_port);
+    let backward = (key.destination, key.destination_port);
+    let ((low, low_port), (high, high_port)) = if forward <= backward {
+        (forward, backward)
+    } else {
+        (backward, forward)
+    };
+    flow_hash(
+        &FlowKey {
+            protocol: key.protocol,
+            source: low,
+            source_port: low_port,
+            destination: high,
+            destination_port: high_port,
+        },
+        seed,
+    )
+}
+
+/// The shard (of `shards`) that owns a flow: its symmetric hash scaled into
+/// `0..shards`, receive-side scaling by flow.
+pub fn shard_of(key: &FlowKey, seed: u64, shards: usize) -> usize {
+    let shards = u64::try_from(shards.max(1)).unwrap_or(1);
+    let scaled = (u64::from(symmetric_flow_hash(key, seed)) * shards) >> 32;
+    usize::try_from(scaled).unwrap_or(0)
+}
+
 /// Scales a 32-bit hash into `[low, high)` the way Linux `udp_flow_src_port` and
 /// `reciprocal_scale` do: `((hash * (high - low)) >> 32) + low`.
 pub fn scale(hash: u32, low: u16, high: u16) -> u16 {
@@ -72,5 +103,25 @@ mod tests {
     fn scale_covers_the_range_ends() {
         assert_eq!(scale(0, 1, 65535), 1);
         assert_eq!(scale(u32::MAX, 1, 65535), 65534);
+    }
+
+    #[test]
+    fn a_connection_and_its_replies_land_on_one_shard_and_shards_share_the_flows() {
+        let mut counts = [0usize; 4];
+        for port in 1024..9216 {
+            let forward = key(port);
+            assert_eq!(
+                symmetric_flow_hash(&forward, 7),
+                symmetric_flow_hash(&forward.reversed(), 7)
+            );
+            let shard = shard_of(&forward, 7, 4);
+            assert_eq!(shard, shard_of(&forward.reversed(), 7, 4));
+            counts[shard] += 1;
+        }
+        // 8,192 flows over 4 shards: each within 10% of 2,048.
+        assert!(
+            counts.iter().all(|&n| (1843..=2253).contains(&n)),
+            "{counts:?}"
+        );
     }
 }

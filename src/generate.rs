@@ -10,16 +10,23 @@
 
 use std::fmt::Write;
 
-/// The sizes of a generated topology.
-#[derive(Debug, Clone)]
+/// The sizes of a generated topology (also `netsim generate`'s options).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ScaleOptions {
+    #[arg(long, default_value_t = 150)]
     pub nodes: usize,
+    #[arg(long, default_value_t = 110)]
     pub pods_per_node: usize,
+    #[arg(long, default_value_t = 50)]
     pub namespaces: usize,
     /// Apps (label `app`) per namespace.
+    #[arg(long, default_value_t = 10)]
     pub apps: usize,
+    #[arg(long, default_value_t = 1_000)]
     pub policies: usize,
+    #[arg(long, default_value_t = 500)]
     pub services: usize,
+    #[arg(long, default_value_t = 100)]
     pub flows: usize,
 }
 

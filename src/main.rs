@@ -162,21 +162,8 @@ enum Command {
     /// over namespaces and apps, a Service per app, policies by namespace and pod
     /// selector, flows across nodes, through Services and out.
     Generate {
-        #[arg(long, default_value_t = 150)]
-        nodes: usize,
-        #[arg(long, default_value_t = 110)]
-        pods_per_node: usize,
-        #[arg(long, default_value_t = 50)]
-        namespaces: usize,
-        /// Apps (label `app`) per namespace.
-        #[arg(long, default_value_t = 10)]
-        apps: usize,
-        #[arg(long, default_value_t = 1_000)]
-        policies: usize,
-        #[arg(long, default_value_t = 500)]
-        services: usize,
-        #[arg(long, default_value_t = 100)]
-        flows: usize,
+        #[command(flatten)]
+        options: netsim::generate::ScaleOptions,
         /// Write here (whole, or not at all) instead of to stdout.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -330,25 +317,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate {
-            nodes,
-            pods_per_node,
-            namespaces,
-            apps,
-            policies,
-            services,
-            flows,
+            options,
             out,
             force,
         } => {
-            let options = netsim::generate::ScaleOptions {
-                nodes,
-                pods_per_node,
-                namespaces,
-                apps,
-                policies,
-                services,
-                flows,
-            };
             let text = match netsim::generate::scale_topology(&options) {
                 Ok(text) => text,
                 Err(error) => {

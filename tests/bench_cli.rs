@@ -170,3 +170,55 @@ fn bench_capture_writes_clean_pcapng_and_edges_writes_fewer_hops() {
     }
     assert!(captured[1] < captured[0], "edges {captured:?} all");
 }
+
+/// `netsim generate` writes a topology netsim loads and runs (every flow delivered:
+/// the policies allow what the flows send), never replaces a file without
+/// `--force`, and refuses sizes it cannot lay out with exit 2.
+#[test]
+fn generate_writes_a_runnable_topology_and_keeps_existing_files() {
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join("scale.toml");
+    let file_text = file.to_str().unwrap();
+    let sizes = [
+        "--nodes",
+        "6",
+        "--pods-per-node",
+        "20",
+        "--namespaces",
+        "5",
+        "--apps",
+        "3",
+        "--policies",
+        "30",
+        "--services",
+        "15",
+        "--flows",
+        "12",
+    ];
+    let mut args = vec!["generate", "--out", file_text];
+    args.extend_from_slice(&sizes);
+    let output = netsim(&args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (topology, _, report) = run_text(&std::fs::read_to_string(&file).unwrap());
+    assert_eq!(topology.clusters[0].pods.len(), 120);
+    assert_eq!(topology.clusters[0].services.len(), 15);
+    assert_eq!(topology.clusters[0].network_policies.len(), 30);
+    assert_eq!(report.flows.len(), 12);
+    for flow in &report.flows {
+        assert_eq!(flow.verdict, "delivered", "{}", flow.name);
+    }
+
+    std::fs::write(&file, "mine").unwrap();
+    let output = netsim(&args);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+
+    let output = netsim(&["generate", "--pods-per-node", "400"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--pods-per-node"));
+}

@@ -1,4 +1,5 @@
-//! Criterion benches: parsing, Geneve encap+decap, each engine structure alone, one
+//! Criterion benches: parsing, Geneve encap+decap, each engine structure alone (LPM,
+//! conntrack lookup and insert, policy classification over 1,000 rules), one
 //! cross-node pod-to-pod packet through the whole path (flow-cache hit and miss), a
 //! router forwarding with a small and a 10,000-route FIB (the cost must not grow with
 //! the table), and BGP convergence of a 150-router iBGP full mesh.
@@ -87,6 +88,67 @@ fn engine(c: &mut Criterion) {
             index = (index + 1) % keys.len();
             conntrack.lookup(black_box(&keys[index]), 1)
         })
+    });
+    // A new MASQUERADEd connection per iteration into one table (the port choice,
+    // both tuples indexed, the table growing): 50,000 clients' ports per server.
+    group.bench_function("conntrack insert SNAT (new connection)", |b| {
+        b.iter_custom(|iterations| {
+            let mut table = Conntrack::new(usize::MAX, 1);
+            let started = std::time::Instant::now();
+            for connection in 0..u32::try_from(iterations).unwrap_or(u32::MAX) {
+                let key = FlowKey {
+                    protocol: 6,
+                    source: Ipv4Addr::from(0xac10_0000 + connection % 100),
+                    destination: Ipv4Addr::from(0xc0a8_0000 + connection / 50_000),
+                    source_port: 10_000 + u16::try_from(connection % 50_000).unwrap(),
+                    destination_port: 5432,
+                };
+                let _ = black_box(table.insert_snat(key, Ipv4Addr::new(10, 20, 0, 11), 0));
+            }
+            started.elapsed()
+        })
+    });
+    group.finish();
+}
+
+/// One policy decision over a layer of 1,000 rules (each a source /16 and one
+/// port, as compiled NetworkPolicy allows are; the packet matches the last), through
+/// the address index a layer of 32 rules or more classifies with.
+fn policy_classification(c: &mut Criterion) {
+    use netsim::engine::rules::{AddressSet, Layer, Metadata, Predicate, Rule};
+    let mut layer = Layer::new("ingress", "default-deny");
+    for index in 0..1_000u32 {
+        let source = Ipv4Addr::from(0x6400_0000 + (index << 16));
+        layer.push(Rule::new(
+            format!("np-{index}"),
+            vec![
+                Predicate::SourceIn(AddressSet::new([ipnet::Ipv4Net::new(source, 16).unwrap()])),
+                Predicate::Protocol(17),
+                Predicate::DestinationPort {
+                    low: 7000 + u16::try_from(index).unwrap(),
+                    high: 7000 + u16::try_from(index).unwrap(),
+                },
+            ],
+            "allow",
+        ));
+    }
+    let packet = Metadata {
+        key: FlowKey {
+            protocol: 17,
+            source: Ipv4Addr::from(0x6400_0000 + (999 << 16) + 7),
+            destination: Ipv4Addr::new(172, 20, 2, 10),
+            source_port: 40_000,
+            destination_port: 7999,
+        },
+        in_interface: None,
+        out_interface: None,
+        mark: 0,
+    };
+    assert_eq!(layer.classify(&packet).action, &"allow");
+    let mut group = c.benchmark_group("policy");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("classify, 1,000 rules (match at the last)", |b| {
+        b.iter(|| layer.classify(black_box(&packet)).action)
     });
     group.finish();
 }
@@ -278,5 +340,14 @@ fn calico_150(reflectors: bool) -> String {
     text
 }
 
-criterion_group!(benches, parsing, geneve, engine, whole_path, masquerade, routing);
+criterion_group!(
+    benches,
+    parsing,
+    geneve,
+    engine,
+    policy_classification,
+    whole_path,
+    masquerade,
+    routing
+);
 criterion_main!(benches);

@@ -235,21 +235,23 @@ pub struct Journal {
     pub generated_count: u64,
     /// The last packet id handed out.
     pub last_packet_id: u64,
-    /// Frame buffers of hops already written out ([`Journal::recycle_hops`]), reused
-    /// by the next hops recorded so a streaming capture allocates no frame per hop.
-    pub spare_frames: Vec<Vec<u8>>,
+    /// Frame and detail buffers of hops already written out
+    /// ([`Journal::recycle_hops`]), reused by the next hops recorded so a streaming
+    /// capture allocates nothing per hop.
+    pub spare: Vec<(Vec<u8>, String)>,
 }
 
 impl Journal {
-    /// Forgets the recorded hops (they have been written), keeping their frame
-    /// buffers for the next ones.
+    /// Forgets the recorded hops (they have been written), keeping their frame and
+    /// detail buffers for the next ones.
     pub fn recycle_hops(&mut self) {
         const KEPT: usize = 4096;
         for hop in self.hops.drain(..) {
-            if self.spare_frames.len() < KEPT {
-                let mut frame = hop.frame;
+            if self.spare.len() < KEPT {
+                let (mut frame, mut detail) = (hop.frame, hop.detail);
                 frame.clear();
-                self.spare_frames.push(frame);
+                detail.clear();
+                self.spare.push((frame, detail));
             }
         }
     }
@@ -276,8 +278,22 @@ impl Ctx<'_> {
         action: HopAction,
         detail: impl FnOnce() -> String,
     ) {
+        self.hop_with(point, packet, action, |out| out.push_str(&detail()));
+    }
+
+    /// Like [`Ctx::hop`], the detail written into the hop's own (reused) buffer: for
+    /// the hops every packet of an established flow records, so a streaming capture
+    /// formats without allocating.
+    pub fn hop_with(
+        &mut self,
+        point: PointId,
+        packet: &Packet,
+        action: HopAction,
+        detail: impl FnOnce(&mut String),
+    ) {
         if self.keeps(point, packet) {
-            self.record(point, packet, action, detail());
+            let index = self.record(point, packet, action);
+            detail(&mut self.journal.hops[index].detail);
         }
     }
 
@@ -287,8 +303,7 @@ impl Ctx<'_> {
         if !self.keeps(point, packet) {
             return None;
         }
-        self.record(point, packet, HopAction::Receive, String::new());
-        Some(self.journal.hops.len() - 1)
+        Some(self.record(point, packet, HopAction::Receive))
     }
 
     /// True when the hop of `packet` at `point` is recorded.
@@ -302,20 +317,20 @@ impl Ctx<'_> {
                 .unwrap_or(false)
     }
 
-    fn record(&mut self, point: PointId, packet: &Packet, action: HopAction, detail: String) {
+    /// Appends a hop with an empty detail; returns its index.
+    fn record(&mut self, point: PointId, packet: &Packet, action: HopAction) -> usize {
+        let (mut frame, detail) = self.journal.spare.pop().unwrap_or_default();
+        frame.extend_from_slice(packet.frame());
         self.journal.hops.push(Hop {
             time_ns: self.now_ns,
             point,
             flow: packet.meta.flow,
             packet_id: packet.meta.packet_id,
-            frame: {
-                let mut frame = self.journal.spare_frames.pop().unwrap_or_default();
-                frame.extend_from_slice(packet.frame());
-                frame
-            },
+            frame,
             action,
             detail,
         });
+        self.journal.hops.len() - 1
     }
 
     /// Fills in a reserved receive hop.
@@ -325,10 +340,21 @@ impl Ctx<'_> {
         action: HopAction,
         detail: impl FnOnce() -> String,
     ) {
+        self.describe_with(slot, action, |out| out.push_str(&detail()));
+    }
+
+    /// Like [`Ctx::describe`], the detail written into the hop's own buffer.
+    pub fn describe_with(
+        &mut self,
+        slot: Option<usize>,
+        action: HopAction,
+        detail: impl FnOnce(&mut String),
+    ) {
         if let Some(index) = slot {
             let hop = &mut self.journal.hops[index];
             hop.action = action;
-            hop.detail = detail();
+            hop.detail.clear();
+            detail(&mut hop.detail);
         }
     }
 

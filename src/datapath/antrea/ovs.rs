@@ -8,6 +8,7 @@
 use super::*;
 use crate::engine::conntrack::Direction;
 use crate::wire::{Dotted, DottedNet};
+use std::fmt::Write as _;
 
 use crate::datapath::policy::{PolicyDirection, PolicyState};
 
@@ -163,7 +164,7 @@ impl AntreaNode {
                 if decrement && !self.l3_decrement_ttl(ctx, slot, &mut packet) {
                     return;
                 }
-                ctx.describe(slot, HopAction::Receive, || {
+                ctx.describe_with(slot, HopAction::Receive, |out| {
                     let destination = packet.meta.key.destination;
                     let (cidr, peer_name) = self
                         .peers
@@ -174,10 +175,11 @@ impl AntreaNode {
                         (Dotted(destination), DottedNet(cidr), Dotted(peer));
                     let via = if cache_hit { "flow cache" } else { "L3Forwarding" };
                     let ttl = packet.meta.ttl;
-                    format!(
+                    let _ = write!(
+                        out,
                         "ovs {via}: {destination} in {cidr} ({peer_name}) -> antrea-tun0 tun_dst={peer}, ttl {}->{ttl}",
                         ttl + 1
-                    )
+                    );
                 });
                 self.tunnel_output(ctx, peer, packet, out);
             }
@@ -698,12 +700,12 @@ impl AntreaNode {
             packet.set_macs(self.settings.gateway_mac, local.mac);
         }
         let how = if routed { "l3 forward" } else { "l2 switch" };
-        ctx.describe(slot, HopAction::Receive, || {
-            format!("ovs {how} -> local pod {}", local.name)
+        ctx.describe_with(slot, HopAction::Receive, |out| {
+            let _ = write!(out, "ovs {how} -> local pod {}", local.name);
         });
         let port = PortId::try_from(pod + 1).unwrap_or(PortId::MAX);
-        ctx.hop(local.veth_point, &packet, HopAction::Transmit, || {
-            format!("ovs output to pod {}", local.name)
+        ctx.hop_with(local.veth_point, &packet, HopAction::Transmit, |out| {
+            let _ = write!(out, "ovs output to pod {}", local.name);
         });
         out.send(port, packet);
     }

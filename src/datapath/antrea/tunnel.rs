@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::wire::Dotted;
+use std::fmt::Write as _;
 
 impl AntreaNode {
     /// Encapsulates toward `peer` and sends on eth0; or, when the result would not
@@ -17,11 +18,13 @@ impl AntreaNode {
         packet.set_macs(self.settings.gateway_mac, Mac::ANTREA_GLOBAL_VIRTUAL);
         let overhead = self.settings.encapsulation.overhead();
         let tunnel_mtu = usize::from(self.settings.uplink_mtu) - overhead;
-        ctx.hop(
+        ctx.hop_with(
             self.settings.tunnel_point,
             &packet,
             HopAction::Transmit,
-            || format!("output to antrea-tun0, tun_dst={}", Dotted(peer)),
+            |out| {
+                let _ = write!(out, "output to antrea-tun0, tun_dst={}", Dotted(peer));
+            },
         );
         if packet.ip_len() > tunnel_mtu {
             self.tunnel_pmtu_exceeded(ctx, tunnel_mtu, packet, out);
@@ -55,10 +58,10 @@ impl AntreaNode {
             },
         );
         let node_ip = self.settings.ip;
-        ctx.hop(self.settings.uplink_point, &packet, HopAction::Encapsulate, || {
+        ctx.hop_with(self.settings.uplink_point, &packet, HopAction::Encapsulate, |out| {
             let (name, port) = tunnel_name_and_port(self.settings.encapsulation);
             let (node_ip, peer) = (Dotted(node_ip), Dotted(peer));
-            format!("{name} encap vni=0 {node_ip} -> {peer} udp {source_port}->{port} (inner {inner_key})")
+            let _ = write!(out, "{name} encap vni=0 {node_ip} -> {peer} udp {source_port}->{port} (inner {inner_key})");
         });
         out.send(UPLINK_PORT, packet);
     }
@@ -175,9 +178,9 @@ impl AntreaNode {
                 return;
             }
         };
-        ctx.describe(slot, HopAction::Decapsulate, || {
+        ctx.describe_with(slot, HopAction::Decapsulate, |out| {
             let (name, _) = tunnel_name_and_port(self.settings.encapsulation);
-            format!("{name} decap vni={vni} from {}", Dotted(outer_source))
+            let _ = write!(out, "{name} decap vni={vni} from {}", Dotted(outer_source));
         });
         let tunnel_slot = ctx.begin_receive(self.settings.tunnel_point, &packet);
         let source = OvsSource::Tunnel {

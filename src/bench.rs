@@ -93,6 +93,8 @@ pub struct Forwarder {
     gateway_mac: crate::wire::Mac,
     /// Where recorded hops stream as pcapng, when capture is on.
     capture: Option<PcapngStream<std::fs::File>>,
+    /// The first error writing the capture (a full disk), for finish_capture.
+    capture_failure: Option<String>,
 }
 
 impl Forwarder {
@@ -186,6 +188,7 @@ impl Forwarder {
             source_mac: source_nic.mac,
             gateway_mac: source_nic.gateway_mac.ok_or("client pod has no gateway")?,
             capture: None,
+            capture_failure: None,
             network,
         })
     }
@@ -212,6 +215,9 @@ impl Forwarder {
         let Some(stream) = self.capture.take() else {
             return Ok((0, 0));
         };
+        if let Some(failure) = self.capture_failure.take() {
+            return Err(format!("writing the bench capture: {failure}"));
+        }
         let totals = (stream.packets(), stream.bytes());
         stream.finish().map_err(|error| error.to_string())?;
         Ok(totals)
@@ -316,8 +322,9 @@ impl Forwarder {
         }
         if let Some(stream) = &mut self.capture {
             for hop in &self.journal.hops {
-                if stream.write_hop(hop).is_err() {
-                    return false;
+                if let Err(error) = stream.write_hop(hop) {
+                    // Reported by finish_capture; the packet itself was forwarded.
+                    self.capture_failure.get_or_insert(error.to_string());
                 }
             }
             self.journal.recycle_hops();

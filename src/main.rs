@@ -245,12 +245,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let out = out.unwrap_or_else(|| PathBuf::from("pcaps").join(&topology.name));
             netsim::output::check_output_dir(&out, force)?;
             let capture: CaptureMode = capture.into();
-            // Without captures only the report's paths are recorded: memory stays flat.
-            let result = simulate(
-                &topology,
-                capture != CaptureMode::None,
-                format == Format::Text,
-            );
+            // Only what the capture writes and the report's paths are recorded: without
+            // captures memory stays flat.
+            let result = simulate(&topology, capture, format == Format::Text);
             let report = netsim::report::build(&topology, &result);
             netsim::output::write_run(
                 &out,
@@ -280,7 +277,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             junit,
         } => {
             let topology = load(&path, None)?;
-            let result = simulate(&topology, false, !quiet);
+            let result = simulate(&topology, CaptureMode::None, !quiet);
             let report = netsim::report::build(&topology, &result);
             if let Some(file) = &junit {
                 write_whole(file, &netsim::report::junit(&report))
@@ -426,10 +423,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Runs the simulation, with a progress bar over simulated time when stderr is a
 /// terminal and the output is text (SPEC §1).
-fn simulate(topology: &Topology, every_hop: bool, text: bool) -> netsim::sim::runner::RunResult {
+fn simulate(
+    topology: &Topology,
+    capture: CaptureMode,
+    text: bool,
+) -> netsim::sim::runner::RunResult {
     use std::io::IsTerminal;
     if !text || !std::io::stderr().is_terminal() || !std::io::stdout().is_terminal() {
-        return netsim::sim::runner::run_with_progress(topology, every_hop, &mut |_, _| {});
+        return netsim::sim::runner::run_with_progress(topology, capture, &mut |_, _| {});
     }
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
@@ -437,10 +438,9 @@ fn simulate(topology: &Topology, every_hop: bool, text: bool) -> netsim::sim::ru
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(topology.name.clone());
-    let result =
-        netsim::sim::runner::run_with_progress(topology, every_hop, &mut |now, horizon| {
-            bar.set_position(now.saturating_mul(1000) / horizon.max(1));
-        });
+    let result = netsim::sim::runner::run_with_progress(topology, capture, &mut |now, horizon| {
+        bar.set_position(now.saturating_mul(1000) / horizon.max(1));
+    });
     bar.finish_and_clear();
     result
 }

@@ -313,3 +313,44 @@ fn the_pcapng_stream_writes_what_pcap_file_writes() {
         assert!(ours == theirs.into_inner(), "{name}: the bytes differ");
     }
 }
+
+/// `run --capture edges` records no node-internal hop it will not write — except
+/// those of each flow's first packet and first reply, which the report's paths show
+/// — so its report is the one `all` gives, with fewer hops held.
+#[test]
+fn capture_edges_keeps_internal_hops_only_for_the_report_paths() {
+    use netsim::capture::CaptureMode;
+    use netsim::sim::network::PointKind;
+    for name in ["quickstart", "antrea-services", "calico-bgp-tor"] {
+        let topology = netsim::topology::load(&topology_path(name)).unwrap();
+        let run = |mode| netsim::sim::runner::run_with_progress(&topology, mode, &mut |_, _| {});
+        let (all, edges) = (run(CaptureMode::All), run(CaptureMode::Edges));
+        let path_packets: Vec<u64> = edges
+            .flows
+            .iter()
+            .flat_map(|flow| [flow.first_packet, flow.first_reply])
+            .flatten()
+            .collect();
+        let internal = |hop: &&netsim::datapath::Hop| {
+            edges.network.points[hop.point as usize].kind != PointKind::Edge
+        };
+        assert!(
+            edges.journal.hops.iter().filter(internal).count() > 0,
+            "{name}"
+        );
+        assert!(
+            edges
+                .journal
+                .hops
+                .iter()
+                .filter(internal)
+                .all(|hop| path_packets.contains(&hop.packet_id)),
+            "{name}: an internal hop of a packet no path shows"
+        );
+        assert!(edges.journal.hops.len() < all.journal.hops.len(), "{name}");
+        let json = |result| {
+            serde_json::to_value(netsim::report::build(&topology, result)).unwrap()["flows"].clone()
+        };
+        assert_eq!(json(&all), json(&edges), "{name}: the reports differ");
+    }
+}

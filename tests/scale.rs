@@ -98,7 +98,11 @@ fn peak_resident_bytes() -> u64 {
 fn sixteen_thousand_pods_and_two_thousand_flows_fit_in_two_gibibytes() {
     let topology = netsim::topology::parse("scale.toml", &topology_text()).expect("loads");
     assert_eq!(topology.clusters[0].pods.len(), NODES * PODS_PER_NODE);
-    let result = netsim::sim::runner::run_with_progress(&topology, false, &mut |_, _| {});
+    let result = netsim::sim::runner::run_with_progress(
+        &topology,
+        netsim::capture::CaptureMode::None,
+        &mut |_, _| {},
+    );
     let report = netsim::report::build(&topology, &result);
     assert!(report.flows.iter().all(|f| f.verdict == "delivered"));
     assert_eq!(

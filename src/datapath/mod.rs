@@ -191,15 +191,29 @@ pub enum Recording {
     /// Only these packets (each flow's first packet and first reply, for the report's
     /// paths when no capture is written), so memory stays flat however long the run.
     Packets(rustc_hash::FxHashSet<u64>),
+    /// Every hop at the points a capture of the edges writes (those not in
+    /// [`Journal::uncaptured`]), and every hop of these packets (the report's paths):
+    /// `run --capture edges` keeps no node-internal hop it will not write.
+    EdgesAndPackets(rustc_hash::FxHashSet<u64>),
 }
 
 impl Recording {
-    /// True when hops of packet `packet_id` are kept.
-    pub fn includes(&self, packet_id: u64) -> bool {
+    /// True when the hop of packet `packet_id` at a point (`captured`: not one of
+    /// [`Journal::uncaptured`]) is kept.
+    pub fn includes(&self, packet_id: u64, captured: bool) -> bool {
         match self {
             Recording::Nothing => false,
-            Recording::Everything => true,
+            Recording::Everything => captured,
             Recording::Packets(ids) => ids.contains(&packet_id),
+            Recording::EdgesAndPackets(ids) => captured || ids.contains(&packet_id),
+        }
+    }
+
+    /// The packets whose every hop is kept, when the recording names them.
+    pub fn packets_mut(&mut self) -> Option<&mut rustc_hash::FxHashSet<u64>> {
+        match self {
+            Recording::Packets(ids) | Recording::EdgesAndPackets(ids) => Some(ids),
+            Recording::Nothing | Recording::Everything => None,
         }
     }
 }
@@ -308,13 +322,15 @@ impl Ctx<'_> {
 
     /// True when the hop of `packet` at `point` is recorded.
     fn keeps(&self, point: PointId, packet: &Packet) -> bool {
-        self.journal.recording.includes(packet.meta.packet_id)
-            && !self
-                .journal
-                .uncaptured
-                .get(point as usize)
-                .copied()
-                .unwrap_or(false)
+        let captured = !self
+            .journal
+            .uncaptured
+            .get(point as usize)
+            .copied()
+            .unwrap_or(false);
+        self.journal
+            .recording
+            .includes(packet.meta.packet_id, captured)
     }
 
     /// Appends a hop with an empty detail; returns its index.
@@ -368,7 +384,7 @@ impl Ctx<'_> {
     ) {
         self.journal.drop_count += 1;
         let detail = if packet.meta.flow != NO_FLOW
-            || self.journal.recording.includes(packet.meta.packet_id)
+            || self.journal.recording.includes(packet.meta.packet_id, true)
         {
             detail()
         } else {

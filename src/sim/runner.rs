@@ -6,6 +6,7 @@
 use super::application::Application;
 use super::endpoint::{Arrival, ConnectionStatus, Stack};
 use super::network::{build, Device, DeviceId, EndpointId, Network};
+use crate::capture::CaptureMode;
 use crate::datapath::{Ctx, DropReason, HopAction, Journal, Outputs, PortId, Recording};
 use crate::packet::{tcp_flags, FlowTag, IcmpKind, Packet, NO_FLOW};
 use crate::topology::{EndpointRef, Topology};
@@ -139,7 +140,7 @@ fn nanoseconds(instant: Instant) -> u64 {
 
 /// Runs every flow of `topology` to completion, recording every hop.
 pub fn run(topology: &Topology) -> RunResult {
-    run_with_progress(topology, true, &mut |_, _| {})
+    run_with_progress(topology, CaptureMode::All, &mut |_, _| {})
 }
 
 /// Events between two progress reports.
@@ -147,14 +148,24 @@ const PROGRESS_EVERY: u64 = 4096;
 
 /// Like [`run`], reporting `(simulated now, horizon)` in nanoseconds now and then, for
 /// a progress bar. The callback must not influence the run.
-/// With `every_hop` false, only each flow's first packet and first reply are recorded
-/// (enough for the report; nothing to write a capture from).
+/// `capture` says which hops are recorded: every hop (`All`); every hop at the edge
+/// points plus every hop of each flow's first packet and first reply (`Edges`: what
+/// the capture writes and the report's paths); or only those first packets (`None`:
+/// enough for the report, memory flat).
 pub fn run_with_progress(
     topology: &Topology,
-    every_hop: bool,
+    capture: CaptureMode,
     progress: &mut dyn FnMut(u64, u64),
 ) -> RunResult {
     let network = build(topology);
+    let uncaptured = match capture {
+        CaptureMode::Edges => network
+            .points
+            .iter()
+            .map(|point| !capture.includes(point.kind))
+            .collect(),
+        CaptureMode::All | CaptureMode::None => Vec::new(),
+    };
     let stacks: Vec<Option<Box<Stack>>> = network.endpoints.iter().map(|_| None).collect();
     let flow_sources = topology
         .flows
@@ -179,11 +190,12 @@ pub fn run_with_progress(
         horizon_ns: last_start + HORIZON_AFTER_LAST_START_NS,
         wake_at: vec![None; endpoint_count],
         journal: Journal {
-            recording: if every_hop {
-                Recording::Everything
-            } else {
-                Recording::Packets(Default::default())
+            recording: match capture {
+                CaptureMode::All => Recording::Everything,
+                CaptureMode::Edges => Recording::EdgesAndPackets(Default::default()),
+                CaptureMode::None => Recording::Packets(Default::default()),
             },
+            uncaptured,
             ..Journal::default()
         },
         flows: vec![FlowOutcome::default(); topology.flows.len()],
@@ -394,7 +406,7 @@ impl Runner<'_> {
                 // The flow's first packet each way: its hops become the report's paths.
                 if let Some(first @ None) = first {
                     *first = Some(packet.meta.packet_id);
-                    if let Recording::Packets(ids) = &mut self.journal.recording {
+                    if let Some(ids) = self.journal.recording.packets_mut() {
                         ids.insert(packet.meta.packet_id);
                     }
                 }

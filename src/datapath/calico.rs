@@ -388,8 +388,6 @@ impl LinuxHost for CalicoNode {
             .map_or("cali", String::as_str)
     }
 
-    /// Felix adds `--random-fully` to its MASQUERADE when iptables supports it
-    /// (every current node image does; reference §f).
     /// Felix's filter FORWARD chains (reference §f; Calico enforces Kubernetes
     /// NetworkPolicy in iptables): `cali-fw-<veth>` for what a local pod sends
     /// (its egress policy), `cali-tw-<veth>` for what is routed to one (its ingress
@@ -484,6 +482,8 @@ fn append_nat_outgoing(chain: &mut Layer<NatAction>, settings: &CalicoNodeSettin
             Predicate::SourceIn(pools.clone()),
             Predicate::DestinationIn(pools).not(),
         ],
+        // Felix adds `--random-fully` to its MASQUERADE when iptables supports it
+        // (every current node image does; reference §f).
         NatAction::Masquerade { random_fully: true },
     ));
 }

@@ -139,10 +139,6 @@ pub fn describe_refusal(refusal: &Packet) -> String {
     }
 }
 
-/// The reset RFC 9293 §3.10.7.1 sends for a segment to a closed port (never for a
-/// reset): with ACK set, `<SEQ=SEG.ACK><CTL=RST>`; otherwise `<SEQ=0><ACK=SEG.SEQ +
-/// SEG.LEN><CTL=RST,ACK>`, SYN and FIN each counting one. Linux sends it with DF set,
-/// IP id 0 and TTL 64 (`tcp_v4_send_reset` on the per-netns control socket).
 /// A firewall's or proxy's refusal of `packet`, from its destination back to its
 /// source: a TCP RST (counted as generated), otherwise ICMP destination unreachable
 /// with `code` (none for a packet no ICMP error may answer). The ICMP error's hop is
@@ -186,6 +182,10 @@ pub fn refusal(
     })
 }
 
+/// The reset RFC 9293 §3.10.7.1 sends for a segment to a closed port (never for a
+/// reset): with ACK set, `<SEQ=SEG.ACK><CTL=RST>`; otherwise `<SEQ=0><ACK=SEG.SEQ +
+/// SEG.LEN><CTL=RST,ACK>`, SYN and FIN each counting one. Linux sends it with DF set,
+/// IP id 0 and TTL 64 (`tcp_v4_send_reset` on the per-netns control socket).
 pub fn reset(packet: &Packet, link: AnswerLink) -> Option<Packet> {
     let meta = &packet.meta;
     if meta.tcp_flags & tcp_flags::RST != 0 {

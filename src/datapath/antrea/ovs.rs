@@ -308,7 +308,10 @@ impl AntreaNode {
             (source == OvsSource::Gateway && key.destination == VIRTUAL_NODE_PORT_DNAT_IP)
                 || (matches!(source, OvsSource::Pod(_)) && table.cluster_ip(&key).is_some())
         });
-        let (true, Some(table)) = (for_a_service, self.stack.services.clone()) else {
+        if !for_a_service {
+            return Verdict::Continue;
+        }
+        let Some(table) = self.stack.services.clone() else {
             return Verdict::Continue;
         };
         if source == OvsSource::Gateway && key.destination == VIRTUAL_NODE_PORT_DNAT_IP {

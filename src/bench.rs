@@ -198,8 +198,11 @@ impl Forwarder {
     /// `capture.pcapng`.
     pub fn capture_into(&mut self, file: std::fs::File, mode: CaptureMode) {
         let points = &self.network.points;
-        self.journal.recording = Recording::Everything;
-        self.journal.uncaptured = points.iter().map(|p| !mode.includes(p.kind)).collect();
+        self.journal.recording = match mode {
+            CaptureMode::Edges => Recording::EdgesAndPackets(Default::default()),
+            CaptureMode::All | CaptureMode::None => Recording::Everything,
+        };
+        self.journal.uncaptured = mode.left_out(points);
         self.capture = Some(PcapngStream::new(file, points, |_, point| {
             mode.includes(point.kind)
         }));

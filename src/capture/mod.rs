@@ -35,6 +35,15 @@ impl CaptureMode {
             CaptureMode::None => false,
         }
     }
+
+    /// For each of `points`, true when this mode leaves it out
+    /// ([`crate::datapath::Journal::uncaptured`]).
+    pub fn left_out(self, points: &[CapturePoint]) -> Vec<bool> {
+        points
+            .iter()
+            .map(|point| !self.includes(point.kind))
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

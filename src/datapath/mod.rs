@@ -203,7 +203,7 @@ impl Recording {
     pub fn includes(&self, packet_id: u64, captured: bool) -> bool {
         match self {
             Recording::Nothing => false,
-            Recording::Everything => captured,
+            Recording::Everything => true,
             Recording::Packets(ids) => ids.contains(&packet_id),
             Recording::EdgesAndPackets(ids) => captured || ids.contains(&packet_id),
         }
@@ -223,8 +223,8 @@ impl Recording {
 #[derive(Debug, Default)]
 pub struct Journal {
     pub recording: Recording,
-    /// Capture points whose hops are not kept, by point id (`netsim bench --capture
-    /// edges` leaves out node internals); empty: every point is kept.
+    /// Capture points a capture of the edges leaves out (node internals), by point
+    /// id, for [`Recording::EdgesAndPackets`]; empty: none.
     pub uncaptured: Vec<bool>,
     pub hops: Vec<Hop>,
     pub drops: Vec<DropRecord>,

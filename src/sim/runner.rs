@@ -159,11 +159,7 @@ pub fn run_with_progress(
 ) -> RunResult {
     let network = build(topology);
     let uncaptured = match capture {
-        CaptureMode::Edges => network
-            .points
-            .iter()
-            .map(|point| !capture.includes(point.kind))
-            .collect(),
+        CaptureMode::Edges => capture.left_out(&network.points),
         CaptureMode::All | CaptureMode::None => Vec::new(),
     };
     let stacks: Vec<Option<Box<Stack>>> = network.endpoints.iter().map(|_| None).collect();

@@ -546,36 +546,27 @@ pub fn build(topology: &Topology) -> Network {
         }
     }
     // The NSX DFW at each node's and host's vNIC.
-    let vms = topology
-        .clusters
-        .iter()
-        .enumerate()
-        .flat_map(|(cluster, c)| {
-            c.nodes
-                .iter()
-                .enumerate()
-                .map(move |(node, n)| (n.name.as_str(), n.segment, (cluster, node)))
-        })
-        .map(|(name, segment, (cluster, node))| (name, segment, node_macs[cluster][node]))
-        .chain(
-            topology
-                .hosts
-                .iter()
-                .enumerate()
-                .map(|(index, host)| (host.name.as_str(), host.segment, host_macs[index])),
-        )
-        .collect::<Vec<_>>();
+    let mut vms: Vec<(&str, usize, Mac)> = Vec::new();
+    for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
+        for (node_id, node) in cluster.nodes.iter().enumerate() {
+            vms.push((&node.name, node.segment, node_macs[cluster_id][node_id]));
+        }
+    }
+    for (index, host) in topology.hosts.iter().enumerate() {
+        vms.push((&host.name, host.segment, host_macs[index]));
+    }
     for (name, segment, mac) in vms {
-        if let Some(mut firewall) = crate::datapath::dfw::compile(topology, name) {
-            let eth0 = format!("{name}:eth0");
-            firewall.point = network
-                .points
-                .iter()
-                .position(|point| point.name == eth0)
-                .and_then(|index| PointId::try_from(index).ok());
-            if let Device::Switch(switch) = &mut network.devices[switches[segment]] {
-                switch.set_firewall(mac, firewall);
-            }
+        let Some(mut firewall) = crate::datapath::dfw::compile(topology, name) else {
+            continue;
+        };
+        let eth0 = format!("{name}:eth0");
+        firewall.point = network
+            .points
+            .iter()
+            .position(|point| point.name == eth0)
+            .and_then(|index| PointId::try_from(index).ok());
+        if let Device::Switch(switch) = &mut network.devices[switches[segment]] {
+            switch.set_firewall(mac, firewall);
         }
     }
     network

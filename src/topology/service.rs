@@ -113,6 +113,11 @@ pub(super) fn resolve_services(
                 )
             })?,
         };
+        // A Service's selector is a matchLabels selector.
+        let selector = super::selector::LabelSelector {
+            match_labels: service.selector.clone(),
+            expressions: Vec::new(),
+        };
         let selected: Vec<usize> = if service.selector.is_empty() {
             Vec::new() // a Service without a selector has no automatic endpoints
         } else {
@@ -120,12 +125,7 @@ pub(super) fn resolve_services(
                 .in_namespace(&namespace)
                 .iter()
                 .copied()
-                .filter(|&index| {
-                    service
-                        .selector
-                        .iter()
-                        .all(|(key, value)| pods[index].labels.get(key) == Some(value))
-                })
+                .filter(|&index| selector.matches(&pods[index].labels))
                 .collect()
         };
         let mut ports = Vec::new();

@@ -78,7 +78,8 @@ impl ScaleOptions {
         self.nodes * self.pods_per_node
     }
 
-    /// The namespace and app of pod `index`.
+    /// The namespace and app of pod (or Service, or policy) `index`: round robin over
+    /// namespaces, then apps.
     fn group_of(&self, index: usize) -> (usize, usize) {
         (index % self.namespaces, index / self.namespaces % self.apps)
     }
@@ -175,10 +176,7 @@ fn nodes_and_pods(text: &mut String, options: &ScaleOptions) {
 
 fn services(text: &mut String, options: &ScaleOptions) {
     for index in 0..options.services {
-        let (namespace, app) = (
-            index % options.namespaces,
-            index / options.namespaces % options.apps,
-        );
+        let (namespace, app) = options.group_of(index);
         let _ = write!(
             text,
             "\n[[cluster.service]]\nname = \"s{index}\"\nnamespace = \"ns{namespace}\"\n\
@@ -189,10 +187,7 @@ fn services(text: &mut String, options: &ScaleOptions) {
 
 fn policies(text: &mut String, options: &ScaleOptions) {
     for index in 0..options.policies {
-        let (namespace, app) = (
-            index % options.namespaces,
-            index / options.namespaces % options.apps,
-        );
+        let (namespace, app) = options.group_of(index);
         let peer_namespace = (namespace + 1) % options.namespaces;
         let peer_app = (app + 1) % options.apps;
         let _ = write!(

@@ -277,6 +277,16 @@ impl Journal {
     }
 }
 
+/// Puts `text` into a hop's empty detail buffer: moved in when the buffer holds no
+/// allocation (nothing recycled it), copied into the reused one otherwise.
+fn fill(buffer: &mut String, text: String) {
+    if buffer.capacity() == 0 {
+        *buffer = text;
+    } else {
+        buffer.push_str(&text);
+    }
+}
+
 /// What a device gets while it processes one packet.
 pub struct Ctx<'a> {
     pub now_ns: u64,
@@ -292,7 +302,7 @@ impl Ctx<'_> {
         action: HopAction,
         detail: impl FnOnce() -> String,
     ) {
-        self.hop_with(point, packet, action, |out| out.push_str(&detail()));
+        self.hop_with(point, packet, action, |out| fill(out, detail()));
     }
 
     /// Like [`Ctx::hop`], the detail written into the hop's own (reused) buffer: for
@@ -356,7 +366,7 @@ impl Ctx<'_> {
         action: HopAction,
         detail: impl FnOnce() -> String,
     ) {
-        self.describe_with(slot, action, |out| out.push_str(&detail()));
+        self.describe_with(slot, action, |out| fill(out, detail()));
     }
 
     /// Like [`Ctx::describe`], the detail written into the hop's own buffer.

@@ -389,17 +389,21 @@ fn scenario(
         ScenarioKind::NewFlows | ScenarioKind::NewFlowsWithPolicies
     );
     let per_thread = options.packets.div_ceil(threads);
-    let unsnatted = without_snat(topology);
-    let guarded = with_policies(topology, POLICY_COUNT);
+    // Only the scenarios that change the topology copy it.
+    let topology = match kind {
+        ScenarioKind::EstablishedWithPolicies | ScenarioKind::NewFlowsWithPolicies => {
+            std::borrow::Cow::Owned(with_policies(topology, POLICY_COUNT))
+        }
+        ScenarioKind::ToHostNoSnat => std::borrow::Cow::Owned(without_snat(topology)),
+        _ => std::borrow::Cow::Borrowed(topology),
+    };
     let mut forwarders = (0..threads)
         .map(|_| match kind {
-            ScenarioKind::EstablishedWithPolicies | ScenarioKind::NewFlowsWithPolicies => {
-                Forwarder::new(&guarded, false)
+            ScenarioKind::ViaClusterIp => Forwarder::via_service(&topology, false),
+            ScenarioKind::ToHostMasquerade | ScenarioKind::ToHostNoSnat => {
+                Forwarder::to_host(&topology, false)
             }
-            ScenarioKind::ViaClusterIp => Forwarder::via_service(topology, false),
-            ScenarioKind::ToHostMasquerade => Forwarder::to_host(topology, false),
-            ScenarioKind::ToHostNoSnat => Forwarder::to_host(&unsnatted, false),
-            _ => Forwarder::new(topology, false),
+            _ => Forwarder::new(&topology, false),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let capture_files = CaptureFiles::open(options, kind, &mut forwarders)?;

@@ -13,7 +13,8 @@
 use crate::capture::{CaptureMode, PcapngStream};
 use crate::datapath::{Ctx, Journal, Outputs, PortId, Recording};
 use crate::packet::Packet;
-use crate::sim::network::{build, Device, DeviceId, Network};
+use crate::sim::network::{build, Device, DeviceId, LinkEnd, Network};
+use crate::sim::path::{PathCache, PathKey, WalkSummary};
 use crate::topology::{EndpointRef, Topology};
 use crate::wire::{
     checksum, transport_frame, FrameAddresses, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, PROTOCOL_UDP,
@@ -71,8 +72,11 @@ pub struct Scenario {
     pub captured_packets_per_second: f64,
     pub capture_bytes_per_second: f64,
     /// Of the flow-cache lookups every node made (OVS's cache in front of its
-    /// pipeline), the share that hit.
+    /// pipeline, consulted by packets that walk), the share that hit.
     pub flow_cache_hit_rate: f64,
+    /// Of the packets sent, the share replayed through their flow's compiled path
+    /// (`sim::path`) instead of walking device by device.
+    pub path_cache_hit_rate: f64,
 }
 
 /// Pushes pre-built frames from one pod through the fabric to another.
@@ -95,6 +99,10 @@ pub struct Forwarder {
     capture: Option<PcapngStream<std::fs::File>>,
     /// The first error writing the capture (a full disk), for finish_capture.
     capture_failure: Option<String>,
+    /// Flows' walks compiled into one transform each (`sim::path`).
+    paths: PathCache,
+    /// A packet buffer the path cache verifies a transform in.
+    scratch: Option<Packet>,
 }
 
 impl Forwarder {
@@ -189,6 +197,8 @@ impl Forwarder {
             gateway_mac: source_nic.gateway_mac.ok_or("client pod has no gateway")?,
             capture: None,
             capture_failure: None,
+            paths: PathCache::new(if topology.flow_cache { 65_536 } else { 0 }),
+            scratch: None,
             network,
         })
     }
@@ -287,7 +297,29 @@ impl Forwarder {
         set_udp_ports(frame, source_port, destination_port);
     }
 
-    /// Forwards one frame end to end; true when it reached the server pod.
+    /// Turns the path cache off (every packet walks) or back on.
+    pub fn set_path_cache(&mut self, on: bool) {
+        self.paths = PathCache::new(if on { 65_536 } else { 0 });
+    }
+
+    /// The frame the last packet arrived as, when it arrived at an endpoint.
+    pub fn last_arrival(&self) -> Option<&[u8]> {
+        self.spare.as_ref().map(Packet::frame)
+    }
+
+    /// The devices' conntrack entries and counters (`Network::state_digest`).
+    pub fn state_digest(&self) -> String {
+        self.network.state_digest()
+    }
+
+    /// Path-cache (hits, misses).
+    pub fn path_cache_stats(&self) -> (u64, u64) {
+        self.paths.stats()
+    }
+
+    /// Forwards one frame end to end; true when it reached the server pod. A frame
+    /// of a flow whose path is compiled is replayed through it (`sim::path`);
+    /// otherwise it walks device by device, and a steady walk compiles the path.
     pub fn send(&mut self, frame: &[u8], now_ns: u64) -> bool {
         let mut packet = match self.spare.take() {
             Some(mut packet) => {
@@ -302,6 +334,59 @@ impl Forwarder {
             },
         };
         packet.meta.packet_id = 1;
+        // A packet whose hops are recorded walks, so each hop is seen.
+        let recorded = !matches!(self.journal.recording, Recording::Nothing);
+        let path_key =
+            PathKey::of(self.source_device, self.source_port, &packet).filter(|_| !recorded);
+        let Some(path_key) = path_key else {
+            let (delivered, _, arrived) = self.walk(packet, now_ns);
+            if let Some((_, packet)) = arrived {
+                self.spare = Some(packet);
+            }
+            return delivered;
+        };
+        if let Some(arrival) = self
+            .paths
+            .replay(&mut self.network, &path_key, &mut packet, now_ns)
+        {
+            self.spare = Some(packet);
+            return arrival.device == self.destination_device;
+        }
+        self.journal.path.begin(now_ns);
+        let (delivered, summary, arrived) = self.walk(packet, now_ns);
+        self.journal.path.end();
+        if let (false, 1, Some((arrival, arriving))) = (summary.eventful, summary.arrivals, arrived)
+        {
+            let mut scratch = self.scratch.take().unwrap_or_else(|| arriving.clone());
+            self.paths.learn(
+                path_key,
+                frame,
+                &arriving,
+                arrival,
+                &self.journal.path.touches,
+                &mut scratch,
+            );
+            self.scratch = Some(scratch);
+            self.spare = Some(arriving);
+        }
+        delivered
+    }
+
+    /// Walks `packet` device by device from the client's link: whether it reached the
+    /// server, how the walk went, and (when one packet arrived at an endpoint) where
+    /// and as what.
+    fn walk(
+        &mut self,
+        packet: Packet,
+        now_ns: u64,
+    ) -> (bool, WalkSummary, Option<(LinkEnd, Packet)>) {
+        let before = (
+            self.journal.drop_count,
+            self.journal.generated_count,
+            self.journal.local_deliveries.len() + self.journal.local_refusals.len(),
+        );
+        let mut summary = WalkSummary::default();
+        let mut arrived = None;
         self.queue
             .push((self.source_device, self.source_port, packet));
         let mut delivered = false;
@@ -312,17 +397,33 @@ impl Forwarder {
         while let Some((device, port, packet)) = self.queue.pop() {
             if let Device::Endpoint(_) = self.network.devices[device] {
                 delivered |= device == self.destination_device;
-                self.spare = Some(packet);
+                summary.arrivals += 1;
+                let end = LinkEnd {
+                    device,
+                    port,
+                    latency_ns: 0,
+                };
+                if let Some((_, spare)) = arrived.replace((end, packet)) {
+                    self.spare = Some(spare);
+                }
                 continue;
             }
             self.network
                 .process(&mut ctx, device, port, packet, &mut self.outputs);
+            summary.eventful |= self.outputs.packets.len() > 1;
             for (out_port, packet) in self.outputs.packets.drain(..) {
-                if let Some(end) = self.network.peer(device, out_port) {
-                    self.queue.push((end.device, end.port, packet));
+                match self.network.peer(device, out_port) {
+                    Some(end) => self.queue.push((end.device, end.port, packet)),
+                    None => summary.eventful = true,
                 }
             }
         }
+        let after = (
+            self.journal.drop_count,
+            self.journal.generated_count,
+            self.journal.local_deliveries.len() + self.journal.local_refusals.len(),
+        );
+        summary.eventful |= before != after;
         if let Some(stream) = &mut self.capture {
             for hop in &self.journal.hops {
                 if let Err(error) = stream.write_hop(hop) {
@@ -337,7 +438,15 @@ impl Forwarder {
         self.journal.drops.clear();
         self.journal.nat.clear();
         self.journal.policy.clear();
-        delivered
+        self.journal.local_deliveries.clear();
+        self.journal.local_refusals.clear();
+        self.journal.generated.clear();
+        if summary.arrivals != 1 || summary.eventful {
+            if let Some((_, packet)) = arrived.take() {
+                self.spare = Some(packet);
+            }
+        }
+        (delivered, summary, arrived)
     }
 }
 
@@ -447,10 +556,14 @@ fn scenario(
     }
     let elapsed = started.elapsed().as_secs_f64();
     capture_files.close();
-    let (hits, misses) = forwarders
-        .iter()
-        .map(Forwarder::flow_cache_stats)
-        .fold((0, 0), |(h, m), (hits, misses)| (h + hits, m + misses));
+    let sum = |stats: &dyn Fn(&Forwarder) -> (u64, u64)| {
+        forwarders
+            .iter()
+            .map(stats)
+            .fold((0, 0), |(h, m), (hits, misses)| (h + hits, m + misses))
+    };
+    let (hits, misses) = sum(&Forwarder::flow_cache_stats);
+    let (replayed, walked) = sum(&Forwarder::path_cache_stats);
     let packets: u64 = delivered.iter().sum();
     let expected = u64::try_from(per_thread * threads).unwrap_or(0);
     if packets != expected {
@@ -484,13 +597,19 @@ fn scenario(
         captured_packets: captured.0,
         captured_packets_per_second: captured_packets / elapsed,
         capture_bytes_per_second: captured_bytes / elapsed,
-        #[allow(clippy::cast_precision_loss)]
-        flow_cache_hit_rate: if hits + misses == 0 {
-            0.0
-        } else {
-            hits as f64 / (hits + misses) as f64
-        },
+        flow_cache_hit_rate: share(hits, misses),
+        path_cache_hit_rate: share(replayed, walked),
     })
+}
+
+/// `hits` as a share of `hits + misses` (0 when both are 0).
+fn share(hits: u64, misses: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    }
 }
 
 /// The pcapng files of one scenario's threads, when capture is on: in
@@ -685,8 +804,8 @@ pub fn run_with_progress(
 pub fn text(results: &BenchResults) -> String {
     let capture = results.scenarios.iter().any(|s| s.captured_packets > 0);
     let mut out = format!(
-        "{:<48} {:>7} {:>12} {:>8} {:>10} {:>9}",
-        "scenario", "threads", "packets/s", "Gbit/s", "ns/packet", "cache hit"
+        "{:<48} {:>7} {:>12} {:>8} {:>10} {:>9} {:>9}",
+        "scenario", "threads", "packets/s", "Gbit/s", "ns/packet", "path hit", "flow hit"
     );
     if capture {
         out.push_str(&format!(" {:>13} {:>9}", "captured/s", "MB/s"));
@@ -694,12 +813,13 @@ pub fn text(results: &BenchResults) -> String {
     out.push('\n');
     for s in &results.scenarios {
         out.push_str(&format!(
-            "{:<48} {:>7} {:>12.0} {:>8.3} {:>10.1} {:>8.1}%",
+            "{:<48} {:>7} {:>12.0} {:>8.3} {:>10.1} {:>8.1}% {:>8.1}%",
             s.name,
             s.threads,
             s.packets_per_second,
             s.bits_per_second / 1e9,
             s.ns_per_packet,
+            s.path_cache_hit_rate * 100.0,
             s.flow_cache_hit_rate * 100.0
         ));
         if capture {

@@ -286,15 +286,20 @@ impl Packet {
         if self.meta.ttl <= 1 {
             return false;
         }
+        self.set_ttl(self.meta.ttl - 1);
+        true
+    }
+
+    /// Sets the IPv4 TTL with an incremental header-checksum update (RFC 1624).
+    pub fn set_ttl(&mut self, ttl: u8) {
         let frame = self.frame_mut();
         let old_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
-        frame[IP + 8] -= 1;
+        frame[IP + 8] = ttl;
         let new_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
         let old_sum = u16::from_be_bytes([frame[IP + 10], frame[IP + 11]]);
         let new_sum = checksum::update_word(old_sum, old_word, new_word);
         frame[IP + 10..IP + 12].copy_from_slice(&new_sum.to_be_bytes());
-        self.meta.ttl -= 1;
-        true
+        self.meta.ttl = ttl;
     }
 
     /// Clears the IPv4 Don't Fragment flag (with checksum update).

@@ -16,6 +16,7 @@ use super::host::{
     HostEgress, HostIngress, HostRoute, HostStack, InteriorId, InteriorLink, LinuxHost, LocalPod,
 };
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
+use crate::datapath::path_log::Table;
 use crate::datapath::policy::{PolicyDirection, PolicyEnforcer, PolicyState};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::conntrack::Direction;
@@ -128,6 +129,24 @@ pub struct CalicoNode {
 }
 
 impl CalicoNode {
+    /// The node's conntrack table `table` (netfilter's or Felix's policy
+    /// connections), for the path cache.
+    pub fn conntrack(&self, table: Table) -> Option<&Conntrack> {
+        match table {
+            Table::HostStack => Some(&self.stack.conntrack),
+            Table::Policy => Some(self.policy.connections()),
+            _ => None,
+        }
+    }
+
+    pub fn conntrack_mut(&mut self, table: Table) -> Option<&mut Conntrack> {
+        match table {
+            Table::HostStack => Some(&mut self.stack.conntrack),
+            Table::Policy => Some(self.policy.connections_mut()),
+            _ => None,
+        }
+    }
+
     pub fn new(settings: CalicoNodeSettings) -> Self {
         let mut stack = HostStack::new(
             settings.name.clone(),
@@ -309,7 +328,7 @@ impl CalicoNode {
             return;
         };
         let inner_key = packet.meta.key;
-        let identification = self.stack.next_identification();
+        let identification = self.stack.next_identification(ctx);
         let header = EncapHeader {
             source: self.settings.ip,
             destination: peer,

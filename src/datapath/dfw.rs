@@ -7,6 +7,7 @@
 //! engine's rule table, each decision naming `dfw:SECTION/RULE`.
 
 use super::local::AnswerLink;
+use super::path_log::Table;
 use super::policy::PolicyAction;
 use super::{Ctx, DropReason, Outputs, PortId};
 use crate::engine::conntrack::Conntrack;
@@ -98,11 +99,21 @@ pub fn compile(topology: &Topology, vm: &str) -> Option<VnicFirewall> {
 }
 
 impl VnicFirewall {
+    /// The vNIC's connection table.
+    pub fn connections(&self) -> &Conntrack {
+        &self.connections
+    }
+
+    pub fn connections_mut(&mut self) -> &mut Conntrack {
+        &mut self.connections
+    }
+
     /// Filters one frame crossing the vNIC; false when it was dropped (a Reject's
     /// answer goes back out of `answer_port`).
     pub fn admit(
         &mut self,
         ctx: &mut Ctx,
+        port: PortId,
         direction: VnicDirection,
         packet: &Packet,
         answer_port: PortId,
@@ -112,9 +123,13 @@ impl VnicFirewall {
             return true;
         }
         let key = packet.meta.key;
-        if self
-            .connections
-            .track(&key, packet.meta.tcp_flags, ctx.now_ns)
+        if ctx
+            .track(
+                Table::Vnic(port),
+                &mut self.connections,
+                &key,
+                packet.meta.tcp_flags,
+            )
             .is_some()
         {
             return true;

@@ -13,6 +13,7 @@
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::local::{self, AnswerLink, Settle};
+use super::path_log::{Counter, Table};
 use super::services::{Affinity, ServiceTable};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::conntrack::{Conntrack, Direction, EntryId};
@@ -266,7 +267,20 @@ impl HostStack {
         }
     }
 
-    pub fn next_identification(&mut self) -> u16 {
+    /// The next IPv4 identification this stack sends with (one per packet it
+    /// originates or encapsulates), recorded for the path cache.
+    pub fn next_identification(&mut self, ctx: &mut Ctx) -> u16 {
+        ctx.advanced(Counter::Identification);
+        self.advance_identification()
+    }
+
+    /// The last IPv4 identification sent.
+    pub fn identification(&self) -> u16 {
+        self.identification
+    }
+
+    /// Advances the identification counter without recording (a path cache replay).
+    pub fn advance_identification(&mut self) -> u16 {
         self.identification = self.identification.wrapping_add(1);
         self.identification
     }
@@ -789,10 +803,12 @@ pub trait LinuxHost {
             return None;
         }
         let stack = self.stack_mut();
-        let (id, direction) =
-            stack
-                .conntrack
-                .track(&packet.meta.key, packet.meta.tcp_flags, ctx.now_ns)?;
+        let (id, direction) = ctx.track(
+            Table::HostStack,
+            &mut stack.conntrack,
+            &packet.meta.key,
+            packet.meta.tcp_flags,
+        )?;
         let entry = *stack.conntrack.entry(id)?;
         let kind = if direction == Direction::Reply {
             ("unsnat", "netfilter")
@@ -962,7 +978,7 @@ pub trait LinuxHost {
         let link = AnswerLink {
             source_mac: route.source_mac,
             destination_mac: route.destination_mac,
-            identification: self.stack_mut().next_identification(),
+            identification: self.stack_mut().next_identification(ctx),
         };
         let stack = self.stack();
         let what = format!("node {}", stack.name);
@@ -1053,7 +1069,7 @@ pub trait LinuxHost {
         let Some(route) = self.local_route(packet.meta.key.source) else {
             return;
         };
-        let identification = self.stack_mut().next_identification();
+        let identification = self.stack_mut().next_identification(ctx);
         let header = ErrorHeader::icmp_send(
             packet,
             route.source,

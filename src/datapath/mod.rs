@@ -19,6 +19,7 @@ pub mod host;
 pub mod icmp;
 pub mod local;
 pub mod nat;
+pub mod path_log;
 pub mod policy;
 pub mod router;
 pub mod services;
@@ -253,6 +254,8 @@ pub struct Journal {
     /// ([`Journal::recycle_hops`]), reused by the next hops recorded so a streaming
     /// capture allocates nothing per hop.
     pub spare: Vec<(Vec<u8>, String)>,
+    /// What the walk of a packet that may compile a path read and changed.
+    pub path: path_log::PathLog,
 }
 
 impl Journal {

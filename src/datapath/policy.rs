@@ -13,6 +13,7 @@
 //! connections Kubernetes policy does not isolate, the baseline tier (253), then
 //! allow.
 
+use super::path_log::Table;
 use super::{Ctx, DropReason};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::rules::{AddressSet, Layer, Metadata, Predicate, Rule};
@@ -406,6 +407,15 @@ pub enum PolicyState {
 }
 
 impl PolicyEnforcer {
+    /// The table of connections policy allowed.
+    pub fn connections(&self) -> &Conntrack {
+        &self.connections
+    }
+
+    pub fn connections_mut(&mut self) -> &mut Conntrack {
+        &mut self.connections
+    }
+
     pub fn new(policy: Arc<ClusterPolicy>, conntrack_max: usize, seed: u64) -> Self {
         PolicyEnforcer {
             policy,
@@ -414,15 +424,17 @@ impl PolicyEnforcer {
     }
 
     /// Looks the packet's connection up (`ct_state`).
-    pub fn state(&mut self, ctx: &Ctx, packet: &Packet) -> PolicyState {
+    pub fn state(&mut self, ctx: &mut Ctx, packet: &Packet) -> PolicyState {
         if self.policy.is_empty() {
             return PolicyState::Unenforced;
         }
         let key = packet.meta.key;
-        match self
-            .connections
-            .track(&key, packet.meta.tcp_flags, ctx.now_ns)
-        {
+        match ctx.track(
+            Table::Policy,
+            &mut self.connections,
+            &key,
+            packet.meta.tcp_flags,
+        ) {
             Some(_) => PolicyState::Established,
             None => PolicyState::New,
         }

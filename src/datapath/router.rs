@@ -10,6 +10,7 @@
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::local::{self, AnswerLink, Settle};
+use super::path_log::{Counter, Table};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId, Verdict};
 use crate::control::RouteTables;
 use crate::engine::conntrack::{Conntrack, Direction};
@@ -180,6 +181,16 @@ pub struct Router {
 }
 
 impl Router {
+    /// The load balancer's connection table (`Table::LoadBalancer`), for the path
+    /// cache.
+    pub fn conntrack(&self, table: Table) -> Option<&Conntrack> {
+        (table == Table::LoadBalancer).then_some(&self.lb_conntrack)
+    }
+
+    pub fn conntrack_mut(&mut self, table: Table) -> Option<&mut Conntrack> {
+        (table == Table::LoadBalancer).then_some(&mut self.lb_conntrack)
+    }
+
     /// A router forwarding with the tables the control plane computed.
     pub fn new(
         name: String,
@@ -216,7 +227,20 @@ impl Router {
         self.lb_conntrack = Conntrack::new(conntrack_max, self.seed);
     }
 
-    fn next_identification(&mut self) -> u16 {
+    /// The next IPv4 identification of a packet the router originates, recorded for
+    /// the path cache.
+    fn next_identification(&mut self, ctx: &mut Ctx) -> u16 {
+        ctx.advanced(Counter::Identification);
+        self.advance_identification()
+    }
+
+    /// The last IPv4 identification the router sent.
+    pub fn identification(&self) -> u16 {
+        self.identification
+    }
+
+    /// Advances the identification counter without recording (a path cache replay).
+    pub fn advance_identification(&mut self) -> u16 {
         self.identification = self.identification.wrapping_add(1);
         self.identification
     }
@@ -232,7 +256,7 @@ impl Router {
         let mut forwarding = None;
         for stage in ROUTER_PIPELINE {
             let verdict = match stage {
-                RouterStage::Classify => self.classify(in_port, &packet),
+                RouterStage::Classify => self.classify(ctx, in_port, &packet),
                 RouterStage::Urpf => self.check_urpf(in_port, &packet),
                 RouterStage::LoadBalancer => self.load_balance(ctx, &mut packet),
                 RouterStage::Route => match self.route(&packet) {
@@ -272,7 +296,7 @@ impl Router {
 
     /// Classify: an IPv4 frame addressed to this interface; a packet for one of the
     /// router's own addresses stops here to be answered.
-    fn classify(&self, in_port: PortId, packet: &Packet) -> Verdict<Stop> {
+    fn classify(&self, ctx: &mut Ctx, in_port: PortId, packet: &Packet) -> Verdict<Stop> {
         let ingress = &self.ports[usize::from(in_port)];
         if packet.meta.ethertype != ETHERTYPE_IPV4
             || (packet.meta.destination_mac != ingress.mac
@@ -285,7 +309,8 @@ impl Router {
         }
         let destination = packet.meta.key.destination;
         // A reply to the load balancer's SNAT address belongs to its connection.
-        let load_balanced = self.translates() && self.lb_conntrack.knows(&packet.meta.key);
+        let load_balanced = self.translates()
+            && ctx.knows(Table::LoadBalancer, &self.lb_conntrack, &packet.meta.key);
         if !load_balanced
             && self
                 .ports
@@ -371,10 +396,12 @@ impl Router {
             return Verdict::Continue;
         }
         let key = packet.meta.key;
-        if let Some((id, direction)) =
-            self.lb_conntrack
-                .track(&key, packet.meta.tcp_flags, ctx.now_ns)
-        {
+        if let Some((id, direction)) = ctx.track(
+            Table::LoadBalancer,
+            &mut self.lb_conntrack,
+            &key,
+            packet.meta.tcp_flags,
+        ) {
             self.apply_tracked(ctx, id, direction, packet);
             return Verdict::Continue;
         }
@@ -553,7 +580,7 @@ impl Router {
         packet: Packet,
         out: &mut Outputs,
     ) {
-        let identification = self.next_identification();
+        let identification = self.next_identification(ctx);
         let ingress = &self.ports[usize::from(in_port)];
         let link = AnswerLink {
             source_mac: ingress.mac,
@@ -604,7 +631,7 @@ impl Router {
         if !icmp::may_send_error(packet) {
             return;
         }
-        let identification = self.next_identification();
+        let identification = self.next_identification(ctx);
         let source = packet.meta.key.source;
         let (port, next_mac) = match self.fib.lookup(source) {
             Some((_, route)) => {

@@ -5,7 +5,9 @@
 //! rules filters what leaves the VM and what is delivered to it (`datapath::dfw`).
 
 use super::dfw::{VnicDirection, VnicFirewall};
+use super::path_log::Table;
 use super::{Ctx, DropReason, Outputs, PortId};
+use crate::engine::conntrack::Conntrack;
 use crate::packet::Packet;
 use crate::wire::Mac;
 use rustc_hash::FxHashMap;
@@ -20,6 +22,36 @@ pub struct Switch {
 }
 
 impl Switch {
+    /// Ports on the segment.
+    pub fn port_count(&self) -> PortId {
+        self.port_count
+    }
+
+    /// A port's DFW connection table (`Table::Vnic`), for the path cache.
+    pub fn conntrack(&self, table: Table) -> Option<&Conntrack> {
+        match table {
+            Table::Vnic(port) => Some(
+                self.firewalls
+                    .get(usize::from(port))?
+                    .as_ref()?
+                    .connections(),
+            ),
+            _ => None,
+        }
+    }
+
+    pub fn conntrack_mut(&mut self, table: Table) -> Option<&mut Conntrack> {
+        match table {
+            Table::Vnic(port) => Some(
+                self.firewalls
+                    .get_mut(usize::from(port))?
+                    .as_mut()?
+                    .connections_mut(),
+            ),
+            _ => None,
+        }
+    }
+
     pub fn new(name: String) -> Self {
         Switch {
             name,
@@ -56,7 +88,7 @@ impl Switch {
         out: &mut Outputs,
     ) -> bool {
         match self.firewalls.get_mut(usize::from(port)) {
-            Some(Some(firewall)) => firewall.admit(ctx, direction, packet, answer_port, out),
+            Some(Some(firewall)) => firewall.admit(ctx, port, direction, packet, answer_port, out),
             _ => true,
         }
     }

@@ -178,6 +178,19 @@ pub struct Conntrack {
     seed: u64,
     /// When a full table last swept (it sweeps at most once a simulated second).
     last_sweep_ns: Option<u64>,
+    /// Entries ever committed: a path compiled while a tuple was absent is still
+    /// right while this has not moved (`sim::path`).
+    insertions: u64,
+}
+
+/// What one packet's lookup found and did to its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    pub id: EntryId,
+    pub direction: Direction,
+    /// The entry's state before and after this packet.
+    pub before: State,
+    pub after: State,
 }
 
 /// `NF_NAT_MAX_ATTEMPTS`: ports tried from one offset before a new one.
@@ -231,6 +244,7 @@ impl Conntrack {
             max_entries,
             seed,
             last_sweep_ns: None,
+            insertions: 0,
         }
     }
 
@@ -253,6 +267,12 @@ impl Conntrack {
     /// Like [`Conntrack::lookup`] for a packet with TCP `flags`, moving the entry
     /// through the TCP state machine.
     pub fn track(&mut self, key: &FlowKey, flags: u8, now_ns: u64) -> Option<(EntryId, Direction)> {
+        self.track_observed(key, flags, now_ns)
+            .map(|tracked| (tracked.id, tracked.direction))
+    }
+
+    /// Like [`Conntrack::track`], also saying how the entry's state moved.
+    pub fn track_observed(&mut self, key: &FlowKey, flags: u8, now_ns: u64) -> Option<Tracked> {
         let (id, direction) = *self.index.get(key)?;
         let entry = self.entries[id as usize].as_mut()?;
         if now_ns.saturating_sub(entry.last_seen_ns) > timeout_ns(entry) {
@@ -260,10 +280,58 @@ impl Conntrack {
             return None;
         }
         entry.last_seen_ns = now_ns;
+        let before = entry.state;
         if key.protocol != PROTOCOL_TCP || flags != 0 {
             entry.state = entry.state.next(key.protocol, direction, flags);
         }
-        Some((id, direction))
+        Some(Tracked {
+            id,
+            direction,
+            before,
+            after: entry.state,
+        })
+    }
+
+    /// True when a packet with TCP `flags` arriving at `now_ns` would find entry `id`
+    /// alive, still the connection `original` / `reply`, in `state`, and leave it in
+    /// that state: what [`Conntrack::track_observed`] would do is then only
+    /// [`Conntrack::refresh`]. Changes nothing.
+    pub fn would_only_refresh(
+        &self,
+        id: EntryId,
+        connection: (&FlowKey, &FlowKey),
+        state: State,
+        direction: Direction,
+        flags: u8,
+        now_ns: u64,
+    ) -> bool {
+        let Some(entry) = self.entry(id) else {
+            return false;
+        };
+        let protocol = entry.original.protocol;
+        let moves = protocol != PROTOCOL_TCP || flags != 0;
+        entry.original == *connection.0
+            && entry.reply == *connection.1
+            && entry.state == state
+            && now_ns.saturating_sub(entry.last_seen_ns) <= timeout_ns(entry)
+            && (!moves || state.next(protocol, direction, flags) == state)
+    }
+
+    /// Marks entry `id` as seen at `now_ns` (a packet that changes no state).
+    pub fn refresh(&mut self, id: EntryId, now_ns: u64) {
+        if let Some(Some(entry)) = self.entries.get_mut(id as usize) {
+            entry.last_seen_ns = now_ns;
+        }
+    }
+
+    /// Entries ever committed to this table.
+    pub fn insertions(&self) -> u64 {
+        self.insertions
+    }
+
+    /// Every live entry, in slot order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().flatten()
     }
 
     /// Removes every entry whose timeout has run out at `now_ns` (the kernel's
@@ -350,6 +418,7 @@ impl Conntrack {
         };
         self.index.insert(original, (id, Direction::Original));
         self.index.insert(reply, (id, Direction::Reply));
+        self.insertions += 1;
         Ok(id)
     }
 

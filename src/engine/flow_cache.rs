@@ -41,6 +41,20 @@ impl<K: Hash + Eq, V: Clone> FlowCache<K, V> {
         }
     }
 
+    /// Like [`FlowCache::get`], the decision itself (to update it in place).
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        match self.entries.get_mut(key) {
+            Some((epoch, value)) if *epoch == self.epoch => {
+                self.hits += 1;
+                Some(value)
+            }
+            _ => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
     /// Stores the slow path's decision. A full cache is emptied first (entries are
     /// cheap to recompute; the bound keeps memory flat under a flood of new flows). A
     /// cache of capacity 0 stores nothing: every packet takes the slow path.

@@ -6,4 +6,5 @@
 pub mod application;
 pub mod endpoint;
 pub mod network;
+pub mod path;
 pub mod runner;

@@ -164,6 +164,7 @@ impl Network {
         packet: Packet,
         out: &mut Outputs,
     ) {
+        ctx.journal.path.device = device;
         match &mut self.devices[device] {
             Device::Node(node) => node.process(ctx, port, packet, out),
             Device::CalicoNode(node) => node.process(ctx, port, packet, out),

@@ -30,6 +30,7 @@ use crate::datapath::host::{
 use ovs::{OvsDecision, OvsSource};
 
 use super::icmp::{self, ErrorHeader, ErrorMessage};
+use super::path_log::Table;
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId, Verdict};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
@@ -131,6 +132,26 @@ pub struct AntreaNode {
 }
 
 impl AntreaNode {
+    /// The node's conntrack table `table` (netfilter's, AntreaProxy's zone, the
+    /// policy connections), for the path cache.
+    pub fn conntrack(&self, table: Table) -> Option<&Conntrack> {
+        match table {
+            Table::HostStack => Some(&self.stack.conntrack),
+            Table::ServiceZone => Some(&self.service_ct),
+            Table::Policy => Some(self.policy.connections()),
+            _ => None,
+        }
+    }
+
+    pub fn conntrack_mut(&mut self, table: Table) -> Option<&mut Conntrack> {
+        match table {
+            Table::HostStack => Some(&mut self.stack.conntrack),
+            Table::ServiceZone => Some(&mut self.service_ct),
+            Table::Policy => Some(self.policy.connections_mut()),
+            _ => None,
+        }
+    }
+
     pub fn new(settings: NodeSettings) -> Self {
         let pod_by_ip = settings
             .pods
@@ -230,10 +251,6 @@ impl AntreaNode {
     /// Flow cache hits and misses.
     pub fn flow_cache_stats(&self) -> (u64, u64) {
         (self.flow_cache.hits(), self.flow_cache.misses())
-    }
-
-    fn next_identification(&mut self) -> u16 {
-        self.stack.next_identification()
     }
 
     /// Entry point: a frame arrives on `in_port`.

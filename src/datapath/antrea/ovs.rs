@@ -6,6 +6,7 @@
 //! The bridge knows nothing of the host stack's conntrack or routes.
 
 use super::*;
+use crate::datapath::path_log::Table;
 use crate::engine::conntrack::Direction;
 use crate::wire::{Dotted, DottedNet};
 use std::fmt::Write as _;
@@ -195,7 +196,8 @@ impl AntreaNode {
                 self.tunnel_output(ctx, ip, packet, out);
             }
             OvsDecision::ToGateway { egress } => {
-                let marked = egress.map(|egress| self.mark_for_egress(source, egress, &mut packet));
+                let marked =
+                    egress.map(|egress| self.mark_for_egress(ctx, source, egress, &mut packet));
                 ctx.describe(slot, HopAction::Receive, || {
                     format!(
                         "ovs l3 forward {} -> antrea-gw0 (to the host network stack){}",
@@ -223,12 +225,18 @@ impl AntreaNode {
     /// EgressMark flows 5 and 6: the first packet of a connection gets the egress
     /// IP's id in `pkt_mark` for iptables to SNAT by; a tunnelled one is addressed
     /// to antrea-gw0 (it arrived for the Global Virtual MAC). Says what it did.
-    fn mark_for_egress(&self, source: OvsSource, egress: usize, packet: &mut Packet) -> String {
+    fn mark_for_egress(
+        &self,
+        ctx: &mut Ctx,
+        source: OvsSource,
+        egress: usize,
+        packet: &mut Packet,
+    ) -> String {
         if let OvsSource::Tunnel { .. } = source {
             packet.set_macs(packet.meta.source_mac, self.settings.gateway_mac);
         }
         let plan = &self.settings.egress.egresses[egress];
-        if self.stack.conntrack.knows(&packet.meta.key) {
+        if ctx.knows(Table::HostStack, &self.stack.conntrack, &packet.meta.key) {
             // ct_state -new: no mark; the connection's SNAT is in conntrack.
             return format!("; egress {}", plan.name);
         }
@@ -248,6 +256,7 @@ impl AntreaNode {
         packet: &mut Packet,
     ) -> Option<Direction> {
         if self.service_ct.is_empty() {
+            ctx.track_empty(Table::ServiceZone, &self.service_ct, &packet.meta.key);
             return None;
         }
         if let crate::packet::IcmpKind::Error { .. } = packet.meta.icmp {
@@ -269,9 +278,12 @@ impl AntreaNode {
             }
             return None;
         }
-        let tracked = self
-            .service_ct
-            .track(&packet.meta.key, packet.meta.tcp_flags, ctx.now_ns);
+        let tracked = ctx.track(
+            Table::ServiceZone,
+            &mut self.service_ct,
+            &packet.meta.key,
+            packet.meta.tcp_flags,
+        );
         let (id, direction) = tracked?;
         let entry = self.service_ct.entry(id).copied()?;
         // Both bindings of the entry, each way: DNAT / un-DNAT of the Service
@@ -478,7 +490,7 @@ impl AntreaNode {
     /// looked up in the node's policy connection table.
     fn policy_state(
         &mut self,
-        ctx: &Ctx,
+        ctx: &mut Ctx,
         tracked: Option<Direction>,
         packet: &Packet,
     ) -> PolicyState {

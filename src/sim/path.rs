@@ -1,0 +1,438 @@
+//! The path cache: above each device's own flow cache, a flow's whole walk through
+//! the fabric — every device from the sender's link to the receiving endpoint —
+//! compiled into one transform, as OVS's megaflows and opte's unified flow table
+//! compile a pipeline into one action list, here across devices.
+//!
+//! A packet that may be replayed (IPv4, unfragmented, no options, not an ICMP error)
+//! and misses walks the devices with its [`PathLog`](crate::datapath::path_log)
+//! recording: the conntrack entries each device found (and how their states moved),
+//! the tuples each found absent, the counters each advanced. If the walk was steady —
+//! one packet out, delivered to an endpoint, no drop, no generated packet, no
+//! connection state changed — the difference between the frame that entered and the
+//! frame that arrived (MACs, addresses and ports, TTL) becomes the path's
+//! [`Transform`], kept only if applying it to the entering frame gives the arriving
+//! frame byte for byte (checksums included).
+//!
+//! A later packet of the flow (same ingress, 5-tuple and TCP flags; TTL at least, IP
+//! length at most, DF and TOS equal to the compiling packet's) replays the path when
+//! every touch still holds: each entry alive, still the same connection, in the
+//! same state, and left there by this packet; each absent tuple still absent (the
+//! table has committed nothing since, or a probe finds nothing). Replaying refreshes
+//! each entry at the time its device would have seen the packet and advances each
+//! counter, then rewrites the frame once — the devices' state ends exactly as the
+//! walk would have left it (`tests/path_cache.rs` compares with the cache off). A
+//! touch that no longer holds sends the packet down the walk again, which compiles
+//! the path anew.
+
+use crate::datapath::path_log::{Counter, Table, Touch};
+use crate::datapath::PortId;
+use crate::engine::conntrack::Conntrack;
+use crate::engine::flow_cache::FlowCache;
+use crate::packet::{FlowKey, IcmpKind, Packet};
+use crate::sim::network::{Device, DeviceId, LinkEnd, Network};
+use crate::wire::{Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN};
+use std::net::Ipv4Addr;
+
+/// Paths a cache holds before it starts over (as a node's flow cache).
+const CAPACITY: usize = 65_536;
+
+/// What selects a path: where the packet enters and what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PathKey {
+    pub device: DeviceId,
+    pub port: PortId,
+    pub key: FlowKey,
+    /// TCP flags (a SYN or FIN moves conntrack states; a pure ACK does not).
+    pub tcp_flags: u8,
+}
+
+impl PathKey {
+    /// The key of a packet entering `device` at `port`, when the packet is one a path
+    /// may carry.
+    pub fn of(device: DeviceId, port: PortId, packet: &Packet) -> Option<PathKey> {
+        replayable(packet).then_some(PathKey {
+            device,
+            port,
+            key: packet.meta.key,
+            tcp_flags: packet.meta.tcp_flags,
+        })
+    }
+}
+
+/// IPv4 without options, not a fragment, TCP, UDP or an ICMP echo.
+fn replayable(packet: &Packet) -> bool {
+    let meta = &packet.meta;
+    let frame = packet.frame();
+    let flags_and_offset = frame
+        .get(ETHERNET_HEADER_LEN + 6..ETHERNET_HEADER_LEN + 8)
+        .map_or(0x3fff, |word| u16::from_be_bytes([word[0], word[1]]));
+    meta.ethertype == ETHERTYPE_IPV4
+        && meta.l4_offset == ETHERNET_HEADER_LEN + IPV4_HEADER_LEN
+        && flags_and_offset & 0x3fff == 0
+        && matches!(
+            meta.icmp,
+            IcmpKind::None | IcmpKind::EchoRequest | IcmpKind::EchoReply
+        )
+}
+
+/// The header fields a path rewrites, from the frame that enters to the frame that
+/// arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transform {
+    pub source_mac: Mac,
+    pub destination_mac: Mac,
+    /// New source / destination (address, port), when NAT changed them.
+    pub source: Option<(Ipv4Addr, u16)>,
+    pub destination: Option<(Ipv4Addr, u16)>,
+    /// Hops that decremented the TTL.
+    pub ttl_decrement: u8,
+}
+
+impl Transform {
+    /// The rewrite that turns `entering` into `arriving`, when one of these fields
+    /// explains it.
+    fn between(entering: &Packet, arriving: &Packet) -> Option<Transform> {
+        let (before, after) = (&entering.meta, &arriving.meta);
+        let endpoint = |old: (Ipv4Addr, u16), new: (Ipv4Addr, u16)| (old != new).then_some(new);
+        Some(Transform {
+            source_mac: after.source_mac,
+            destination_mac: after.destination_mac,
+            source: endpoint(
+                (before.key.source, before.key.source_port),
+                (after.key.source, after.key.source_port),
+            ),
+            destination: endpoint(
+                (before.key.destination, before.key.destination_port),
+                (after.key.destination, after.key.destination_port),
+            ),
+            ttl_decrement: before.ttl.checked_sub(after.ttl)?,
+        })
+    }
+
+    /// Rewrites `packet` (checksums updated incrementally, as each device does).
+    pub fn apply(&self, packet: &mut Packet) {
+        packet.set_macs(self.source_mac, self.destination_mac);
+        if let Some((address, port)) = self.destination {
+            packet.set_destination(address, port);
+        }
+        if let Some((address, port)) = self.source {
+            packet.set_source(address, port);
+        }
+        if self.ttl_decrement != 0 {
+            packet.set_ttl(packet.meta.ttl - self.ttl_decrement);
+        }
+    }
+}
+
+/// What a later packet must share with the one that compiled the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Guards {
+    /// Every TTL check on the way passed with this much.
+    min_ttl: u8,
+    /// Every MTU check on the way passed with this IP length.
+    max_ip_len: usize,
+    dont_fragment: bool,
+    tos: u8,
+}
+
+impl Guards {
+    fn of(packet: &Packet) -> Guards {
+        Guards {
+            min_ttl: packet.meta.ttl,
+            max_ip_len: packet.ip_len(),
+            dont_fragment: packet.meta.dont_fragment,
+            tos: packet.tos(),
+        }
+    }
+
+    fn admit(&self, packet: &Packet) -> bool {
+        packet.meta.ttl >= self.min_ttl
+            && packet.ip_len() <= self.max_ip_len
+            && packet.meta.dont_fragment == self.dont_fragment
+            && packet.tos() == self.tos
+    }
+}
+
+/// One flow's compiled walk.
+#[derive(Debug, Clone)]
+pub struct CompiledPath {
+    guards: Guards,
+    transform: Transform,
+    touches: Box<[Touch]>,
+    /// Where the packet arrives (the endpoint's NIC).
+    pub arrival: LinkEnd,
+}
+
+/// How a walk ended, as the path cache needs to judge it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WalkSummary {
+    /// Packets that arrived at endpoints.
+    pub arrivals: u32,
+    /// Something besides one packet hop to hop happened: a device sent two packets,
+    /// sent one out of an unconnected port, dropped, generated or answered one.
+    pub eventful: bool,
+}
+
+/// The paths of one forwarding shard.
+#[derive(Debug)]
+pub struct PathCache {
+    paths: FlowCache<PathKey, CompiledPath>,
+    /// Walks that compiled a path, and walks that could not.
+    pub compiled: u64,
+    pub refused: u64,
+    /// Packets replayed through a path, and packets that walked.
+    replayed: u64,
+    walked: u64,
+}
+
+impl Default for PathCache {
+    fn default() -> Self {
+        PathCache::new(CAPACITY)
+    }
+}
+
+impl PathCache {
+    /// A cache of `capacity` paths; 0 compiles nothing.
+    pub fn new(capacity: usize) -> Self {
+        PathCache {
+            paths: FlowCache::new(capacity),
+            compiled: 0,
+            refused: 0,
+            replayed: 0,
+            walked: 0,
+        }
+    }
+
+    /// (hits, misses) so far: packets replayed, packets that walked (no path, or
+    /// one that no longer held).
+    pub fn stats(&self) -> (u64, u64) {
+        (self.replayed, self.walked)
+    }
+
+    /// Replays the path of `key` on `packet` when there is one and it still holds:
+    /// the devices' state is updated as the walk would have, the frame rewritten;
+    /// returns where it arrives. `None`: walk it.
+    pub fn replay(
+        &mut self,
+        network: &mut Network,
+        key: &PathKey,
+        packet: &mut Packet,
+        now_ns: u64,
+    ) -> Option<LinkEnd> {
+        let path = self.paths.get_mut(key);
+        let Some(path) = path
+            .filter(|path| path.guards.admit(packet))
+            .and_then(|path| {
+                network
+                    .touches_hold(&mut path.touches, key, now_ns)
+                    .then_some(path)
+            })
+        else {
+            self.walked += 1;
+            return None;
+        };
+        network.replay_touches(&path.touches, now_ns);
+        path.transform.apply(packet);
+        self.replayed += 1;
+        Some(path.arrival)
+    }
+
+    /// Compiles the walk of the packet that entered as `entering` and arrived at
+    /// `arrival` as `arriving`, with `touches` recorded on the way; `scratch` is
+    /// reused to verify the transform. True when a path was stored.
+    pub fn learn(
+        &mut self,
+        key: PathKey,
+        entering: &[u8],
+        arriving: &Packet,
+        arrival: LinkEnd,
+        touches: &[Touch],
+        scratch: &mut Packet,
+    ) -> bool {
+        let compiled = Self::compile(entering, arriving, arrival, touches, scratch);
+        match compiled {
+            Some(path) => {
+                self.paths.insert(key, path);
+                self.compiled += 1;
+                true
+            }
+            None => {
+                self.refused += 1;
+                false
+            }
+        }
+    }
+
+    fn compile(
+        entering: &[u8],
+        arriving: &Packet,
+        arrival: LinkEnd,
+        touches: &[Touch],
+        scratch: &mut Packet,
+    ) -> Option<CompiledPath> {
+        let steady = touches.iter().all(|touch| match touch {
+            Touch::Found { before, after, .. } => before == after,
+            _ => true,
+        });
+        if !steady {
+            return None;
+        }
+        scratch.reset_from(entering, 0).ok()?;
+        let guards = Guards::of(scratch);
+        let transform = Transform::between(scratch, arriving)?;
+        transform.apply(scratch);
+        (scratch.frame() == arriving.frame()).then(|| CompiledPath {
+            guards,
+            transform,
+            touches: touches.into(),
+            arrival,
+        })
+    }
+}
+
+impl Network {
+    /// The conntrack table `table` of `device`.
+    fn conntrack(&self, device: DeviceId, table: Table) -> Option<&Conntrack> {
+        match &self.devices[device] {
+            Device::Node(node) => node.conntrack(table),
+            Device::CalicoNode(node) => node.conntrack(table),
+            Device::Router(router) => router.conntrack(table),
+            Device::Switch(switch) => switch.conntrack(table),
+            Device::Endpoint(_) => None,
+        }
+    }
+
+    fn conntrack_mut(&mut self, device: DeviceId, table: Table) -> Option<&mut Conntrack> {
+        match &mut self.devices[device] {
+            Device::Node(node) => node.conntrack_mut(table),
+            Device::CalicoNode(node) => node.conntrack_mut(table),
+            Device::Router(router) => router.conntrack_mut(table),
+            Device::Switch(switch) => switch.conntrack_mut(table),
+            Device::Endpoint(_) => None,
+        }
+    }
+
+    /// True when a packet of `key` arriving at `now_ns` would find every touch as
+    /// the compiling walk did. An absent tuple whose table has committed entries
+    /// since is probed, and the count brought up to date when it is still absent.
+    fn touches_hold(&self, touches: &mut [Touch], key: &PathKey, now_ns: u64) -> bool {
+        touches.iter_mut().all(|touch| match touch {
+            Touch::Found {
+                device,
+                table,
+                entry,
+                direction,
+                original,
+                reply,
+                after,
+                offset_ns,
+                ..
+            } => self.conntrack(*device, *table).is_some_and(|conntrack| {
+                conntrack.would_only_refresh(
+                    *entry,
+                    (original, reply),
+                    *after,
+                    *direction,
+                    key.tcp_flags,
+                    now_ns + *offset_ns,
+                )
+            }),
+            Touch::Absent {
+                device,
+                table,
+                key,
+                insertions,
+            } => self.conntrack(*device, *table).is_some_and(|conntrack| {
+                let now = conntrack.insertions();
+                let still = now == *insertions || !conntrack.knows(key);
+                if still {
+                    *insertions = now;
+                }
+                still
+            }),
+            Touch::Present { device, table, key } => self
+                .conntrack(*device, *table)
+                .is_some_and(|conntrack| conntrack.knows(key)),
+            Touch::Advanced { .. } => true,
+        })
+    }
+
+    /// Applies what the walk did to the devices' state: each entry seen when its
+    /// device saw the packet, each counter advanced.
+    fn replay_touches(&mut self, touches: &[Touch], now_ns: u64) {
+        for touch in touches {
+            match *touch {
+                Touch::Found {
+                    device,
+                    table,
+                    entry,
+                    offset_ns,
+                    ..
+                } => {
+                    if let Some(conntrack) = self.conntrack_mut(device, table) {
+                        conntrack.refresh(entry, now_ns + offset_ns);
+                    }
+                }
+                Touch::Advanced { device, counter } => self.advance(device, counter),
+                Touch::Absent { .. } | Touch::Present { .. } => {}
+            }
+        }
+    }
+
+    /// Every conntrack entry (tuples, state, last seen) and identification counter
+    /// of every device, as text: what a walk and a replay must leave alike.
+    pub fn state_digest(&self) -> String {
+        use std::fmt::Write as _;
+        let tables = [
+            Table::HostStack,
+            Table::ServiceZone,
+            Table::Policy,
+            Table::LoadBalancer,
+        ];
+        let mut digest = String::new();
+        for (device, kind) in self.devices.iter().enumerate() {
+            let ports = match kind {
+                Device::Switch(switch) => switch.port_count(),
+                _ => 0,
+            };
+            let vnics = (0..ports).map(Table::Vnic);
+            for table in tables.into_iter().chain(vnics) {
+                let Some(conntrack) = self.conntrack(device, table) else {
+                    continue;
+                };
+                let mut entries: Vec<String> = conntrack
+                    .entries()
+                    .map(|entry| format!("{entry:?}"))
+                    .collect();
+                entries.sort();
+                let _ = writeln!(digest, "{device} {table:?}: {}", entries.join("; "));
+            }
+            let identification = match kind {
+                Device::Node(node) => Some(node.stack.identification()),
+                Device::CalicoNode(node) => Some(node.stack.identification()),
+                Device::Router(router) => Some(router.identification()),
+                Device::Switch(_) | Device::Endpoint(_) => None,
+            };
+            if let Some(identification) = identification {
+                let _ = writeln!(digest, "{device} ip id {identification}");
+            }
+        }
+        digest
+    }
+
+    fn advance(&mut self, device: DeviceId, counter: Counter) {
+        let Counter::Identification = counter;
+        match &mut self.devices[device] {
+            Device::Node(node) => {
+                node.stack.advance_identification();
+            }
+            Device::CalicoNode(node) => {
+                node.stack.advance_identification();
+            }
+            Device::Router(router) => {
+                router.advance_identification();
+            }
+            Device::Switch(_) | Device::Endpoint(_) => {}
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::capture::{CaptureMode, PcapngStream};
 use crate::datapath::{Ctx, Journal, Outputs, PortId, Recording};
 use crate::packet::Packet;
 use crate::sim::network::{build, Device, DeviceId, LinkEnd, Network};
-use crate::sim::path::{PathCache, PathKey, WalkSummary};
+use crate::sim::path::{PathCache, PathKey, RecordedHops, WalkSummary};
 use crate::topology::{EndpointRef, Topology};
 use crate::wire::{
     checksum, transport_frame, FrameAddresses, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, PROTOCOL_UDP,
@@ -101,8 +101,6 @@ pub struct Forwarder {
     capture_failure: Option<String>,
     /// Flows' walks compiled into one transform each (`sim::path`).
     paths: PathCache,
-    /// A packet buffer the path cache verifies a transform in.
-    scratch: Option<Packet>,
 }
 
 impl Forwarder {
@@ -198,7 +196,6 @@ impl Forwarder {
             capture: None,
             capture_failure: None,
             paths: PathCache::new(if topology.flow_cache { 65_536 } else { 0 }),
-            scratch: None,
             network,
         })
     }
@@ -213,6 +210,8 @@ impl Forwarder {
             CaptureMode::All | CaptureMode::None => Recording::Everything,
         };
         self.journal.uncaptured = mode.left_out(points);
+        // Paths compiled with nothing recorded have no hops to rebuild.
+        self.paths = PathCache::new(self.paths.capacity());
         self.capture = Some(PcapngStream::new(file, points, |_, point| {
             mode.includes(point.kind)
         }));
@@ -318,8 +317,9 @@ impl Forwarder {
     }
 
     /// Forwards one frame end to end; true when it reached the server pod. A frame
-    /// of a flow whose path is compiled is replayed through it (`sim::path`);
-    /// otherwise it walks device by device, and a steady walk compiles the path.
+    /// of a flow whose path is compiled is replayed through it (`sim::path`), its
+    /// hops rebuilt when capture is on; otherwise it walks device by device, and a
+    /// steady walk compiles the path.
     pub fn send(&mut self, frame: &[u8], now_ns: u64) -> bool {
         let mut packet = match self.spare.take() {
             Some(mut packet) => {
@@ -334,20 +334,33 @@ impl Forwarder {
             },
         };
         packet.meta.packet_id = 1;
-        // A packet whose hops are recorded walks, so each hop is seen.
-        let recorded = !matches!(self.journal.recording, Recording::Nothing);
-        let path_key =
-            PathKey::of(self.source_device, self.source_port, &packet).filter(|_| !recorded);
-        let Some(path_key) = path_key else {
-            let (delivered, _, arrived) = self.walk(packet, now_ns);
-            if let Some((_, packet)) = arrived {
-                self.spare = Some(packet);
+        let delivered = match PathKey::of(self.source_device, self.source_port, &packet) {
+            Some(path_key) => self.send_on_path(path_key, frame, packet, now_ns),
+            None => {
+                let (delivered, _, arrived) = self.walk(packet, now_ns);
+                if let Some((_, packet)) = arrived {
+                    self.spare = Some(packet);
+                }
+                delivered
             }
-            return delivered;
         };
-        if let Some(arrival) = self
-            .paths
-            .replay(&mut self.network, &path_key, &mut packet, now_ns)
+        self.write_capture();
+        delivered
+    }
+
+    /// Replays the packet's path, or walks it and compiles the path.
+    fn send_on_path(
+        &mut self,
+        path_key: PathKey,
+        frame: &[u8],
+        mut packet: Packet,
+        now_ns: u64,
+    ) -> bool {
+        let recording = !matches!(self.journal.recording, Recording::Nothing);
+        let journal = recording.then_some(&mut self.journal);
+        if let Some(arrival) =
+            self.paths
+                .replay(&mut self.network, &path_key, &mut packet, now_ns, journal)
         {
             self.spare = Some(packet);
             return arrival.device == self.destination_device;
@@ -357,19 +370,42 @@ impl Forwarder {
         self.journal.path.end();
         if let (false, 1, Some((arrival, arriving))) = (summary.eventful, summary.arrivals, arrived)
         {
-            let mut scratch = self.scratch.take().unwrap_or_else(|| arriving.clone());
-            self.paths.learn(
-                path_key,
-                frame,
-                &arriving,
-                arrival,
-                &self.journal.path.touches,
-                &mut scratch,
-            );
-            self.scratch = Some(scratch);
+            // Hops whose comments describe a flow cache miss are not what later
+            // packets see: compile from a walk that missed nowhere.
+            let described_steadily = !self.journal.path.flow_cache_missed;
+            let hops = recording.then(|| RecordedHops {
+                hops: &self.journal.hops,
+                started_ns: now_ns,
+            });
+            if !recording || described_steadily {
+                self.paths.learn(
+                    &self.network,
+                    path_key,
+                    frame,
+                    (&arriving, arrival),
+                    &self.journal.path.touches,
+                    hops,
+                );
+            }
             self.spare = Some(arriving);
         }
         delivered
+    }
+
+    /// Streams the hops recorded for the last packet into the capture, when capture
+    /// is on, and clears the per-packet records.
+    fn write_capture(&mut self) {
+        if let Some(stream) = &mut self.capture {
+            for hop in &self.journal.hops {
+                if let Err(error) = stream.write_hop(hop) {
+                    // Reported by finish_capture; the packet itself was forwarded.
+                    self.capture_failure.get_or_insert(error.to_string());
+                }
+            }
+            self.journal.recycle_hops();
+        } else if self.journal.hops.len() > 100_000 {
+            self.journal.hops.clear();
+        }
     }
 
     /// Walks `packet` device by device from the client's link: whether it reached the
@@ -424,17 +460,6 @@ impl Forwarder {
             self.journal.local_deliveries.len() + self.journal.local_refusals.len(),
         );
         summary.eventful |= before != after;
-        if let Some(stream) = &mut self.capture {
-            for hop in &self.journal.hops {
-                if let Err(error) = stream.write_hop(hop) {
-                    // Reported by finish_capture; the packet itself was forwarded.
-                    self.capture_failure.get_or_insert(error.to_string());
-                }
-            }
-            self.journal.recycle_hops();
-        } else if self.journal.hops.len() > 100_000 {
-            self.journal.hops.clear();
-        }
         self.journal.drops.clear();
         self.journal.nat.clear();
         self.journal.policy.clear();

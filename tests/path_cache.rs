@@ -6,7 +6,9 @@
 //! NetworkPolicies, routers and NSX DFW.
 
 use netsim::bench::{with_policies, Forwarder};
+use netsim::capture::CaptureMode;
 use netsim::topology::Topology;
+use std::path::Path;
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -132,4 +134,53 @@ fn a_replayed_packet_is_the_walked_one_byte_for_byte() {
     let arrival = &arrivals[3];
     let destination = std::net::Ipv4Addr::new(arrival[30], arrival[31], arrival[32], arrival[33]);
     assert_ne!(destination, forwarder.destination_ip);
+}
+
+/// Sends `schedule` with every hop (or the edges) streamed to `path`.
+fn capture(make: Make, topology: &Topology, cached: bool, mode: CaptureMode, path: &Path) {
+    let mut forwarder = make(topology);
+    forwarder.set_path_cache(cached);
+    forwarder.capture_into(std::fs::File::create(path).unwrap(), mode);
+    schedule(&mut forwarder);
+    let (hops, _) = forwarder.finish_capture().unwrap();
+    assert!(hops > 0);
+    let (replayed, _) = forwarder.path_cache_stats();
+    assert_eq!(replayed > 0, cached, "{}", path.display());
+}
+
+#[test]
+fn replayed_hops_are_the_walked_hops_byte_for_byte() {
+    let directory = std::env::temp_dir().join(format!("netsim-path-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    for name in [
+        "two-node",
+        "nsx-t1-t0-bgp",
+        "calico-bgp-tor",
+        "antrea-egress",
+    ] {
+        let topology = load(name);
+        for (kind, make) in forwarders(&topology) {
+            for mode in [CaptureMode::All, CaptureMode::Edges] {
+                let with = directory.join(format!("{name}-{kind}-{mode:?}-cached.pcapng"));
+                let without = directory.join(format!("{name}-{kind}-{mode:?}-walked.pcapng"));
+                capture(make, &topology, true, mode, &with);
+                capture(make, &topology, false, mode, &without);
+                assert!(
+                    std::fs::read(&with).unwrap() == std::fs::read(&without).unwrap(),
+                    "{name}/{kind}/{mode:?}: captures differ"
+                );
+            }
+        }
+    }
+    let lint = std::process::Command::new("../shared/tools/pcap-lint")
+        .arg(directory.join("two-node-pod-All-cached.pcapng"))
+        .arg("--expect-geneve")
+        .output()
+        .expect("pcap-lint runs");
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let _ = std::fs::remove_dir_all(directory);
 }

@@ -77,6 +77,9 @@ pub struct PathLog {
     /// When the walk began.
     pub started_ns: u64,
     pub touches: Vec<Touch>,
+    /// A device's flow cache missed: the walk's hop comments describe a first look
+    /// (the slow path) that later packets will not repeat.
+    pub flow_cache_missed: bool,
 }
 
 impl PathLog {
@@ -85,6 +88,7 @@ impl PathLog {
         self.active = true;
         self.started_ns = now_ns;
         self.touches.clear();
+        self.flow_cache_missed = false;
     }
 
     /// Stops recording; the touches stay for the caller to read.
@@ -167,6 +171,11 @@ impl Ctx<'_> {
             });
         }
         known
+    }
+
+    /// Records that a device's flow cache missed for this packet.
+    pub fn flow_cache_missed(&mut self) {
+        self.journal.path.flow_cache_missed = true;
     }
 
     /// Records that the device advanced `counter` once for this packet.

@@ -73,6 +73,11 @@ impl<K: Hash + Eq, V: Clone> FlowCache<K, V> {
         self.epoch += 1;
     }
 
+    /// Decisions it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn hits(&self) -> u64 {
         self.hits
     }

@@ -25,12 +25,14 @@
 //! the path anew.
 
 use crate::datapath::path_log::{Counter, Table, Touch};
-use crate::datapath::PortId;
+use crate::datapath::{Hop, HopAction, Journal, PointId, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
 use crate::packet::{FlowKey, IcmpKind, Packet};
 use crate::sim::network::{Device, DeviceId, LinkEnd, Network};
-use crate::wire::{Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN};
+use crate::wire::{
+    checksum, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, PROTOCOL_UDP,
+};
 use std::net::Ipv4Addr;
 
 /// Paths a cache holds before it starts over (as a node's flow cache).
@@ -145,11 +147,16 @@ impl Guards {
         }
     }
 
-    fn admit(&self, packet: &Packet) -> bool {
-        packet.meta.ttl >= self.min_ttl
-            && packet.ip_len() <= self.max_ip_len
-            && packet.meta.dont_fragment == self.dont_fragment
-            && packet.tos() == self.tos
+    /// A packet the path may carry; `exact` (a path that records hops, whose
+    /// comments name TTLs and lengths): the same TTL and length.
+    fn admit(&self, packet: &Packet, exact: bool) -> bool {
+        let (ttl, length) = (packet.meta.ttl, packet.ip_len());
+        let fits = if exact {
+            ttl == self.min_ttl && length == self.max_ip_len
+        } else {
+            ttl >= self.min_ttl && length <= self.max_ip_len
+        };
+        fits && packet.meta.dont_fragment == self.dont_fragment && packet.tos() == self.tos
     }
 }
 
@@ -161,6 +168,123 @@ pub struct CompiledPath {
     touches: Box<[Touch]>,
     /// Where the packet arrives (the endpoint's NIC).
     pub arrival: LinkEnd,
+    /// The hops the walk recorded (capture on), rebuilt for each replayed packet;
+    /// `None`: compiled with nothing recorded.
+    hops: Option<Box<[HopTemplate]>>,
+}
+
+/// One hop a replayed packet records: the compiling walk's hop, its frame described
+/// as the entering frame rewritten (and, on a tunnel's wire, encapsulated).
+#[derive(Debug, Clone)]
+struct HopTemplate {
+    point: PointId,
+    action: HopAction,
+    detail: String,
+    offset_ns: u64,
+    inner: Transform,
+    outer: Option<Outer>,
+}
+
+/// The outer headers a hop saw in front of the inner frame (Ethernet, IPv4, UDP
+/// with checksum 0 and the tunnel header): lengths, identification and the IPv4
+/// checksum are filled in per packet.
+#[derive(Debug, Clone)]
+struct Outer {
+    headers: Box<[u8]>,
+    /// The device whose IP identification counter the encapsulation took.
+    identification_from: DeviceId,
+}
+
+impl HopTemplate {
+    /// Describes `hop` in terms of `entering` (parsed); `None` when the rewrite and
+    /// encapsulation do not explain its frame byte for byte.
+    fn of(
+        hop: &Hop,
+        entering: &Packet,
+        started_ns: u64,
+        counters: &[(DeviceId, u16)],
+        scratch: &mut Packet,
+    ) -> Option<HopTemplate> {
+        let seen = Packet::from_frame(&hop.frame, 0).ok()?;
+        let mut inner = seen.clone();
+        let outer = match crate::datapath::encap::decapsulate(&mut inner) {
+            Ok(_) => {
+                let headers = &hop.frame[..hop.frame.len() - inner.len()];
+                let identification = u16::from_be_bytes([headers[18], headers[19]]);
+                let udp_checksum_zero = headers[23] != PROTOCOL_UDP
+                    || headers.get(40..42).is_some_and(|sum| sum == [0, 0]);
+                // The one device on the path whose counter gave this identification.
+                let mut givers = counters.iter().filter(|(_, id)| *id == identification);
+                let (device, _) = givers.next()?;
+                if givers.next().is_some() {
+                    return None;
+                }
+                udp_checksum_zero
+                    .then(|| Outer {
+                        headers: headers.into(),
+                        identification_from: *device,
+                    })?
+                    .into()
+            }
+            Err(_) => None,
+        };
+        let template = HopTemplate {
+            point: hop.point,
+            action: hop.action,
+            detail: hop.detail.clone(),
+            offset_ns: hop.time_ns.saturating_sub(started_ns),
+            inner: Transform::between(entering, &inner)?,
+            outer,
+        };
+        let identification = |device: DeviceId| {
+            counters
+                .iter()
+                .find(|(counted, _)| *counted == device)
+                .map_or(0, |(_, id)| *id)
+        };
+        template.build(entering.frame(), scratch, identification)?;
+        (scratch.frame() == hop.frame.as_slice()).then_some(template)
+    }
+
+    /// Builds this hop's frame for a packet that entered as `entering` into
+    /// `scratch`, the outer identification from `identification(device)`.
+    fn build(
+        &self,
+        entering: &[u8],
+        scratch: &mut Packet,
+        identification: impl Fn(DeviceId) -> u16,
+    ) -> Option<()> {
+        scratch.reset_from(entering, 0).ok()?;
+        self.inner.apply(scratch);
+        if let Some(outer) = &self.outer {
+            let length = outer.headers.len() + scratch.len();
+            let bytes = scratch.push_front(outer.headers.len());
+            bytes.copy_from_slice(&outer.headers);
+            fill_outer(
+                scratch.frame_mut(),
+                length,
+                identification(outer.identification_from),
+            );
+        }
+        Some(())
+    }
+}
+
+/// Fills in an outer IPv4 header's total length, identification and checksum (and a
+/// UDP header's length) for a frame of `length` bytes.
+fn fill_outer(frame: &mut [u8], length: usize, identification: u16) {
+    const IP: usize = ETHERNET_HEADER_LEN;
+    let ip_length = u16::try_from(length - IP).unwrap_or(u16::MAX);
+    frame[IP + 2..IP + 4].copy_from_slice(&ip_length.to_be_bytes());
+    frame[IP + 4..IP + 6].copy_from_slice(&identification.to_be_bytes());
+    frame[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+    let sum = checksum::checksum(&frame[IP..IP + IPV4_HEADER_LEN]);
+    frame[IP + 10..IP + 12].copy_from_slice(&sum.to_be_bytes());
+    if frame[IP + 9] == PROTOCOL_UDP {
+        let udp = IP + IPV4_HEADER_LEN;
+        let udp_length = u16::try_from(length - udp).unwrap_or(u16::MAX);
+        frame[udp + 4..udp + 6].copy_from_slice(&udp_length.to_be_bytes());
+    }
 }
 
 /// How a walk ended, as the path cache needs to judge it.
@@ -183,12 +307,20 @@ pub struct PathCache {
     /// Packets replayed through a path, and packets that walked.
     replayed: u64,
     walked: u64,
+    /// Where transforms are verified and hop frames built.
+    scratch: Option<Packet>,
 }
 
 impl Default for PathCache {
     fn default() -> Self {
         PathCache::new(CAPACITY)
     }
+}
+
+/// What the walk that compiles a path recorded, when hops were recorded.
+pub struct RecordedHops<'a> {
+    pub hops: &'a [Hop],
+    pub started_ns: u64,
 }
 
 impl PathCache {
@@ -200,7 +332,13 @@ impl PathCache {
             refused: 0,
             replayed: 0,
             walked: 0,
+            scratch: None,
         }
+    }
+
+    /// Paths it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.paths.capacity()
     }
 
     /// (hits, misses) so far: packets replayed, packets that walked (no path, or
@@ -209,19 +347,24 @@ impl PathCache {
         (self.replayed, self.walked)
     }
 
-    /// Replays the path of `key` on `packet` when there is one and it still holds:
-    /// the devices' state is updated as the walk would have, the frame rewritten;
-    /// returns where it arrives. `None`: walk it.
+    /// Replays the path of `key` on `packet` (which entered as `entering`) when
+    /// there is one and it still holds: the devices' state is updated as the walk
+    /// would have, the frame rewritten, and — when `journal` records hops — each hop
+    /// the walk recorded rebuilt for this packet; returns where it arrives. `None`:
+    /// walk it.
     pub fn replay(
         &mut self,
         network: &mut Network,
         key: &PathKey,
         packet: &mut Packet,
         now_ns: u64,
+        journal: Option<&mut Journal>,
     ) -> Option<LinkEnd> {
+        let recording = journal.is_some();
         let path = self.paths.get_mut(key);
         let Some(path) = path
-            .filter(|path| path.guards.admit(packet))
+            .filter(|path| path.guards.admit(packet, path.hops.is_some()))
+            .filter(|path| !recording || path.hops.is_some())
             .and_then(|path| {
                 network
                     .touches_hold(&mut path.touches, key, now_ns)
@@ -232,25 +375,29 @@ impl PathCache {
             return None;
         };
         network.replay_touches(&path.touches, now_ns);
+        if let (Some(journal), Some(hops)) = (journal, &path.hops) {
+            let scratch = self.scratch.get_or_insert_with(|| packet.clone());
+            record_hops(network, journal, hops, packet, now_ns, scratch);
+        }
         path.transform.apply(packet);
         self.replayed += 1;
         Some(path.arrival)
     }
 
     /// Compiles the walk of the packet that entered as `entering` and arrived at
-    /// `arrival` as `arriving`, with `touches` recorded on the way; `scratch` is
-    /// reused to verify the transform. True when a path was stored.
+    /// `arrival` as `arriving`, with `touches` recorded on the way (and `hops`, when
+    /// hops were recorded). True when a path was stored.
     pub fn learn(
         &mut self,
+        network: &Network,
         key: PathKey,
         entering: &[u8],
-        arriving: &Packet,
-        arrival: LinkEnd,
+        arrived: (&Packet, LinkEnd),
         touches: &[Touch],
-        scratch: &mut Packet,
+        hops: Option<RecordedHops>,
     ) -> bool {
-        let compiled = Self::compile(entering, arriving, arrival, touches, scratch);
-        match compiled {
+        let scratch = self.scratch.get_or_insert_with(|| arrived.0.clone());
+        match compile(network, entering, arrived, touches, hops, scratch) {
             Some(path) => {
                 self.paths.insert(key, path);
                 self.compiled += 1;
@@ -262,31 +409,92 @@ impl PathCache {
             }
         }
     }
+}
 
-    fn compile(
-        entering: &[u8],
-        arriving: &Packet,
-        arrival: LinkEnd,
-        touches: &[Touch],
-        scratch: &mut Packet,
-    ) -> Option<CompiledPath> {
-        let steady = touches.iter().all(|touch| match touch {
-            Touch::Found { before, after, .. } => before == after,
-            _ => true,
-        });
-        if !steady {
-            return None;
+fn compile(
+    network: &Network,
+    entering: &[u8],
+    (arriving, arrival): (&Packet, LinkEnd),
+    touches: &[Touch],
+    hops: Option<RecordedHops>,
+    scratch: &mut Packet,
+) -> Option<CompiledPath> {
+    let steady = touches.iter().all(|touch| match touch {
+        Touch::Found { before, after, .. } => before == after,
+        _ => true,
+    });
+    if !steady {
+        return None;
+    }
+    let entering_packet = Packet::from_frame(entering, 0).ok()?;
+    let hops = match hops {
+        Some(recorded) => {
+            let counters: Vec<(DeviceId, u16)> = touches
+                .iter()
+                .filter_map(|touch| match touch {
+                    Touch::Advanced { device, .. } => {
+                        Some((*device, network.identification(*device)?))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let templates = recorded
+                .hops
+                .iter()
+                .map(|hop| {
+                    HopTemplate::of(
+                        hop,
+                        &entering_packet,
+                        recorded.started_ns,
+                        &counters,
+                        scratch,
+                    )
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(templates.into_boxed_slice())
         }
-        scratch.reset_from(entering, 0).ok()?;
-        let guards = Guards::of(scratch);
-        let transform = Transform::between(scratch, arriving)?;
-        transform.apply(scratch);
-        (scratch.frame() == arriving.frame()).then(|| CompiledPath {
-            guards,
-            transform,
-            touches: touches.into(),
-            arrival,
-        })
+        None => None,
+    };
+    scratch.reset_from(entering, 0).ok()?;
+    let guards = Guards::of(scratch);
+    let transform = Transform::between(scratch, arriving)?;
+    transform.apply(scratch);
+    (scratch.frame() == arriving.frame()).then(|| CompiledPath {
+        guards,
+        transform,
+        touches: touches.into(),
+        arrival,
+        hops,
+    })
+}
+
+/// Records the hops of a replayed packet that entered as `packet` (not yet
+/// rewritten), each built from its template into a recycled buffer.
+fn record_hops(
+    network: &Network,
+    journal: &mut Journal,
+    hops: &[HopTemplate],
+    packet: &Packet,
+    now_ns: u64,
+    scratch: &mut Packet,
+) {
+    for hop in hops {
+        let identification = |device| network.identification(device).unwrap_or(0);
+        if hop.build(packet.frame(), scratch, identification).is_none() {
+            continue;
+        }
+        let (mut frame, mut detail) = journal.spare.pop().unwrap_or_default();
+        frame.extend_from_slice(scratch.frame());
+        detail.push_str(&hop.detail);
+        journal.hops.push(Hop {
+            time_ns: now_ns + hop.offset_ns,
+            point: hop.point,
+            flow: packet.meta.flow,
+            packet_id: packet.meta.packet_id,
+            frame,
+            action: hop.action,
+            detail,
+        });
     }
 }
 
@@ -379,6 +587,16 @@ impl Network {
         }
     }
 
+    /// The last IPv4 identification `device` sent (nodes and routers).
+    fn identification(&self, device: DeviceId) -> Option<u16> {
+        match &self.devices[device] {
+            Device::Node(node) => Some(node.stack.identification()),
+            Device::CalicoNode(node) => Some(node.stack.identification()),
+            Device::Router(router) => Some(router.identification()),
+            Device::Switch(_) | Device::Endpoint(_) => None,
+        }
+    }
+
     /// Every conntrack entry (tuples, state, last seen) and identification counter
     /// of every device, as text: what a walk and a replay must leave alike.
     pub fn state_digest(&self) -> String {
@@ -407,13 +625,7 @@ impl Network {
                 entries.sort();
                 let _ = writeln!(digest, "{device} {table:?}: {}", entries.join("; "));
             }
-            let identification = match kind {
-                Device::Node(node) => Some(node.stack.identification()),
-                Device::CalicoNode(node) => Some(node.stack.identification()),
-                Device::Router(router) => Some(router.identification()),
-                Device::Switch(_) | Device::Endpoint(_) => None,
-            };
-            if let Some(identification) = identification {
+            if let Some(identification) = self.identification(device) {
                 let _ = writeln!(digest, "{device} ip id {identification}");
             }
         }

@@ -114,6 +114,9 @@ impl AntreaNode {
                 }
                 OvsStage::L3Forwarding => {
                     (decision, cache_hit) = self.l3_forwarding_cached(source, &packet);
+                    if !cache_hit {
+                        ctx.flow_cache_missed();
+                    }
                     match decision {
                         OvsDecision::Drop(reason) => Verdict::Drop(reason),
                         _ => Verdict::Continue,

@@ -14,7 +14,7 @@ use crate::capture::{CaptureMode, PcapngStream};
 use crate::datapath::{Ctx, Journal, Outputs, PortId, Recording};
 use crate::packet::Packet;
 use crate::sim::network::{build, Device, DeviceId, LinkEnd, Network};
-use crate::sim::path::{PathCache, PathKey, RecordedHops, WalkSummary};
+use crate::sim::path::{self, PathCache, PathKey, RecordedHops, WalkSummary};
 use crate::topology::{EndpointRef, Topology};
 use crate::wire::{
     checksum, transport_frame, FrameAddresses, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, PROTOCOL_UDP,
@@ -195,7 +195,11 @@ impl Forwarder {
             gateway_mac: source_nic.gateway_mac.ok_or("client pod has no gateway")?,
             capture: None,
             capture_failure: None,
-            paths: PathCache::new(if topology.flow_cache { 65_536 } else { 0 }),
+            paths: PathCache::new(if topology.flow_cache {
+                path::CAPACITY
+            } else {
+                0
+            }),
             network,
         })
     }
@@ -298,7 +302,7 @@ impl Forwarder {
 
     /// Turns the path cache off (every packet walks) or back on.
     pub fn set_path_cache(&mut self, on: bool) {
-        self.paths = PathCache::new(if on { 65_536 } else { 0 });
+        self.paths = PathCache::new(if on { path::CAPACITY } else { 0 });
     }
 
     /// The frame the last packet arrived as, when it arrived at an endpoint.

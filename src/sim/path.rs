@@ -24,19 +24,18 @@
 //! touch that no longer holds sends the packet down the walk again, which compiles
 //! the path anew.
 
+use crate::datapath::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
 use crate::datapath::path_log::{Counter, Table, Touch};
 use crate::datapath::{Hop, HopAction, Journal, PointId, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
 use crate::packet::{FlowKey, IcmpKind, Packet};
 use crate::sim::network::{Device, DeviceId, LinkEnd, Network};
-use crate::wire::{
-    checksum, Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, PROTOCOL_UDP,
-};
+use crate::wire::{Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN};
 use std::net::Ipv4Addr;
 
 /// Paths a cache holds before it starts over (as a node's flow cache).
-const CAPACITY: usize = 65_536;
+pub const CAPACITY: usize = 65_536;
 
 /// What selects a path: where the packet enters and what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,7 +173,7 @@ pub struct CompiledPath {
 }
 
 /// One hop a replayed packet records: the compiling walk's hop, its frame described
-/// as the entering frame rewritten (and, on a tunnel's wire, encapsulated).
+/// as the entering frame rewritten (and, on a tunnel's wire, encapsulated again).
 #[derive(Debug, Clone)]
 struct HopTemplate {
     point: PointId,
@@ -185,12 +184,13 @@ struct HopTemplate {
     outer: Option<Outer>,
 }
 
-/// The outer headers a hop saw in front of the inner frame (Ethernet, IPv4, UDP
-/// with checksum 0 and the tunnel header): lengths, identification and the IPv4
-/// checksum are filled in per packet.
-#[derive(Debug, Clone)]
+/// The encapsulation a hop saw around the inner frame, rebuilt per packet with
+/// the encapsulating device's next IP identification (`datapath::encap`, as the
+/// device itself builds it).
+#[derive(Debug, Clone, Copy)]
 struct Outer {
-    headers: Box<[u8]>,
+    encapsulation: Encapsulation,
+    header: EncapHeader,
     /// The device whose IP identification counter the encapsulation took.
     identification_from: DeviceId,
 }
@@ -207,24 +207,28 @@ impl HopTemplate {
     ) -> Option<HopTemplate> {
         let seen = Packet::from_frame(&hop.frame, 0).ok()?;
         let mut inner = seen.clone();
-        let outer = match crate::datapath::encap::decapsulate(&mut inner) {
-            Ok(_) => {
-                let headers = &hop.frame[..hop.frame.len() - inner.len()];
-                let identification = u16::from_be_bytes([headers[18], headers[19]]);
-                let udp_checksum_zero = headers[23] != PROTOCOL_UDP
-                    || headers.get(40..42).is_some_and(|sum| sum == [0, 0]);
+        let outer = match decapsulate(&mut inner) {
+            Ok((encapsulation, _)) => {
+                let identification = u16::from_be_bytes([hop.frame[18], hop.frame[19]]);
                 // The one device on the path whose counter gave this identification.
                 let mut givers = counters.iter().filter(|(_, id)| *id == identification);
                 let (device, _) = givers.next()?;
                 if givers.next().is_some() {
                     return None;
                 }
-                udp_checksum_zero
-                    .then(|| Outer {
-                        headers: headers.into(),
-                        identification_from: *device,
-                    })?
-                    .into()
+                let key = seen.meta.key;
+                Some(Outer {
+                    encapsulation,
+                    header: EncapHeader {
+                        source: key.source,
+                        destination: key.destination,
+                        source_mac: seen.meta.source_mac,
+                        destination_mac: seen.meta.destination_mac,
+                        source_port: key.source_port,
+                        identification,
+                    },
+                    identification_from: *device,
+                })
             }
             Err(_) => None,
         };
@@ -256,34 +260,14 @@ impl HopTemplate {
     ) -> Option<()> {
         scratch.reset_from(entering, 0).ok()?;
         self.inner.apply(scratch);
-        if let Some(outer) = &self.outer {
-            let length = outer.headers.len() + scratch.len();
-            let bytes = scratch.push_front(outer.headers.len());
-            bytes.copy_from_slice(&outer.headers);
-            fill_outer(
-                scratch.frame_mut(),
-                length,
-                identification(outer.identification_from),
-            );
+        if let Some(outer) = self.outer {
+            let header = EncapHeader {
+                identification: identification(outer.identification_from),
+                ..outer.header
+            };
+            encapsulate(scratch, outer.encapsulation, &header);
         }
         Some(())
-    }
-}
-
-/// Fills in an outer IPv4 header's total length, identification and checksum (and a
-/// UDP header's length) for a frame of `length` bytes.
-fn fill_outer(frame: &mut [u8], length: usize, identification: u16) {
-    const IP: usize = ETHERNET_HEADER_LEN;
-    let ip_length = u16::try_from(length - IP).unwrap_or(u16::MAX);
-    frame[IP + 2..IP + 4].copy_from_slice(&ip_length.to_be_bytes());
-    frame[IP + 4..IP + 6].copy_from_slice(&identification.to_be_bytes());
-    frame[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
-    let sum = checksum::checksum(&frame[IP..IP + IPV4_HEADER_LEN]);
-    frame[IP + 10..IP + 12].copy_from_slice(&sum.to_be_bytes());
-    if frame[IP + 9] == PROTOCOL_UDP {
-        let udp = IP + IPV4_HEADER_LEN;
-        let udp_length = u16::try_from(length - udp).unwrap_or(u16::MAX);
-        frame[udp + 4..udp + 6].copy_from_slice(&udp_length.to_be_bytes());
     }
 }
 
@@ -426,9 +410,9 @@ fn compile(
     if !steady {
         return None;
     }
-    let entering_packet = Packet::from_frame(entering, 0).ok()?;
     let hops = match hops {
         Some(recorded) => {
+            let entering_packet = Packet::from_frame(entering, 0).ok()?;
             let counters: Vec<(DeviceId, u16)> = touches
                 .iter()
                 .filter_map(|touch| match touch {

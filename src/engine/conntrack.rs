@@ -624,6 +624,49 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_holds_only_while_the_packet_would_change_nothing_but_the_timer() {
+        const SECOND: u64 = 1_000_000_000;
+        let mut table = Conntrack::new(8, 1);
+        let original = key([1, 1, 1, 1], 40000);
+        let id = table.insert_untranslated(original, 0).unwrap();
+        let reply = original.reversed();
+        table.track(&reply, SYN | ACK, 1).unwrap();
+        let tracked = table.track_observed(&original, ACK, 2).unwrap();
+        assert_eq!(
+            (tracked.id, tracked.direction, tracked.before, tracked.after),
+            (id, Direction::Original, State::SynRecv, State::Established)
+        );
+        let connection = (&original, &reply);
+        let holds = |table: &Conntrack, state, flags, now| {
+            table.would_only_refresh(id, connection, state, Direction::Original, flags, now)
+        };
+        // An ACK in ESTABLISHED moves nothing; a FIN would (FIN_WAIT).
+        assert!(holds(&table, State::Established, ACK, 3 * SECOND));
+        assert!(!holds(&table, State::Established, FIN | ACK, 3 * SECOND));
+        // Not in the state the path was compiled in, or another connection.
+        assert!(!holds(&table, State::SynRecv, ACK, 3 * SECOND));
+        let other = key([1, 1, 1, 2], 40000);
+        assert!(!table.would_only_refresh(
+            id,
+            (&other, &reply),
+            State::Established,
+            Direction::Original,
+            ACK,
+            3 * SECOND
+        ));
+        // Refreshing keeps it alive past ESTABLISHED's 432,000 s from the last packet
+        // only; after that the entry is gone for a replay as for a lookup.
+        table.refresh(id, 100 * SECOND);
+        assert_eq!(table.entry(id).unwrap().last_seen_ns, 100 * SECOND);
+        assert!(holds(&table, State::Established, ACK, 432_100 * SECOND));
+        assert!(!holds(&table, State::Established, ACK, 432_101 * SECOND));
+        // Every commit counts, so a path that saw a tuple absent can tell.
+        assert_eq!(table.insertions(), 1);
+        table.insert_untranslated(other, 5).unwrap();
+        assert_eq!(table.insertions(), 2);
+    }
+
+    #[test]
     fn an_entry_whose_reply_tuple_is_taken_is_refused() {
         let mut table = Conntrack::new(8, 1);
         let direct = key([1, 1, 1, 1], 40000);

@@ -216,3 +216,42 @@ fn replayed_hops_are_the_walked_hops_byte_for_byte() {
     );
     let _ = std::fs::remove_dir_all(directory);
 }
+
+#[test]
+fn a_frame_for_another_mac_does_not_ride_a_compiled_path() {
+    // The same 5-tuple addressed to a MAC that is not antrea-gw0's: OVS's
+    // L3Forwarding reads the destination MAC, so the path must too.
+    let topology = load("two-node");
+    let mut cached = Forwarder::new(&topology, false).unwrap();
+    let mut walked = Forwarder::new(&topology, false).unwrap();
+    walked.set_path_cache(false);
+    let to_gateway = cached.frame(32_000, 100);
+    let mut elsewhere = to_gateway.clone();
+    elsewhere[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    let mut outcomes = Vec::new();
+    for forwarder in [&mut cached, &mut walked] {
+        let mut seen = Vec::new();
+        for (index, frame) in [
+            &to_gateway,
+            &to_gateway,
+            &to_gateway,
+            &elsewhere,
+            &elsewhere,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let arrived = forwarder.send(frame, SECOND + index as u64);
+            seen.push(arrived.then(|| forwarder.last_arrival().unwrap().to_vec()));
+        }
+        outcomes.push(seen);
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    assert!(outcomes[0][..3].iter().all(Option::is_some));
+    assert_eq!(
+        outcomes[0][3..],
+        [None, None],
+        "not delivered: no pod has that MAC"
+    );
+    assert_eq!(cached.state_digest(), walked.state_digest());
+}

@@ -13,7 +13,7 @@
 //! [`Transform`], kept only if applying it to the entering frame gives the arriving
 //! frame byte for byte (checksums included).
 //!
-//! A later packet of the flow (same ingress, 5-tuple and TCP flags; TTL at least, IP
+//! A later packet of the flow (same ingress, MACs, 5-tuple and TCP flags; TTL at least, IP
 //! length at most, DF and TOS equal to the compiling packet's) replays the path when
 //! every touch still holds: each entry alive, still the same connection, in the
 //! same state, and left there by this packet; each absent tuple still absent (the
@@ -45,6 +45,10 @@ pub struct PathKey {
     pub key: FlowKey,
     /// TCP flags (a SYN or FIN moves conntrack states; a pure ACK does not).
     pub tcp_flags: u8,
+    /// The Ethernet addresses: OVS's L3Forwarding reads the destination (antrea-gw0's
+    /// MAC: routed; a pod's: switched; another: dropped), and a switch forwards by it.
+    pub source_mac: Mac,
+    pub destination_mac: Mac,
 }
 
 impl PathKey {
@@ -56,6 +60,8 @@ impl PathKey {
             port,
             key: packet.meta.key,
             tcp_flags: packet.meta.tcp_flags,
+            source_mac: packet.meta.source_mac,
+            destination_mac: packet.meta.destination_mac,
         })
     }
 }

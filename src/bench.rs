@@ -48,6 +48,8 @@ pub struct BenchOptions {
     /// Where capture files go when capture is on; kept there. `None`: a temporary
     /// directory, removed after each scenario.
     pub capture_dir: Option<std::path::PathBuf>,
+    /// Only the scenarios whose name contains this; `None`: every scenario.
+    pub scenario: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -812,6 +814,12 @@ pub fn run_with_progress(
         ScenarioKind::EstablishedWithPolicies,
         ScenarioKind::NewFlowsWithPolicies,
     ]);
+    if let Some(wanted) = &options.scenario {
+        kinds.retain(|kind| kind.name().contains(wanted.as_str()));
+        if kinds.is_empty() {
+            return Err(format!("no bench scenario's name contains {wanted:?}"));
+        }
+    }
     let total = counts.len() * kinds.len();
     let mut scenarios = Vec::new();
     for threads in counts {

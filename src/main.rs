@@ -197,6 +197,10 @@ enum Command {
         /// it they go to a temporary directory and are removed after each scenario.
         #[arg(long)]
         capture_dir: Option<PathBuf>,
+        /// Only the scenarios whose name contains this, e.g. `established` or
+        /// `clusterip` (default: every scenario).
+        #[arg(long)]
+        scenario: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -395,6 +399,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             repeat,
             capture,
             capture_dir,
+            scenario,
             format,
         } => {
             let topology = match path {
@@ -409,6 +414,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 capture: capture.into(),
                 repeat,
                 capture_dir,
+                scenario,
             };
             let results = benchmark(&topology, &options, format == Format::Text)
                 .map_err(anyhow::Error::msg)?;

@@ -14,7 +14,7 @@ use crate::capture::{CaptureMode, PcapngStream};
 use crate::datapath::{Ctx, Journal, Outputs, PortId, Recording};
 use crate::packet::Packet;
 use crate::sim::network::{build, Device, DeviceId, LinkEnd, Network};
-use crate::sim::path::{self, PathCache, PathKey, RecordedHops, WalkSummary};
+use crate::sim::path::{self, PathCache, PathKey, RecordedHops, Replay, WalkSummary};
 use crate::topology::{EndpointRef, Topology};
 use crate::wire::{
     checksum, transport_frame, FrameAddresses, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, PROTOCOL_UDP,
@@ -103,6 +103,10 @@ pub struct Forwarder {
     capture_failure: Option<String>,
     /// Flows' walks compiled into one transform each (`sim::path`).
     paths: PathCache,
+    /// The buffer a frame is replayed in when nothing is recorded, and whether the
+    /// last packet arrived there (rather than as the spare packet).
+    work: Vec<u8>,
+    arrived_in_work: bool,
 }
 
 impl Forwarder {
@@ -202,6 +206,8 @@ impl Forwarder {
             } else {
                 0
             }),
+            work: Vec::with_capacity(2048),
+            arrived_in_work: false,
             network,
         })
     }
@@ -309,6 +315,9 @@ impl Forwarder {
 
     /// The frame the last packet arrived as, when it arrived at an endpoint.
     pub fn last_arrival(&self) -> Option<&[u8]> {
+        if self.arrived_in_work {
+            return Some(&self.work);
+        }
         self.spare.as_ref().map(Packet::frame)
     }
 
@@ -327,30 +336,66 @@ impl Forwarder {
     /// hops rebuilt when capture is on; otherwise it walks device by device, and a
     /// steady walk compiles the path.
     pub fn send(&mut self, frame: &[u8], now_ns: u64) -> bool {
-        let mut packet = match self.spare.take() {
-            Some(mut packet) => {
-                if packet.reset_from(frame, 0).is_err() {
-                    return false;
-                }
-                packet
-            }
-            None => match Packet::from_frame(frame, 0) {
-                Ok(packet) => packet,
-                Err(_) => return false,
-            },
+        self.arrived_in_work = false;
+        if matches!(self.journal.recording, Recording::Nothing) {
+            return self.send_unrecorded(frame, now_ns);
+        }
+        let Some(packet) = self.packet_of(frame) else {
+            return false;
         };
-        packet.meta.packet_id = 1;
         let delivered = match PathKey::of(self.source_device, self.source_port, &packet) {
             Some(path_key) => self.send_on_path(path_key, frame, packet, now_ns),
-            None => {
-                let (delivered, _, arrived) = self.walk(packet, now_ns);
-                if let Some((_, packet)) = arrived {
-                    self.spare = Some(packet);
-                }
-                delivered
-            }
+            None => self.walk_only(packet, now_ns),
         };
         self.write_capture();
+        delivered
+    }
+
+    /// With nothing recorded: the frame is replayed in a reused buffer as it is
+    /// (`PathCache::replay_frame`), and becomes a packet only when it must walk.
+    fn send_unrecorded(&mut self, frame: &[u8], now_ns: u64) -> bool {
+        self.work.clear();
+        self.work.extend_from_slice(frame);
+        let ingress = (self.source_device, self.source_port);
+        match self
+            .paths
+            .replay_frame(&mut self.network, ingress, &mut self.work, now_ns)
+        {
+            Replay::Arrived(arrival) => {
+                self.arrived_in_work = true;
+                arrival.device == self.destination_device
+            }
+            Replay::Walk(key) => {
+                let Some(packet) = self.packet_of(frame) else {
+                    return false;
+                };
+                match key {
+                    Some(path_key) => self.walk_and_learn(path_key, frame, packet, now_ns),
+                    None => self.walk_only(packet, now_ns),
+                }
+            }
+        }
+    }
+
+    /// `frame` parsed into the spare packet buffer (or a new one).
+    fn packet_of(&mut self, frame: &[u8]) -> Option<Packet> {
+        let mut packet = match self.spare.take() {
+            Some(mut packet) => {
+                packet.reset_from(frame, 0).ok()?;
+                packet
+            }
+            None => Packet::from_frame(frame, 0).ok()?,
+        };
+        packet.meta.packet_id = 1;
+        Some(packet)
+    }
+
+    /// Walks a packet no path may carry.
+    fn walk_only(&mut self, packet: Packet, now_ns: u64) -> bool {
+        let (delivered, _, arrived) = self.walk(packet, now_ns);
+        if let Some((_, packet)) = arrived {
+            self.spare = Some(packet);
+        }
         delivered
     }
 
@@ -371,6 +416,19 @@ impl Forwarder {
             self.spare = Some(packet);
             return arrival.device == self.destination_device;
         }
+        self.walk_and_learn(path_key, frame, packet, now_ns)
+    }
+
+    /// Walks the packet with its path log recording, and compiles its path when the
+    /// walk was steady.
+    fn walk_and_learn(
+        &mut self,
+        path_key: PathKey,
+        frame: &[u8],
+        packet: Packet,
+        now_ns: u64,
+    ) -> bool {
+        let recording = !matches!(self.journal.recording, Recording::Nothing);
         self.journal.path.begin(now_ns);
         let (delivered, summary, arrived) = self.walk(packet, now_ns);
         self.journal.path.end();

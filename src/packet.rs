@@ -190,7 +190,7 @@ impl Packet {
     /// Replaces this packet's bytes with `frame`, reusing the buffer (no allocation
     /// once the buffer is large enough), and parses it.
     pub fn reset_from(&mut self, frame: &[u8], flow: FlowTag) -> Result<(), WireError> {
-        self.buffer.clear();
+        // The headroom's old bytes stay: push_front overwrites what it hands out.
         self.buffer.resize(HEADROOM, 0);
         self.buffer.extend_from_slice(frame);
         self.start = HEADROOM;
@@ -209,6 +209,11 @@ impl Packet {
     /// The frame, writable. A caller that changes headers must call [`Packet::parse`].
     pub fn frame_mut(&mut self) -> &mut [u8] {
         &mut self.buffer[self.start..]
+    }
+
+    /// The frame and its metadata, both writable (a [`HeaderEditor`]'s parts).
+    pub fn frame_and_meta_mut(&mut self) -> (&mut [u8], &mut Meta) {
+        (&mut self.buffer[self.start..], &mut self.meta)
     }
 
     /// Frame length in bytes.
@@ -270,13 +275,17 @@ impl Packet {
         Ok(())
     }
 
+    /// This packet's headers, for rewriting in place.
+    pub fn headers(&mut self) -> HeaderEditor<'_> {
+        HeaderEditor {
+            frame: &mut self.buffer[self.start..],
+            meta: &mut self.meta,
+        }
+    }
+
     /// Sets the Ethernet addresses.
     pub fn set_macs(&mut self, source: Mac, destination: Mac) {
-        let frame = self.frame_mut();
-        frame[0..6].copy_from_slice(&destination.0);
-        frame[6..12].copy_from_slice(&source.0);
-        self.meta.source_mac = source;
-        self.meta.destination_mac = destination;
+        self.headers().set_macs(source, destination);
     }
 
     /// Decrements the IPv4 TTL with an incremental header-checksum update
@@ -292,7 +301,56 @@ impl Packet {
 
     /// Sets the IPv4 TTL with an incremental header-checksum update (RFC 1624).
     pub fn set_ttl(&mut self, ttl: u8) {
-        let frame = self.frame_mut();
+        self.headers().set_ttl(ttl);
+    }
+
+    /// Clears the IPv4 Don't Fragment flag (with checksum update).
+    pub fn clear_dont_fragment(&mut self) {
+        self.headers().clear_dont_fragment();
+    }
+
+    /// Rewrites the source address and port (SNAT, or un-DNAT on a reply).
+    pub fn set_source(&mut self, address: Ipv4Addr, port: u16) {
+        self.headers().set_source(address, port);
+    }
+
+    /// Rewrites the destination address and port (DNAT, or un-SNAT on a reply).
+    pub fn set_destination(&mut self, address: Ipv4Addr, port: u16) {
+        self.headers().set_destination(address, port);
+    }
+}
+
+/// A frame's headers rewritten in place with its parsed metadata kept in step: the
+/// one implementation of each header rewrite, for a [`Packet`] and for a bare frame
+/// (the path cache's replay, `sim::path`). Checksums are updated incrementally
+/// (RFC 1624), as each device does.
+pub struct HeaderEditor<'a> {
+    frame: &'a mut [u8],
+    meta: &'a mut Meta,
+}
+
+impl<'a> HeaderEditor<'a> {
+    /// The editor of `frame`, whose metadata (as [`parse_meta`] reads it) is `meta`.
+    pub fn new(frame: &'a mut [u8], meta: &'a mut Meta) -> Self {
+        HeaderEditor { frame, meta }
+    }
+
+    /// The IPv4 TTL.
+    pub fn ttl(&self) -> u8 {
+        self.meta.ttl
+    }
+
+    /// Sets the Ethernet addresses.
+    pub fn set_macs(&mut self, source: Mac, destination: Mac) {
+        self.frame[0..6].copy_from_slice(&destination.0);
+        self.frame[6..12].copy_from_slice(&source.0);
+        self.meta.source_mac = source;
+        self.meta.destination_mac = destination;
+    }
+
+    /// Sets the IPv4 TTL with an incremental header-checksum update (RFC 1624).
+    pub fn set_ttl(&mut self, ttl: u8) {
+        let frame = &mut *self.frame;
         let old_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
         frame[IP + 8] = ttl;
         let new_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
@@ -304,7 +362,7 @@ impl Packet {
 
     /// Clears the IPv4 Don't Fragment flag (with checksum update).
     pub fn clear_dont_fragment(&mut self) {
-        let frame = self.frame_mut();
+        let frame = &mut *self.frame;
         let old_word = u16::from_be_bytes([frame[IP + 6], frame[IP + 7]]);
         let new_word = old_word & !0x4000;
         frame[IP + 6..IP + 8].copy_from_slice(&new_word.to_be_bytes());
@@ -325,14 +383,14 @@ impl Packet {
     }
 
     fn rewrite_endpoint(&mut self, side: Side, address: Ipv4Addr, port: u16) {
-        let meta = self.meta;
+        let meta = *self.meta;
         let (address_offset, old_address, old_port) = match side {
             Side::Source => (IP + 12, meta.key.source, meta.key.source_port),
             Side::Destination => (IP + 16, meta.key.destination, meta.key.destination_port),
         };
         let l4 = meta.l4_offset;
         let has_l4 = !meta.is_later_fragment;
-        let frame = self.frame_mut();
+        let frame = &mut *self.frame;
         // IPv4 header checksum covers the addresses.
         frame[address_offset..address_offset + 4].copy_from_slice(&address.octets());
         let ip_sum = u16::from_be_bytes([frame[IP + 10], frame[IP + 11]]);

@@ -29,7 +29,7 @@ use crate::datapath::path_log::{Counter, Table, Touch};
 use crate::datapath::{Hop, HopAction, Journal, PointId, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
-use crate::packet::{FlowKey, IcmpKind, Packet};
+use crate::packet::{parse_meta, FlowKey, HeaderEditor, IcmpKind, Meta, Packet};
 use crate::sim::network::{Device, DeviceId, LinkEnd, Network};
 use crate::wire::{Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN};
 use std::net::Ipv4Addr;
@@ -38,7 +38,7 @@ use std::net::Ipv4Addr;
 pub const CAPACITY: usize = 65_536;
 
 /// What selects a path: where the packet enters and what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathKey {
     pub device: DeviceId,
     pub port: PortId,
@@ -51,25 +51,65 @@ pub struct PathKey {
     pub destination_mac: Mac,
 }
 
+/// The key packed into four words and mixed by two folded multiplies (as foldhash
+/// does): the table's hasher then sees one word, not a dozen fields and two MACs
+/// byte by byte.
+impl std::hash::Hash for PathKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The low and high halves of the 128-bit product, xored.
+        #[allow(clippy::cast_possible_truncation)]
+        let folded_multiply = |a: u64, b: u64| {
+            let full = u128::from(a) * u128::from(b);
+            (full as u64) ^ ((full >> 64) as u64)
+        };
+        let mac = |mac: Mac| {
+            let [a, b, c, d, e, f] = mac.0;
+            u64::from_be_bytes([0, 0, a, b, c, d, e, f])
+        };
+        let key = &self.key;
+        let addresses =
+            (u64::from(u32::from(key.source)) << 32) | u64::from(u32::from(key.destination));
+        let ports = (u64::from(key.source_port) << 48)
+            | (u64::from(key.destination_port) << 32)
+            | (u64::from(key.protocol) << 24)
+            | (u64::from(self.tcp_flags) << 16)
+            | u64::from(self.port);
+        let source = (mac(self.source_mac) << 16) ^ self.device as u64;
+        let destination = mac(self.destination_mac);
+        state.write_u64(
+            folded_multiply(
+                addresses ^ 0x243f_6a88_85a3_08d3,
+                ports ^ 0x1319_8a2e_0370_7344,
+            ) ^ folded_multiply(
+                source ^ 0xa409_3822_299f_31d0,
+                destination ^ 0x082e_fa98_ec4e_6c89,
+            ),
+        );
+    }
+}
+
 impl PathKey {
     /// The key of a packet entering `device` at `port`, when the packet is one a path
     /// may carry.
     pub fn of(device: DeviceId, port: PortId, packet: &Packet) -> Option<PathKey> {
-        replayable(packet).then_some(PathKey {
+        PathKey::of_frame(device, port, packet.frame(), &packet.meta)
+    }
+
+    /// Like [`PathKey::of`], for a bare frame and its metadata.
+    pub fn of_frame(device: DeviceId, port: PortId, frame: &[u8], meta: &Meta) -> Option<PathKey> {
+        replayable(frame, meta).then_some(PathKey {
             device,
             port,
-            key: packet.meta.key,
-            tcp_flags: packet.meta.tcp_flags,
-            source_mac: packet.meta.source_mac,
-            destination_mac: packet.meta.destination_mac,
+            key: meta.key,
+            tcp_flags: meta.tcp_flags,
+            source_mac: meta.source_mac,
+            destination_mac: meta.destination_mac,
         })
     }
 }
 
 /// IPv4 without options, not a fragment, TCP, UDP or an ICMP echo.
-fn replayable(packet: &Packet) -> bool {
-    let meta = &packet.meta;
-    let frame = packet.frame();
+fn replayable(frame: &[u8], meta: &Meta) -> bool {
     let flags_and_offset = frame
         .get(ETHERNET_HEADER_LEN + 6..ETHERNET_HEADER_LEN + 8)
         .map_or(0x3fff, |word| u16::from_be_bytes([word[0], word[1]]));
@@ -118,15 +158,21 @@ impl Transform {
 
     /// Rewrites `packet` (checksums updated incrementally, as each device does).
     pub fn apply(&self, packet: &mut Packet) {
-        packet.set_macs(self.source_mac, self.destination_mac);
+        self.apply_to(&mut packet.headers());
+    }
+
+    /// Rewrites the headers of a packet or a bare frame.
+    fn apply_to(&self, headers: &mut HeaderEditor) {
+        headers.set_macs(self.source_mac, self.destination_mac);
         if let Some((address, port)) = self.destination {
-            packet.set_destination(address, port);
+            headers.set_destination(address, port);
         }
         if let Some((address, port)) = self.source {
-            packet.set_source(address, port);
+            headers.set_source(address, port);
         }
         if self.ttl_decrement != 0 {
-            packet.set_ttl(packet.meta.ttl - self.ttl_decrement);
+            let ttl = headers.ttl();
+            headers.set_ttl(ttl - self.ttl_decrement);
         }
     }
 }
@@ -152,16 +198,18 @@ impl Guards {
         }
     }
 
-    /// A packet the path may carry; `exact` (a path that records hops, whose
-    /// comments name TTLs and lengths): the same TTL and length.
-    fn admit(&self, packet: &Packet, exact: bool) -> bool {
-        let (ttl, length) = (packet.meta.ttl, packet.ip_len());
+    /// A frame (with its metadata) the path may carry; `exact` (a path that records
+    /// hops, whose comments name TTLs and lengths): the same TTL and length.
+    fn admit(&self, frame: &[u8], meta: &Meta, exact: bool) -> bool {
+        let ttl = meta.ttl;
+        let length = frame.len().saturating_sub(ETHERNET_HEADER_LEN);
+        let tos = frame.get(ETHERNET_HEADER_LEN + 1).copied().unwrap_or(0);
         let fits = if exact {
             ttl == self.min_ttl && length == self.max_ip_len
         } else {
             ttl >= self.min_ttl && length <= self.max_ip_len
         };
-        fits && packet.meta.dont_fragment == self.dont_fragment && packet.tos() == self.tos
+        fits && meta.dont_fragment == self.dont_fragment && tos == self.tos
     }
 }
 
@@ -277,6 +325,15 @@ impl HopTemplate {
     }
 }
 
+/// What [`PathCache::replay_frame`] did with a frame.
+#[derive(Debug, Clone, Copy)]
+pub enum Replay {
+    /// Replayed: the frame, rewritten, arrives here.
+    Arrived(LinkEnd),
+    /// Not replayed: walk it (and, with a key, compile its path from the walk).
+    Walk(Option<PathKey>),
+}
+
 /// How a walk ended, as the path cache needs to judge it.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WalkSummary {
@@ -350,10 +407,45 @@ impl PathCache {
         now_ns: u64,
         journal: Option<&mut Journal>,
     ) -> Option<LinkEnd> {
+        let (frame, meta) = packet.frame_and_meta_mut();
+        self.replay_headers(network, key, frame, meta, now_ns, journal)
+    }
+
+    /// Like [`PathCache::replay`] (nothing recorded), for a bare frame entering
+    /// `device` at `port`, rewritten in place: no packet buffer to fill and no
+    /// metadata kept beyond the rewrite.
+    pub fn replay_frame(
+        &mut self,
+        network: &mut Network,
+        (device, port): (DeviceId, PortId),
+        frame: &mut [u8],
+        now_ns: u64,
+    ) -> Replay {
+        let Ok(mut meta) = parse_meta(frame) else {
+            return Replay::Walk(None);
+        };
+        let Some(key) = PathKey::of_frame(device, port, frame, &meta) else {
+            return Replay::Walk(None);
+        };
+        match self.replay_headers(network, &key, frame, &mut meta, now_ns, None) {
+            Some(arrival) => Replay::Arrived(arrival),
+            None => Replay::Walk(Some(key)),
+        }
+    }
+
+    fn replay_headers(
+        &mut self,
+        network: &mut Network,
+        key: &PathKey,
+        frame: &mut [u8],
+        meta: &mut Meta,
+        now_ns: u64,
+        journal: Option<&mut Journal>,
+    ) -> Option<LinkEnd> {
         let recording = journal.is_some();
         let path = self.paths.get_mut(key);
         let Some(path) = path
-            .filter(|path| path.guards.admit(packet, path.hops.is_some()))
+            .filter(|path| path.guards.admit(frame, meta, path.hops.is_some()))
             .filter(|path| !recording || path.hops.is_some())
             .and_then(|path| {
                 network
@@ -366,10 +458,14 @@ impl PathCache {
         };
         network.replay_touches(&path.touches, now_ns);
         if let (Some(journal), Some(hops)) = (journal, &path.hops) {
-            let scratch = self.scratch.get_or_insert_with(|| packet.clone());
-            record_hops(network, journal, hops, packet, now_ns, scratch);
+            if self.scratch.is_none() {
+                self.scratch = Packet::from_frame(frame, 0).ok();
+            }
+            if let Some(scratch) = &mut self.scratch {
+                record_hops(network, journal, hops, (frame, meta), now_ns, scratch);
+            }
         }
-        path.transform.apply(packet);
+        path.transform.apply_to(&mut HeaderEditor::new(frame, meta));
         self.replayed += 1;
         Some(path.arrival)
     }
@@ -464,13 +560,13 @@ fn record_hops(
     network: &Network,
     journal: &mut Journal,
     hops: &[HopTemplate],
-    packet: &Packet,
+    (entering, meta): (&[u8], &Meta),
     now_ns: u64,
     scratch: &mut Packet,
 ) {
     for hop in hops {
         let identification = |device| network.identification(device).unwrap_or(0);
-        if hop.build(packet.frame(), scratch, identification).is_none() {
+        if hop.build(entering, scratch, identification).is_none() {
             continue;
         }
         let (mut frame, mut detail) = journal.spare.pop().unwrap_or_default();
@@ -479,8 +575,8 @@ fn record_hops(
         journal.hops.push(Hop {
             time_ns: now_ns + hop.offset_ns,
             point: hop.point,
-            flow: packet.meta.flow,
-            packet_id: packet.meta.packet_id,
+            flow: meta.flow,
+            packet_id: meta.packet_id,
             frame,
             action: hop.action,
             detail,

@@ -495,7 +495,7 @@ impl Forwarder {
             journal: &mut self.journal,
         };
         while let Some((device, port, packet)) = self.queue.pop() {
-            if let Device::Endpoint(_) = self.network.devices[device] {
+            if let Device::Endpoint(_) = self.network.devices()[device] {
                 delivered |= device == self.destination_device;
                 summary.arrivals += 1;
                 let end = LinkEnd {

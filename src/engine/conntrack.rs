@@ -317,6 +317,12 @@ impl Conntrack {
             && (!moves || state.next(protocol, direction, flags) == state)
     }
 
+    /// How long entry `id` lives unseen in its present state (the kernel's
+    /// per-protocol, per-state timeout).
+    pub fn timeout_of(&self, id: EntryId) -> Option<u64> {
+        self.entry(id).map(timeout_ns)
+    }
+
     /// Marks entry `id` as seen at `now_ns` (a packet that changes no state).
     pub fn refresh(&mut self, id: EntryId, now_ns: u64) {
         if let Some(Some(entry)) = self.entries.get_mut(id as usize) {

@@ -67,7 +67,7 @@ pub struct NodeRoutes {
 pub fn build(network: &Network, only: Option<&str>) -> RoutesReport {
     let mut routers = Vec::new();
     let mut nodes = Vec::new();
-    for device in &network.devices {
+    for device in network.devices() {
         match device {
             Device::Router(router) if only.is_none_or(|name| name == router.name) => {
                 let interface = |port: u16| {

@@ -95,7 +95,13 @@ pub struct EndpointNic {
 }
 
 pub struct Network {
-    pub devices: Vec<Device>,
+    /// Changed only through [`Network::process`], which counts each change in
+    /// `generation` (the path cache relies on that).
+    pub(super) devices: Vec<Device>,
+    /// Frames the devices have processed: a device's state (conntrack entries and
+    /// states, rules, routes) changes only when this moves. A path cache replay
+    /// refreshes entries and advances counters without moving it.
+    generation: u64,
     pub device_names: Vec<String>,
     pub links: Vec<Vec<Option<LinkEnd>>>,
     pub points: Vec<CapturePoint>,
@@ -150,6 +156,16 @@ impl Network {
         self.endpoint_index.get(&reference).copied()
     }
 
+    /// The devices, by id.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// How many frames devices have processed (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Where a frame sent out of `device`'s `port` arrives.
     pub fn peer(&self, device: DeviceId, port: PortId) -> Option<LinkEnd> {
         self.links[device].get(usize::from(port)).copied().flatten()
@@ -165,6 +181,7 @@ impl Network {
         out: &mut Outputs,
     ) {
         ctx.journal.path.device = device;
+        self.generation = self.generation.wrapping_add(1);
         match &mut self.devices[device] {
             Device::Node(node) => node.process(ctx, port, packet, out),
             Device::CalicoNode(node) => node.process(ctx, port, packet, out),
@@ -219,6 +236,7 @@ pub fn build(topology: &Topology) -> Network {
         endpoint_index: FxHashMap::default(),
         bgp_rounds: 0,
         bgp_converged: true,
+        generation: 0,
     };
     let seed = topology.seed;
 

@@ -219,6 +219,16 @@ pub struct CompiledPath {
     guards: Guards,
     transform: Transform,
     touches: Box<[Touch]>,
+    /// What a replay does to the devices' state: the touches that refresh an entry
+    /// or advance a counter.
+    effects: Box<[Effect]>,
+    /// The network generation at which the touches last held in full; while it has
+    /// not moved no entry was added, removed or changed state, so they still hold
+    /// until the first entry this path refreshes could expire, `alive_until_ns`.
+    checked_generation: Option<u64>,
+    alive_until_ns: u64,
+    /// The shortest timeout of the entries this path refreshes.
+    shortest_timeout_ns: u64,
     /// Where the packet arrives (the endpoint's NIC).
     pub arrival: LinkEnd,
     /// The hops the walk recorded (capture on), rebuilt for each replayed packet;
@@ -334,6 +344,61 @@ pub enum Replay {
     Walk(Option<PathKey>),
 }
 
+/// What replaying a path does to one device's state.
+#[derive(Debug, Clone, Copy)]
+enum Effect {
+    /// Conntrack entry `entry` seen `offset_ns` after the packet entered.
+    Refresh {
+        device: DeviceId,
+        table: Table,
+        entry: crate::engine::conntrack::EntryId,
+        offset_ns: u64,
+    },
+    /// One of the device's counters advanced.
+    Advance { device: DeviceId, counter: Counter },
+}
+
+impl Effect {
+    fn of(touch: &Touch) -> Option<Effect> {
+        match *touch {
+            Touch::Found {
+                device,
+                table,
+                entry,
+                offset_ns,
+                ..
+            } => Some(Effect::Refresh {
+                device,
+                table,
+                entry,
+                offset_ns,
+            }),
+            Touch::Advanced { device, counter } => Some(Effect::Advance { device, counter }),
+            Touch::Absent { .. } | Touch::Present { .. } => None,
+        }
+    }
+}
+
+impl CompiledPath {
+    /// True when the touches hold for a packet of `key` at `now_ns`. While the
+    /// network's generation stands where the last full check left it, nothing was
+    /// committed, removed or moved to another state, so only time can have broken
+    /// a touch: the entries this path refreshes live at least until
+    /// `alive_until_ns` (a replay of another path only refreshes them later).
+    fn holds(&mut self, network: &Network, key: &PathKey, now_ns: u64) -> bool {
+        let generation = network.generation();
+        if self.checked_generation == Some(generation) && now_ns <= self.alive_until_ns {
+            return true;
+        }
+        if !network.touches_hold(&mut self.touches, key, now_ns) {
+            return false;
+        }
+        self.checked_generation = Some(generation);
+        self.shortest_timeout_ns = network.shortest_timeout(&self.touches);
+        true
+    }
+}
+
 /// How a walk ended, as the path cache needs to judge it.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WalkSummary {
@@ -443,20 +508,20 @@ impl PathCache {
         journal: Option<&mut Journal>,
     ) -> Option<LinkEnd> {
         let recording = journal.is_some();
-        let path = self.paths.get_mut(key);
-        let Some(path) = path
-            .filter(|path| path.guards.admit(frame, meta, path.hops.is_some()))
-            .filter(|path| !recording || path.hops.is_some())
-            .and_then(|path| {
-                network
-                    .touches_hold(&mut path.touches, key, now_ns)
-                    .then_some(path)
-            })
-        else {
+        let path = self.paths.get_mut(key).filter(|path| {
+            path.guards.admit(frame, meta, path.hops.is_some())
+                && (!recording || path.hops.is_some())
+        });
+        let Some(path) = path else {
             self.walked += 1;
             return None;
         };
-        network.replay_touches(&path.touches, now_ns);
+        if !path.holds(network, key, now_ns) {
+            self.walked += 1;
+            return None;
+        }
+        network.replay_effects(&path.effects, now_ns);
+        path.alive_until_ns = now_ns.saturating_add(path.shortest_timeout_ns);
         if let (Some(journal), Some(hops)) = (journal, &path.hops) {
             if self.scratch.is_none() {
                 self.scratch = Packet::from_frame(frame, 0).ok();
@@ -549,6 +614,10 @@ fn compile(
         guards,
         transform,
         touches: touches.into(),
+        effects: touches.iter().filter_map(Effect::of).collect(),
+        checked_generation: None,
+        alive_until_ns: 0,
+        shortest_timeout_ns: u64::MAX,
         arrival,
         hops,
     })
@@ -651,24 +720,39 @@ impl Network {
         })
     }
 
-    /// Applies what the walk did to the devices' state: each entry seen when its
-    /// device saw the packet, each counter advanced.
-    fn replay_touches(&mut self, touches: &[Touch], now_ns: u64) {
-        for touch in touches {
-            match *touch {
+    /// The shortest timeout of the entries `touches` found (`u64::MAX`: none).
+    fn shortest_timeout(&self, touches: &[Touch]) -> u64 {
+        touches
+            .iter()
+            .filter_map(|touch| match *touch {
                 Touch::Found {
                     device,
                     table,
                     entry,
-                    offset_ns,
                     ..
+                } => self.conntrack(device, table)?.timeout_of(entry),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Applies what the walk did to the devices' state: each entry seen when its
+    /// device saw the packet, each counter advanced.
+    fn replay_effects(&mut self, effects: &[Effect], now_ns: u64) {
+        for effect in effects {
+            match *effect {
+                Effect::Refresh {
+                    device,
+                    table,
+                    entry,
+                    offset_ns,
                 } => {
                     if let Some(conntrack) = self.conntrack_mut(device, table) {
                         conntrack.refresh(entry, now_ns + offset_ns);
                     }
                 }
-                Touch::Advanced { device, counter } => self.advance(device, counter),
-                Touch::Absent { .. } | Touch::Present { .. } => {}
+                Effect::Advance { device, counter } => self.advance(device, counter),
             }
         }
     }

@@ -453,7 +453,7 @@ impl Runner<'_> {
     }
 
     fn arrive(&mut self, device: DeviceId, port: PortId, packet: Packet) {
-        if let Device::Endpoint(endpoint) = self.network.devices[device] {
+        if let Device::Endpoint(endpoint) = self.network.devices()[device] {
             self.deliver(endpoint, packet);
             return;
         }

@@ -29,7 +29,7 @@ use crate::datapath::path_log::{Counter, Table, Touch};
 use crate::datapath::{Hop, HopAction, Journal, PointId, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
-use crate::packet::{parse_meta, FlowKey, HeaderEditor, IcmpKind, Meta, Packet};
+use crate::packet::{parse_meta, HeaderEditor, IcmpKind, Meta, Packet};
 use crate::sim::network::{Device, DeviceId, LinkEnd, Network};
 use crate::wire::{Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN};
 use std::net::Ipv4Addr;
@@ -37,23 +37,26 @@ use std::net::Ipv4Addr;
 /// Paths a cache holds before it starts over (as a node's flow cache).
 pub const CAPACITY: usize = 65_536;
 
-/// What selects a path: where the packet enters and what it is.
+/// What selects a path: where the packet enters and what it is — the ingress
+/// device and port, the 5-tuple, the TCP flags (a SYN or FIN moves conntrack
+/// states; a pure ACK does not) and both Ethernet addresses (OVS's L3Forwarding
+/// reads the destination: antrea-gw0's MAC is routed, a pod's switched, another
+/// dropped; a switch forwards by it). Packed into four words once, so hashing and
+/// comparing it are a few word operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathKey {
-    pub device: DeviceId,
-    pub port: PortId,
-    pub key: FlowKey,
-    /// TCP flags (a SYN or FIN moves conntrack states; a pure ACK does not).
-    pub tcp_flags: u8,
-    /// The Ethernet addresses: OVS's L3Forwarding reads the destination (antrea-gw0's
-    /// MAC: routed; a pod's: switched; another: dropped), and a switch forwards by it.
-    pub source_mac: Mac,
-    pub destination_mac: Mac,
+    /// Source and destination address.
+    addresses: u64,
+    /// Source and destination port, protocol, TCP flags, ingress port.
+    ports: u64,
+    /// The source MAC above the ingress device (a device id past 16 bits has no
+    /// key: its packets walk).
+    source: u64,
+    destination_mac: u64,
 }
 
-/// The key packed into four words and mixed by two folded multiplies (as foldhash
-/// does): the table's hasher then sees one word, not a dozen fields and two MACs
-/// byte by byte.
+/// The four words mixed by two folded multiplies (as foldhash does): the table's
+/// hasher then sees one word.
 impl std::hash::Hash for PathKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         // The low and high halves of the 128-bit product, xored.
@@ -62,27 +65,13 @@ impl std::hash::Hash for PathKey {
             let full = u128::from(a) * u128::from(b);
             (full as u64) ^ ((full >> 64) as u64)
         };
-        let mac = |mac: Mac| {
-            let [a, b, c, d, e, f] = mac.0;
-            u64::from_be_bytes([0, 0, a, b, c, d, e, f])
-        };
-        let key = &self.key;
-        let addresses =
-            (u64::from(u32::from(key.source)) << 32) | u64::from(u32::from(key.destination));
-        let ports = (u64::from(key.source_port) << 48)
-            | (u64::from(key.destination_port) << 32)
-            | (u64::from(key.protocol) << 24)
-            | (u64::from(self.tcp_flags) << 16)
-            | u64::from(self.port);
-        let source = (mac(self.source_mac) << 16) ^ self.device as u64;
-        let destination = mac(self.destination_mac);
         state.write_u64(
             folded_multiply(
-                addresses ^ 0x243f_6a88_85a3_08d3,
-                ports ^ 0x1319_8a2e_0370_7344,
+                self.addresses ^ 0x243f_6a88_85a3_08d3,
+                self.ports ^ 0x1319_8a2e_0370_7344,
             ) ^ folded_multiply(
-                source ^ 0xa409_3822_299f_31d0,
-                destination ^ 0x082e_fa98_ec4e_6c89,
+                self.source ^ 0xa409_3822_299f_31d0,
+                self.destination_mac ^ 0x082e_fa98_ec4e_6c89,
             ),
         );
     }
@@ -97,14 +86,31 @@ impl PathKey {
 
     /// Like [`PathKey::of`], for a bare frame and its metadata.
     pub fn of_frame(device: DeviceId, port: PortId, frame: &[u8], meta: &Meta) -> Option<PathKey> {
-        replayable(frame, meta).then_some(PathKey {
-            device,
-            port,
-            key: meta.key,
-            tcp_flags: meta.tcp_flags,
-            source_mac: meta.source_mac,
-            destination_mac: meta.destination_mac,
+        let device = u16::try_from(device).ok()?;
+        if !replayable(frame, meta) {
+            return None;
+        }
+        let key = &meta.key;
+        let mac = |mac: Mac| {
+            let [a, b, c, d, e, f] = mac.0;
+            u64::from_be_bytes([0, 0, a, b, c, d, e, f])
+        };
+        Some(PathKey {
+            addresses: (u64::from(u32::from(key.source)) << 32)
+                | u64::from(u32::from(key.destination)),
+            ports: (u64::from(key.source_port) << 48)
+                | (u64::from(key.destination_port) << 32)
+                | (u64::from(key.protocol) << 24)
+                | (u64::from(meta.tcp_flags) << 16)
+                | u64::from(port),
+            source: (mac(meta.source_mac) << 16) | u64::from(device),
+            destination_mac: mac(meta.destination_mac),
         })
+    }
+
+    /// The TCP flags of the packets this key selects.
+    pub fn tcp_flags(&self) -> u8 {
+        u8::try_from((self.ports >> 16) & 0xff).unwrap_or(0)
     }
 }
 
@@ -696,7 +702,7 @@ impl Network {
                     (original, reply),
                     *after,
                     *direction,
-                    key.tcp_flags,
+                    key.tcp_flags(),
                     now_ns + *offset_ns,
                 )
             }),

@@ -342,21 +342,14 @@ impl<'a> HeaderEditor<'a> {
 
     /// Sets the Ethernet addresses.
     pub fn set_macs(&mut self, source: Mac, destination: Mac) {
-        self.frame[0..6].copy_from_slice(&destination.0);
-        self.frame[6..12].copy_from_slice(&source.0);
+        write_macs(self.frame, source, destination);
         self.meta.source_mac = source;
         self.meta.destination_mac = destination;
     }
 
     /// Sets the IPv4 TTL with an incremental header-checksum update (RFC 1624).
     pub fn set_ttl(&mut self, ttl: u8) {
-        let frame = &mut *self.frame;
-        let old_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
-        frame[IP + 8] = ttl;
-        let new_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
-        let old_sum = u16::from_be_bytes([frame[IP + 10], frame[IP + 11]]);
-        let new_sum = checksum::update_word(old_sum, old_word, new_word);
-        frame[IP + 10..IP + 12].copy_from_slice(&new_sum.to_be_bytes());
+        write_ttl(self.frame, ttl);
         self.meta.ttl = ttl;
     }
 
@@ -483,6 +476,23 @@ impl Packet {
         let sum = checksum::checksum(&frame[icmp_start..icmp_end]);
         frame[icmp_start + 2..icmp_start + 4].copy_from_slice(&sum.to_be_bytes());
     }
+}
+
+/// Writes an Ethernet frame's addresses (no metadata to keep in step).
+pub fn write_macs(frame: &mut [u8], source: Mac, destination: Mac) {
+    frame[0..6].copy_from_slice(&destination.0);
+    frame[6..12].copy_from_slice(&source.0);
+}
+
+/// Writes an IPv4 frame's TTL with an incremental header-checksum update
+/// (RFC 1624; no metadata to keep in step).
+pub fn write_ttl(frame: &mut [u8], ttl: u8) {
+    let old_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
+    frame[IP + 8] = ttl;
+    let new_word = u16::from_be_bytes([frame[IP + 8], frame[IP + 9]]);
+    let old_sum = u16::from_be_bytes([frame[IP + 10], frame[IP + 11]]);
+    let new_sum = checksum::update_word(old_sum, old_word, new_word);
+    frame[IP + 10..IP + 12].copy_from_slice(&new_sum.to_be_bytes());
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

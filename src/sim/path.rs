@@ -29,9 +29,10 @@ use crate::datapath::path_log::{Counter, Table, Touch};
 use crate::datapath::{Hop, HopAction, Journal, PointId, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
-use crate::packet::{parse_meta, HeaderEditor, IcmpKind, Meta, Packet};
+use crate::packet::{parse_meta, write_macs, write_ttl, HeaderEditor, IcmpKind, Meta, Packet};
 use crate::sim::network::{Device, DeviceId, LinkEnd, Network};
 use crate::wire::{Mac, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN};
+use crate::wire::{PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
 use std::net::Ipv4Addr;
 
 /// Paths a cache holds before it starts over (as a node's flow cache).
@@ -108,6 +109,65 @@ impl PathKey {
         })
     }
 
+    /// Like [`PathKey::of_frame`], read straight from the frame's bytes (the
+    /// bare-frame lane parses nothing else): the same key, and `None` for the same
+    /// frames, as `parse_meta` and [`PathKey::of_frame`] give (a property test
+    /// holds them to it).
+    pub fn read(device: DeviceId, port: PortId, frame: &[u8]) -> Option<PathKey> {
+        let device = u16::try_from(device).ok()?;
+        // Ethernet and an IPv4 header without options.
+        let header = frame.first_chunk::<{ ETHERNET_HEADER_LEN + IPV4_HEADER_LEN }>()?;
+        let ip = ETHERNET_HEADER_LEN;
+        let total_len = usize::from(u16::from_be_bytes([header[ip + 2], header[ip + 3]]));
+        let flags_and_offset = u16::from_be_bytes([header[ip + 6], header[ip + 7]]);
+        if u16::from_be_bytes([header[12], header[13]]) != ETHERTYPE_IPV4
+            || header[ip] != 0x45
+            || total_len > frame.len() - ETHERNET_HEADER_LEN
+            || flags_and_offset & 0x3fff != 0
+        {
+            return None;
+        }
+        // The transport header lies within the frame: total_len fits in it.
+        let l4 = ip + IPV4_HEADER_LEN;
+        let l4_len = total_len.checked_sub(IPV4_HEADER_LEN)?;
+        let word = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+        let protocol = header[ip + 9];
+        let (source_port, destination_port, tcp_flags) = match protocol {
+            PROTOCOL_TCP if l4_len >= 20 => (word(l4), word(l4 + 2), frame[l4 + 13]),
+            PROTOCOL_UDP if l4_len >= 8 => (word(l4), word(l4 + 2), 0),
+            // An echo request or reply: the identifier stands for both ports.
+            PROTOCOL_ICMP if l4_len >= 8 && matches!(frame[l4], 0 | 8) => {
+                (word(l4 + 4), word(l4 + 4), 0)
+            }
+            PROTOCOL_TCP | PROTOCOL_UDP | PROTOCOL_ICMP => return None,
+            _ => (0, 0, 0),
+        };
+        let mac = |at: usize| {
+            let bytes = &header[at..at + 6];
+            u64::from_be_bytes([
+                0, 0, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5],
+            ])
+        };
+        let address = |at: usize| {
+            u64::from(u32::from_be_bytes([
+                header[at],
+                header[at + 1],
+                header[at + 2],
+                header[at + 3],
+            ]))
+        };
+        Some(PathKey {
+            addresses: (address(ip + 12) << 32) | address(ip + 16),
+            ports: (u64::from(source_port) << 48)
+                | (u64::from(destination_port) << 32)
+                | (u64::from(protocol) << 24)
+                | (u64::from(tcp_flags) << 16)
+                | u64::from(port),
+            source: (mac(6) << 16) | u64::from(device),
+            destination_mac: mac(0),
+        })
+    }
+
     /// The TCP flags of the packets this key selects.
     pub fn tcp_flags(&self) -> u8 {
         u8::try_from((self.ports >> 16) & 0xff).unwrap_or(0)
@@ -167,6 +227,25 @@ impl Transform {
         self.apply_to(&mut packet.headers());
     }
 
+    /// Rewrites a bare frame: Ethernet addresses and TTL in place; with NAT, the
+    /// frame is parsed for the editor first. False (nothing changed) when it does
+    /// not parse.
+    fn apply_to_frame(&self, frame: &mut [u8]) -> bool {
+        if self.source.is_none() && self.destination.is_none() {
+            write_macs(frame, self.source_mac, self.destination_mac);
+            if self.ttl_decrement != 0 {
+                let ttl = frame[ETHERNET_HEADER_LEN + 8];
+                write_ttl(frame, ttl - self.ttl_decrement);
+            }
+            return true;
+        }
+        let Ok(mut meta) = parse_meta(frame) else {
+            return false;
+        };
+        self.apply_to(&mut HeaderEditor::new(frame, &mut meta));
+        true
+    }
+
     /// Rewrites the headers of a packet or a bare frame.
     fn apply_to(&self, headers: &mut HeaderEditor) {
         headers.set_macs(self.source_mac, self.destination_mac);
@@ -204,18 +283,23 @@ impl Guards {
         }
     }
 
-    /// A frame (with its metadata) the path may carry; `exact` (a path that records
-    /// hops, whose comments name TTLs and lengths): the same TTL and length.
-    fn admit(&self, frame: &[u8], meta: &Meta, exact: bool) -> bool {
-        let ttl = meta.ttl;
-        let length = frame.len().saturating_sub(ETHERNET_HEADER_LEN);
-        let tos = frame.get(ETHERNET_HEADER_LEN + 1).copied().unwrap_or(0);
+    /// An IPv4 frame (one a key was read from) the path may carry; `exact` (a path
+    /// that records hops, whose comments name TTLs and lengths): the same TTL and
+    /// length.
+    fn admit(&self, frame: &[u8], exact: bool) -> bool {
+        let Some(header) = frame.first_chunk::<{ ETHERNET_HEADER_LEN + IPV4_HEADER_LEN }>() else {
+            return false;
+        };
+        let ip = ETHERNET_HEADER_LEN;
+        let (tos, dont_fragment, ttl) =
+            (header[ip + 1], header[ip + 6] & 0x40 != 0, header[ip + 8]);
+        let length = frame.len() - ETHERNET_HEADER_LEN;
         let fits = if exact {
             ttl == self.min_ttl && length == self.max_ip_len
         } else {
             ttl >= self.min_ttl && length <= self.max_ip_len
         };
-        fits && meta.dont_fragment == self.dont_fragment && tos == self.tos
+        fits && dont_fragment == self.dont_fragment && tos == self.tos
     }
 }
 
@@ -385,7 +469,31 @@ impl Effect {
     }
 }
 
+/// The path of `key`, when a packet entering as `frame` at `now_ns` may replay it
+/// (with hops to record, when `recording`).
+fn admit<'a>(
+    paths: &'a mut FlowCache<PathKey, CompiledPath>,
+    network: &Network,
+    key: &PathKey,
+    frame: &[u8],
+    now_ns: u64,
+    recording: bool,
+) -> Option<&'a mut CompiledPath> {
+    let path = paths.get_mut(key)?;
+    let admitted = path.guards.admit(frame, path.hops.is_some())
+        && (!recording || path.hops.is_some())
+        && path.holds(network, key, now_ns);
+    admitted.then_some(path)
+}
+
 impl CompiledPath {
+    /// Applies a replay to the devices' state (entries refreshed, counters
+    /// advanced), as the walk would have.
+    fn commit(&mut self, network: &mut Network, now_ns: u64) {
+        network.replay_effects(&self.effects, now_ns);
+        self.alive_until_ns = now_ns.saturating_add(self.shortest_timeout_ns);
+    }
+
     /// True when the touches hold for a packet of `key` at `now_ns`. While the
     /// network's generation stands where the last full check left it, nothing was
     /// committed, removed or moved to another state, so only time can have broken
@@ -465,11 +573,10 @@ impl PathCache {
         (self.replayed, self.walked)
     }
 
-    /// Replays the path of `key` on `packet` (which entered as `entering`) when
-    /// there is one and it still holds: the devices' state is updated as the walk
-    /// would have, the frame rewritten, and — when `journal` records hops — each hop
-    /// the walk recorded rebuilt for this packet; returns where it arrives. `None`:
-    /// walk it.
+    /// Replays the path of `key` on `packet` when there is one and it still holds:
+    /// the devices' state is updated as the walk would have, the frame rewritten,
+    /// and — when `journal` records hops — each hop the walk recorded rebuilt for
+    /// this packet; returns where it arrives. `None`: walk it.
     pub fn replay(
         &mut self,
         network: &mut Network,
@@ -478,13 +585,36 @@ impl PathCache {
         now_ns: u64,
         journal: Option<&mut Journal>,
     ) -> Option<LinkEnd> {
-        let (frame, meta) = packet.frame_and_meta_mut();
-        self.replay_headers(network, key, frame, meta, now_ns, journal)
+        let recording = journal.is_some();
+        let Some(path) = admit(
+            &mut self.paths,
+            network,
+            key,
+            packet.frame(),
+            now_ns,
+            recording,
+        ) else {
+            self.walked += 1;
+            return None;
+        };
+        path.commit(network, now_ns);
+        if let (Some(journal), Some(hops)) = (journal, &path.hops) {
+            if self.scratch.is_none() {
+                self.scratch = Some(packet.clone());
+            }
+            if let Some(scratch) = &mut self.scratch {
+                let entering = (packet.frame(), &packet.meta);
+                record_hops(network, journal, hops, entering, now_ns, scratch);
+            }
+        }
+        path.transform.apply(packet);
+        self.replayed += 1;
+        Some(path.arrival)
     }
 
     /// Like [`PathCache::replay`] (nothing recorded), for a bare frame entering
-    /// `device` at `port`, rewritten in place: no packet buffer to fill and no
-    /// metadata kept beyond the rewrite.
+    /// `device` at `port`, rewritten in place: the key is read from the frame's
+    /// bytes, and nothing else is parsed unless the path translates addresses.
     pub fn replay_frame(
         &mut self,
         network: &mut Network,
@@ -492,53 +622,20 @@ impl PathCache {
         frame: &mut [u8],
         now_ns: u64,
     ) -> Replay {
-        let Ok(mut meta) = parse_meta(frame) else {
+        let Some(key) = PathKey::read(device, port, frame) else {
             return Replay::Walk(None);
         };
-        let Some(key) = PathKey::of_frame(device, port, frame, &meta) else {
-            return Replay::Walk(None);
-        };
-        match self.replay_headers(network, &key, frame, &mut meta, now_ns, None) {
-            Some(arrival) => Replay::Arrived(arrival),
-            None => Replay::Walk(Some(key)),
-        }
-    }
-
-    fn replay_headers(
-        &mut self,
-        network: &mut Network,
-        key: &PathKey,
-        frame: &mut [u8],
-        meta: &mut Meta,
-        now_ns: u64,
-        journal: Option<&mut Journal>,
-    ) -> Option<LinkEnd> {
-        let recording = journal.is_some();
-        let path = self.paths.get_mut(key).filter(|path| {
-            path.guards.admit(frame, meta, path.hops.is_some())
-                && (!recording || path.hops.is_some())
-        });
-        let Some(path) = path else {
+        let Some(path) = admit(&mut self.paths, network, &key, frame, now_ns, false) else {
             self.walked += 1;
-            return None;
+            return Replay::Walk(Some(key));
         };
-        if !path.holds(network, key, now_ns) {
+        if !path.transform.apply_to_frame(frame) {
             self.walked += 1;
-            return None;
+            return Replay::Walk(Some(key));
         }
-        network.replay_effects(&path.effects, now_ns);
-        path.alive_until_ns = now_ns.saturating_add(path.shortest_timeout_ns);
-        if let (Some(journal), Some(hops)) = (journal, &path.hops) {
-            if self.scratch.is_none() {
-                self.scratch = Packet::from_frame(frame, 0).ok();
-            }
-            if let Some(scratch) = &mut self.scratch {
-                record_hops(network, journal, hops, (frame, meta), now_ns, scratch);
-            }
-        }
-        path.transform.apply_to(&mut HeaderEditor::new(frame, meta));
+        path.commit(network, now_ns);
         self.replayed += 1;
-        Some(path.arrival)
+        Replay::Arrived(path.arrival)
     }
 
     /// Compiles the walk of the packet that entered as `entering` and arrived at
@@ -822,5 +919,85 @@ impl Network {
             }
             Device::Switch(_) | Device::Endpoint(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{transport_frame, FrameAddresses};
+    use proptest::prelude::*;
+
+    /// A frame of `protocol` (TCP and UDP built whole; any other protocol number as
+    /// UDP's bytes relabelled) with `payload` bytes after its transport header.
+    fn frame(protocol: u8, payload: usize) -> Vec<u8> {
+        let addresses = FrameAddresses {
+            source_mac: Mac([2, 0, 0, 0, 0, 1]),
+            destination_mac: Mac([2, 0, 0, 0, 0, 2]),
+            source: Ipv4Addr::new(10, 244, 0, 2),
+            destination: Ipv4Addr::new(10, 96, 0, 10),
+            source_port: 40_000,
+            destination_port: 53,
+        };
+        let built = if protocol == PROTOCOL_TCP {
+            PROTOCOL_TCP
+        } else {
+            PROTOCOL_UDP
+        };
+        let mut frame = transport_frame(built, &addresses, &vec![0x5a; payload]);
+        frame[ETHERNET_HEADER_LEN + 9] = protocol;
+        frame
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The bare-frame key reader and parse_meta + PathKey::of_frame agree on
+        /// every frame: the same key, or both none. Frames are built whole, then
+        /// the bytes either reader looks at are overwritten and the frame cut short.
+        #[test]
+        fn reading_a_key_from_bytes_agrees_with_parsing(
+            protocol in prop_oneof![Just(PROTOCOL_TCP), Just(PROTOCOL_UDP), Just(PROTOCOL_ICMP), Just(47u8)],
+            payload in 0usize..40,
+            writes in proptest::collection::vec((0usize..60, any::<u8>()), 0..4),
+            interesting in proptest::collection::vec(
+                (prop_oneof![Just(12usize), Just(13), Just(14), Just(16), Just(17), Just(20), Just(21), Just(34), Just(47)], any::<u8>()),
+                0..3,
+            ),
+            version_and_length in prop_oneof![Just(0x45u8), Just(0x46), Just(0x4f), Just(0x44), Just(0x65), any::<u8>()],
+            length_change in -30i32..4,
+            cut in 0usize..8,
+            device in prop_oneof![Just(3usize), Just(70_000)],
+        ) {
+            let mut frame = frame(protocol, payload);
+            frame[ETHERNET_HEADER_LEN] = version_and_length;
+            let at = ETHERNET_HEADER_LEN + 2;
+            let total_len = i32::from(u16::from_be_bytes([frame[at], frame[at + 1]])) + length_change;
+            let total_len = u16::try_from(total_len.max(0)).unwrap_or(0);
+            frame[at..at + 2].copy_from_slice(&total_len.to_be_bytes());
+            for (at, value) in writes.into_iter().chain(interesting) {
+                if let Some(byte) = frame.get_mut(at) {
+                    *byte = value;
+                }
+            }
+            let length = frame.len().saturating_sub(cut);
+            frame.truncate(length);
+            let parsed = parse_meta(&frame)
+                .ok()
+                .and_then(|meta| PathKey::of_frame(device, 1, &frame, &meta));
+            prop_assert_eq!(PathKey::read(device, 1, &frame), parsed);
+        }
+    }
+
+    #[test]
+    fn an_echo_key_reads_its_identifier_as_both_ports_and_an_error_has_none() {
+        let mut echo = frame(PROTOCOL_ICMP, 8);
+        let l4 = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
+        echo[l4] = 8;
+        echo[l4 + 4..l4 + 6].copy_from_slice(&0x1234u16.to_be_bytes());
+        let key = PathKey::read(3, 1, &echo).expect("an echo request has a key");
+        assert_eq!(key.ports >> 32, 0x1234_1234);
+        echo[l4] = 3; // destination unreachable: an error walks
+        assert_eq!(PathKey::read(3, 1, &echo), None);
     }
 }

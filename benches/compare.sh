@@ -193,9 +193,9 @@ runs = load("netsim") + load("netsim-new")
 testpmd, ovs, pcap_dump, pcap_bytes = (float(value) for value in sys.argv[2:6])
 def ratio(a, b):
     return f"{a / b:.3f}" if b else "n/a"
-print(f"{'netsim scenario':<50} {'threads':>7} {'packets/s':>12} {'ns/packet':>10} {'x testpmd':>10} {'x OVS-DPDK':>11}")
+print(f"{'netsim scenario':<60} {'threads':>7} {'packets/s':>12} {'ns/packet':>10} {'x testpmd':>10} {'x OVS-DPDK':>11}")
 for s in runs:
-    print(f"{s['name']:<50} {s['threads']:>7} {s['packets_per_second']:>12.0f} {s['ns_per_packet']:>10.1f} "
+    print(f"{s['name']:<60} {s['threads']:>7} {s['packets_per_second']:>12.0f} {s['ns_per_packet']:>10.1f} "
           f"{ratio(s['packets_per_second'], testpmd):>10} {ratio(s['packets_per_second'], ovs):>11}")
 one = {s['name']: s['packets_per_second'] for s in runs if s['threads'] == 1}
 two = {s['name']: s['packets_per_second'] for s in runs if s['threads'] == 2}

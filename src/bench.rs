@@ -590,7 +590,8 @@ fn scenario(
     // Only the scenarios that change the topology copy it.
     let topology = match kind {
         ScenarioKind::EstablishedWithPolicies | ScenarioKind::NewFlowsWithPolicies => {
-            std::borrow::Cow::Owned(with_policies(topology, POLICY_COUNT))
+            let loaded = with_policies(topology, POLICY_COUNT);
+            std::borrow::Cow::Owned(with_services(&loaded, SERVICE_COUNT))
         }
         ScenarioKind::ToHostNoSnat => std::borrow::Cow::Owned(without_snat(topology)),
         _ => std::borrow::Cow::Borrowed(topology),
@@ -755,9 +756,11 @@ impl ScenarioKind {
             ScenarioKind::ViaClusterIp => "cross-node-udp-via-clusterip/established",
             ScenarioKind::ToHostMasquerade => "pod-to-host-udp-masquerade/established",
             ScenarioKind::ToHostNoSnat => "pod-to-host-udp-no-snat/established",
-            ScenarioKind::EstablishedWithPolicies => "cross-node-udp-1000-policies/established",
+            ScenarioKind::EstablishedWithPolicies => {
+                "cross-node-udp-1000-policies-500-services/established"
+            }
             ScenarioKind::NewFlowsWithPolicies => {
-                "cross-node-udp-1000-policies/new-flow-per-packet"
+                "cross-node-udp-1000-policies-500-services/new-flow-per-packet"
             }
         }
     }
@@ -786,6 +789,61 @@ enum ScenarioKind {
 
 /// NetworkPolicies the policy scenarios load.
 const POLICY_COUNT: usize = 1_000;
+/// ClusterIP Services the policy scenarios load beside the policies (issue 10's
+/// new-flow target: 1,000 policies and 500 Services).
+const SERVICE_COUNT: usize = 500;
+
+/// The topology with `count` more TCP ClusterIP Services in the first cluster, each
+/// port 80 to port 8080 of one pod (round robin), on addresses of the Service CIDR
+/// no Service holds yet: AntreaProxy then holds that many Services' flows.
+pub fn with_services(topology: &Topology, count: usize) -> Topology {
+    use crate::topology::model::{Service, ServiceEndpoint, ServicePort, ServiceType};
+    let mut copy = topology.clone();
+    let Some(cluster) = copy.clusters.first_mut() else {
+        return copy;
+    };
+    let taken: std::collections::BTreeSet<Ipv4Addr> = cluster
+        .services
+        .iter()
+        .map(|service| service.cluster_ip)
+        .collect();
+    let free = cluster
+        .service_cidr
+        .hosts()
+        .skip(1)
+        .filter(|address| !taken.contains(address));
+    let pods = cluster.pods.len().max(1);
+    let mut added = Vec::new();
+    for (index, cluster_ip) in free.take(count).enumerate() {
+        let pod = &cluster.pods[index % pods];
+        added.push(Service {
+            name: format!("bench-{index}"),
+            namespace: pod.namespace.clone(),
+            kind: ServiceType::ClusterIp,
+            cluster_ip,
+            ports: vec![ServicePort {
+                name: None,
+                port: 80,
+                protocol: crate::topology::Protocol::Tcp,
+                node_port: None,
+                endpoints: vec![ServiceEndpoint {
+                    pod: index % pods,
+                    node: pod.node,
+                    ip: pod.ip,
+                    port: 8080,
+                }],
+            }],
+            external_local: false,
+            internal_local: false,
+            affinity_timeout_ns: None,
+            load_balancer: None,
+            health_check_node_port: None,
+            snat: None,
+        });
+    }
+    cluster.services.extend(added);
+    copy
+}
 
 /// The topology with `count` NetworkPolicies on the server pod's namespace: each
 /// isolates the server for ingress and allows one /16 that sends nothing, one port;
@@ -899,7 +957,7 @@ pub fn run_with_progress(
 pub fn text(results: &BenchResults) -> String {
     let capture = results.scenarios.iter().any(|s| s.captured_packets > 0);
     let mut out = format!(
-        "{:<48} {:>7} {:>12} {:>8} {:>10} {:>9} {:>9}",
+        "{:<60} {:>7} {:>12} {:>8} {:>10} {:>9} {:>9}",
         "scenario", "threads", "packets/s", "Gbit/s", "ns/packet", "path hit", "flow hit"
     );
     if capture {
@@ -908,7 +966,7 @@ pub fn text(results: &BenchResults) -> String {
     out.push('\n');
     for s in &results.scenarios {
         out.push_str(&format!(
-            "{:<48} {:>7} {:>12.0} {:>8.3} {:>10.1} {:>8.1}% {:>8.1}%",
+            "{:<60} {:>7} {:>12.0} {:>8.3} {:>10.1} {:>8.1}% {:>8.1}%",
             s.name,
             s.threads,
             s.packets_per_second,

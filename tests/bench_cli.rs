@@ -39,8 +39,8 @@ fn bench_json_has_the_spec_fields_for_each_scenario() {
             "cross-node-udp-via-clusterip/established",
             "pod-to-host-udp-masquerade/established",
             "pod-to-host-udp-no-snat/established",
-            "cross-node-udp-1000-policies/established",
-            "cross-node-udp-1000-policies/new-flow-per-packet",
+            "cross-node-udp-1000-policies-500-services/established",
+            "cross-node-udp-1000-policies-500-services/new-flow-per-packet",
         ]
     );
     for scenario in scenarios {

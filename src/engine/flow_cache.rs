@@ -68,6 +68,21 @@ impl<K: Hash + Eq, V: Clone> FlowCache<K, V> {
         self.entries.insert(key, (self.epoch, value));
     }
 
+    /// Decisions it holds now (some may be from an old epoch).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Forgets every decision.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     /// Invalidates every entry (rules changed).
     pub fn bump_epoch(&mut self) {
         self.epoch += 1;

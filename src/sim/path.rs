@@ -38,6 +38,9 @@ use std::net::Ipv4Addr;
 /// Paths a cache holds before it starts over (as a node's flow cache).
 pub const CAPACITY: usize = 65_536;
 
+/// Touches a cache keeps per path, on average, before it starts over.
+const STEPS_PER_PATH: usize = 16;
+
 /// What selects a path: where the packet enters and what it is — the ingress
 /// device and port, the 5-tuple, the TCP flags (a SYN or FIN moves conntrack
 /// states; a pure ACK does not) and both Ethernet addresses (OVS's L3Forwarding
@@ -348,10 +351,11 @@ impl Guards {
 pub struct CompiledPath {
     guards: Guards,
     transform: Transform,
-    touches: Box<[Touch]>,
-    /// What a replay does to the devices' state: the touches that refresh an entry
-    /// or advance a counter.
-    effects: Box<[Effect]>,
+    /// Its touches, in the cache's [`Steps`].
+    touches: Span,
+    /// What a replay does to the devices' state, in the cache's [`Steps`]: the
+    /// touches that refresh an entry or advance a counter.
+    effects: Span,
     /// The network generation at which the touches last held in full; while it has
     /// not moved no entry was added, removed or changed state, so they still hold
     /// until the first entry this path refreshes could expire, `alive_until_ns`.
@@ -509,28 +513,66 @@ impl Effect {
     }
 }
 
+/// Every path's touches and effects, one after another (a path holds its spans):
+/// compiling a path allocates nothing once these have grown. Emptied with the
+/// paths.
+#[derive(Debug, Default)]
+struct Steps {
+    touches: Vec<Touch>,
+    effects: Vec<Effect>,
+}
+
+/// Where one path's touches (or effects) lie in [`Steps`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    /// Appends `items` to `all` and returns where they went.
+    fn push<T: Clone>(all: &mut Vec<T>, items: impl IntoIterator<Item = T>) -> Span {
+        let start = all.len();
+        all.extend(items);
+        Span {
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            len: u32::try_from(all.len() - start).unwrap_or(0),
+        }
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        let start = self.start as usize;
+        start..start + self.len as usize
+    }
+}
+
 /// The path of `key`, when a packet entering as `frame` at `now_ns` may replay it
 /// (with hops to record, when `recording`).
 fn admit<'a>(
     paths: &'a mut FlowCache<PathKey, CompiledPath>,
+    steps: &mut Steps,
     network: &Network,
-    key: &PathKey,
-    frame: &[u8],
+    (key, frame): (&PathKey, &[u8]),
     now_ns: u64,
     recording: bool,
 ) -> Option<&'a mut CompiledPath> {
     let path = paths.get_mut(key)?;
     let admitted = path.guards.admit(frame, path.hops.is_some())
         && (!recording || path.hops.is_some())
-        && path.holds(network, key, now_ns);
+        && path.holds(
+            network,
+            key,
+            &mut steps.touches[path.touches.range()],
+            now_ns,
+        );
     admitted.then_some(path)
 }
 
 impl CompiledPath {
     /// Applies a replay to the devices' state (entries refreshed, counters
     /// advanced), as the walk would have.
-    fn commit(&mut self, network: &mut Network, now_ns: u64) {
-        network.replay_effects(&self.effects, now_ns);
+    fn commit(&mut self, network: &mut Network, steps: &Steps, now_ns: u64) {
+        network.replay_effects(&steps.effects[self.effects.range()], now_ns);
         self.alive_until_ns = now_ns.saturating_add(self.shortest_timeout_ns);
     }
 
@@ -539,16 +581,22 @@ impl CompiledPath {
     /// committed, removed or moved to another state, so only time can have broken
     /// a touch: the entries this path refreshes live at least until
     /// `alive_until_ns` (a replay of another path only refreshes them later).
-    fn holds(&mut self, network: &Network, key: &PathKey, now_ns: u64) -> bool {
+    fn holds(
+        &mut self,
+        network: &Network,
+        key: &PathKey,
+        touches: &mut [Touch],
+        now_ns: u64,
+    ) -> bool {
         let generation = network.generation();
         if self.checked_generation == Some(generation) && now_ns <= self.alive_until_ns {
             return true;
         }
-        if !network.touches_hold(&mut self.touches, key, now_ns) {
+        if !network.touches_hold(touches, key, now_ns) {
             return false;
         }
         self.checked_generation = Some(generation);
-        self.shortest_timeout_ns = network.shortest_timeout(&self.touches);
+        self.shortest_timeout_ns = network.shortest_timeout(touches);
         true
     }
 }
@@ -575,6 +623,8 @@ pub struct PathCache {
     walked: u64,
     /// Where transforms are verified and hop frames built.
     scratch: Option<Packet>,
+    /// The paths' touches and effects.
+    steps: Steps,
 }
 
 impl Default for PathCache {
@@ -599,6 +649,7 @@ impl PathCache {
             replayed: 0,
             walked: 0,
             scratch: None,
+            steps: Steps::default(),
         }
     }
 
@@ -628,16 +679,16 @@ impl PathCache {
         let recording = journal.is_some();
         let Some(path) = admit(
             &mut self.paths,
+            &mut self.steps,
             network,
-            key,
-            packet.frame(),
+            (key, packet.frame()),
             now_ns,
             recording,
         ) else {
             self.walked += 1;
             return None;
         };
-        path.commit(network, now_ns);
+        path.commit(network, &self.steps, now_ns);
         if let (Some(journal), Some(hops)) = (journal, &path.hops) {
             if self.scratch.is_none() {
                 self.scratch = Some(packet.clone());
@@ -665,12 +716,20 @@ impl PathCache {
         let Some(key) = PathKey::read(device, port, frame) else {
             return Replay::Walk(None);
         };
-        let Some(path) = admit(&mut self.paths, network, &key, frame, now_ns, false) else {
+        let admitted = admit(
+            &mut self.paths,
+            &mut self.steps,
+            network,
+            (&key, frame),
+            now_ns,
+            false,
+        );
+        let Some(path) = admitted else {
             self.walked += 1;
             return Replay::Walk(Some(key));
         };
         path.transform.apply_to_frame(&key, frame);
-        path.commit(network, now_ns);
+        path.commit(network, &self.steps, now_ns);
         self.replayed += 1;
         Replay::Arrived(path.arrival)
     }
@@ -689,7 +748,17 @@ impl PathCache {
     ) -> bool {
         let scratch = self.scratch.get_or_insert_with(|| arrived.0.clone());
         match compile(network, entering, arrived, touches, hops, scratch) {
-            Some(path) => {
+            Some(mut path) => {
+                let steps = self.steps.touches.len() + touches.len();
+                if self.paths.len() >= self.paths.capacity() || steps > STEPS_PER_PATH * CAPACITY {
+                    // Full (or recompiled so often its steps piled up): start over.
+                    self.paths.clear();
+                    self.steps.touches.clear();
+                    self.steps.effects.clear();
+                }
+                path.touches = Span::push(&mut self.steps.touches, touches.iter().copied());
+                let effects = touches.iter().filter_map(Effect::of);
+                path.effects = Span::push(&mut self.steps.effects, effects);
                 self.paths.insert(key, path);
                 self.compiled += 1;
                 true
@@ -753,8 +822,8 @@ fn compile(
     (scratch.frame() == arriving.frame()).then(|| CompiledPath {
         guards,
         transform,
-        touches: touches.into(),
-        effects: touches.iter().filter_map(Effect::of).collect(),
+        touches: Span::default(),
+        effects: Span::default(),
         checked_generation: None,
         alive_until_ns: 0,
         shortest_timeout_ns: u64::MAX,

@@ -617,10 +617,15 @@ fn scenario(
                     let templates = forwarder.shard_of_flows(flows, thread, threads, options.size);
                     let mut delivered = 0u64;
                     let mut fresh = forwarder.frame(1024, options.size);
+                    // The flows in turn (a cycling iterator: no division per packet).
+                    let mut turns = templates.iter().cycle();
                     for index in 0..per_thread {
                         let now = u64::try_from(index).unwrap_or(0) * 1_000;
                         let ok = if established {
-                            forwarder.send(&templates[index % templates.len()], now)
+                            match turns.next() {
+                                Some(template) => forwarder.send(template, now),
+                                None => false,
+                            }
                         } else {
                             // A new 5-tuple every packet: more distinct flows than any
                             // node's flow cache holds, so every packet takes the slow path.

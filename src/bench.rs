@@ -11,7 +11,7 @@
 //! core.
 
 use crate::capture::{CaptureMode, PcapngStream};
-use crate::datapath::{Ctx, Journal, Outputs, PortId, Recording};
+use crate::datapath::{Ctx, HopRecord, HopSink, Journal, Outputs, PortId, Recording};
 use crate::packet::Packet;
 use crate::sim::network::{build, Device, DeviceId, LinkEnd, Network};
 use crate::sim::path::{self, PathCache, PathKey, RecordedHops, Replay, WalkSummary};
@@ -408,10 +408,23 @@ impl Forwarder {
         now_ns: u64,
     ) -> bool {
         let recording = !matches!(self.journal.recording, Recording::Nothing);
-        let journal = recording.then_some(&mut self.journal);
+        // A replayed packet's hops go straight into the capture when there is one
+        // (in order: each packet's hops are written before the next is sent).
+        let mut stream_sink;
+        let sink: Option<&mut dyn HopSink> = match (&mut self.capture, recording) {
+            (_, false) => None,
+            (Some(stream), true) => {
+                stream_sink = StreamSink {
+                    stream,
+                    failure: &mut self.capture_failure,
+                };
+                Some(&mut stream_sink)
+            }
+            (None, true) => Some(&mut self.journal),
+        };
         if let Some(arrival) =
             self.paths
-                .replay(&mut self.network, &path_key, &mut packet, now_ns, journal)
+                .replay(&mut self.network, &path_key, &mut packet, now_ns, sink)
         {
             self.spare = Some(packet);
             return arrival.device == self.destination_device;
@@ -536,6 +549,22 @@ impl Forwarder {
             }
         }
         (delivered, summary, arrived)
+    }
+}
+
+/// A capture stream as the sink of replayed hops; the first write error is kept
+/// for `finish_capture`.
+struct StreamSink<'a> {
+    stream: &'a mut PcapngStream<std::fs::File>,
+    failure: &'a mut Option<String>,
+}
+
+impl HopSink for StreamSink<'_> {
+    fn record(&mut self, hop: &HopRecord) {
+        if let Err(error) = self.stream.write_record(hop) {
+            // Reported by finish_capture; the packet itself was forwarded.
+            self.failure.get_or_insert(error.to_string());
+        }
     }
 }
 

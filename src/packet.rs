@@ -201,6 +201,15 @@ impl Packet {
         self.parse()
     }
 
+    /// Replaces this packet with a copy of `frame`, whose metadata `meta` already
+    /// holds (another packet's parse): no parsing again.
+    pub fn reset_parsed(&mut self, frame: &[u8], meta: &Meta) {
+        self.buffer.resize(HEADROOM, 0);
+        self.buffer.extend_from_slice(frame);
+        self.start = HEADROOM;
+        self.meta = *meta;
+    }
+
     /// The frame as it is on the wire.
     pub fn frame(&self) -> &[u8] {
         &self.buffer[self.start..]

@@ -4,7 +4,7 @@
 //! fixed epoch, in nanoseconds (if_tsresol = 9), so files are byte-identical run to
 //! run. Written little-endian whatever the machine.
 
-use crate::datapath::Hop;
+use crate::datapath::{Hop, HopRecord};
 use crate::sim::network::{CapturePoint, PointKind};
 use std::io::Write;
 
@@ -143,6 +143,21 @@ impl<W: Write> PcapngStream<W> {
     /// Appends `hop` if its point is one of the file's interfaces. The comment says
     /// what the hop did (`action: detail`).
     pub fn write_hop(&mut self, hop: &Hop) -> Result<(), CaptureError> {
+        self.write_record(&HopRecord {
+            time_ns: hop.time_ns,
+            point: hop.point,
+            flow: hop.flow,
+            packet_id: hop.packet_id,
+            frame: &hop.frame,
+            action: hop.action,
+            detail: &hop.detail,
+        })
+    }
+
+    /// Like [`PcapngStream::write_hop`], for a hop not kept as a [`Hop`]: the
+    /// Enhanced Packet Block is laid out in one reservation, its fixed fields
+    /// written as one array.
+    pub fn write_record(&mut self, hop: &HopRecord) -> Result<(), CaptureError> {
         let point = hop.point as usize;
         let Some(interface_id) = self.interface_of.get(point).copied().flatten() else {
             return Ok(());
@@ -152,28 +167,50 @@ impl<W: Write> PcapngStream<W> {
                 .get(crate::wire::ETHERNET_HEADER_LEN..)
                 .unwrap_or_default()
         } else {
-            &hop.frame[..]
+            hop.frame
         };
-        let start = self.begin_block(ENHANCED_PACKET);
-        self.put_u32(interface_id);
-        let timestamp = u128::from(EPOCH_SECONDS) * 1_000_000_000 + u128::from(hop.time_ns);
-        self.put_u32(u32::try_from(timestamp >> 32).unwrap_or(u32::MAX));
-        self.put_u32(u32::try_from(timestamp & 0xFFFF_FFFF).unwrap_or(0));
-        let length = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        self.put_u32(length);
-        self.put_u32(length);
-        self.put_padded(data);
+        let padded = |length: usize| (length + 3) & !3;
         // The comment option, written in place: action, ": ", detail.
         let (action, detail) = (hop.action.name().as_bytes(), hop.detail.as_bytes());
         let comment_length = action.len() + 2 + detail.len();
-        self.put_u16(OPTION_COMMENT);
-        self.put_u16(u16::try_from(comment_length).unwrap_or(u16::MAX));
+        // Block type and length, interface, timestamp, captured and original length;
+        // the data; the comment option; the end of options; the length again.
+        let total = 28 + padded(data.len()) + 4 + padded(comment_length) + 4 + 4;
+        let block_length = u32::try_from(total).unwrap_or(u32::MAX);
+        let timestamp = u128::from(EPOCH_SECONDS) * 1_000_000_000 + u128::from(hop.time_ns);
+        let data_length = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let fields = [
+            ENHANCED_PACKET,
+            block_length,
+            interface_id,
+            u32::try_from(timestamp >> 32).unwrap_or(u32::MAX),
+            u32::try_from(timestamp & 0xFFFF_FFFF).unwrap_or(0),
+            data_length,
+            data_length,
+        ];
+        let mut header = [0u8; 28];
+        for (slot, field) in header.chunks_exact_mut(4).zip(fields) {
+            slot.copy_from_slice(&field.to_le_bytes());
+        }
+        self.buffer.reserve(total);
+        self.buffer.extend_from_slice(&header);
+        self.buffer.extend_from_slice(data);
+        self.pad();
+        let comment_header = [
+            OPTION_COMMENT.to_le_bytes(),
+            u16::try_from(comment_length)
+                .unwrap_or(u16::MAX)
+                .to_le_bytes(),
+        ];
+        self.buffer.extend_from_slice(comment_header.as_flattened());
         self.buffer.extend_from_slice(action);
         self.buffer.extend_from_slice(b": ");
         self.buffer.extend_from_slice(detail);
         self.pad();
-        self.put_u32(u32::from(OPTION_END));
-        self.end_block(start);
+        let end = [u32::from(OPTION_END), block_length];
+        for field in end {
+            self.buffer.extend_from_slice(&field.to_le_bytes());
+        }
         self.packets += 1;
         if self.buffer.len() >= FLUSH_AT {
             self.flush_buffer()?;

@@ -142,6 +142,43 @@ pub struct Hop {
     pub detail: String,
 }
 
+/// A hop as it is recorded, borrowing its frame and comment (a path cache replay
+/// builds them in scratch buffers): kept as a [`Hop`] by a journal, or written
+/// straight into a capture.
+#[derive(Debug, Clone, Copy)]
+pub struct HopRecord<'a> {
+    pub time_ns: u64,
+    pub point: PointId,
+    pub flow: FlowTag,
+    pub packet_id: u64,
+    pub frame: &'a [u8],
+    pub action: HopAction,
+    pub detail: &'a str,
+}
+
+/// Where recorded hops go.
+pub trait HopSink {
+    fn record(&mut self, hop: &HopRecord);
+}
+
+/// A journal keeps each hop, its buffers taken from the recycled ones.
+impl HopSink for Journal {
+    fn record(&mut self, hop: &HopRecord) {
+        let (mut frame, mut detail) = self.spare.pop().unwrap_or_default();
+        frame.extend_from_slice(hop.frame);
+        detail.push_str(hop.detail);
+        self.hops.push(Hop {
+            time_ns: hop.time_ns,
+            point: hop.point,
+            flow: hop.flow,
+            packet_id: hop.packet_id,
+            frame,
+            action: hop.action,
+            detail,
+        });
+    }
+}
+
 /// A drop, as the report and counters see it.
 #[derive(Debug, Clone)]
 pub struct DropRecord {

@@ -26,7 +26,7 @@
 
 use crate::datapath::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
 use crate::datapath::path_log::{Counter, Table, Touch};
-use crate::datapath::{Hop, HopAction, Journal, PointId, PortId};
+use crate::datapath::{Hop, HopAction, HopRecord, HopSink, PointId, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
 use crate::packet::{write_macs, write_ttl, FlowKey, HeaderEditor, IcmpKind, Meta, Packet};
@@ -444,7 +444,7 @@ impl HopTemplate {
                 .find(|(counted, _)| *counted == device)
                 .map_or(0, |(_, id)| *id)
         };
-        template.build(entering.frame(), scratch, identification)?;
+        template.build((entering.frame(), &entering.meta), scratch, identification);
         (scratch.frame() == hop.frame.as_slice()).then_some(template)
     }
 
@@ -452,11 +452,11 @@ impl HopTemplate {
     /// `scratch`, the outer identification from `identification(device)`.
     fn build(
         &self,
-        entering: &[u8],
+        (entering, meta): (&[u8], &Meta),
         scratch: &mut Packet,
         identification: impl Fn(DeviceId) -> u16,
-    ) -> Option<()> {
-        scratch.reset_from(entering, 0).ok()?;
+    ) {
+        scratch.reset_parsed(entering, meta);
         self.inner.apply(scratch);
         if let Some(outer) = self.outer {
             let header = EncapHeader {
@@ -465,7 +465,6 @@ impl HopTemplate {
             };
             encapsulate(scratch, outer.encapsulation, &header);
         }
-        Some(())
     }
 }
 
@@ -666,7 +665,7 @@ impl PathCache {
 
     /// Replays the path of `key` on `packet` when there is one and it still holds:
     /// the devices' state is updated as the walk would have, the frame rewritten,
-    /// and — when `journal` records hops — each hop the walk recorded rebuilt for
+    /// and — when there is a `sink` for hops — each hop the walk recorded rebuilt for
     /// this packet; returns where it arrives. `None`: walk it.
     pub fn replay(
         &mut self,
@@ -674,9 +673,9 @@ impl PathCache {
         key: &PathKey,
         packet: &mut Packet,
         now_ns: u64,
-        journal: Option<&mut Journal>,
+        sink: Option<&mut dyn HopSink>,
     ) -> Option<LinkEnd> {
-        let recording = journal.is_some();
+        let recording = sink.is_some();
         let Some(path) = admit(
             &mut self.paths,
             &mut self.steps,
@@ -689,13 +688,13 @@ impl PathCache {
             return None;
         };
         path.commit(network, &self.steps, now_ns);
-        if let (Some(journal), Some(hops)) = (journal, &path.hops) {
+        if let (Some(sink), Some(hops)) = (sink, &path.hops) {
             if self.scratch.is_none() {
                 self.scratch = Some(packet.clone());
             }
             if let Some(scratch) = &mut self.scratch {
                 let entering = (packet.frame(), &packet.meta);
-                record_hops(network, journal, hops, entering, now_ns, scratch);
+                record_hops(network, sink, hops, entering, now_ns, scratch);
             }
         }
         path.transform.apply(packet);
@@ -836,7 +835,7 @@ fn compile(
 /// rewritten), each built from its template into a recycled buffer.
 fn record_hops(
     network: &Network,
-    journal: &mut Journal,
+    sink: &mut dyn HopSink,
     hops: &[HopTemplate],
     (entering, meta): (&[u8], &Meta),
     now_ns: u64,
@@ -844,20 +843,15 @@ fn record_hops(
 ) {
     for hop in hops {
         let identification = |device| network.identification(device).unwrap_or(0);
-        if hop.build(entering, scratch, identification).is_none() {
-            continue;
-        }
-        let (mut frame, mut detail) = journal.spare.pop().unwrap_or_default();
-        frame.extend_from_slice(scratch.frame());
-        detail.push_str(&hop.detail);
-        journal.hops.push(Hop {
+        hop.build((entering, meta), scratch, identification);
+        sink.record(&HopRecord {
             time_ns: now_ns + hop.offset_ns,
             point: hop.point,
             flow: meta.flow,
             packet_id: meta.packet_id,
-            frame,
+            frame: scratch.frame(),
             action: hop.action,
-            detail,
+            detail: &hop.detail,
         });
     }
 }

@@ -625,61 +625,71 @@ fn scenario(
         ScenarioKind::ToHostNoSnat => std::borrow::Cow::Owned(without_snat(topology)),
         _ => std::borrow::Cow::Borrowed(topology),
     };
-    let mut forwarders = (0..threads)
-        .map(|_| match kind {
-            ScenarioKind::ViaClusterIp => Forwarder::via_service(&topology, false),
-            ScenarioKind::ToHostMasquerade | ScenarioKind::ToHostNoSnat => {
-                Forwarder::to_host(&topology, false)
-            }
-            _ => Forwarder::new(&topology, false),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let capture_files = CaptureFiles::open(options, kind, &mut forwarders)?;
+    let build = |topology: &Topology| match kind {
+        ScenarioKind::ViaClusterIp => Forwarder::via_service(topology, false),
+        ScenarioKind::ToHostMasquerade | ScenarioKind::ToHostNoSnat => {
+            Forwarder::to_host(topology, false)
+        }
+        _ => Forwarder::new(topology, false),
+    };
+    let (capture_files, mut files) = CaptureFiles::open(options, kind, threads)?;
     let flows = options.flows.max(1);
-    let started = Instant::now();
-    let delivered: Vec<u64> = crossbeam::thread::scope(|scope| {
-        let handles: Vec<_> = forwarders
-            .iter_mut()
-            .enumerate()
-            .map(|(thread, forwarder)| {
-                scope.spawn(move |_| {
-                    let templates = forwarder.shard_of_flows(flows, thread, threads, options.size);
-                    let mut delivered = 0u64;
-                    let mut fresh = forwarder.frame(1024, options.size);
-                    // The flows in turn (a cycling iterator: no division per packet).
-                    let mut turns = templates.iter().cycle();
-                    for index in 0..per_thread {
-                        let now = u64::try_from(index).unwrap_or(0) * 1_000;
-                        let ok = if established {
-                            match turns.next() {
-                                Some(template) => forwarder.send(template, now),
-                                None => false,
+    // Each thread builds its own shard (so its fabric lives in that thread's heap
+    // arena, sharing no cache line with another shard), then all start together.
+    let ready = std::sync::Barrier::new(threads + 1);
+    let mut started = Instant::now();
+    let shards: Vec<Result<(Forwarder, u64, (u64, u64)), String>> =
+        crossbeam::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|thread| {
+                    let file = files.get_mut(thread).and_then(Option::take);
+                    let (ready, build, topology) = (&ready, &build, &topology);
+                    scope.spawn(move |_| {
+                        let built = build(topology).map(|mut forwarder| {
+                            if let Some(file) = file {
+                                forwarder.capture_into(file, options.capture);
                             }
-                        } else {
-                            // A new 5-tuple every packet: more distinct flows than any
-                            // node's flow cache holds, so every packet takes the slow path.
-                            Forwarder::make_new_flow(&mut fresh, index * threads + thread);
-                            forwarder.send(&fresh, now)
+                            let templates =
+                                forwarder.shard_of_flows(flows, thread, threads, options.size);
+                            (forwarder, templates)
+                        });
+                        ready.wait();
+                        let (mut forwarder, templates) = built?;
+                        let shard = Shard {
+                            thread,
+                            threads,
+                            packets: per_thread,
+                            established,
                         };
-                        delivered += u64::from(ok);
-                    }
-                    delivered
+                        let delivered = shard.run(&mut forwarder, &templates, options.size);
+                        let captured = forwarder.finish_capture()?;
+                        Ok((forwarder, delivered, captured))
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap_or(0))
-            .collect()
-    })
-    .map_err(|_| "a bench thread panicked".to_string())?;
-    let mut captured = (0u64, 0u64);
-    for forwarder in &mut forwarders {
-        let (hops, bytes) = forwarder.finish_capture()?;
-        captured = (captured.0 + hops, captured.1 + bytes);
-    }
+                .collect();
+            ready.wait();
+            started = Instant::now();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err("a bench thread panicked".to_string()))
+                })
+                .collect()
+        })
+        .map_err(|_| "a bench thread panicked".to_string())?;
     let elapsed = started.elapsed().as_secs_f64();
     capture_files.close();
+    let mut forwarders = Vec::new();
+    let mut delivered = Vec::new();
+    let mut captured = (0u64, 0u64);
+    for shard in shards {
+        let (forwarder, count, (hops, bytes)) = shard?;
+        forwarders.push(forwarder);
+        delivered.push(count);
+        captured = (captured.0 + hops, captured.1 + bytes);
+    }
     let sum = |stats: &dyn Fn(&Forwarder) -> (u64, u64)| {
         forwarders
             .iter()
@@ -726,6 +736,42 @@ fn scenario(
     })
 }
 
+/// One thread's share of a scenario.
+struct Shard {
+    thread: usize,
+    threads: usize,
+    packets: usize,
+    /// Established flows in turn; otherwise a new 5-tuple every packet.
+    established: bool,
+}
+
+impl Shard {
+    /// Sends the shard's packets through `forwarder`; returns how many reached the
+    /// server.
+    fn run(&self, forwarder: &mut Forwarder, templates: &[Vec<u8>], size: usize) -> u64 {
+        let mut delivered = 0u64;
+        let mut fresh = forwarder.frame(1024, size);
+        // The flows in turn (a cycling iterator: no division per packet).
+        let mut turns = templates.iter().cycle();
+        for index in 0..self.packets {
+            let now = u64::try_from(index).unwrap_or(0) * 1_000;
+            let ok = if self.established {
+                match turns.next() {
+                    Some(template) => forwarder.send(template, now),
+                    None => false,
+                }
+            } else {
+                // A new 5-tuple every packet: more distinct flows than any node's
+                // flow cache holds, so every packet takes the slow path.
+                Forwarder::make_new_flow(&mut fresh, index * self.threads + self.thread);
+                forwarder.send(&fresh, now)
+            };
+            delivered += u64::from(ok);
+        }
+        delivered
+    }
+}
+
 /// `hits` as a share of `hits + misses` (0 when both are 0).
 fn share(hits: u64, misses: u64) -> f64 {
     #[allow(clippy::cast_precision_loss)]
@@ -743,13 +789,14 @@ struct CaptureFiles {
 }
 
 impl CaptureFiles {
+    /// The directory and one file per thread (`None` each with capture off).
     fn open(
         options: &BenchOptions,
         kind: ScenarioKind,
-        forwarders: &mut [Forwarder],
-    ) -> Result<CaptureFiles, String> {
+        threads: usize,
+    ) -> Result<(CaptureFiles, Vec<Option<std::fs::File>>), String> {
         if options.capture == CaptureMode::None {
-            return Ok(CaptureFiles { temporary: None });
+            return Ok((CaptureFiles { temporary: None }, Vec::new()));
         }
         let (directory, temporary) = match &options.capture_dir {
             Some(directory) => (directory.clone(), None),
@@ -761,8 +808,8 @@ impl CaptureFiles {
         };
         std::fs::create_dir_all(&directory)
             .map_err(|error| format!("{}: {error}", directory.display()))?;
-        let threads = forwarders.len();
-        for (thread, forwarder) in forwarders.iter_mut().enumerate() {
+        let mut files = Vec::new();
+        for thread in 0..threads {
             let name = format!(
                 "{}-{thread}-of-{threads}.pcapng",
                 kind.name().replace('/', "-")
@@ -770,9 +817,9 @@ impl CaptureFiles {
             let path = directory.join(name);
             let file = std::fs::File::create(&path)
                 .map_err(|error| format!("{}: {error}", path.display()))?;
-            forwarder.capture_into(file, options.capture);
+            files.push(Some(file));
         }
-        Ok(CaptureFiles { temporary })
+        Ok((CaptureFiles { temporary }, files))
     }
 
     fn close(self) {

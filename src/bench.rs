@@ -638,56 +638,60 @@ fn scenario(
     // arena, sharing no cache line with another shard), then all start together.
     let ready = std::sync::Barrier::new(threads + 1);
     let mut started = Instant::now();
-    let shards: Vec<Result<(Forwarder, u64, (u64, u64)), String>> =
-        crossbeam::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|thread| {
-                    let file = files.get_mut(thread).and_then(Option::take);
-                    let (ready, build, topology) = (&ready, &build, &topology);
-                    scope.spawn(move |_| {
-                        let built = build(topology).map(|mut forwarder| {
-                            if let Some(file) = file {
-                                forwarder.capture_into(file, options.capture);
-                            }
-                            let templates =
-                                forwarder.shard_of_flows(flows, thread, threads, options.size);
-                            (forwarder, templates)
-                        });
-                        ready.wait();
-                        let (mut forwarder, templates) = built?;
-                        let shard = Shard {
-                            thread,
-                            threads,
-                            packets: per_thread,
-                            established,
-                        };
-                        let delivered = shard.run(&mut forwarder, &templates, options.size);
-                        let captured = forwarder.finish_capture()?;
-                        Ok((forwarder, delivered, captured))
+    let shards: Vec<Result<Finished, String>> = crossbeam::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                let file = files.get_mut(thread).and_then(Option::take);
+                let (ready, build, topology) = (&ready, &build, &topology);
+                scope.spawn(move |_| {
+                    let built = build(topology).map(|mut forwarder| {
+                        if let Some(file) = file {
+                            forwarder.capture_into(file, options.capture);
+                        }
+                        let templates =
+                            forwarder.shard_of_flows(flows, thread, threads, options.size);
+                        (forwarder, templates)
+                    });
+                    ready.wait();
+                    let (mut forwarder, templates) = built?;
+                    let shard = Shard {
+                        thread,
+                        threads,
+                        packets: per_thread,
+                        established,
+                    };
+                    let delivered = shard.run(&mut forwarder, &templates, options.size);
+                    let captured = forwarder.finish_capture()?;
+                    Ok(Finished {
+                        forwarder,
+                        delivered,
+                        captured,
                     })
                 })
-                .collect();
-            ready.wait();
-            started = Instant::now();
-            handles
-                .into_iter()
-                .map(|handle| {
-                    handle
-                        .join()
-                        .unwrap_or_else(|_| Err("a bench thread panicked".to_string()))
-                })
-                .collect()
-        })
-        .map_err(|_| "a bench thread panicked".to_string())?;
+            })
+            .collect();
+        ready.wait();
+        started = Instant::now();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err("a bench thread panicked".to_string()))
+            })
+            .collect()
+    })
+    .map_err(|_| "a bench thread panicked".to_string())?;
     let elapsed = started.elapsed().as_secs_f64();
     capture_files.close();
     let mut forwarders = Vec::new();
     let mut delivered = Vec::new();
     let mut captured = (0u64, 0u64);
     for shard in shards {
-        let (forwarder, count, (hops, bytes)) = shard?;
-        forwarders.push(forwarder);
-        delivered.push(count);
+        let finished = shard?;
+        forwarders.push(finished.forwarder);
+        delivered.push(finished.delivered);
+        let (hops, bytes) = finished.captured;
         captured = (captured.0 + hops, captured.1 + bytes);
     }
     let sum = |stats: &dyn Fn(&Forwarder) -> (u64, u64)| {
@@ -770,6 +774,14 @@ impl Shard {
         }
         delivered
     }
+}
+
+/// A shard after its run: its forwarder (for the cache statistics), the packets
+/// that reached the server, and the hops and bytes its capture wrote.
+struct Finished {
+    forwarder: Forwarder,
+    delivered: u64,
+    captured: (u64, u64),
 }
 
 /// `hits` as a share of `hits + misses` (0 when both are 0).

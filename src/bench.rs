@@ -35,7 +35,9 @@ pub fn default_topology() -> Topology {
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub flows: usize,
-    pub packets: usize,
+    /// Packets per scenario run; `None`: [`ESTABLISHED_PACKETS`] for established
+    /// scenarios, [`NEW_FLOW_PACKETS`] for new-flow ones.
+    pub packets: Option<usize>,
     /// IP packet size in bytes.
     pub size: usize,
     /// The thread counts to measure; empty: 1 and every count up to the machine's
@@ -51,6 +53,12 @@ pub struct BenchOptions {
     /// Only the scenarios whose name contains this; `None`: every scenario.
     pub scenario: Option<String>,
 }
+
+/// Packets an established scenario sends by default: about half a second at
+/// 20 M packets/s, long enough to time.
+pub const ESTABLISHED_PACKETS: usize = 10_000_000;
+/// Packets a new-flow scenario sends by default (every one walks every device).
+pub const NEW_FLOW_PACKETS: usize = 500_000;
 
 #[derive(Debug, Serialize)]
 pub struct BenchResults {
@@ -615,7 +623,12 @@ fn scenario(
         kind,
         ScenarioKind::NewFlows | ScenarioKind::NewFlowsWithPolicies
     );
-    let per_thread = options.packets.div_ceil(threads);
+    let packets = options.packets.unwrap_or(if established {
+        ESTABLISHED_PACKETS
+    } else {
+        NEW_FLOW_PACKETS
+    });
+    let per_thread = packets.div_ceil(threads);
     // Only the scenarios that change the topology copy it.
     let topology = match kind {
         ScenarioKind::EstablishedWithPolicies | ScenarioKind::NewFlowsWithPolicies => {

@@ -178,8 +178,11 @@ enum Command {
         topology: Option<PathBuf>,
         #[arg(long, default_value_t = 64)]
         flows: usize,
-        #[arg(long, default_value_t = 200_000)]
-        packets: usize,
+        /// Packets per scenario run (default: 10,000,000 for established
+        /// scenarios, long enough to time at tens of ns each, and 500,000 for
+        /// new-flow ones, which walk every packet).
+        #[arg(long)]
+        packets: Option<usize>,
         #[arg(long, default_value_t = 512)]
         size: usize,
         /// Thread counts to measure, e.g. `1,2,4` (default: 1 and every count up to

@@ -510,6 +510,133 @@ enum Side {
     Destination,
 }
 
+/// A NAT of one flow — new source and/or destination (address, port) — compiled to
+/// byte writes and two constant checksum adjustments, for a path cache replaying
+/// it on every packet of the flow. The old values are the flow's, so each
+/// RFC 1624 update `~old + new` sums to a constant per flow; one's-complement
+/// addition is associative, so adding the sum once gives what [`HeaderEditor`]'s
+/// word-by-word updates give (a property test in `sim::path` holds the two equal
+/// byte for byte, UDP's zero checksum included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompiledNat {
+    source_address: Option<[u8; 4]>,
+    destination_address: Option<[u8; 4]>,
+    /// Transport words rewritten: (offset in the frame, new value).
+    ports: [Option<(usize, u16)>; 2],
+    /// Added to the IPv4 header checksum's complement.
+    ip_adjustment: u16,
+    /// The transport checksum's offset and adjustment, when the NAT touches it.
+    transport: Option<(usize, u16)>,
+    udp: bool,
+}
+
+impl CompiledNat {
+    /// The NAT that rewrites a frame parsed as `meta` (IPv4 without options, not a
+    /// fragment) to `source` and `destination`, as [`HeaderEditor::set_destination`]
+    /// then [`HeaderEditor::set_source`] would.
+    pub fn compile(
+        meta: &Meta,
+        source: Option<(Ipv4Addr, u16)>,
+        destination: Option<(Ipv4Addr, u16)>,
+    ) -> CompiledNat {
+        let word_change = |old: u16, new: u16| u32::from(!old) + u32::from(new);
+        let address_change = |old: Ipv4Addr, new: Ipv4Addr| {
+            let (old, new) = (old.octets(), new.octets());
+            word_change(
+                u16::from_be_bytes([old[0], old[1]]),
+                u16::from_be_bytes([new[0], new[1]]),
+            ) + word_change(
+                u16::from_be_bytes([old[2], old[3]]),
+                u16::from_be_bytes([new[2], new[3]]),
+            )
+        };
+        let key = meta.key;
+        let l4 = meta.l4_offset;
+        let mut nat = CompiledNat {
+            source_address: None,
+            destination_address: None,
+            ports: [None, None],
+            ip_adjustment: 0,
+            transport: None,
+            udp: key.protocol == PROTOCOL_UDP,
+        };
+        let (mut ip_sum, mut transport_sum) = (0u32, 0u32);
+        let changes = [
+            (
+                Side::Destination,
+                destination,
+                key.destination,
+                key.destination_port,
+            ),
+            (Side::Source, source, key.source, key.source_port),
+        ];
+        for (slot, (side, change, old_address, old_port)) in changes.into_iter().enumerate() {
+            let Some((address, port)) = change else {
+                continue;
+            };
+            match side {
+                Side::Source => nat.source_address = Some(address.octets()),
+                Side::Destination => nat.destination_address = Some(address.octets()),
+            }
+            ip_sum += address_change(old_address, address);
+            // As rewrite_l4: which word holds the port, where the checksum is, and
+            // whether the pseudo-header (the addresses) is in it.
+            let (port_offset, checksum_offset, pseudo_header) = match (key.protocol, meta.icmp) {
+                (PROTOCOL_TCP, _) => (l4 + if side == Side::Source { 0 } else { 2 }, l4 + 16, true),
+                (PROTOCOL_UDP, _) => (l4 + if side == Side::Source { 0 } else { 2 }, l4 + 6, true),
+                (PROTOCOL_ICMP, IcmpKind::EchoRequest) if side == Side::Source => {
+                    (l4 + 4, l4 + 2, false)
+                }
+                (PROTOCOL_ICMP, IcmpKind::EchoReply) if side == Side::Destination => {
+                    (l4 + 4, l4 + 2, false)
+                }
+                _ => continue,
+            };
+            nat.transport = Some((checksum_offset, 0));
+            if pseudo_header {
+                transport_sum += address_change(old_address, address);
+            }
+            if old_port != port {
+                nat.ports[slot] = Some((port_offset, port));
+                transport_sum += word_change(old_port, port);
+            }
+        }
+        nat.ip_adjustment = checksum::fold(ip_sum);
+        if let Some((offset, _)) = nat.transport {
+            nat.transport = Some((offset, checksum::fold(transport_sum)));
+        }
+        nat
+    }
+
+    /// Rewrites `frame` (a packet of the flow it was compiled for).
+    pub fn apply(&self, frame: &mut [u8]) {
+        let adjust = |frame: &mut [u8], offset: usize, adjustment: u16| {
+            let sum = u16::from_be_bytes([frame[offset], frame[offset + 1]]);
+            let sum = !checksum::fold(u32::from(!sum) + u32::from(adjustment));
+            frame[offset..offset + 2].copy_from_slice(&sum.to_be_bytes());
+            sum
+        };
+        if let Some(address) = self.source_address {
+            frame[IP + 12..IP + 16].copy_from_slice(&address);
+        }
+        if let Some(address) = self.destination_address {
+            frame[IP + 16..IP + 20].copy_from_slice(&address);
+        }
+        adjust(frame, IP + 10, self.ip_adjustment);
+        for (offset, port) in self.ports.into_iter().flatten() {
+            frame[offset..offset + 2].copy_from_slice(&port.to_be_bytes());
+        }
+        if let Some((offset, adjustment)) = self.transport {
+            let without_checksum =
+                self.udp && u16::from_be_bytes([frame[offset], frame[offset + 1]]) == 0;
+            if !without_checksum && adjust(frame, offset, adjustment) == 0 && self.udp {
+                // RFC 768: a computed zero is sent as all ones.
+                frame[offset..offset + 2].copy_from_slice(&[0xff, 0xff]);
+            }
+        }
+    }
+}
+
 /// Rewrites the L4 port (or ICMP echo id) and patches the L4 checksum for the address
 /// change (pseudo-header) and the port change.
 #[allow(clippy::too_many_arguments)]

@@ -318,7 +318,12 @@ impl Forwarder {
 
     /// Turns the path cache off (every packet walks) or back on.
     pub fn set_path_cache(&mut self, on: bool) {
-        self.paths = PathCache::new(if on { path::CAPACITY } else { 0 });
+        self.set_path_capacity(if on { path::CAPACITY } else { 0 });
+    }
+
+    /// A path cache of `paths` paths (it starts over when full; 0: none).
+    pub fn set_path_capacity(&mut self, paths: usize) {
+        self.paths = PathCache::new(paths);
     }
 
     /// The frame the last packet arrived as, when it arrived at an endpoint.

@@ -335,7 +335,8 @@ impl Forwarder {
     }
 
     /// The devices' conntrack entries and counters (`Network::state_digest`).
-    pub fn state_digest(&self) -> String {
+    pub fn state_digest(&mut self) -> String {
+        self.paths.settle(&mut self.network);
         self.network.state_digest()
     }
 
@@ -469,7 +470,7 @@ impl Forwarder {
             });
             if !recording || described_steadily {
                 self.paths.learn(
-                    &self.network,
+                    &mut self.network,
                     path_key,
                     frame,
                     (&arriving, arrival),
@@ -506,6 +507,8 @@ impl Forwarder {
         packet: Packet,
         now_ns: u64,
     ) -> (bool, WalkSummary, Option<(LinkEnd, Packet)>) {
+        // The devices see the state every replay so far left.
+        self.paths.settle(&mut self.network);
         let before = (
             self.journal.drop_count,
             self.journal.generated_count,

@@ -271,7 +271,7 @@ impl HostStack {
     /// originates or encapsulates), recorded for the path cache.
     pub fn next_identification(&mut self, ctx: &mut Ctx) -> u16 {
         ctx.advanced(Counter::Identification);
-        self.advance_identification()
+        self.advance_identification(1)
     }
 
     /// The last IPv4 identification sent.
@@ -279,9 +279,10 @@ impl HostStack {
         self.identification
     }
 
-    /// Advances the identification counter without recording (a path cache replay).
-    pub fn advance_identification(&mut self) -> u16 {
-        self.identification = self.identification.wrapping_add(1);
+    /// Advances the identification counter by `count` packets without recording
+    /// (a path cache replay); returns the last identification taken.
+    pub fn advance_identification(&mut self, count: u16) -> u16 {
+        self.identification = self.identification.wrapping_add(count);
         self.identification
     }
 

@@ -231,7 +231,7 @@ impl Router {
     /// the path cache.
     fn next_identification(&mut self, ctx: &mut Ctx) -> u16 {
         ctx.advanced(Counter::Identification);
-        self.advance_identification()
+        self.advance_identification(1)
     }
 
     /// The last IPv4 identification the router sent.
@@ -239,9 +239,10 @@ impl Router {
         self.identification
     }
 
-    /// Advances the identification counter without recording (a path cache replay).
-    pub fn advance_identification(&mut self) -> u16 {
-        self.identification = self.identification.wrapping_add(1);
+    /// Advances the identification counter by `count` packets without recording
+    /// (a path cache replay); returns the last identification taken.
+    pub fn advance_identification(&mut self, count: u16) -> u16 {
+        self.identification = self.identification.wrapping_add(count);
         self.identification
     }
 

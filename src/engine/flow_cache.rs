@@ -68,6 +68,12 @@ impl<K: Hash + Eq, V: Clone> FlowCache<K, V> {
         self.entries.insert(key, (self.epoch, value));
     }
 
+    /// The decision stored for `key`, whatever its epoch (to finish what a replay
+    /// of it left pending), without counting a hit or a miss.
+    pub fn get_mut_any_epoch(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|(_, value)| value)
+    }
+
     /// Decisions it holds now (some may be from an old epoch).
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -179,6 +179,8 @@ pub struct CompiledPath {
     alive_until_ns: u64,
     /// The shortest timeout of the entries this path refreshes.
     shortest_timeout_ns: u64,
+    /// Replays on the bare-frame lane whose effects wait for `PathCache::settle`.
+    pending: Option<Replays>,
     /// Where the packet arrives (the endpoint's NIC).
     pub arrival: LinkEnd,
     /// The hops the walk recorded (capture on), rebuilt for each replayed packet;
@@ -383,12 +385,44 @@ fn admit<'a>(
     admitted.then_some(path)
 }
 
+/// Replays of one path whose effects are not applied yet: how many, and when the
+/// last one entered.
+#[derive(Debug, Clone, Copy)]
+struct Replays {
+    last_ns: u64,
+    count: u64,
+}
+
 impl CompiledPath {
     /// Applies a replay to the devices' state (entries refreshed, counters
     /// advanced), as the walk would have.
     fn commit(&mut self, network: &mut Network, steps: &Steps, now_ns: u64) {
-        network.replay_effects(&steps.effects[self.effects.range()], now_ns);
+        let replays = Replays {
+            last_ns: now_ns,
+            count: 1,
+        };
+        network.replay_effects(&steps.effects[self.effects.range()], replays);
         self.alive_until_ns = now_ns.saturating_add(self.shortest_timeout_ns);
+    }
+
+    /// Counts a replay at `now_ns` whose effects wait for [`PathCache::settle`];
+    /// true when the path had none waiting.
+    fn defer(&mut self, now_ns: u64) -> bool {
+        self.alive_until_ns = now_ns.saturating_add(self.shortest_timeout_ns);
+        match &mut self.pending {
+            Some(replays) => {
+                replays.last_ns = now_ns;
+                replays.count += 1;
+                false
+            }
+            None => {
+                self.pending = Some(Replays {
+                    last_ns: now_ns,
+                    count: 1,
+                });
+                true
+            }
+        }
     }
 
     /// True when the touches hold for a packet of `key` at `now_ns`. While the
@@ -440,6 +474,8 @@ pub struct PathCache {
     scratch: Option<Packet>,
     /// The paths' touches and effects.
     steps: Steps,
+    /// Paths replayed on the bare-frame lane since the last settle.
+    unsettled: Vec<PathKey>,
 }
 
 impl Default for PathCache {
@@ -465,6 +501,7 @@ impl PathCache {
             walked: 0,
             scratch: None,
             steps: Steps::default(),
+            unsettled: Vec::new(),
         }
     }
 
@@ -492,6 +529,7 @@ impl PathCache {
         sink: Option<&mut dyn HopSink>,
     ) -> Option<LinkEnd> {
         let recording = sink.is_some();
+        self.settle(network);
         let Some(path) = admit(
             &mut self.paths,
             &mut self.steps,
@@ -544,9 +582,33 @@ impl PathCache {
             return Replay::Walk(Some(key));
         };
         path.transform.apply_to_frame(path.nat.as_ref(), frame);
-        path.commit(network, &self.steps, now_ns);
+        if path.defer(now_ns) {
+            self.unsettled.push(key);
+        }
         self.replayed += 1;
         Replay::Arrived(path.arrival)
+    }
+
+    /// Applies the effects the bare-frame lane's replays left pending: each
+    /// entry seen when the path's last packet would have seen it, each counter
+    /// advanced once per packet — the state the walks would have left. Call before
+    /// anything reads the devices' state: a walk, a digest. (OVS's revalidators
+    /// push a datapath flow's statistics to its rules the same way, after the
+    /// packets.)
+    pub fn settle(&mut self, network: &mut Network) {
+        let PathCache {
+            paths,
+            steps,
+            unsettled,
+            ..
+        } = self;
+        for key in unsettled.drain(..) {
+            if let Some(path) = paths.get_mut_any_epoch(&key) {
+                if let Some(replays) = path.pending.take() {
+                    network.replay_effects(&steps.effects[path.effects.range()], replays);
+                }
+            }
+        }
     }
 
     /// Compiles the walk of the packet that entered as `entering` and arrived at
@@ -554,7 +616,7 @@ impl PathCache {
     /// hops were recorded). True when a path was stored.
     pub fn learn(
         &mut self,
-        network: &Network,
+        network: &mut Network,
         key: PathKey,
         entering: &[u8],
         arrived: (&Packet, LinkEnd),
@@ -566,7 +628,9 @@ impl PathCache {
             Some(mut path) => {
                 let steps = self.steps.touches.len() + touches.len();
                 if self.paths.len() >= self.paths.capacity() || steps > STEPS_PER_PATH * CAPACITY {
-                    // Full (or recompiled so often its steps piled up): start over.
+                    // Full (or recompiled so often its steps piled up): start over,
+                    // once what the replays left pending is applied.
+                    self.settle(network);
                     self.paths.clear();
                     self.steps.touches.clear();
                     self.steps.effects.clear();
@@ -652,6 +716,7 @@ fn compile(
         checked_generation: None,
         alive_until_ns: 0,
         shortest_timeout_ns: u64::MAX,
+        pending: None,
         arrival,
         hops,
     })
@@ -768,7 +833,10 @@ impl Network {
 
     /// Applies what the walk did to the devices' state: each entry seen when its
     /// device saw the packet, each counter advanced.
-    fn replay_effects(&mut self, effects: &[Effect], now_ns: u64) {
+    fn replay_effects(&mut self, effects: &[Effect], replays: Replays) {
+        let Replays { last_ns, count } = replays;
+        // Identifications wrap at 16 bits: `count` packets advance by count mod 2^16.
+        let count = u16::try_from(count & 0xffff).unwrap_or(0);
         for effect in effects {
             match *effect {
                 Effect::Refresh {
@@ -777,11 +845,12 @@ impl Network {
                     entry,
                     offset_ns,
                 } => {
+                    // The last packet's sighting is the one a walk leaves.
                     if let Some(conntrack) = self.conntrack_mut(device, table) {
-                        conntrack.refresh(entry, now_ns + offset_ns);
+                        conntrack.refresh(entry, last_ns + offset_ns);
                     }
                 }
-                Effect::Advance { device, counter } => self.advance(device, counter),
+                Effect::Advance { device, counter } => self.advance(device, counter, count),
             }
         }
     }
@@ -831,17 +900,18 @@ impl Network {
         digest
     }
 
-    fn advance(&mut self, device: DeviceId, counter: Counter) {
+    /// Advances `device`'s `counter` by `count` packets.
+    fn advance(&mut self, device: DeviceId, counter: Counter, count: u16) {
         let Counter::Identification = counter;
         match &mut self.devices[device] {
             Device::Node(node) => {
-                node.stack.advance_identification();
+                node.stack.advance_identification(count);
             }
             Device::CalicoNode(node) => {
-                node.stack.advance_identification();
+                node.stack.advance_identification(count);
             }
             Device::Router(router) => {
-                router.advance_identification();
+                router.advance_identification(count);
             }
             Device::Switch(_) | Device::Endpoint(_) => {}
         }

@@ -558,7 +558,8 @@ impl PathCache {
 
     /// Like [`PathCache::replay`] (nothing recorded), for a bare frame entering
     /// `device` at `port`, rewritten in place: the key is read from the frame's
-    /// bytes, and nothing else is parsed unless the path translates addresses.
+    /// bytes and nothing else is parsed; the replay's effects on the devices wait
+    /// for [`PathCache::settle`].
     pub fn replay_frame(
         &mut self,
         network: &mut Network,

@@ -460,7 +460,9 @@ pub struct WalkSummary {
     pub eventful: bool,
 }
 
-/// The paths of one forwarding shard.
+/// The paths of one forwarding shard. Its owner calls [`PathCache::settle`] before
+/// anything reads the devices' state (a walk, a digest): until then the bare-frame
+/// lane's replays have left their effects on the paths, not on the devices.
 #[derive(Debug)]
 pub struct PathCache {
     paths: FlowCache<PathKey, CompiledPath>,

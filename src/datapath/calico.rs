@@ -328,7 +328,7 @@ impl CalicoNode {
             return;
         };
         let inner_key = packet.meta.key;
-        let identification = self.stack.next_identification(ctx);
+        let identification = self.stack.identification.next(ctx);
         let header = EncapHeader {
             source: self.settings.ip,
             destination: peer,

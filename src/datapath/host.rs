@@ -13,7 +13,7 @@
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::local::{self, AnswerLink, Settle};
-use super::path_log::{Counter, Table};
+use super::path_log::{IdentificationCounter, Table};
 use super::services::{Affinity, ServiceTable};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId};
 use crate::engine::conntrack::{Conntrack, Direction, EntryId};
@@ -232,7 +232,8 @@ pub struct HostStack {
     /// kube-proxy's ClientIP affinity memory on this node.
     pub affinity: Affinity,
     reassembler: reassembly::Reassembler,
-    identification: u16,
+    /// The IPv4 identification of packets it originates or encapsulates.
+    pub identification: IdentificationCounter,
 }
 
 impl HostStack {
@@ -263,27 +264,8 @@ impl HostStack {
             node_index: 0,
             affinity: Affinity::default(),
             reassembler: Default::default(),
-            identification: 0,
+            identification: IdentificationCounter::default(),
         }
-    }
-
-    /// The next IPv4 identification this stack sends with (one per packet it
-    /// originates or encapsulates), recorded for the path cache.
-    pub fn next_identification(&mut self, ctx: &mut Ctx) -> u16 {
-        ctx.advanced(Counter::Identification);
-        self.advance_identification(1)
-    }
-
-    /// The last IPv4 identification sent.
-    pub fn identification(&self) -> u16 {
-        self.identification
-    }
-
-    /// Advances the identification counter by `count` packets without recording
-    /// (a path cache replay); returns the last identification taken.
-    pub fn advance_identification(&mut self, count: u16) -> u16 {
-        self.identification = self.identification.wrapping_add(count);
-        self.identification
     }
 
     /// One lookup in the routing table; None for no route or a blackhole.
@@ -979,7 +961,7 @@ pub trait LinuxHost {
         let link = AnswerLink {
             source_mac: route.source_mac,
             destination_mac: route.destination_mac,
-            identification: self.stack_mut().next_identification(ctx),
+            identification: self.stack_mut().identification.next(ctx),
         };
         let stack = self.stack();
         let what = format!("node {}", stack.name);
@@ -1070,7 +1052,7 @@ pub trait LinuxHost {
         let Some(route) = self.local_route(packet.meta.key.source) else {
             return;
         };
-        let identification = self.stack_mut().next_identification(ctx);
+        let identification = self.stack_mut().identification.next(ctx);
         let header = ErrorHeader::icmp_send(
             packet,
             route.source,

@@ -97,6 +97,34 @@ impl PathLog {
     }
 }
 
+/// A device's IPv4 identification counter — the next value for each packet it
+/// originates or encapsulates (one counter per host stack or router) — taken
+/// through the path log, so a path cache replay can advance it as the walk would.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IdentificationCounter {
+    last: u16,
+}
+
+impl IdentificationCounter {
+    /// The next identification, recorded for the path cache.
+    pub fn next(&mut self, ctx: &mut Ctx) -> u16 {
+        ctx.advanced(Counter::Identification);
+        self.advance(1)
+    }
+
+    /// The last identification taken.
+    pub fn last(&self) -> u16 {
+        self.last
+    }
+
+    /// Advances by `count` packets without recording (a path cache replay);
+    /// returns the last identification taken.
+    pub fn advance(&mut self, count: u16) -> u16 {
+        self.last = self.last.wrapping_add(count);
+        self.last
+    }
+}
+
 impl Ctx<'_> {
     /// Looks `key` up in `conntrack` (`Conntrack::track`) and records what it found
     /// for the path being recorded.

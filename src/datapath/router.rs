@@ -10,7 +10,7 @@
 use super::forwarding::{self, Refusal};
 use super::icmp::{self, ErrorHeader, ErrorMessage};
 use super::local::{self, AnswerLink, Settle};
-use super::path_log::{Counter, Table};
+use super::path_log::{IdentificationCounter, Table};
 use super::{Ctx, DropReason, HopAction, Neighbors, Outputs, PointId, PortId, Verdict};
 use crate::control::RouteTables;
 use crate::engine::conntrack::{Conntrack, Direction};
@@ -177,7 +177,8 @@ pub struct Router {
     lb_conntrack: Conntrack,
     /// Salt of the ECMP hash (the topology seed).
     seed: u64,
-    identification: u16,
+    /// The IPv4 identification of packets it originates.
+    pub identification: IdentificationCounter,
 }
 
 impl Router {
@@ -210,7 +211,7 @@ impl Router {
             snat: Layer::new("snat", NatAction::Keep),
             lb_conntrack: Conntrack::new(0, seed),
             seed,
-            identification: 0,
+            identification: IdentificationCounter::default(),
         }
     }
 
@@ -225,25 +226,6 @@ impl Router {
         self.virtual_servers = servers;
         self.snat = snat_layer(&self.name, snat_rules);
         self.lb_conntrack = Conntrack::new(conntrack_max, self.seed);
-    }
-
-    /// The next IPv4 identification of a packet the router originates, recorded for
-    /// the path cache.
-    fn next_identification(&mut self, ctx: &mut Ctx) -> u16 {
-        ctx.advanced(Counter::Identification);
-        self.advance_identification(1)
-    }
-
-    /// The last IPv4 identification the router sent.
-    pub fn identification(&self) -> u16 {
-        self.identification
-    }
-
-    /// Advances the identification counter by `count` packets without recording
-    /// (a path cache replay); returns the last identification taken.
-    pub fn advance_identification(&mut self, count: u16) -> u16 {
-        self.identification = self.identification.wrapping_add(count);
-        self.identification
     }
 
     pub fn process(
@@ -581,7 +563,7 @@ impl Router {
         packet: Packet,
         out: &mut Outputs,
     ) {
-        let identification = self.next_identification(ctx);
+        let identification = self.identification.next(ctx);
         let ingress = &self.ports[usize::from(in_port)];
         let link = AnswerLink {
             source_mac: ingress.mac,
@@ -632,7 +614,7 @@ impl Router {
         if !icmp::may_send_error(packet) {
             return;
         }
-        let identification = self.next_identification(ctx);
+        let identification = self.identification.next(ctx);
         let source = packet.meta.key.source;
         let (port, next_mac) = match self.fib.lookup(source) {
             Some((_, route)) => {

@@ -44,7 +44,7 @@ impl AntreaNode {
         };
         let inner_key = packet.meta.key;
         let source_port = tunnel_source_port(&inner_key, self.settings.seed);
-        let identification = self.stack.next_identification(ctx);
+        let identification = self.stack.identification.next(ctx);
         encapsulate(
             &mut packet,
             self.settings.encapsulation,

@@ -861,9 +861,9 @@ impl Network {
     /// The last IPv4 identification `device` sent (nodes and routers).
     fn identification(&self, device: DeviceId) -> Option<u16> {
         match &self.devices[device] {
-            Device::Node(node) => Some(node.stack.identification()),
-            Device::CalicoNode(node) => Some(node.stack.identification()),
-            Device::Router(router) => Some(router.identification()),
+            Device::Node(node) => Some(node.stack.identification.last()),
+            Device::CalicoNode(node) => Some(node.stack.identification.last()),
+            Device::Router(router) => Some(router.identification.last()),
             Device::Switch(_) | Device::Endpoint(_) => None,
         }
     }
@@ -908,13 +908,13 @@ impl Network {
         let Counter::Identification = counter;
         match &mut self.devices[device] {
             Device::Node(node) => {
-                node.stack.advance_identification(count);
+                node.stack.identification.advance(count);
             }
             Device::CalicoNode(node) => {
-                node.stack.advance_identification(count);
+                node.stack.identification.advance(count);
             }
             Device::Router(router) => {
-                router.advance_identification(count);
+                router.identification.advance(count);
             }
             Device::Switch(_) | Device::Endpoint(_) => {}
         }

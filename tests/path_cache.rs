@@ -305,3 +305,61 @@ fn a_frame_for_another_mac_does_not_ride_a_compiled_path() {
     );
     assert_eq!(cached.state_digest(), walked.state_digest());
 }
+
+/// The bare-frame lane on the masquerade path: the node's MASQUERADE (source
+/// 10.244.0.2:31000 -> node-a's 10.0.0.11, port kept as nf_nat keeps a unique tuple),
+/// the router's TTL decrement, checksums that verify; and its deferred effects: the
+/// digest after three replays holds the conntrack entry last seen at the third
+/// replay's time, as the walk leaves it.
+#[test]
+fn a_replayed_masquerade_packet_and_its_settled_state_are_the_walks() {
+    let topology = load("two-node");
+    let mut cached = Forwarder::to_host(&topology, false).unwrap();
+    let mut walked = Forwarder::to_host(&topology, false).unwrap();
+    walked.set_path_cache(false);
+    let frame = cached.frame(31_000, 200);
+    let times = [SECOND, SECOND + 7, SECOND + 19, SECOND + 31, SECOND + 45];
+    let mut arrivals = Vec::new();
+    for &now in &times {
+        assert!(cached.send(&frame, now));
+        arrivals.push(cached.last_arrival().unwrap().to_vec());
+        assert!(walked.send(&frame, now));
+        assert_eq!(
+            walked.last_arrival().unwrap(),
+            arrivals.last().unwrap().as_slice()
+        );
+    }
+    // Walked (new connection), walked (compiles), then three replays.
+    assert_eq!(cached.path_cache_stats(), (3, 2));
+    let digest = cached.state_digest();
+    assert_eq!(digest, walked.state_digest());
+    assert!(
+        digest.contains("last_seen_ns: 1000000045"),
+        "the entry was last seen by the last replay: {digest}"
+    );
+    let arrival = netsim::packet::Packet::from_frame(&arrivals[4], 0).unwrap();
+    let key = arrival.meta.key;
+    assert_eq!(
+        (
+            key.source,
+            key.source_port,
+            key.destination,
+            key.destination_port
+        ),
+        (
+            // node-a: nodes without an `ip` take the node segment's addresses
+            // from host offset 11.
+            "10.0.0.11".parse().unwrap(),
+            31_000,
+            "192.168.50.10".parse().unwrap(),
+            5000
+        )
+    );
+    // 64 from the pod; the node's routing (the host stack) and the router gw.
+    assert_eq!(arrival.meta.ttl, 62);
+    let ip = smoltcp::wire::Ipv4Packet::new_checked(&arrivals[4][14..]).unwrap();
+    assert!(ip.verify_checksum());
+    let udp = smoltcp::wire::UdpPacket::new_checked(ip.payload()).unwrap();
+    let (source, destination) = (ip.src_addr().into(), ip.dst_addr().into());
+    assert!(udp.verify_checksum(&source, &destination));
+}

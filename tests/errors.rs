@@ -516,3 +516,19 @@ fn a_tier1_snat_rule_with_a_backwards_range_or_an_unknown_action_is_located() {
         "unknown snat action `dnat` (expected snat or no_snat)",
     );
 }
+
+#[test]
+fn an_unknown_endpoint_form_is_located_and_the_forms_are_listed() {
+    let text = format!(
+        "{BASE}\n[[flow]]\nname = \"f\"\nfrom = \"pod:default/web\"\nto = \"service:default/web:80\"\n"
+    );
+    let stderr = refuse(&text);
+    assert_located(
+        &stderr,
+        37,
+        6,
+        "`service:default/web:80` is not an endpoint (pod:NS/NAME, host:NAME, node:NAME, \
+         svc:NS/NAME:PORT, nodeport:NODE/NS/NAME:PORT, lb:NS/NAME:PORT, npl:NS/POD:PORT, \
+         healthcheck:NODE/NS/NAME, IP or IP:PORT)",
+    );
+}

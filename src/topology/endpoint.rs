@@ -178,7 +178,11 @@ pub fn parse_endpoint(
     }
     let (address, port) = split_port(text)?;
     let address: Ipv4Addr = address.parse().map_err(|_| {
-        format!("`{text}` is not an endpoint (pod:NS/NAME, host:NAME, node:NAME, IP or IP:PORT)")
+        format!(
+            "`{text}` is not an endpoint (pod:NS/NAME, host:NAME, node:NAME, svc:NS/NAME:PORT, \
+             nodeport:NODE/NS/NAME:PORT, lb:NS/NAME:PORT, npl:NS/POD:PORT, \
+             healthcheck:NODE/NS/NAME, IP or IP:PORT)"
+        )
     })?;
     Ok((EndpointRef::Address(address), port))
 }

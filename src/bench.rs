@@ -12,9 +12,9 @@
 
 use crate::capture::{CaptureMode, PcapngStream};
 use crate::datapath::{Ctx, HopRecord, HopSink, Journal, Outputs, PortId, Recording};
-use crate::packet::Packet;
+use crate::packet::{Packet, NO_FLOW};
 use crate::sim::network::{build, Device, DeviceId, LinkEnd, Network};
-use crate::sim::path::{self, PathCache, PathKey, RecordedHops, Replay, WalkSummary};
+use crate::sim::path::{self, PathCache, PathKey, RecordedHops, Recorder, Replay, WalkSummary};
 use crate::topology::{EndpointRef, Topology};
 use crate::wire::{
     checksum, transport_frame, FrameAddresses, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, PROTOCOL_UDP,
@@ -59,6 +59,9 @@ pub struct BenchOptions {
 pub const ESTABLISHED_PACKETS: usize = 10_000_000;
 /// Packets a new-flow scenario sends by default (every one walks every device).
 pub const NEW_FLOW_PACKETS: usize = 500_000;
+
+/// The id every bench packet carries (its hops are told apart by time, not id).
+const PACKET_ID: u64 = 1;
 
 #[derive(Debug, Serialize)]
 pub struct BenchResults {
@@ -307,12 +310,15 @@ impl Forwarder {
     }
 
     /// Rewrites `frame` (one of [`Forwarder::frame`]'s) into the `index`-th of more
-    /// distinct UDP flows than any node's flow cache holds (64,000 source ports ×
-    /// 1,000 destination ports), so a run over consecutive indices misses the cache
-    /// on every packet.
+    /// distinct UDP flows than any node's flow cache holds (4,160 source ports ×
+    /// 4,328 destination ports: 18 M), so a run over consecutive indices misses the
+    /// cache on every packet. The sources are in Linux's ephemeral range
+    /// (32768–60999), and both ranges hold no port Wireshark dissects as some
+    /// protocol (`tshark -G decodes`: 1194 would be OpenVPN, 2222 CIP I/O), so a
+    /// capture of new flows reads as the UDP it is and lints clean.
     pub fn make_new_flow(frame: &mut [u8], index: usize) {
-        let source_port = 1024 + u16::try_from(index % 64_000).unwrap_or(0);
-        let destination_port = 5000 + u16::try_from(index / 64_000 % 1000).unwrap_or(0);
+        let source_port = 37_009 + u16::try_from(index % 4_160).unwrap_or(0);
+        let destination_port = 50_000 + u16::try_from(index / 4_160 % 4_328).unwrap_or(0);
         set_udp_ports(frame, source_port, destination_port);
     }
 
@@ -346,81 +352,15 @@ impl Forwarder {
     }
 
     /// Forwards one frame end to end; true when it reached the server pod. A frame
-    /// of a flow whose path is compiled is replayed through it (`sim::path`), its
-    /// hops rebuilt when capture is on; otherwise it walks device by device, and a
-    /// steady walk compiles the path.
+    /// of a flow whose path is compiled is replayed through it in a reused buffer
+    /// (`PathCache::replay_frame`), its hops laid out straight into the capture when
+    /// capture is on; otherwise it becomes a packet and walks device by device, and
+    /// a steady walk compiles the path.
     pub fn send(&mut self, frame: &[u8], now_ns: u64) -> bool {
         self.arrived_in_work = false;
-        if matches!(self.journal.recording, Recording::Nothing) {
-            return self.send_unrecorded(frame, now_ns);
-        }
-        let Some(packet) = self.packet_of(frame) else {
-            return false;
-        };
-        let delivered = match PathKey::of(self.source_device, self.source_port, &packet) {
-            Some(path_key) => self.send_on_path(path_key, frame, packet, now_ns),
-            None => self.walk_only(packet, now_ns),
-        };
-        self.write_capture();
-        delivered
-    }
-
-    /// With nothing recorded: the frame is replayed in a reused buffer as it is
-    /// (`PathCache::replay_frame`), and becomes a packet only when it must walk.
-    fn send_unrecorded(&mut self, frame: &[u8], now_ns: u64) -> bool {
         self.work.clear();
         self.work.extend_from_slice(frame);
         let ingress = (self.source_device, self.source_port);
-        match self
-            .paths
-            .replay_frame(&mut self.network, ingress, &mut self.work, now_ns)
-        {
-            Replay::Arrived(arrival) => {
-                self.arrived_in_work = true;
-                arrival.device == self.destination_device
-            }
-            Replay::Walk(key) => {
-                let Some(packet) = self.packet_of(frame) else {
-                    return false;
-                };
-                match key {
-                    Some(path_key) => self.walk_and_learn(path_key, frame, packet, now_ns),
-                    None => self.walk_only(packet, now_ns),
-                }
-            }
-        }
-    }
-
-    /// `frame` parsed into the spare packet buffer (or a new one).
-    fn packet_of(&mut self, frame: &[u8]) -> Option<Packet> {
-        let mut packet = match self.spare.take() {
-            Some(mut packet) => {
-                packet.reset_from(frame, 0).ok()?;
-                packet
-            }
-            None => Packet::from_frame(frame, 0).ok()?,
-        };
-        packet.meta.packet_id = 1;
-        Some(packet)
-    }
-
-    /// Walks a packet no path may carry.
-    fn walk_only(&mut self, packet: Packet, now_ns: u64) -> bool {
-        let (delivered, _, arrived) = self.walk(packet, now_ns);
-        if let Some((_, packet)) = arrived {
-            self.spare = Some(packet);
-        }
-        delivered
-    }
-
-    /// Replays the packet's path, or walks it and compiles the path.
-    fn send_on_path(
-        &mut self,
-        path_key: PathKey,
-        frame: &[u8],
-        mut packet: Packet,
-        now_ns: u64,
-    ) -> bool {
         let recording = !matches!(self.journal.recording, Recording::Nothing);
         // A replayed packet's hops go straight into the capture when there is one
         // (in order: each packet's hops are written before the next is sent).
@@ -436,14 +376,53 @@ impl Forwarder {
             }
             (None, true) => Some(&mut self.journal),
         };
-        if let Some(arrival) =
+        let recorder = sink.map(|sink| Recorder {
+            sink,
+            flow: NO_FLOW,
+            packet_id: PACKET_ID,
+        });
+        let replay =
             self.paths
-                .replay(&mut self.network, &path_key, &mut packet, now_ns, sink)
-        {
+                .replay_frame(&mut self.network, ingress, &mut self.work, now_ns, recorder);
+        let delivered = match replay {
+            Replay::Arrived(arrival) => {
+                self.arrived_in_work = true;
+                return arrival.device == self.destination_device;
+            }
+            Replay::Walk(key) => {
+                let Some(packet) = self.packet_of(frame) else {
+                    return false;
+                };
+                match key {
+                    Some(path_key) => self.walk_and_learn(path_key, frame, packet, now_ns),
+                    None => self.walk_only(packet, now_ns),
+                }
+            }
+        };
+        self.write_capture();
+        delivered
+    }
+
+    /// `frame` parsed into the spare packet buffer (or a new one).
+    fn packet_of(&mut self, frame: &[u8]) -> Option<Packet> {
+        let mut packet = match self.spare.take() {
+            Some(mut packet) => {
+                packet.reset_from(frame, 0).ok()?;
+                packet
+            }
+            None => Packet::from_frame(frame, 0).ok()?,
+        };
+        packet.meta.packet_id = PACKET_ID;
+        Some(packet)
+    }
+
+    /// Walks a packet no path may carry.
+    fn walk_only(&mut self, packet: Packet, now_ns: u64) -> bool {
+        let (delivered, _, arrived) = self.walk(packet, now_ns);
+        if let Some((_, packet)) = arrived {
             self.spare = Some(packet);
-            return arrival.device == self.destination_device;
         }
-        self.walk_and_learn(path_key, frame, packet, now_ns)
+        delivered
     }
 
     /// Walks the packet with its path log recording, and compiles its path when the
@@ -576,8 +555,8 @@ struct StreamSink<'a> {
 }
 
 impl HopSink for StreamSink<'_> {
-    fn record(&mut self, hop: &HopRecord) {
-        if let Err(error) = self.stream.write_record(hop) {
+    fn record(&mut self, hop: &HopRecord, frame: &mut dyn FnMut(&mut Vec<u8>)) {
+        if let Err(error) = self.stream.write_record(hop, frame) {
             // Reported by finish_capture; the packet itself was forwarded.
             self.failure.get_or_insert(error.to_string());
         }

@@ -143,59 +143,50 @@ impl<W: Write> PcapngStream<W> {
     /// Appends `hop` if its point is one of the file's interfaces. The comment says
     /// what the hop did (`action: detail`).
     pub fn write_hop(&mut self, hop: &Hop) -> Result<(), CaptureError> {
-        self.write_record(&HopRecord {
+        let record = HopRecord {
             time_ns: hop.time_ns,
             point: hop.point,
             flow: hop.flow,
             packet_id: hop.packet_id,
-            frame: &hop.frame,
             action: hop.action,
             detail: &hop.detail,
-        })
+        };
+        self.write_record(&record, |buffer| buffer.extend_from_slice(&hop.frame))
     }
 
-    /// Like [`PcapngStream::write_hop`], for a hop not kept as a [`Hop`]: the
-    /// Enhanced Packet Block is laid out in one reservation, its fixed fields
-    /// written as one array.
-    pub fn write_record(&mut self, hop: &HopRecord) -> Result<(), CaptureError> {
+    /// Like [`PcapngStream::write_hop`], for a hop not kept as a [`Hop`]: `frame`
+    /// appends its Ethernet frame straight into the stream's buffer, and the
+    /// Enhanced Packet Block is laid out around it. The block's fixed fields are
+    /// written last, over the room left in front of the frame — for a raw-IP point
+    /// over the frame's Ethernet header too, so its data starts at the IP header
+    /// with nothing moved.
+    pub fn write_record(
+        &mut self,
+        hop: &HopRecord,
+        frame: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), CaptureError> {
+        const FIXED_LEN: usize = 28;
+        static ROOM: [u8; FIXED_LEN] = [0; FIXED_LEN];
         let point = hop.point as usize;
         let Some(interface_id) = self.interface_of.get(point).copied().flatten() else {
             return Ok(());
         };
-        let data = if self.raw_ip[point] {
-            hop.frame
-                .get(crate::wire::ETHERNET_HEADER_LEN..)
-                .unwrap_or_default()
+        let skipped = if self.raw_ip[point] {
+            crate::wire::ETHERNET_HEADER_LEN
         } else {
-            hop.frame
+            0
         };
-        let padded = |length: usize| (length + 3) & !3;
+        let start = self.buffer.len();
+        self.buffer.extend_from_slice(&ROOM[skipped..]);
+        frame(&mut self.buffer);
+        if self.buffer.len() < start + FIXED_LEN {
+            self.buffer.resize(start + FIXED_LEN, 0);
+        }
+        let data_length = u32::try_from(self.buffer.len() - start - FIXED_LEN).unwrap_or(u32::MAX);
+        self.pad();
         // The comment option, written in place: action, ": ", detail.
         let (action, detail) = (hop.action.name().as_bytes(), hop.detail.as_bytes());
         let comment_length = action.len() + 2 + detail.len();
-        // Block type and length, interface, timestamp, captured and original length;
-        // the data; the comment option; the end of options; the length again.
-        let total = 28 + padded(data.len()) + 4 + padded(comment_length) + 4 + 4;
-        let block_length = u32::try_from(total).unwrap_or(u32::MAX);
-        let timestamp = u128::from(EPOCH_SECONDS) * 1_000_000_000 + u128::from(hop.time_ns);
-        let data_length = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let fields = [
-            ENHANCED_PACKET,
-            block_length,
-            interface_id,
-            u32::try_from(timestamp >> 32).unwrap_or(u32::MAX),
-            u32::try_from(timestamp & 0xFFFF_FFFF).unwrap_or(0),
-            data_length,
-            data_length,
-        ];
-        let mut header = [0u8; 28];
-        for (slot, field) in header.chunks_exact_mut(4).zip(fields) {
-            slot.copy_from_slice(&field.to_le_bytes());
-        }
-        self.buffer.reserve(total);
-        self.buffer.extend_from_slice(&header);
-        self.buffer.extend_from_slice(data);
-        self.pad();
         let comment_header = [
             OPTION_COMMENT.to_le_bytes(),
             u16::try_from(comment_length)
@@ -207,9 +198,24 @@ impl<W: Write> PcapngStream<W> {
         self.buffer.extend_from_slice(b": ");
         self.buffer.extend_from_slice(detail);
         self.pad();
+        // The end of options and the block's length again.
+        let block_length = u32::try_from(self.buffer.len() + 8 - start).unwrap_or(u32::MAX);
         let end = [u32::from(OPTION_END), block_length];
-        for field in end {
-            self.buffer.extend_from_slice(&field.to_le_bytes());
+        self.buffer
+            .extend_from_slice(end.map(u32::to_le_bytes).as_flattened());
+        let timestamp = u128::from(EPOCH_SECONDS) * 1_000_000_000 + u128::from(hop.time_ns);
+        let fields = [
+            ENHANCED_PACKET,
+            block_length,
+            interface_id,
+            u32::try_from(timestamp >> 32).unwrap_or(u32::MAX),
+            u32::try_from(timestamp & 0xFFFF_FFFF).unwrap_or(0),
+            data_length,
+            data_length,
+        ];
+        let header = &mut self.buffer[start..start + FIXED_LEN];
+        for (slot, field) in header.chunks_exact_mut(4).zip(fields) {
+            slot.copy_from_slice(&field.to_le_bytes());
         }
         self.packets += 1;
         if self.buffer.len() >= FLUSH_AT {
@@ -279,7 +285,8 @@ impl<W: Write> PcapngStream<W> {
     /// Zero bytes up to the next 32-bit boundary.
     fn pad(&mut self) {
         let padding = (4 - self.buffer.len() % 4) % 4;
-        self.buffer.extend_from_slice(&[0u8; 3][..padding]);
+        static PADDING: [u8; 3] = [0; 3];
+        self.buffer.extend_from_slice(&PADDING[..padding]);
     }
 }
 

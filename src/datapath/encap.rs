@@ -50,10 +50,64 @@ pub struct EncapHeader {
 
 /// Wraps `packet` in `encapsulation`, in its headroom, and re-parses the metadata.
 pub fn encapsulate(packet: &mut Packet, encapsulation: Encapsulation, header: &EncapHeader) {
+    let inner_len = packet.len();
+    let (outer_len, replaced) = encapsulation.outer_len();
+    packet.push_front(outer_len - replaced);
+    emit_outer_headers(
+        &mut packet.frame_mut()[..outer_len],
+        encapsulation,
+        header,
+        inner_len,
+    );
+    let _ = packet.parse();
+}
+
+impl Encapsulation {
+    /// The outer headers' length, and how many of the inner frame's first bytes
+    /// they take the place of (IPIP carries no inner Ethernet header).
+    pub fn outer_len(self) -> (usize, usize) {
+        let outer_ip = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
+        match self {
+            Encapsulation::Geneve => (outer_ip + UDP_HEADER_LEN + geneve::BASE_LEN, 0),
+            Encapsulation::Vxlan { .. } => (outer_ip + UDP_HEADER_LEN + vxlan::HEADER_LEN, 0),
+            Encapsulation::Ipip => (outer_ip, ETHERNET_HEADER_LEN),
+        }
+    }
+}
+
+/// Writes the outer headers of `encapsulation` into `outer` (its
+/// [`Encapsulation::outer_len`] bytes, just in front of what is left of an inner
+/// Ethernet frame of `inner_len` bytes): what [`encapsulate`] puts on the wire, for
+/// a caller that lays the frame out itself (a path cache rebuilding a hop).
+pub fn emit_outer_headers(
+    outer: &mut [u8],
+    encapsulation: Encapsulation,
+    header: &EncapHeader,
+    inner_len: usize,
+) {
     match encapsulation {
-        Encapsulation::Geneve => encapsulate_geneve(packet, header),
-        Encapsulation::Vxlan { vni } => encapsulate_vxlan(packet, header, vni),
-        Encapsulation::Ipip => encapsulate_ipip(packet, header),
+        // Geneve: outer Ethernet / IPv4 (DF, TTL 64) / UDP 6081 (checksum 0: Antrea's
+        // default `tunnelCsum: false`) / Geneve (VNI 0, no options) / the inner frame.
+        Encapsulation::Geneve => {
+            let tunnel_header = emit_udp_tunnel(outer, header, geneve::UDP_PORT, inner_len);
+            let mut view = geneve::Packet::new_unchecked(tunnel_header);
+            // The eight bytes of a header without options; emit cannot fail.
+            let _ = GeneveRepr::antrea().emit(&mut view);
+        }
+        // VXLAN (RFC 7348): outer Ethernet / IPv4 / UDP 4789 (checksum 0, Linux's
+        // default for VXLAN over IPv4) / VXLAN with `vni` / the inner Ethernet frame.
+        Encapsulation::Vxlan { vni } => {
+            let tunnel_header = emit_udp_tunnel(outer, header, vxlan::UDP_PORT, inner_len);
+            // The eight bytes of the header; emit cannot fail.
+            let _ = vxlan::Repr { vni }.emit(tunnel_header);
+        }
+        // IP-in-IP (RFC 2003 §3): the inner IP packet behind an outer IPv4 header
+        // (protocol 4); the inner Ethernet header is not carried, the outer headers
+        // take its place.
+        Encapsulation::Ipip => {
+            let inner_ip_len = inner_len - ETHERNET_HEADER_LEN;
+            emit_outer(outer, header, PROTOCOL_IPIP, inner_ip_len);
+        }
     }
 }
 
@@ -101,35 +155,25 @@ fn emit_udp(bytes: &mut [u8], source_port: u16, destination_port: u16, udp_len: 
     bytes[6..8].copy_from_slice(&[0, 0]);
 }
 
-/// VXLAN (RFC 7348): outer Ethernet / IPv4 / UDP 4789 (checksum 0, Linux's default
-/// for VXLAN over IPv4) / VXLAN with `vni` / the inner Ethernet frame.
-fn encapsulate_vxlan(packet: &mut Packet, header: &EncapHeader, vni: u32) {
-    let tunnel_header = push_udp_tunnel(packet, header, vxlan::UDP_PORT, vxlan::HEADER_LEN);
-    // Eight bytes were just reserved for the header; emit cannot fail.
-    let _ = vxlan::Repr { vni }.emit(tunnel_header);
-    let _ = packet.parse();
-}
-
-/// Prepends outer Ethernet / IPv4 / UDP to `port` and room for a tunnel header of
-/// `tunnel_header_len` bytes (which it returns, to be written) in front of the inner
-/// Ethernet frame.
-fn push_udp_tunnel<'a>(
-    packet: &'a mut Packet,
+/// Writes outer Ethernet / IPv4 / UDP to `port` in front of a tunnel header and an
+/// inner Ethernet frame of `inner_len` bytes, and returns the rest of `outer`: the
+/// tunnel header's room, to be written.
+fn emit_udp_tunnel<'a>(
+    outer: &'a mut [u8],
     header: &EncapHeader,
     port: u16,
-    tunnel_header_len: usize,
+    inner_len: usize,
 ) -> &'a mut [u8] {
-    let udp_len = UDP_HEADER_LEN + tunnel_header_len + packet.len();
-    let outer = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
-    let bytes = packet.push_front(outer + UDP_HEADER_LEN + tunnel_header_len);
-    emit_outer(bytes, header, PROTOCOL_UDP, udp_len);
+    let headers = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
+    let udp_len = outer.len() - headers + inner_len;
+    emit_outer(outer, header, PROTOCOL_UDP, udp_len);
     emit_udp(
-        &mut bytes[outer..outer + UDP_HEADER_LEN],
+        &mut outer[headers..headers + UDP_HEADER_LEN],
         header.source_port,
         port,
         udp_len,
     );
-    &mut bytes[outer + UDP_HEADER_LEN..]
+    &mut outer[headers + UDP_HEADER_LEN..]
 }
 
 fn decapsulate_vxlan(packet: &mut Packet) -> Result<u32, WireError> {
@@ -138,17 +182,6 @@ fn decapsulate_vxlan(packet: &mut Packet) -> Result<u32, WireError> {
     packet.pull_front(offset + vxlan::HEADER_LEN);
     packet.parse()?;
     Ok(repr.vni)
-}
-
-/// IP-in-IP (RFC 2003 §3): the inner IP packet behind an outer IPv4 header (protocol
-/// 4); the inner Ethernet header is not carried. The outer header takes the place of
-/// the inner Ethernet header and 20 bytes of headroom.
-fn encapsulate_ipip(packet: &mut Packet, header: &EncapHeader) {
-    let inner_ip_len = packet.ip_len();
-    packet.push_front(IPV4_HEADER_LEN);
-    let bytes = &mut packet.frame_mut()[..ETHERNET_HEADER_LEN + IPV4_HEADER_LEN];
-    emit_outer(bytes, header, PROTOCOL_IPIP, inner_ip_len);
-    let _ = packet.parse();
 }
 
 /// Removes the outer IPv4 header and gives the inner packet an Ethernet header again
@@ -162,16 +195,6 @@ fn decapsulate_ipip(packet: &mut Packet) -> Result<(), WireError> {
     packet.pull_front(header_len);
     emit_ethernet(packet.frame_mut(), destination, source, ETHERTYPE_IPV4);
     packet.parse()
-}
-
-/// Geneve: outer Ethernet / IPv4 (DF, TTL 64) / UDP 6081 (checksum 0: Antrea's
-/// default `tunnelCsum: false`) / Geneve (VNI 0, no options) / the inner frame.
-fn encapsulate_geneve(packet: &mut Packet, header: &EncapHeader) {
-    let tunnel_header = push_udp_tunnel(packet, header, geneve::UDP_PORT, geneve::BASE_LEN);
-    let mut view = geneve::Packet::new_unchecked(tunnel_header);
-    // Eight bytes were just reserved for a header without options; emit cannot fail.
-    let _ = GeneveRepr::antrea().emit(&mut view);
-    let _ = packet.parse();
 }
 
 /// Removes one Geneve encapsulation (outer Ethernet/IPv4/UDP/Geneve) in place and
@@ -253,6 +276,37 @@ mod tests {
                 &frame[14..],
                 "the inner IP packet as it was"
             );
+        }
+    }
+
+    #[test]
+    fn outer_headers_laid_out_by_hand_are_what_encapsulate_builds() {
+        // A path cache lays a hop's frame out itself: room for the outer headers,
+        // the inner frame, the headers written last (over the inner Ethernet
+        // header for IPIP).
+        let frame = udp_frame(
+            Ipv4Addr::new(10, 244, 0, 2),
+            Ipv4Addr::new(10, 244, 1, 2),
+            (37_009, 50_000),
+            &[5u8; 61],
+        );
+        for encapsulation in [
+            Encapsulation::Geneve,
+            Encapsulation::Vxlan { vni: 4096 },
+            Encapsulation::Ipip,
+        ] {
+            let mut packet = Packet::from_frame(&frame, 0).unwrap();
+            encapsulate(&mut packet, encapsulation, &header());
+            let (outer_len, replaced) = encapsulation.outer_len();
+            let mut laid_out = vec![0xEE; outer_len - replaced];
+            laid_out.extend_from_slice(&frame);
+            emit_outer_headers(
+                &mut laid_out[..outer_len],
+                encapsulation,
+                &header(),
+                frame.len(),
+            );
+            assert_eq!(laid_out, packet.frame(), "{encapsulation:?}");
         }
     }
 }

@@ -142,30 +142,31 @@ pub struct Hop {
     pub detail: String,
 }
 
-/// A hop as it is recorded, borrowing its frame and comment (a path cache replay
-/// builds them in scratch buffers): kept as a [`Hop`] by a journal, or written
-/// straight into a capture.
+/// A hop as it is recorded, its comment borrowed and its frame written by the
+/// recorder into the sink's own buffer (a path cache replay lays each hop's frame
+/// out there): kept as a [`Hop`] by a journal, or written straight into a capture.
 #[derive(Debug, Clone, Copy)]
 pub struct HopRecord<'a> {
     pub time_ns: u64,
     pub point: PointId,
     pub flow: FlowTag,
     pub packet_id: u64,
-    pub frame: &'a [u8],
     pub action: HopAction,
     pub detail: &'a str,
 }
 
 /// Where recorded hops go.
 pub trait HopSink {
-    fn record(&mut self, hop: &HopRecord);
+    /// Records `hop`, its frame the bytes `frame` appends to the buffer it is
+    /// handed (exactly the frame as it was on that wire).
+    fn record(&mut self, hop: &HopRecord, frame: &mut dyn FnMut(&mut Vec<u8>));
 }
 
 /// A journal keeps each hop, its buffers taken from the recycled ones.
 impl HopSink for Journal {
-    fn record(&mut self, hop: &HopRecord) {
+    fn record(&mut self, hop: &HopRecord, write_frame: &mut dyn FnMut(&mut Vec<u8>)) {
         let (mut frame, mut detail) = self.spare.pop().unwrap_or_default();
-        frame.extend_from_slice(hop.frame);
+        write_frame(&mut frame);
         detail.push_str(hop.detail);
         self.hops.push(Hop {
             time_ns: hop.time_ns,

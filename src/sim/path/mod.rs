@@ -24,20 +24,24 @@
 //! touch that no longer holds sends the packet down the walk again, which compiles
 //! the path anew.
 //!
-//! Two lanes replay: [`PathCache::replay`] on a parsed [`Packet`] (and, with
-//! capture on, rebuilding each recorded hop into a [`HopSink`]), and
-//! [`PathCache::replay_frame`] on a bare frame in the caller's buffer, which reads
+//! [`PathCache::replay_frame`] replays a bare frame in the caller's buffer: it reads
 //! the key from the header bytes ([`PathKey::read`]), skips re-checking touches
 //! while the network's generation has not moved and no refreshed entry can have
-//! expired, and rewrites in place (a NAT through its [`CompiledNat`]). Property
-//! tests below hold the bare-frame key and NAT to `parse_meta` and `HeaderEditor`.
+//! expired, and rewrites in place (a NAT through its [`CompiledNat`]). Nothing is
+//! parsed. Property tests below hold the bare-frame key and NAT to `parse_meta` and
+//! `HeaderEditor`. With capture on, each hop the compiling walk recorded is laid out
+//! again for the replayed packet straight into a [`HopSink`]'s buffer: the entering
+//! frame copied, rewritten in place as far as that hop, and wrapped in the outer
+//! headers the encapsulating device would build (`datapath::encap`), its IP
+//! identification taken from that device's counter — checked at compile time to give
+//! the walk's own hop frame byte for byte.
 
-use crate::datapath::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
+use crate::datapath::encap::{decapsulate, emit_outer_headers, EncapHeader, Encapsulation};
 use crate::datapath::path_log::{Counter, Table, Touch};
 use crate::datapath::{Hop, HopAction, HopRecord, HopSink, PointId, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
-use crate::packet::{write_macs, write_ttl, CompiledNat, HeaderEditor, Meta, Packet};
+use crate::packet::{write_macs, write_ttl, CompiledNat, FlowTag, HeaderEditor, Meta, Packet};
 use crate::sim::network::{Device, DeviceId, LinkEnd, Network};
 use crate::wire::{Mac, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN};
 use std::net::Ipv4Addr;
@@ -83,6 +87,12 @@ impl Transform {
             ),
             ttl_decrement: before.ttl.checked_sub(after.ttl)?,
         })
+    }
+
+    /// Its NAT compiled for a flow parsed as `meta`, when it translates.
+    fn compiled_nat(&self, meta: &Meta) -> Option<CompiledNat> {
+        let translates = self.source.is_some() || self.destination.is_some();
+        translates.then(|| CompiledNat::compile(meta, self.source, self.destination))
     }
 
     /// Rewrites `packet` (checksums updated incrementally, as each device does).
@@ -197,6 +207,8 @@ struct HopTemplate {
     detail: String,
     offset_ns: u64,
     inner: Transform,
+    /// The inner rewrite's NAT compiled for the entering flow, when it translates.
+    nat: Option<CompiledNat>,
     outer: Option<Outer>,
 }
 
@@ -219,7 +231,6 @@ impl HopTemplate {
         entering: &Packet,
         started_ns: u64,
         counters: &[(DeviceId, u16)],
-        scratch: &mut Packet,
     ) -> Option<HopTemplate> {
         let seen = Packet::from_frame(&hop.frame, 0).ok()?;
         let mut inner = seen.clone();
@@ -248,12 +259,14 @@ impl HopTemplate {
             }
             Err(_) => None,
         };
+        let transform = Transform::between(entering, &inner)?;
         let template = HopTemplate {
             point: hop.point,
             action: hop.action,
             detail: hop.detail.clone(),
             offset_ns: hop.time_ns.saturating_sub(started_ns),
-            inner: Transform::between(entering, &inner)?,
+            inner: transform,
+            nat: transform.compiled_nat(&entering.meta),
             outer,
         };
         let identification = |device: DeviceId| {
@@ -262,26 +275,38 @@ impl HopTemplate {
                 .find(|(counted, _)| *counted == device)
                 .map_or(0, |(_, id)| *id)
         };
-        template.build((entering.frame(), &entering.meta), scratch, identification);
-        (scratch.frame() == hop.frame.as_slice()).then_some(template)
+        let mut frame = Vec::with_capacity(hop.frame.len());
+        template.write_frame(entering.frame(), identification, &mut frame);
+        (frame == hop.frame).then_some(template)
     }
 
-    /// Builds this hop's frame for a packet that entered as `entering` into
-    /// `scratch`, the outer identification from `identification(device)`.
-    fn build(
+    /// Appends this hop's frame, for a packet that entered as `entering`, to `out`:
+    /// the entering frame copied and rewritten in place, then the outer headers (the
+    /// IP identification `identification(device)` gives) written in front of it —
+    /// over its Ethernet header, for an encapsulation that does not carry one.
+    fn write_frame(
         &self,
-        (entering, meta): (&[u8], &Meta),
-        scratch: &mut Packet,
+        entering: &[u8],
         identification: impl Fn(DeviceId) -> u16,
+        out: &mut Vec<u8>,
     ) {
-        scratch.reset_parsed(entering, meta);
-        self.inner.apply(scratch);
+        static ROOM: [u8; 64] = [0; 64];
+        let start = out.len();
+        let (outer_len, replaced) = self
+            .outer
+            .map_or((0, 0), |outer| outer.encapsulation.outer_len());
+        out.extend_from_slice(&ROOM[..outer_len - replaced]);
+        let inner = out.len();
+        out.extend_from_slice(entering);
+        self.inner
+            .apply_to_frame(self.nat.as_ref(), &mut out[inner..]);
         if let Some(outer) = self.outer {
             let header = EncapHeader {
                 identification: identification(outer.identification_from),
                 ..outer.header
             };
-            encapsulate(scratch, outer.encapsulation, &header);
+            let headers = &mut out[start..start + outer_len];
+            emit_outer_headers(headers, outer.encapsulation, &header, entering.len());
         }
     }
 }
@@ -472,7 +497,7 @@ pub struct PathCache {
     /// Packets replayed through a path, and packets that walked.
     replayed: u64,
     walked: u64,
-    /// Where transforms are verified and hop frames built.
+    /// Where transforms are verified.
     scratch: Option<Packet>,
     /// The paths' touches and effects.
     steps: Steps,
@@ -518,76 +543,52 @@ impl PathCache {
         (self.replayed, self.walked)
     }
 
-    /// Replays the path of `key` on `packet` when there is one and it still holds:
-    /// the devices' state is updated as the walk would have, the frame rewritten,
-    /// and — when there is a `sink` for hops — each hop the walk recorded rebuilt for
-    /// this packet; returns where it arrives. `None`: walk it.
-    pub fn replay(
-        &mut self,
-        network: &mut Network,
-        key: &PathKey,
-        packet: &mut Packet,
-        now_ns: u64,
-        sink: Option<&mut dyn HopSink>,
-    ) -> Option<LinkEnd> {
-        let recording = sink.is_some();
-        self.settle(network);
-        let Some(path) = admit(
-            &mut self.paths,
-            &mut self.steps,
-            network,
-            (key, packet.frame()),
-            now_ns,
-            recording,
-        ) else {
-            self.walked += 1;
-            return None;
-        };
-        path.commit(network, &self.steps, now_ns);
-        if let (Some(sink), Some(hops)) = (sink, &path.hops) {
-            if self.scratch.is_none() {
-                self.scratch = Some(packet.clone());
-            }
-            if let Some(scratch) = &mut self.scratch {
-                let entering = (packet.frame(), &packet.meta);
-                record_hops(network, sink, hops, entering, now_ns, scratch);
-            }
-        }
-        path.transform.apply(packet);
-        self.replayed += 1;
-        Some(path.arrival)
-    }
-
-    /// Like [`PathCache::replay`] (nothing recorded), for a bare frame entering
-    /// `device` at `port`, rewritten in place: the key is read from the frame's
-    /// bytes and nothing else is parsed; the replay's effects on the devices wait
-    /// for [`PathCache::settle`].
+    /// Replays the path of a bare frame entering `device` at `port` when there is
+    /// one and it still holds, rewriting the frame in place: the key is read from the
+    /// frame's bytes and nothing else is parsed. Without a `recorder` the replay's
+    /// effects on the devices wait for [`PathCache::settle`]; with one they are
+    /// applied at once, and each hop the walk recorded is laid out again for this
+    /// packet into the recorder's sink.
     pub fn replay_frame(
         &mut self,
         network: &mut Network,
         (device, port): (DeviceId, PortId),
         frame: &mut [u8],
         now_ns: u64,
+        recorder: Option<Recorder>,
     ) -> Replay {
         let Some(key) = PathKey::read(device, port, frame) else {
             return Replay::Walk(None);
         };
+        if recorder.is_some() {
+            self.settle(network);
+        }
         let admitted = admit(
             &mut self.paths,
             &mut self.steps,
             network,
             (&key, frame),
             now_ns,
-            false,
+            recorder.is_some(),
         );
         let Some(path) = admitted else {
             self.walked += 1;
             return Replay::Walk(Some(key));
         };
-        path.transform.apply_to_frame(path.nat.as_ref(), frame);
-        if path.defer(now_ns) {
-            self.unsettled.push(key);
+        match recorder {
+            Some(recorder) => {
+                path.commit(network, &self.steps, now_ns);
+                if let Some(hops) = &path.hops {
+                    record_hops(network, recorder, hops, frame, now_ns);
+                }
+            }
+            None => {
+                if path.defer(now_ns) {
+                    self.unsettled.push(key);
+                }
+            }
         }
+        path.transform.apply_to_frame(path.nat.as_ref(), frame);
         self.replayed += 1;
         Replay::Arrived(path.arrival)
     }
@@ -683,15 +684,7 @@ fn compile(
             let templates = recorded
                 .hops
                 .iter()
-                .map(|hop| {
-                    HopTemplate::of(
-                        hop,
-                        &entering_packet,
-                        recorded.started_ns,
-                        &counters,
-                        scratch,
-                    )
-                })
+                .map(|hop| HopTemplate::of(hop, &entering_packet, recorded.started_ns, &counters))
                 .collect::<Option<Vec<_>>>()?;
             Some(templates.into_boxed_slice())
         }
@@ -700,9 +693,7 @@ fn compile(
     scratch.reset_from(entering, 0).ok()?;
     let guards = Guards::of(scratch);
     let transform = Transform::between(scratch, arriving)?;
-    let translates = transform.source.is_some() || transform.destination.is_some();
-    let nat = translates
-        .then(|| CompiledNat::compile(&scratch.meta, transform.source, transform.destination));
+    let nat = transform.compiled_nat(&scratch.meta);
     transform.apply(scratch);
     if scratch.frame() != arriving.frame() {
         return None;
@@ -725,27 +716,34 @@ fn compile(
     })
 }
 
-/// Records the hops of a replayed packet that entered as `packet` (not yet
-/// rewritten), each built from its template into a recycled buffer.
+/// Where a replayed packet's hops go, and whose they are.
+pub struct Recorder<'a> {
+    pub sink: &'a mut dyn HopSink,
+    pub flow: FlowTag,
+    pub packet_id: u64,
+}
+
+/// Records the hops of a replayed packet that entered as `entering` (not yet
+/// rewritten), each laid out from its template in the sink's buffer.
 fn record_hops(
     network: &Network,
-    sink: &mut dyn HopSink,
+    recorder: Recorder,
     hops: &[HopTemplate],
-    (entering, meta): (&[u8], &Meta),
+    entering: &[u8],
     now_ns: u64,
-    scratch: &mut Packet,
 ) {
+    let identification = |device| network.identification(device).unwrap_or(0);
     for hop in hops {
-        let identification = |device| network.identification(device).unwrap_or(0);
-        hop.build((entering, meta), scratch, identification);
-        sink.record(&HopRecord {
+        let record = HopRecord {
             time_ns: now_ns + hop.offset_ns,
             point: hop.point,
-            flow: meta.flow,
-            packet_id: meta.packet_id,
-            frame: scratch.frame(),
+            flow: recorder.flow,
+            packet_id: recorder.packet_id,
             action: hop.action,
             detail: &hop.detail,
+        };
+        recorder.sink.record(&record, &mut |buffer| {
+            hop.write_frame(entering, identification, buffer);
         });
     }
 }

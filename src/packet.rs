@@ -504,6 +504,16 @@ pub fn write_ttl(frame: &mut [u8], ttl: u8) {
     frame[IP + 10..IP + 12].copy_from_slice(&new_sum.to_be_bytes());
 }
 
+/// Writes an IPv4 frame's identification with an incremental header-checksum
+/// update (RFC 1624).
+pub fn write_identification(frame: &mut [u8], identification: u16) {
+    let old_word = u16::from_be_bytes([frame[IP + 4], frame[IP + 5]]);
+    frame[IP + 4..IP + 6].copy_from_slice(&identification.to_be_bytes());
+    let old_sum = u16::from_be_bytes([frame[IP + 10], frame[IP + 11]]);
+    let new_sum = checksum::update_word(old_sum, old_word, identification);
+    frame[IP + 10..IP + 12].copy_from_slice(&new_sum.to_be_bytes());
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Source,

@@ -4,7 +4,7 @@
 //! fixed epoch, in nanoseconds (if_tsresol = 9), so files are byte-identical run to
 //! run. Written little-endian whatever the machine.
 
-use crate::datapath::{Hop, HopRecord};
+use crate::datapath::{Hop, HopAction, HopRecord};
 use crate::sim::network::{CapturePoint, PointKind};
 use std::io::Write;
 
@@ -150,6 +150,7 @@ impl<W: Write> PcapngStream<W> {
             packet_id: hop.packet_id,
             action: hop.action,
             detail: &hop.detail,
+            rendered_comment: None,
         };
         self.write_record(&record, |buffer| buffer.extend_from_slice(&hop.frame))
     }
@@ -184,25 +185,13 @@ impl<W: Write> PcapngStream<W> {
         }
         let data_length = u32::try_from(self.buffer.len() - start - FIXED_LEN).unwrap_or(u32::MAX);
         self.pad();
-        // The comment option, written in place: action, ": ", detail.
-        let (action, detail) = (hop.action.name().as_bytes(), hop.detail.as_bytes());
-        let comment_length = action.len() + 2 + detail.len();
-        let comment_header = [
-            OPTION_COMMENT.to_le_bytes(),
-            u16::try_from(comment_length)
-                .unwrap_or(u16::MAX)
-                .to_le_bytes(),
-        ];
-        self.buffer.extend_from_slice(comment_header.as_flattened());
-        self.buffer.extend_from_slice(action);
-        self.buffer.extend_from_slice(b": ");
-        self.buffer.extend_from_slice(detail);
-        self.pad();
-        // The end of options and the block's length again.
-        let block_length = u32::try_from(self.buffer.len() + 8 - start).unwrap_or(u32::MAX);
-        let end = [u32::from(OPTION_END), block_length];
-        self.buffer
-            .extend_from_slice(end.map(u32::to_le_bytes).as_flattened());
+        match hop.rendered_comment {
+            Some(rendered) => self.buffer.extend_from_slice(rendered),
+            None => put_comment(&mut self.buffer, hop.action, hop.detail),
+        }
+        // The block's length again.
+        let block_length = u32::try_from(self.buffer.len() + 4 - start).unwrap_or(u32::MAX);
+        self.buffer.extend_from_slice(&block_length.to_le_bytes());
         let timestamp = u128::from(EPOCH_SECONDS) * 1_000_000_000 + u128::from(hop.time_ns);
         let fields = [
             ENHANCED_PACKET,
@@ -288,6 +277,33 @@ impl<W: Write> PcapngStream<W> {
         static PADDING: [u8; 3] = [0; 3];
         self.buffer.extend_from_slice(&PADDING[..padding]);
     }
+}
+
+/// A hop's options as [`PcapngStream::write_record`] lays them out after its
+/// (padded) data: the comment `action: detail`, padded, and the end of options —
+/// rendered once by a recorder that writes the same hop again and again.
+pub fn render_comment(action: HopAction, detail: &str) -> Box<[u8]> {
+    let mut rendered = Vec::new();
+    put_comment(&mut rendered, action, detail);
+    rendered.into_boxed_slice()
+}
+
+/// Appends the comment option `action: detail` (padded to four bytes) and the end
+/// of options.
+fn put_comment(buffer: &mut Vec<u8>, action: HopAction, detail: &str) {
+    static PADDING: [u8; 3] = [0; 3];
+    let (action, detail) = (action.name().as_bytes(), detail.as_bytes());
+    let length = action.len() + 2 + detail.len();
+    let header = [
+        OPTION_COMMENT.to_le_bytes(),
+        u16::try_from(length).unwrap_or(u16::MAX).to_le_bytes(),
+    ];
+    buffer.extend_from_slice(header.as_flattened());
+    buffer.extend_from_slice(action);
+    buffer.extend_from_slice(b": ");
+    buffer.extend_from_slice(detail);
+    buffer.extend_from_slice(&PADDING[..(4 - length % 4) % 4]);
+    buffer.extend_from_slice(&u32::from(OPTION_END).to_le_bytes());
 }
 
 /// Writes `hops` (already in time order) seen at the included `points` as pcapng. Only

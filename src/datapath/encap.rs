@@ -309,4 +309,31 @@ mod tests {
             assert_eq!(laid_out, packet.frame(), "{encapsulation:?}");
         }
     }
+
+    #[test]
+    fn another_identification_written_into_emitted_outer_headers_is_what_emit_writes() {
+        // A path cache keeps a hop's outer headers as emitted and writes each
+        // packet's identification in, the header checksum updated (RFC 1624).
+        for encapsulation in [
+            Encapsulation::Geneve,
+            Encapsulation::Vxlan { vni: 4096 },
+            Encapsulation::Ipip,
+        ] {
+            let (outer_len, _) = encapsulation.outer_len();
+            let mut kept = vec![0; outer_len];
+            emit_outer_headers(&mut kept, encapsulation, &header(), 92);
+            // Every identification, so no checksum corner (0x0000, 0xffff) is missed.
+            for identification in 0..=u16::MAX {
+                let mut emitted = vec![0; outer_len];
+                let other = EncapHeader {
+                    identification,
+                    ..header()
+                };
+                emit_outer_headers(&mut emitted, encapsulation, &other, 92);
+                let mut written = kept.clone();
+                crate::packet::write_identification(&mut written, identification);
+                assert!(written == emitted, "{encapsulation:?} {identification:#x}");
+            }
+        }
+    }
 }

@@ -153,6 +153,9 @@ pub struct HopRecord<'a> {
     pub packet_id: u64,
     pub action: HopAction,
     pub detail: &'a str,
+    /// The comment as a capture writes it ([`crate::capture::render_comment`]),
+    /// when the recorder keeps it rendered.
+    pub rendered_comment: Option<&'a [u8]>,
 }
 
 /// Where recorded hops go.

@@ -41,7 +41,9 @@ use crate::datapath::path_log::{Counter, Table, Touch};
 use crate::datapath::{Hop, HopAction, HopRecord, HopSink, PointId, PortId};
 use crate::engine::conntrack::Conntrack;
 use crate::engine::flow_cache::FlowCache;
-use crate::packet::{write_macs, write_ttl, CompiledNat, FlowTag, HeaderEditor, Meta, Packet};
+use crate::packet::{
+    write_identification, write_macs, write_ttl, CompiledNat, FlowTag, HeaderEditor, Meta, Packet,
+};
 use crate::sim::network::{Device, DeviceId, LinkEnd, Network};
 use crate::wire::{Mac, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN};
 use std::net::Ipv4Addr;
@@ -205,6 +207,8 @@ struct HopTemplate {
     point: PointId,
     action: HopAction,
     detail: String,
+    /// The comment as a capture writes it.
+    rendered_comment: Box<[u8]>,
     offset_ns: u64,
     inner: Transform,
     /// The inner rewrite's NAT compiled for the entering flow, when it translates.
@@ -221,7 +225,15 @@ struct Outer {
     header: EncapHeader,
     /// The device whose IP identification counter the encapsulation took.
     identification_from: DeviceId,
+    /// The outer headers as emitted around the compiling packet's inner frame of
+    /// `inner_len` bytes: around another of that length only the identification
+    /// (and so the header checksum) differs.
+    emitted: [u8; MAX_OUTER_LEN],
+    inner_len: usize,
 }
+
+/// The longest outer headers an encapsulation writes (Geneve and VXLAN: 50 bytes).
+const MAX_OUTER_LEN: usize = 64;
 
 impl HopTemplate {
     /// Describes `hop` in terms of `entering` (parsed); `None` when the rewrite and
@@ -244,17 +256,29 @@ impl HopTemplate {
                     return None;
                 }
                 let key = seen.meta.key;
+                let header = EncapHeader {
+                    source: key.source,
+                    destination: key.destination,
+                    source_mac: seen.meta.source_mac,
+                    destination_mac: seen.meta.destination_mac,
+                    source_port: key.source_port,
+                    identification,
+                };
+                let (outer_len, _) = encapsulation.outer_len();
+                let mut emitted = [0; MAX_OUTER_LEN];
+                let inner_len = entering.len();
+                emit_outer_headers(
+                    emitted.get_mut(..outer_len)?,
+                    encapsulation,
+                    &header,
+                    inner_len,
+                );
                 Some(Outer {
                     encapsulation,
-                    header: EncapHeader {
-                        source: key.source,
-                        destination: key.destination,
-                        source_mac: seen.meta.source_mac,
-                        destination_mac: seen.meta.destination_mac,
-                        source_port: key.source_port,
-                        identification,
-                    },
+                    header,
                     identification_from: *device,
+                    emitted,
+                    inner_len,
                 })
             }
             Err(_) => None,
@@ -264,6 +288,7 @@ impl HopTemplate {
             point: hop.point,
             action: hop.action,
             detail: hop.detail.clone(),
+            rendered_comment: crate::capture::render_comment(hop.action, &hop.detail),
             offset_ns: hop.time_ns.saturating_sub(started_ns),
             inner: transform,
             nat: transform.compiled_nat(&entering.meta),
@@ -300,13 +325,19 @@ impl HopTemplate {
         out.extend_from_slice(entering);
         self.inner
             .apply_to_frame(self.nat.as_ref(), &mut out[inner..]);
-        if let Some(outer) = self.outer {
-            let header = EncapHeader {
-                identification: identification(outer.identification_from),
-                ..outer.header
-            };
+        if let Some(outer) = &self.outer {
+            let identification = identification(outer.identification_from);
             let headers = &mut out[start..start + outer_len];
-            emit_outer_headers(headers, outer.encapsulation, &header, entering.len());
+            if entering.len() == outer.inner_len {
+                headers.copy_from_slice(&outer.emitted[..outer_len]);
+                write_identification(headers, identification);
+            } else {
+                let header = EncapHeader {
+                    identification,
+                    ..outer.header
+                };
+                emit_outer_headers(headers, outer.encapsulation, &header, entering.len());
+            }
         }
     }
 }
@@ -741,6 +772,7 @@ fn record_hops(
             packet_id: recorder.packet_id,
             action: hop.action,
             detail: &hop.detail,
+            rendered_comment: Some(&hop.rendered_comment),
         };
         recorder.sink.record(&record, &mut |buffer| {
             hop.write_frame(entering, identification, buffer);

@@ -419,26 +419,45 @@ impl Span {
     }
 }
 
-/// The path of `key`, when a packet entering as `frame` at `now_ns` may replay it
+/// True when a packet of `key` entering as `frame` at `now_ns` may replay `path`
 /// (with hops to record, when `recording`).
-fn admit<'a>(
-    paths: &'a mut FlowCache<PathKey, CompiledPath>,
+fn admit(
+    path: &mut CompiledPath,
     steps: &mut Steps,
     network: &Network,
     (key, frame): (&PathKey, &[u8]),
     now_ns: u64,
     recording: bool,
-) -> Option<&'a mut CompiledPath> {
-    let path = paths.get_mut(key)?;
-    let admitted = path.guards.admit(frame, path.hops.is_some())
+) -> bool {
+    path.guards.admit(frame, path.hops.is_some())
         && (!recording || path.hops.is_some())
         && path.holds(
             network,
             key,
             &mut steps.touches[path.touches.range()],
             now_ns,
-        );
-    admitted.then_some(path)
+        )
+}
+
+/// A frame's path, looked up ahead of its replay: a batch looks up every frame's
+/// first, so their memory accesses overlap instead of each waiting on the last
+/// (as DPDK and OVS's netdev datapath process a burst).
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup {
+    key: Option<PathKey>,
+    slot: Option<u32>,
+    /// The cache's layout when it was looked up: a path stored since, or the cache
+    /// starting over, makes the slot stale.
+    layout: u64,
+}
+
+impl Lookup {
+    /// A frame no path may carry (it walks).
+    pub const NONE: Lookup = Lookup {
+        key: None,
+        slot: None,
+        layout: 0,
+    };
 }
 
 /// Replays of one path whose effects are not applied yet: how many, and when the
@@ -521,7 +540,13 @@ pub struct WalkSummary {
 /// lane's replays have left their effects on the paths, not on the devices.
 #[derive(Debug)]
 pub struct PathCache {
-    paths: FlowCache<PathKey, CompiledPath>,
+    /// Each path's slot in `paths`, by key (one hash per packet).
+    index: FlowCache<PathKey, u32>,
+    /// The paths; a recompiled path takes a new slot, the old one unused until the
+    /// cache starts over.
+    paths: Vec<CompiledPath>,
+    /// Counts the paths stored and the cache's starting over.
+    layout: u64,
     /// Walks that compiled a path, and walks that could not.
     pub compiled: u64,
     pub refused: u64,
@@ -532,8 +557,8 @@ pub struct PathCache {
     scratch: Option<Packet>,
     /// The paths' touches and effects.
     steps: Steps,
-    /// Paths replayed on the bare-frame lane since the last settle.
-    unsettled: Vec<PathKey>,
+    /// Paths (slots) replayed on the bare-frame lane since the last settle.
+    unsettled: Vec<u32>,
 }
 
 impl Default for PathCache {
@@ -552,7 +577,9 @@ impl PathCache {
     /// A cache of `capacity` paths; 0 compiles nothing.
     pub fn new(capacity: usize) -> Self {
         PathCache {
-            paths: FlowCache::new(capacity),
+            index: FlowCache::new(capacity),
+            paths: Vec::new(),
+            layout: 0,
             compiled: 0,
             refused: 0,
             replayed: 0,
@@ -565,7 +592,7 @@ impl PathCache {
 
     /// Paths it holds at most.
     pub fn capacity(&self) -> usize {
-        self.paths.capacity()
+        self.index.capacity()
     }
 
     /// (hits, misses) so far: packets replayed, packets that walked (no path, or
@@ -583,29 +610,70 @@ impl PathCache {
     pub fn replay_frame(
         &mut self,
         network: &mut Network,
-        (device, port): (DeviceId, PortId),
+        ingress: (DeviceId, PortId),
         frame: &mut [u8],
         now_ns: u64,
         recorder: Option<Recorder>,
     ) -> Replay {
-        let Some(key) = PathKey::read(device, port, frame) else {
+        let lookup = self.look_up(ingress, frame);
+        self.replay_looked_up(network, lookup, frame, now_ns, recorder)
+    }
+
+    /// Looks up the path of a frame entering `device` at `port`, and starts
+    /// loading it, for [`PathCache::replay_looked_up`] when the frame's turn comes.
+    pub fn look_up(&mut self, (device, port): (DeviceId, PortId), frame: &[u8]) -> Lookup {
+        let key = PathKey::read(device, port, frame);
+        let slot = key.as_ref().and_then(|key| self.index.get(key));
+        if let Some(path) = slot.and_then(|slot| self.paths.get(slot as usize)) {
+            // A load nothing waits on: the path is in cache by its turn.
+            std::hint::black_box(path.guards.min_ttl);
+        }
+        Lookup {
+            key,
+            slot,
+            layout: self.layout,
+        }
+    }
+
+    /// [`PathCache::replay_frame`] for a frame already looked up (`frame` as it
+    /// was then), its turn come: every frame before it in the batch has been
+    /// replayed or walked.
+    pub fn replay_looked_up(
+        &mut self,
+        network: &mut Network,
+        lookup: Lookup,
+        frame: &mut [u8],
+        now_ns: u64,
+        recorder: Option<Recorder>,
+    ) -> Replay {
+        let Some(key) = lookup.key else {
             return Replay::Walk(None);
+        };
+        let slot = if lookup.layout == self.layout {
+            lookup.slot
+        } else {
+            self.index.get(&key)
         };
         if recorder.is_some() {
             self.settle(network);
         }
-        let admitted = admit(
-            &mut self.paths,
+        let recording = recorder.is_some();
+        let path = slot.and_then(|slot| self.paths.get_mut(slot as usize));
+        let Some(path) = path else {
+            self.walked += 1;
+            return Replay::Walk(Some(key));
+        };
+        if !admit(
+            path,
             &mut self.steps,
             network,
             (&key, frame),
             now_ns,
-            recorder.is_some(),
-        );
-        let Some(path) = admitted else {
+            recording,
+        ) {
             self.walked += 1;
             return Replay::Walk(Some(key));
-        };
+        }
         match recorder {
             Some(recorder) => {
                 path.commit(network, &self.steps, now_ns);
@@ -614,8 +682,8 @@ impl PathCache {
                 }
             }
             None => {
-                if path.defer(now_ns) {
-                    self.unsettled.push(key);
+                if let (true, Some(slot)) = (path.defer(now_ns), slot) {
+                    self.unsettled.push(slot);
                 }
             }
         }
@@ -637,8 +705,8 @@ impl PathCache {
             unsettled,
             ..
         } = self;
-        for key in unsettled.drain(..) {
-            if let Some(path) = paths.get_mut_any_epoch(&key) {
+        for slot in unsettled.drain(..) {
+            if let Some(path) = paths.get_mut(slot as usize) {
                 if let Some(replays) = path.pending.take() {
                     network.replay_effects(&steps.effects[path.effects.range()], replays);
                 }
@@ -660,12 +728,14 @@ impl PathCache {
     ) -> bool {
         let scratch = self.scratch.get_or_insert_with(|| arrived.0.clone());
         match compile(network, entering, arrived, touches, hops, scratch) {
+            Some(_) if self.capacity() == 0 => false,
             Some(mut path) => {
                 let steps = self.steps.touches.len() + touches.len();
-                if self.paths.len() >= self.paths.capacity() || steps > STEPS_PER_PATH * CAPACITY {
-                    // Full (or recompiled so often its steps piled up): start over,
-                    // once what the replays left pending is applied.
+                if self.paths.len() >= self.capacity() || steps > STEPS_PER_PATH * CAPACITY {
+                    // Full (or recompiled so often its slots or steps piled up):
+                    // start over, once what the replays left pending is applied.
                     self.settle(network);
+                    self.index.clear();
                     self.paths.clear();
                     self.steps.touches.clear();
                     self.steps.effects.clear();
@@ -673,7 +743,10 @@ impl PathCache {
                 path.touches = Span::push(&mut self.steps.touches, touches.iter().copied());
                 let effects = touches.iter().filter_map(Effect::of);
                 path.effects = Span::push(&mut self.steps.effects, effects);
-                self.paths.insert(key, path);
+                let slot = u32::try_from(self.paths.len()).unwrap_or(u32::MAX);
+                self.paths.push(path);
+                self.index.insert(key, slot);
+                self.layout += 1;
                 self.compiled += 1;
                 true
             }

@@ -10,9 +10,10 @@
 #   3. libpcap's pcap_dump of 64-byte records to the same directory netsim's
 #      capture goes to.
 #   4. netsim bench (release, the median of --repeat runs of each scenario): every
-#      scenario, 1 and 2 threads, capture off (established ones over --packets,
-#      new-flow ones over a tenth of it); then the cross-node established scenario
-#      with --capture all and --capture edges (a tenth of --packets).
+#      scenario, 1 and 2 threads, capture off (established ones over --packets and
+#      1,000 flows, as OVS's; new-flow ones over a tenth of the packets); then the
+#      cross-node established scenario with --capture all and --capture edges
+#      (about pcap_dump's 800 MB each, the sink synced before each run).
 #
 # and prints the ratios. Needs root (it installs dpdk-dev, openvswitch-switch-dpdk,
 # libpcap-dev and gcc with apt when missing, and gives br-phy an address).
@@ -173,10 +174,11 @@ echo
 
 # 4. netsim.
 cargo build --release --quiet
-# Established scenarios run long enough to time (a 64 B packet takes tens of ns);
-# new-flow scenarios walk every packet, so a tenth of the packets suffices.
+# Established scenarios run long enough to time (a 64 B packet takes tens of ns),
+# over the 1,000 flows OVS-DPDK replays; new-flow scenarios walk every packet, so a
+# tenth of the packets suffices.
 ./target/release/netsim bench --threads 1,2 --size 64 --packets "$PACKETS" --repeat "$REPEAT" \
-  --scenario established --format json >"$WORK/netsim.json"
+  --flows 1000 --scenario established --format json >"$WORK/netsim.json"
 ./target/release/netsim bench --threads 1,2 --size 64 --packets "$((PACKETS / 10))" --repeat "$REPEAT" \
   --scenario new-flow --format json >"$WORK/netsim-new.json"
 # Each capture run writes about what pcap_dump wrote (10 M records of 80 B, 800 MB):

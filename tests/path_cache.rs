@@ -37,11 +37,27 @@ fn forwarders(topology: &Topology) -> Vec<(&'static str, Make)> {
     kinds
 }
 
-/// Sends the same schedule through `forwarder`: 40 flows, 30 rounds, with gaps
-/// long enough for UDP entries to expire (30 s unreplied) twice; returns every
-/// arriving frame (empty when a packet did not arrive).
+/// Sends the same schedule through `forwarder` ([`schedule_frames`], each frame
+/// once); returns every arriving frame (empty when a packet did not arrive).
 fn schedule(forwarder: &mut Forwarder) -> Vec<Vec<u8>> {
     let mut arrivals = Vec::new();
+    for (frame, now) in schedule_frames(forwarder, 1) {
+        let arrived = forwarder.send(&frame, now);
+        arrivals.push(if arrived {
+            forwarder.last_arrival().unwrap_or_default().to_vec()
+        } else {
+            Vec::new()
+        });
+    }
+    arrivals
+}
+
+/// 40 flows, 30 rounds, with gaps long enough for UDP entries to expire (30 s
+/// unreplied) twice, each frame `repeats` times in a row (so with 3 a burst holds
+/// the packets after a flow's first, which compile its path): the frames and
+/// their entry times.
+fn schedule_frames(forwarder: &Forwarder, repeats: u64) -> Vec<(Vec<u8>, u64)> {
+    let mut frames = Vec::new();
     let mut now = SECOND;
     for round in 0..30u64 {
         now += if round % 12 == 11 {
@@ -56,15 +72,12 @@ fn schedule(forwarder: &mut Forwarder) -> Vec<Vec<u8>> {
             }
             let size = if flow % 7 == 0 { 200 } else { 100 };
             let frame = forwarder.frame(20_000 + flow, size);
-            let arrived = forwarder.send(&frame, now + u64::from(flow));
-            arrivals.push(if arrived {
-                forwarder.last_arrival().unwrap_or_default().to_vec()
-            } else {
-                Vec::new()
-            });
+            for repeat in 0..repeats {
+                frames.push((frame.clone(), now + u64::from(flow) * repeats + repeat));
+            }
         }
     }
-    arrivals
+    frames
 }
 
 fn compare(name: &str, topology: &Topology) {
@@ -364,32 +377,6 @@ fn a_replayed_masquerade_packet_and_its_settled_state_are_the_walks() {
     assert!(udp.verify_checksum(&source, &destination));
 }
 
-/// The frames and entry times of [`schedule`], each sent three times in a row (so
-/// a burst holds the packets after a flow's first, which compile its path), for
-/// sending in bursts.
-fn schedule_frames(forwarder: &Forwarder) -> Vec<(Vec<u8>, u64)> {
-    let mut frames = Vec::new();
-    let mut now = SECOND;
-    for round in 0..30u64 {
-        now += if round % 12 == 11 {
-            45 * SECOND
-        } else {
-            SECOND / 10
-        };
-        for flow in 0..40u16 {
-            if flow % 5 == 0 && round % 3 != 0 {
-                continue;
-            }
-            let size = if flow % 7 == 0 { 200 } else { 100 };
-            let frame = forwarder.frame(20_000 + flow, size);
-            for repeat in 0..3 {
-                frames.push((frame.clone(), now + u64::from(flow) * 3 + repeat));
-            }
-        }
-    }
-    frames
-}
-
 /// Sends `frames` one by one, or in bursts of [`BURST`]: (packets delivered, state
 /// digest, path cache hits and misses).
 fn send_all(
@@ -429,7 +416,7 @@ fn a_burst_forwards_as_its_frames_one_by_one() {
     ] {
         let topology = load(name);
         for (kind, make) in forwarders(&topology) {
-            let frames = schedule_frames(&make(&topology));
+            let frames = schedule_frames(&make(&topology), 3);
             // A full-size cache, and one of 3 paths that starts over inside bursts
             // (so slots looked up before are reused by other paths).
             for capacity in [netsim::sim::path::CAPACITY, 3] {

@@ -228,6 +228,13 @@ mod tests {
     use super::*;
     use crate::packet::tests_support::udp_frame;
 
+    /// Each encapsulation (VXLAN with Calico's VNI).
+    const EVERY: [Encapsulation; 3] = [
+        Encapsulation::Geneve,
+        Encapsulation::Vxlan { vni: 4096 },
+        Encapsulation::Ipip,
+    ];
+
     fn header() -> EncapHeader {
         EncapHeader {
             source: Ipv4Addr::new(10, 20, 0, 11),
@@ -290,11 +297,7 @@ mod tests {
             (37_009, 50_000),
             &[5u8; 61],
         );
-        for encapsulation in [
-            Encapsulation::Geneve,
-            Encapsulation::Vxlan { vni: 4096 },
-            Encapsulation::Ipip,
-        ] {
+        for encapsulation in EVERY {
             let mut packet = Packet::from_frame(&frame, 0).unwrap();
             encapsulate(&mut packet, encapsulation, &header());
             let (outer_len, replaced) = encapsulation.outer_len();
@@ -314,11 +317,7 @@ mod tests {
     fn another_identification_written_into_emitted_outer_headers_is_what_emit_writes() {
         // A path cache keeps a hop's outer headers as emitted and writes each
         // packet's identification in, the header checksum updated (RFC 1624).
-        for encapsulation in [
-            Encapsulation::Geneve,
-            Encapsulation::Vxlan { vni: 4096 },
-            Encapsulation::Ipip,
-        ] {
+        for encapsulation in EVERY {
             let (outer_len, _) = encapsulation.outer_len();
             let mut kept = vec![0; outer_len];
             emit_outer_headers(&mut kept, encapsulation, &header(), 92);

@@ -334,7 +334,11 @@ impl CalicoNode {
             destination: peer,
             source_mac: self.settings.mac,
             destination_mac: next_mac,
-            source_port: tunnel_source_port(&inner_key, self.settings.seed),
+            source_port: tunnel_source_port(
+                &inner_key,
+                self.settings.seed,
+                encapsulation.source_ports(),
+            ),
             identification,
         };
         encapsulate(&mut packet, encapsulation, &header);

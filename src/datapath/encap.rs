@@ -27,6 +27,22 @@ pub enum Encapsulation {
 }
 
 impl Encapsulation {
+    /// The outer UDP source ports it picks from, `[low, high)`, by a hash of the
+    /// inner flow (`udp_flow_src_port(net, skb, min, max, true)`). Geneve: 1–65534
+    /// (drivers/net/geneve.c `geneve_xmit_skb` passes 1, USHRT_MAX; reference §a).
+    /// VXLAN: the local port range, 32768–60998: `vxlan_xmit_one` passes the device's
+    /// `port_min`/`port_max`, which neither OVS's vxlan vport (Antrea's
+    /// `tunnel_type: vxlan`) nor Felix's `vxlan.calico` sets, and
+    /// `udp_flow_src_port` falls back to `inet_get_local_port_range` when
+    /// `min >= max` (include/net/udp.h). IPIP carries no ports.
+    pub fn source_ports(self) -> (u16, u16) {
+        match self {
+            Encapsulation::Geneve => (1, u16::MAX),
+            Encapsulation::Vxlan { .. } => (32_768, 60_999),
+            Encapsulation::Ipip => (0, 0),
+        }
+    }
+
     /// Bytes it adds, counted against the inner IP packet (what a pod MTU loses).
     pub fn overhead(self) -> usize {
         match self {
@@ -334,5 +350,31 @@ mod tests {
                 assert!(written == emitted, "{encapsulation:?} {identification:#x}");
             }
         }
+    }
+
+    #[test]
+    fn vxlan_takes_its_source_port_from_the_local_range_and_geneve_from_all() {
+        use crate::engine::hash::tunnel_source_port;
+        use crate::packet::FlowKey;
+        let ports = |encapsulation: Encapsulation| -> Vec<u16> {
+            (0..2_000u16)
+                .map(|flow| {
+                    let inner = FlowKey {
+                        protocol: PROTOCOL_UDP,
+                        source: Ipv4Addr::new(172, 20, 1, 10),
+                        destination: Ipv4Addr::new(172, 20, 2, 10),
+                        source_port: 40_000 + flow,
+                        destination_port: 53,
+                    };
+                    tunnel_source_port(&inner, 7, encapsulation.source_ports())
+                })
+                .collect()
+        };
+        let vxlan = ports(Encapsulation::Vxlan { vni: 4096 });
+        assert!(vxlan.iter().all(|port| (32_768..=60_998).contains(port)));
+        let geneve = ports(Encapsulation::Geneve);
+        assert!(geneve.iter().all(|port| (1..=65_534).contains(port)));
+        assert!(geneve.iter().any(|port| *port < 32_768));
+        assert!(geneve.iter().any(|port| *port > 60_998));
     }
 }

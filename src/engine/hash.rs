@@ -68,11 +68,11 @@ pub fn scale(hash: u32, low: u16, high: u16) -> u16 {
     low + u16::try_from(scaled).unwrap_or(0)
 }
 
-/// Outer UDP source port for a tunnelled flow: a stable hash of the inner 5-tuple in
-/// 1..=65534 (Linux geneve_xmit_skb: `udp_flow_src_port(net, skb, 1, USHRT_MAX, true)`;
-/// reference §a).
-pub fn tunnel_source_port(inner: &FlowKey, seed: u64) -> u16 {
-    scale(flow_hash(inner, seed), 1, u16::MAX)
+/// Outer UDP source port for a tunnelled flow: a stable hash of the inner 5-tuple
+/// scaled into the tunnel's `[low, high)` as Linux `udp_flow_src_port` scales the
+/// skb hash (`Encapsulation::source_ports` gives each tunnel's range).
+pub fn tunnel_source_port(inner: &FlowKey, seed: u64, (low, high): (u16, u16)) -> u16 {
+    scale(flow_hash(inner, seed), low, high)
 }
 
 #[cfg(test)]
@@ -92,11 +92,15 @@ mod tests {
 
     #[test]
     fn tunnel_port_is_stable_in_range_and_differs_by_direction() {
-        let forward = tunnel_source_port(&key(40000), 7);
-        assert_eq!(forward, tunnel_source_port(&key(40000), 7));
+        let range = (1, u16::MAX);
+        let forward = tunnel_source_port(&key(40000), 7, range);
+        assert_eq!(forward, tunnel_source_port(&key(40000), 7, range));
         assert!((1..=65534).contains(&forward));
-        assert_ne!(forward, tunnel_source_port(&key(40000).reversed(), 7));
-        assert_ne!(forward, tunnel_source_port(&key(40001), 7));
+        assert_ne!(
+            forward,
+            tunnel_source_port(&key(40000).reversed(), 7, range)
+        );
+        assert_ne!(forward, tunnel_source_port(&key(40001), 7, range));
     }
 
     #[test]

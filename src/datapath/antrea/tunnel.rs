@@ -43,7 +43,8 @@ impl AntreaNode {
             return;
         };
         let inner_key = packet.meta.key;
-        let source_port = tunnel_source_port(&inner_key, self.settings.seed);
+        let ports = self.settings.encapsulation.source_ports();
+        let source_port = tunnel_source_port(&inner_key, self.settings.seed, ports);
         let identification = self.stack.identification.next(ctx);
         encapsulate(
             &mut packet,

@@ -176,7 +176,9 @@ enum Command {
     /// (so on N threads that scale perfectly it stays what it is on one).
     Bench {
         topology: Option<PathBuf>,
-        #[arg(long, default_value_t = 64)]
+        /// Established flows per scenario, sent in turn (1,000: as many as the
+        /// OVS-DPDK reference in `benches/compare.sh` replays)
+        #[arg(long, default_value_t = 1000)]
         flows: usize,
         /// Packets per scenario run (default: 10,000,000 for established
         /// scenarios, long enough to time at tens of ns each — 1,000,000 with

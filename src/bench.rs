@@ -10,7 +10,7 @@
 //! into the shard's own pcapng file. Wall-clock timing lives here only, outside the
 //! core.
 
-use crate::capture::{CaptureMode, PcapngStream};
+use crate::capture::{CaptureMode, PcapngStream, PreallocatedFile};
 use crate::datapath::{Ctx, HopRecord, HopSink, Journal, Outputs, PortId, Recording};
 use crate::packet::{Packet, NO_FLOW};
 use crate::sim::network::{build, Device, DeviceId, LinkEnd, Network};
@@ -119,7 +119,7 @@ pub struct Forwarder {
     source_mac: crate::wire::Mac,
     gateway_mac: crate::wire::Mac,
     /// Where recorded hops stream as pcapng, when capture is on.
-    capture: Option<PcapngStream<std::fs::File>>,
+    capture: Option<PcapngStream<PreallocatedFile>>,
     /// The first error writing the capture (a full disk), for finish_capture.
     capture_failure: Option<String>,
     /// Flows' walks compiled into one transform each (`sim::path`).
@@ -245,6 +245,7 @@ impl Forwarder {
         self.journal.uncaptured = mode.left_out(points);
         // Paths compiled with nothing recorded have no hops to rebuild.
         self.paths = PathCache::new(self.paths.capacity());
+        let file = PreallocatedFile::new(file);
         self.capture = Some(PcapngStream::new(file, points, |_, point| {
             mode.includes(point.kind)
         }));
@@ -590,7 +591,7 @@ impl Forwarder {
 /// A capture stream as the sink of replayed hops; the first write error is kept
 /// for `finish_capture`.
 struct StreamSink<'a> {
-    stream: &'a mut PcapngStream<std::fs::File>,
+    stream: &'a mut PcapngStream<PreallocatedFile>,
     failure: &'a mut Option<String>,
 }
 

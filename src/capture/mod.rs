@@ -4,6 +4,10 @@
 //! fixed epoch, in nanoseconds (if_tsresol = 9), so files are byte-identical run to
 //! run. Written little-endian whatever the machine.
 
+mod file;
+
+pub use file::PreallocatedFile;
+
 use crate::datapath::{Hop, HopAction, HopRecord};
 use crate::sim::network::{CapturePoint, PointKind};
 use std::io::Write;

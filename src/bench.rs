@@ -428,7 +428,7 @@ impl Forwarder {
         let delivered = match replay {
             Replay::Arrived(arrival) => {
                 self.arrived_in_work = true;
-                return arrival.device == self.destination_device;
+                arrival.device == self.destination_device
             }
             Replay::Walk(key) => {
                 let Some(packet) = self.packet_of(frame) else {
@@ -440,7 +440,9 @@ impl Forwarder {
                 }
             }
         };
-        self.write_capture();
+        if recording {
+            self.write_capture();
+        }
         delivered
     }
 

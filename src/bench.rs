@@ -508,6 +508,10 @@ impl Forwarder {
     /// Streams the hops recorded for the last packet into the capture, when capture
     /// is on, and clears the per-packet records.
     fn write_capture(&mut self) {
+        if self.journal.hops.is_empty() {
+            // A replayed packet's hops went straight into the capture.
+            return;
+        }
         if let Some(stream) = &mut self.capture {
             for hop in &self.journal.hops {
                 if let Err(error) = stream.write_hop(hop) {

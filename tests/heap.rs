@@ -31,7 +31,7 @@ fn allocations(mut forwarder: Forwarder, sending: Sending) -> u64 {
     let frames: Vec<Vec<u8>> = (0..64)
         .map(|flow| forwarder.frame(20_000 + flow, 64))
         .collect();
-    let mut round_of = |forwarder: &mut Forwarder, round: u64| match sending {
+    let round_of = |forwarder: &mut Forwarder, round: u64| match sending {
         Sending::OneByOne => {
             for frame in &frames {
                 assert!(forwarder.send(frame, round * 1_000));

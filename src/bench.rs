@@ -112,6 +112,9 @@ pub struct Forwarder {
     outputs: Outputs,
     queue: Vec<(DeviceId, PortId, Packet)>,
     spare: Option<Packet>,
+    /// Where the first packet dropped on the way was dropped, and why (for the
+    /// error when bench packets do not arrive).
+    first_drop: Option<String>,
     pub source_ip: Ipv4Addr,
     pub destination_ip: Ipv4Addr,
     /// The UDP port frames go to (the server's, or the Service's).
@@ -215,6 +218,7 @@ impl Forwarder {
             outputs: Outputs::default(),
             queue: Vec::new(),
             spare: None,
+            first_drop: None,
             source_ip: source_nic.ip,
             destination_ip,
             destination_port,
@@ -579,6 +583,12 @@ impl Forwarder {
             self.journal.local_deliveries.len() + self.journal.local_refusals.len(),
         );
         summary.eventful |= before != after;
+        if let (None, Some(drop)) = (&self.first_drop, self.journal.drops.first()) {
+            self.first_drop = Some(format!(
+                "{}: {} ({})",
+                drop.device, drop.reason, drop.detail
+            ));
+        }
         self.journal.drops.clear();
         self.journal.nat.clear();
         self.journal.policy.clear();
@@ -753,8 +763,15 @@ fn scenario(
     let packets: u64 = delivered.iter().sum();
     let expected = u64::try_from(per_thread * threads).unwrap_or(0);
     if packets != expected {
+        let scenario = kind.name();
+        let dropped = forwarders
+            .iter()
+            .find_map(|forwarder| forwarder.first_drop.as_deref())
+            .map_or(String::new(), |drop| {
+                format!("; the first was dropped at {drop}")
+            });
         return Err(format!(
-            "only {packets} of {expected} bench packets reached the server pod"
+            "{scenario}: only {packets} of {expected} bench packets reached the server pod{dropped}"
         ));
     }
     #[allow(clippy::cast_precision_loss)]

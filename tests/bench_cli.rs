@@ -225,3 +225,30 @@ fn generate_writes_a_runnable_topology_and_keeps_existing_files() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--pods-per-node"));
 }
+
+#[test]
+fn bench_packets_a_design_drops_fail_the_bench_naming_where_and_the_rule() {
+    // network-policy.toml isolates the server pod's namespace for ingress: the
+    // bench's client is not allowed, so no packet arrives, and the error says
+    // which scenario, which device and which policy.
+    let output = netsim(&[
+        "bench",
+        "topologies/network-policy.toml",
+        "--packets",
+        "1000",
+        "--threads",
+        "1",
+        "--scenario",
+        "cross-node-udp/established",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "cross-node-udp/established: only 0 of 1000 bench packets reached the server pod; \
+             the first was dropped at worker-2: policy"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("shop/default-deny-ingress"), "{stderr}");
+}

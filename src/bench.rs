@@ -694,8 +694,7 @@ fn scenario(
     let flows = options.flows.max(1);
     // Each thread builds its own shard (so its fabric lives in that thread's heap
     // arena, sharing no cache line with another shard), then all start together.
-    let ready = std::sync::Barrier::new(threads + 1);
-    let mut started = Instant::now();
+    let ready = std::sync::Barrier::new(threads);
     let shards: Vec<Result<Finished, String>> = crossbeam::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|thread| {
@@ -711,6 +710,7 @@ fn scenario(
                         (forwarder, templates)
                     });
                     ready.wait();
+                    let began = Instant::now();
                     let (mut forwarder, templates) = built?;
                     let shard = Shard {
                         thread,
@@ -724,12 +724,12 @@ fn scenario(
                         forwarder,
                         delivered,
                         captured,
+                        began,
+                        ended: Instant::now(),
                     })
                 })
             })
             .collect();
-        ready.wait();
-        started = Instant::now();
         handles
             .into_iter()
             .map(|handle| {
@@ -740,13 +740,20 @@ fn scenario(
             .collect()
     })
     .map_err(|_| "a bench thread panicked".to_string())?;
-    let elapsed = started.elapsed().as_secs_f64();
     capture_files.close();
+    // Wall time from the first shard's start to the last one's end, each taken by
+    // the shard itself (a main thread descheduled at the barrier would miss a short
+    // run's start).
+    let mut span: Option<(Instant, Instant)> = None;
     let mut forwarders = Vec::new();
     let mut delivered = Vec::new();
     let mut captured = (0u64, 0u64);
     for shard in shards {
         let finished = shard?;
+        span = Some(match span {
+            None => (finished.began, finished.ended),
+            Some((began, ended)) => (began.min(finished.began), ended.max(finished.ended)),
+        });
         forwarders.push(finished.forwarder);
         delivered.push(finished.delivered);
         let (hops, bytes) = finished.captured;
@@ -760,6 +767,7 @@ fn scenario(
     };
     let (hits, misses) = sum(&Forwarder::flow_cache_stats);
     let (replayed, walked) = sum(&Forwarder::path_cache_stats);
+    let elapsed = span.map_or(0.0, |(began, ended)| (ended - began).as_secs_f64());
     let packets: u64 = delivered.iter().sum();
     let expected = u64::try_from(per_thread * threads).unwrap_or(0);
     if packets != expected {
@@ -771,7 +779,8 @@ fn scenario(
                 format!("; the first was dropped at {drop}")
             });
         return Err(format!(
-            "{scenario}: only {packets} of {expected} bench packets reached the server pod{dropped}"
+            "{scenario}: only {packets} of {expected} bench packets reached the server pod{dropped} \
+             (`--scenario TEXT` measures only the scenarios whose name contains TEXT)"
         ));
     }
     #[allow(clippy::cast_precision_loss)]
@@ -854,6 +863,10 @@ struct Finished {
     forwarder: Forwarder,
     delivered: u64,
     captured: (u64, u64),
+    /// When the shard started sending (past the start barrier) and when its last
+    /// packet and capture byte were done.
+    began: Instant,
+    ended: Instant,
 }
 
 /// `hits` as a share of `hits + misses` (0 when both are 0).

@@ -315,29 +315,34 @@ impl HopTemplate {
         identification: impl Fn(DeviceId) -> u16,
         out: &mut Vec<u8>,
     ) {
-        static ROOM: [u8; 64] = [0; 64];
         let start = out.len();
-        let (outer_len, replaced) = self
-            .outer
-            .map_or((0, 0), |outer| outer.encapsulation.outer_len());
-        out.extend_from_slice(&ROOM[..outer_len - replaced]);
+        let Some(outer) = &self.outer else {
+            out.extend_from_slice(entering);
+            self.inner
+                .apply_to_frame(self.nat.as_ref(), &mut out[start..]);
+            return;
+        };
+        // The outer headers as emitted go in front of the inner frame; the bytes
+        // of them that take the place of its Ethernet header (IPIP) follow once the
+        // inner frame is rewritten.
+        let (outer_len, replaced) = outer.encapsulation.outer_len();
+        out.extend_from_slice(&outer.emitted[..outer_len - replaced]);
         let inner = out.len();
         out.extend_from_slice(entering);
         self.inner
             .apply_to_frame(self.nat.as_ref(), &mut out[inner..]);
-        if let Some(outer) = &self.outer {
-            let identification = identification(outer.identification_from);
-            let headers = &mut out[start..start + outer_len];
-            if entering.len() == outer.inner_len {
-                headers.copy_from_slice(&outer.emitted[..outer_len]);
-                write_identification(headers, identification);
-            } else {
-                let header = EncapHeader {
-                    identification,
-                    ..outer.header
-                };
-                emit_outer_headers(headers, outer.encapsulation, &header, entering.len());
-            }
+        let identification = identification(outer.identification_from);
+        let headers = &mut out[start..start + outer_len];
+        if entering.len() == outer.inner_len {
+            headers[outer_len - replaced..]
+                .copy_from_slice(&outer.emitted[outer_len - replaced..outer_len]);
+            write_identification(headers, identification);
+        } else {
+            let header = EncapHeader {
+                identification,
+                ..outer.header
+            };
+            emit_outer_headers(headers, outer.encapsulation, &header, entering.len());
         }
     }
 }

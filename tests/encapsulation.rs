@@ -92,3 +92,67 @@ fn geneve_vxlan_and_ipip_captures_are_clean() {
         }
     }
 }
+
+#[test]
+fn vxlan_source_ports_come_from_the_local_port_range_and_geneve_from_the_whole_range() {
+    // quickstart with `tunnel_type = "vxlan"`: worker-1 sends each cross-node
+    // packet out of eth0 in VXLAN to worker-2 (10.20.0.11 -> 10.20.0.12, UDP 4789),
+    // its outer source port the inner flow's hash scaled into 32768..60999 as
+    // Linux's vxlan_xmit_one does with no port range set (OVS's vxlan vport), not
+    // Geneve's 1..65535.
+    let text = std::fs::read_to_string("topologies/quickstart.toml")
+        .unwrap()
+        .replace("tunnel_type = \"geneve\"", "tunnel_type = \"vxlan\"");
+    let topology = netsim::topology::parse("quickstart-vxlan.toml", &text).unwrap();
+    let result = netsim::sim::runner::run(&topology);
+    let eth0 = result
+        .network
+        .points
+        .iter()
+        .position(|point| point.name == "worker-1:eth0")
+        .unwrap();
+    let mut checked = 0;
+    let mut ports = std::collections::BTreeSet::new();
+    for hop in result
+        .journal
+        .hops
+        .iter()
+        .filter(|hop| hop.point as usize == eth0 && hop.action == HopAction::Encapsulate)
+    {
+        let outer = Packet::from_frame(&hop.frame, 0).unwrap();
+        let key = outer.meta.key;
+        assert_eq!(
+            (key.source, key.destination, key.destination_port),
+            (
+                Ipv4Addr::new(10, 20, 0, 11),
+                Ipv4Addr::new(10, 20, 0, 12),
+                4789
+            )
+        );
+        let mut inner = outer.clone();
+        netsim::datapath::encap::decapsulate(&mut inner).unwrap();
+        let vxlan = Encapsulation::Vxlan { vni: 0 };
+        let expected =
+            netsim::engine::hash::tunnel_source_port(&inner.meta.key, 7, vxlan.source_ports());
+        assert_eq!(key.source_port, expected, "{}", hop.detail);
+        assert!(
+            (32_768..=60_998).contains(&key.source_port),
+            "{}",
+            hop.detail
+        );
+        ports.insert(key.source_port);
+        checked += 1;
+    }
+    // cross-node (TCP 172.20.1.11 -> 172.20.2.10:8080), cross-node-udp (to
+    // :40053) and closed-port (to :9999): one outer source port each.
+    assert_eq!(
+        ports.into_iter().collect::<Vec<_>>(),
+        [38_356, 43_119, 52_994]
+    );
+    // The TCP flow's handshake and requests and the UDP flow's datagrams.
+    assert!(
+        checked >= 10,
+        "{checked} VXLAN packets out of worker-1:eth0"
+    );
+    assert_eq!(Encapsulation::Geneve.source_ports(), (1, u16::MAX));
+}

@@ -241,14 +241,14 @@ impl Forwarder {
     /// `file` as pcapng (one interface per included point), as `run` writes
     /// `capture.pcapng`.
     pub fn capture_into(&mut self, file: std::fs::File, mode: CaptureMode) {
+        // Paths compiled with nothing recorded have no hops to rebuild.
+        self.set_path_capacity(self.paths.capacity());
         let points = &self.network.points;
         self.journal.recording = match mode {
             CaptureMode::Edges => Recording::EdgesAndPackets(Default::default()),
             CaptureMode::All | CaptureMode::None => Recording::Everything,
         };
         self.journal.uncaptured = mode.left_out(points);
-        // Paths compiled with nothing recorded have no hops to rebuild.
-        self.paths = PathCache::new(self.paths.capacity());
         let file = PreallocatedFile::new(file);
         self.capture = Some(PcapngStream::new(file, points, |_, point| {
             mode.includes(point.kind)
@@ -342,8 +342,10 @@ impl Forwarder {
         self.set_path_capacity(if on { path::CAPACITY } else { 0 });
     }
 
-    /// A path cache of `paths` paths (it starts over when full; 0: none).
+    /// A new path cache of `paths` paths (it starts over when full; 0: none), once
+    /// what the old one's replays left pending is applied.
     pub fn set_path_capacity(&mut self, paths: usize) {
+        self.paths.settle(&mut self.network);
         self.paths = PathCache::new(paths);
     }
 

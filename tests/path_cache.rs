@@ -446,3 +446,26 @@ fn a_burst_forwards_as_its_frames_one_by_one() {
     }
     let _ = std::fs::remove_dir_all(directory);
 }
+
+#[test]
+fn turning_capture_on_keeps_what_earlier_replays_left_pending() {
+    // Replays without capture defer their effects to the path cache; turning
+    // capture on starts a new cache, and must not lose them: the conntrack entry
+    // is last seen by the last packet before, 1,000,000,045 ns.
+    let topology = load("two-node");
+    let mut cached = Forwarder::to_host(&topology, false).unwrap();
+    let mut walked = Forwarder::to_host(&topology, false).unwrap();
+    walked.set_path_cache(false);
+    let frame = cached.frame(31_000, 100);
+    for forwarder in [&mut cached, &mut walked] {
+        for packet in 0..5u64 {
+            assert!(forwarder.send(&frame, SECOND + packet * 10 + 5));
+        }
+    }
+    let file = std::env::temp_dir().join(format!("netsim-pending-{}.pcapng", std::process::id()));
+    cached.capture_into(std::fs::File::create(&file).unwrap(), CaptureMode::All);
+    let digest = cached.state_digest();
+    assert!(digest.contains("last_seen_ns: 1000000045"), "{digest}");
+    assert_eq!(digest, walked.state_digest());
+    let _ = std::fs::remove_file(file);
+}

@@ -203,24 +203,29 @@ fn a_replayed_packet_is_the_walked_one_byte_for_byte() {
         (forwarder.destination_ip, forwarder.destination_port),
         ("10.96.255.254".parse().unwrap(), 5000)
     );
-    let arrival = netsim::packet::Packet::from_frame(&arrivals[3], 0).unwrap();
+    assert_arrival(
+        &arrivals[3],
+        ("10.244.0.2", 31_000),
+        ("10.244.1.2", 5000),
+        62,
+    );
+}
+
+/// Asserts that `frame` is a UDP packet from `source` to `destination` (address,
+/// port) with `ttl`, its IPv4 and UDP checksums verifying.
+fn assert_arrival(frame: &[u8], source: (&str, u16), destination: (&str, u16), ttl: u8) {
+    let arrival = netsim::packet::Packet::from_frame(frame, 0).unwrap();
     let key = arrival.meta.key;
+    let endpoint = |(address, port): (&str, u16)| (address.parse().unwrap(), port);
     assert_eq!(
         (
-            key.source,
-            key.source_port,
-            key.destination,
-            key.destination_port
+            (key.source, key.source_port),
+            (key.destination, key.destination_port)
         ),
-        (
-            "10.244.0.2".parse().unwrap(),
-            31_000,
-            "10.244.1.2".parse().unwrap(),
-            5000
-        )
+        (endpoint(source), endpoint(destination))
     );
-    assert_eq!(arrival.meta.ttl, 62);
-    let ip = smoltcp::wire::Ipv4Packet::new_checked(&arrivals[3][14..]).unwrap();
+    assert_eq!(arrival.meta.ttl, ttl);
+    let ip = smoltcp::wire::Ipv4Packet::new_checked(&frame[14..]).unwrap();
     assert!(ip.verify_checksum());
     let udp = smoltcp::wire::UdpPacket::new_checked(ip.payload()).unwrap();
     let (source, destination) = (ip.src_addr().into(), ip.dst_addr().into());
@@ -350,31 +355,15 @@ fn a_replayed_masquerade_packet_and_its_settled_state_are_the_walks() {
         digest.contains("last_seen_ns: 1000000045"),
         "the entry was last seen by the last replay: {digest}"
     );
-    let arrival = netsim::packet::Packet::from_frame(&arrivals[4], 0).unwrap();
-    let key = arrival.meta.key;
-    assert_eq!(
-        (
-            key.source,
-            key.source_port,
-            key.destination,
-            key.destination_port
-        ),
-        (
-            // node-a: nodes without an `ip` take the node segment's addresses
-            // from host offset 11.
-            "10.0.0.11".parse().unwrap(),
-            31_000,
-            "192.168.50.10".parse().unwrap(),
-            5000
-        )
+    // node-a: nodes without an `ip` take the node segment's addresses from host
+    // offset 11. TTL 64 from the pod; the node's routing (the host stack) and the
+    // router gw.
+    assert_arrival(
+        &arrivals[4],
+        ("10.0.0.11", 31_000),
+        ("192.168.50.10", 5000),
+        62,
     );
-    // 64 from the pod; the node's routing (the host stack) and the router gw.
-    assert_eq!(arrival.meta.ttl, 62);
-    let ip = smoltcp::wire::Ipv4Packet::new_checked(&arrivals[4][14..]).unwrap();
-    assert!(ip.verify_checksum());
-    let udp = smoltcp::wire::UdpPacket::new_checked(ip.payload()).unwrap();
-    let (source, destination) = (ip.src_addr().into(), ip.dst_addr().into());
-    assert!(udp.verify_checksum(&source, &destination));
 }
 
 /// Sends `frames` one by one, or in bursts of [`BURST`]: (packets delivered, state

@@ -216,19 +216,18 @@ struct HopTemplate {
     outer: Option<Outer>,
 }
 
-/// The encapsulation a hop saw around the inner frame, rebuilt per packet with
-/// the encapsulating device's next IP identification (`datapath::encap`, as the
-/// device itself builds it).
+/// The encapsulation a hop saw around the inner frame: its outer headers as the
+/// encapsulating device emitted them (`datapath::encap`) for the compiling packet.
+/// A path that records hops carries only packets of the compiling packet's length
+/// (its guards are exact), so for each packet only the identification — the
+/// device's next — and with it the header checksum differ.
 #[derive(Debug, Clone, Copy)]
 struct Outer {
     encapsulation: Encapsulation,
-    header: EncapHeader,
     /// The device whose IP identification counter the encapsulation took.
     identification_from: DeviceId,
-    /// The outer headers as emitted around the compiling packet's inner frame of
-    /// `inner_len` bytes: around another of that length only the identification
-    /// (and so the header checksum) differs.
     emitted: [u8; MAX_OUTER_LEN],
+    /// The inner frame's length those headers were emitted for.
     inner_len: usize,
 }
 
@@ -275,7 +274,6 @@ impl HopTemplate {
                 );
                 Some(Outer {
                     encapsulation,
-                    header,
                     identification_from: *device,
                     emitted,
                     inner_len,
@@ -331,19 +329,11 @@ impl HopTemplate {
         out.extend_from_slice(entering);
         self.inner
             .apply_to_frame(self.nat.as_ref(), &mut out[inner..]);
-        let identification = identification(outer.identification_from);
+        debug_assert_eq!(entering.len(), outer.inner_len, "exact guards");
         let headers = &mut out[start..start + outer_len];
-        if entering.len() == outer.inner_len {
-            headers[outer_len - replaced..]
-                .copy_from_slice(&outer.emitted[outer_len - replaced..outer_len]);
-            write_identification(headers, identification);
-        } else {
-            let header = EncapHeader {
-                identification,
-                ..outer.header
-            };
-            emit_outer_headers(headers, outer.encapsulation, &header, entering.len());
-        }
+        headers[outer_len - replaced..]
+            .copy_from_slice(&outer.emitted[outer_len - replaced..outer_len]);
+        write_identification(headers, identification(outer.identification_from));
     }
 }
 

@@ -532,3 +532,32 @@ fn an_unknown_endpoint_form_is_located_and_the_forms_are_listed() {
          healthcheck:NODE/NS/NAME, IP or IP:PORT)",
     );
 }
+
+#[test]
+fn a_pod_name_two_clusters_share_must_name_its_cluster() {
+    let bundled = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/topologies/egress-no-snat.toml"
+    ))
+    .unwrap();
+    let qualified = netsim::topology::parse("egress-no-snat.toml", &bundled).unwrap();
+    for (flow, cluster_name) in qualified.flows.iter().zip(["overlay", "routed"]) {
+        let netsim::topology::EndpointRef::Pod { cluster, pod } = flow.from else {
+            panic!("{} starts at a pod", flow.name);
+        };
+        assert_eq!(qualified.clusters[cluster].name, cluster_name);
+        assert_eq!(qualified.pod(cluster, pod).qualified_name(), "default/app");
+    }
+    let ambiguous = bundled.replacen(
+        "from = \"pod:overlay/default/app\"",
+        "from = \"pod:default/app\"",
+        1,
+    );
+    let stderr = refuse(&ambiguous);
+    assert!(
+        stderr.contains(
+            "pod `default/app` exists in several clusters; name one: pod:CLUSTER/default/app"
+        ),
+        "{stderr}"
+    );
+}

@@ -6,6 +6,7 @@ pub mod matrix;
 pub mod routes;
 
 use crate::datapath::Hop;
+use crate::packet::FlowTag;
 use crate::sim::network::Network;
 use crate::sim::runner::{FlowOutcome, RunResult};
 use crate::topology::{Expectation, Flow, Topology, Verdict};
@@ -333,13 +334,10 @@ fn failure_reasons(
 }
 
 /// The flow's policy decisions, each distinct one once, in the order first made.
-fn policy_decisions(result: &RunResult, tag: u32) -> Vec<PolicyReport> {
+fn policy_decisions(decisions: &[&crate::datapath::PolicyRecord]) -> Vec<PolicyReport> {
     let mut seen = std::collections::HashSet::new();
-    result
-        .journal
-        .policy
+    decisions
         .iter()
-        .filter(|p| p.flow == tag)
         .filter(|p| seen.insert((&p.device, p.direction, p.action, &p.rule)))
         .map(|p| PolicyReport {
             device: p.device.clone(),
@@ -356,25 +354,37 @@ fn policy_decisions(result: &RunResult, tag: u32) -> Vec<PolicyReport> {
         .collect()
 }
 
+/// `records` split by the flow each belongs to (a flow tag is the flow's index), in
+/// their order; records of no configured flow are left out.
+fn by_flow<T>(records: &[T], flow_count: usize, flow_of: impl Fn(&T) -> FlowTag) -> Vec<Vec<&T>> {
+    let mut split: Vec<Vec<&T>> = (0..flow_count).map(|_| Vec::new()).collect();
+    for record in records {
+        if let Some(list) = usize::try_from(flow_of(record))
+            .ok()
+            .and_then(|index| split.get_mut(index))
+        {
+            list.push(record);
+        }
+    }
+    split
+}
+
 /// Translations the text summary shows per flow.
 const SUMMARY_NAT_LINES: usize = 8;
 
 /// Builds the report of a run.
 pub fn build(topology: &Topology, result: &RunResult) -> Report {
-    let mut hops_by_flow: BTreeMap<u32, Vec<&Hop>> = BTreeMap::new();
-    for hop in &result.journal.hops {
-        hops_by_flow.entry(hop.flow).or_default().push(hop);
-    }
+    // Each record list split by flow in one pass: a run of 10,000 flows must not
+    // walk the whole journal once per flow.
+    let flow_count = topology.flows.len();
+    let hops_by_flow = by_flow(&result.journal.hops, flow_count, |hop| hop.flow);
+    let drops_by_flow = by_flow(&result.journal.drops, flow_count, |drop| drop.flow);
+    let nat_by_flow = by_flow(&result.journal.nat, flow_count, |nat| nat.flow);
+    let policy_by_flow = by_flow(&result.journal.policy, flow_count, |decision| decision.flow);
     let mut flows = Vec::new();
     for (index, (flow, outcome)) in topology.flows.iter().zip(&result.flows).enumerate() {
-        let tag = u32::try_from(index).unwrap_or(u32::MAX);
-        let hops = hops_by_flow.get(&tag).map(Vec::as_slice).unwrap_or(&[]);
-        let drops: Vec<_> = result
-            .journal
-            .drops
-            .iter()
-            .filter(|d| d.flow == tag)
-            .collect();
+        let hops = hops_by_flow[index].as_slice();
+        let drops = &drops_by_flow[index];
         let losses = Losses {
             request: drops.iter().any(|d| !d.reply),
             reply: drops.iter().any(|d| d.reply),
@@ -383,11 +393,8 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
         // Each translation once, in the order first seen (a set: a flow with
         // thousands of connections has thousands of distinct bindings).
         let mut seen = std::collections::HashSet::new();
-        let nat: Vec<NatReport> = result
-            .journal
-            .nat
+        let nat: Vec<NatReport> = nat_by_flow[index]
             .iter()
-            .filter(|n| n.flow == tag)
             .filter(|n| seen.insert((&n.device, n.kind, &n.before, &n.after)))
             .map(|n| NatReport {
                 device: n.device.clone(),
@@ -433,7 +440,7 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
             path: path_of(&result.network, hops, outcome.first_packet),
             reply_path: path_of(&result.network, hops, outcome.first_reply),
             nat,
-            policy: policy_decisions(result, tag),
+            policy: policy_decisions(&policy_by_flow[index]),
             drop: if verdict == Verdict::Delivered {
                 None
             } else {

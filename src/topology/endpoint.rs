@@ -53,20 +53,15 @@ pub fn parse_endpoint(
                 return Err(format!("no cluster `{cluster_name}`"));
             }
         }
-        let mut found = Vec::new();
-        for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
-            if cluster_name.is_some_and(|wanted| wanted != cluster.name) {
-                continue;
-            }
-            for (pod_id, pod) in cluster.pods.iter().enumerate() {
-                if pod.namespace == namespace && pod.name == pod_name {
-                    found.push(EndpointRef::Pod {
-                        cluster: cluster_id,
-                        pod: pod_id,
-                    });
-                }
-            }
-        }
+        let found: Vec<EndpointRef> = topology
+            .names
+            .pods(namespace, pod_name)
+            .iter()
+            .filter(|(cluster_id, _)| {
+                cluster_name.is_none_or(|wanted| wanted == topology.clusters[*cluster_id].name)
+            })
+            .map(|&(cluster, pod)| EndpointRef::Pod { cluster, pod })
+            .collect();
         return match found.as_slice() {
             [one] => Ok((*one, port)),
             [] => Err(format!("no pod `{namespace}/{pod_name}`")),
@@ -78,26 +73,17 @@ pub fn parse_endpoint(
     if let Some(rest) = text.strip_prefix("host:") {
         let (name, port) = split_port(rest)?;
         let host = topology
-            .hosts
-            .iter()
-            .position(|h| h.name == name)
+            .names
+            .host(name)
             .ok_or_else(|| format!("no host `{name}`"))?;
         return Ok((EndpointRef::Host(host), port));
     }
     if let Some(rest) = text.strip_prefix("node:") {
         let (name, port) = split_port(rest)?;
-        for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
-            if let Some(node) = cluster.nodes.iter().position(|n| n.name == name) {
-                return Ok((
-                    EndpointRef::Node {
-                        cluster: cluster_id,
-                        node,
-                    },
-                    port,
-                ));
-            }
-        }
-        return Err(format!("no node `{name}`"));
+        return match topology.names.node(name) {
+            Some((cluster, node)) => Ok((EndpointRef::Node { cluster, node }, port)),
+            None => Err(format!("no node `{name}`")),
+        };
     }
     if let Some(rest) = text.strip_prefix("svc:") {
         let (name, port) = split_port(rest)?;
@@ -211,16 +197,10 @@ fn find_service(topology: &Topology, name: &str) -> std::result::Result<(usize, 
     let Some((namespace, service_name)) = name.split_once('/') else {
         return Err(format!("`{name}`: a Service is written NS/NAME"));
     };
-    for (cluster_id, cluster) in topology.clusters.iter().enumerate() {
-        if let Some(index) = cluster
-            .services
-            .iter()
-            .position(|s| s.namespace == namespace && s.name == service_name)
-        {
-            return Ok((cluster_id, index));
-        }
-    }
-    Err(format!("no Service `{namespace}/{service_name}`"))
+    topology
+        .names
+        .service(namespace, service_name)
+        .ok_or_else(|| format!("no Service `{namespace}/{service_name}`"))
 }
 
 /// The Service port `port` names (its first port when none is given).

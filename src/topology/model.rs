@@ -28,6 +28,80 @@ pub struct Topology {
     /// NSX DFW sections, and the default rule's action.
     pub dfw: Vec<super::dfw::DfwSection>,
     pub dfw_default: crate::datapath::policy::PolicyAction,
+    /// Pods, nodes, Services and hosts by name, for endpoint strings.
+    pub names: EndpointNames,
+}
+
+/// Name → index maps over a topology's clusters and hosts, built once after they are
+/// resolved: resolving 10,000 flows' endpoints must not scan 16,500 pods each time.
+/// Where a name repeats, the lists keep every match in cluster order and the single
+/// maps the first, as a scan in that order finds it.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointNames {
+    /// Namespace → pod name → every (cluster, pod) of that name.
+    pods: rustc_hash::FxHashMap<String, rustc_hash::FxHashMap<String, Vec<(ClusterId, usize)>>>,
+    /// Namespace → Service name → (cluster, Service).
+    services: rustc_hash::FxHashMap<String, rustc_hash::FxHashMap<String, (ClusterId, usize)>>,
+    /// Node name → (cluster, node).
+    nodes: rustc_hash::FxHashMap<String, (ClusterId, usize)>,
+    hosts: rustc_hash::FxHashMap<String, HostId>,
+}
+
+impl EndpointNames {
+    pub fn index(clusters: &[Cluster], hosts: &[Host]) -> Self {
+        let mut names = Self::default();
+        for (cluster_id, cluster) in clusters.iter().enumerate() {
+            for (pod_id, pod) in cluster.pods.iter().enumerate() {
+                names
+                    .pods
+                    .entry(pod.namespace.clone())
+                    .or_default()
+                    .entry(pod.name.clone())
+                    .or_default()
+                    .push((cluster_id, pod_id));
+            }
+            for (service_id, service) in cluster.services.iter().enumerate() {
+                names
+                    .services
+                    .entry(service.namespace.clone())
+                    .or_default()
+                    .entry(service.name.clone())
+                    .or_insert((cluster_id, service_id));
+            }
+            for (node_id, node) in cluster.nodes.iter().enumerate() {
+                names
+                    .nodes
+                    .entry(node.name.clone())
+                    .or_insert((cluster_id, node_id));
+            }
+        }
+        for (host_id, host) in hosts.iter().enumerate() {
+            names.hosts.entry(host.name.clone()).or_insert(host_id);
+        }
+        names
+    }
+
+    /// Every (cluster, pod) named `namespace/name`, in cluster order.
+    pub fn pods(&self, namespace: &str, name: &str) -> &[(ClusterId, usize)] {
+        self.pods
+            .get(namespace)
+            .and_then(|pods| pods.get(name))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The first cluster's Service `namespace/name`.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<(ClusterId, usize)> {
+        self.services.get(namespace)?.get(name).copied()
+    }
+
+    /// The first cluster's node `name`.
+    pub fn node(&self, name: &str) -> Option<(ClusterId, usize)> {
+        self.nodes.get(name).copied()
+    }
+
+    pub fn host(&self, name: &str) -> Option<HostId> {
+        self.hosts.get(name).copied()
+    }
 }
 
 #[derive(Debug, Clone)]

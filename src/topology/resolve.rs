@@ -201,6 +201,7 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
             "conntrack_max must be at least 1 (nf_conntrack_max; the kernel's usual value is 262144)",
         ));
     }
+    let names = EndpointNames::index(&clusters, &hosts);
     let mut topology = Topology {
         name: file.topology.name.get_ref().clone(),
         seed: file.topology.seed,
@@ -214,6 +215,7 @@ pub fn resolve(file: &TopologyFile, source: &Source) -> Result<Topology> {
         expectations: Vec::new(),
         dfw: Vec::new(),
         dfw_default: crate::datapath::policy::PolicyAction::Allow,
+        names,
     };
     resolve_firewall(&resolver, file, &mut topology)?;
     if topology.name.is_empty()

@@ -412,7 +412,7 @@ pub fn build(topology: &Topology, result: &RunResult) -> Report {
             .filter(|c| !c.completed || c.failed)
             .collect();
         let failed = failed_connections.len() as u64;
-        let failure_reasons = failure_reasons(&drops, &failed_connections);
+        let failure_reasons = failure_reasons(drops, &failed_connections);
         let destination = if flow.destination_port == 0 {
             flow.destination_ip.to_string()
         } else {

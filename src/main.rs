@@ -279,7 +279,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     println!("wrote {}", out.display());
                 }
             }
-            Ok(exit_for(&report))
+            let code = exit_for(&report);
+            leave_to_exit((topology, result, report));
+            Ok(code)
         }
         Command::Check {
             topology: path,
@@ -300,7 +302,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", netsim::report::text_summary(&report));
             }
-            Ok(exit_for(&report))
+            let code = exit_for(&report);
+            leave_to_exit((topology, result, report));
+            Ok(code)
         }
         Command::Trace {
             topology: path,
@@ -431,6 +435,15 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Hands a run's state to the process's exit instead of dropping it: the command
+/// returns next, and the kernel takes the memory back at once, where freeing a
+/// 10,000-flow run's journal, sockets and devices piece by piece took a tenth of
+/// its time. Nothing in it has a destructor with an effect (files are written and
+/// closed by then).
+fn leave_to_exit<T>(state: T) {
+    std::mem::forget(state);
 }
 
 /// Runs the simulation, with a progress bar over simulated time when stderr is a

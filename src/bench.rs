@@ -245,7 +245,7 @@ impl Forwarder {
         self.set_path_capacity(self.paths.capacity());
         let points = &self.network.points;
         self.journal.recording = match mode {
-            CaptureMode::Edges => Recording::EdgesAndPackets(Default::default()),
+            CaptureMode::Edges => Recording::EdgesAndFirstPackets,
             CaptureMode::All | CaptureMode::None => Recording::Everything,
         };
         self.journal.uncaptured = mode.left_out(points);

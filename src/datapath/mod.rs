@@ -222,40 +222,40 @@ pub struct PolicyRecord {
     pub rule: String,
 }
 
+/// The bit of a packet id that marks a flow's first packet each way (the report's
+/// paths): set by the runner when the endpoint sends it, it travels with the id
+/// through every rewrite, fragment (the first keeps the id) and reassembly, on
+/// whichever thread the packet is processed. Ids are otherwise counters.
+pub const FIRST_PACKET: u64 = 1 << 63;
+
 /// Which packets' hops a [`Journal`] keeps.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Recording {
     /// None: no copies, no strings (the benchmark's fast path).
     #[default]
     Nothing,
     /// Every hop of every packet (captures, traces).
     Everything,
-    /// Only these packets (each flow's first packet and first reply, for the report's
-    /// paths when no capture is written), so memory stays flat however long the run.
-    Packets(rustc_hash::FxHashSet<u64>),
+    /// Only each flow's first packet and first reply (ids with [`FIRST_PACKET`]), for
+    /// the report's paths when no capture is written, so memory stays flat however
+    /// long the run.
+    FirstPackets,
     /// Every hop at the points a capture of the edges writes (those not in
-    /// [`Journal::uncaptured`]), and every hop of these packets (the report's paths):
-    /// `run --capture edges` keeps no node-internal hop it will not write.
-    EdgesAndPackets(rustc_hash::FxHashSet<u64>),
+    /// [`Journal::uncaptured`]), and every hop of the first packets (the report's
+    /// paths): `run --capture edges` keeps no node-internal hop it will not write.
+    EdgesAndFirstPackets,
 }
 
 impl Recording {
     /// True when the hop of packet `packet_id` at a point (`captured`: not one of
     /// [`Journal::uncaptured`]) is kept.
-    pub fn includes(&self, packet_id: u64, captured: bool) -> bool {
+    pub fn includes(self, packet_id: u64, captured: bool) -> bool {
+        let first = packet_id & FIRST_PACKET != 0;
         match self {
             Recording::Nothing => false,
             Recording::Everything => true,
-            Recording::Packets(ids) => ids.contains(&packet_id),
-            Recording::EdgesAndPackets(ids) => captured || ids.contains(&packet_id),
-        }
-    }
-
-    /// The packets whose every hop is kept, when the recording names them.
-    pub fn packets_mut(&mut self) -> Option<&mut rustc_hash::FxHashSet<u64>> {
-        match self {
-            Recording::Packets(ids) | Recording::EdgesAndPackets(ids) => Some(ids),
-            Recording::Nothing | Recording::Everything => None,
+            Recording::FirstPackets => first,
+            Recording::EdgesAndFirstPackets => captured || first,
         }
     }
 }
@@ -266,7 +266,7 @@ impl Recording {
 pub struct Journal {
     pub recording: Recording,
     /// Capture points a capture of the edges leaves out (node internals), by point
-    /// id, for [`Recording::EdgesAndPackets`]; empty: none.
+    /// id, for [`Recording::EdgesAndFirstPackets`]; empty: none.
     pub uncaptured: Vec<bool>,
     pub hops: Vec<Hop>,
     pub drops: Vec<DropRecord>,

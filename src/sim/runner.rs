@@ -7,7 +7,9 @@ use super::application::Application;
 use super::endpoint::{Arrival, ConnectionStatus, Stack};
 use super::network::{build, Device, DeviceId, EndpointId, Network};
 use crate::capture::CaptureMode;
-use crate::datapath::{Ctx, DropReason, HopAction, Journal, Outputs, PortId, Recording};
+use crate::datapath::{
+    Ctx, DropReason, HopAction, Journal, Outputs, PortId, Recording, FIRST_PACKET,
+};
 use crate::packet::{tcp_flags, FlowTag, IcmpKind, Packet, NO_FLOW};
 use crate::topology::{EndpointRef, Topology};
 use smoltcp::time::Instant;
@@ -188,8 +190,8 @@ pub fn run_with_progress(
         journal: Journal {
             recording: match capture {
                 CaptureMode::All => Recording::Everything,
-                CaptureMode::Edges => Recording::EdgesAndPackets(Default::default()),
-                CaptureMode::None => Recording::Packets(Default::default()),
+                CaptureMode::Edges => Recording::EdgesAndFirstPackets,
+                CaptureMode::None => Recording::FirstPackets,
             },
             uncaptured,
             ..Journal::default()
@@ -401,10 +403,8 @@ impl Runner<'_> {
                 };
                 // The flow's first packet each way: its hops become the report's paths.
                 if let Some(first @ None) = first {
+                    packet.meta.packet_id |= FIRST_PACKET;
                     *first = Some(packet.meta.packet_id);
-                    if let Some(ids) = self.journal.recording.packets_mut() {
-                        ids.insert(packet.meta.packet_id);
-                    }
                 }
             }
             None => self.untagged_sent += 1,

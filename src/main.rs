@@ -93,7 +93,8 @@ enum Command {
         /// Which capture points are written.
         #[arg(long, value_enum, default_value = "all")]
         capture: CaptureArg,
-        /// Threads used to write per-flow captures (results do not depend on it).
+        /// Threads that simulate the fabric's parts and write per-flow captures
+        /// (outputs are byte-identical for every count).
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Overrides [topology] seed.
@@ -257,7 +258,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let capture: CaptureMode = capture.into();
             // Only what the capture writes and the report's paths are recorded: without
             // captures memory stays flat.
-            let result = simulate(&topology, capture, format == Format::Text);
+            // More shards than cores would only wait on one another at every window.
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            let result = simulate(
+                &topology,
+                capture,
+                threads.min(cores),
+                format == Format::Text,
+            );
             let report = netsim::report::build(&topology, &result);
             netsim::output::write_run(
                 &out,
@@ -289,7 +297,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             junit,
         } => {
             let topology = load(&path, None)?;
-            let result = simulate(&topology, CaptureMode::None, !quiet);
+            let result = simulate(&topology, CaptureMode::None, 1, !quiet);
             let report = netsim::report::build(&topology, &result);
             if let Some(file) = &junit {
                 write_whole(file, &netsim::report::junit(&report))
@@ -451,11 +459,12 @@ fn leave_to_exit<T>(state: T) {
 fn simulate(
     topology: &Topology,
     capture: CaptureMode,
+    threads: usize,
     text: bool,
 ) -> netsim::sim::runner::RunResult {
     use std::io::IsTerminal;
     if !text || !std::io::stderr().is_terminal() || !std::io::stdout().is_terminal() {
-        return netsim::sim::runner::run_with_progress(topology, capture, &mut |_, _| {});
+        return netsim::sim::runner::run_with_progress(topology, capture, threads, &mut |_, _| {});
     }
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
@@ -463,9 +472,10 @@ fn simulate(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(topology.name.clone());
-    let result = netsim::sim::runner::run_with_progress(topology, capture, &mut |now, horizon| {
-        bar.set_position(now.saturating_mul(1000) / horizon.max(1));
-    });
+    let result =
+        netsim::sim::runner::run_with_progress(topology, capture, threads, &mut |now, horizon| {
+            bar.set_position(now.saturating_mul(1000) / horizon.max(1));
+        });
     bar.finish_and_clear();
     result
 }

@@ -315,15 +315,16 @@ fn the_pcapng_stream_writes_what_pcap_file_writes() {
 }
 
 /// `run --capture edges` records no node-internal hop it will not write — except
-/// those of each flow's first packet and first reply, which the report's paths show
-/// — so its report is the one `all` gives, with fewer hops held.
+/// those of each flow's first packet and first replies (each answering endpoint's
+/// first, marked by `FIRST_PACKET`; the earliest is the report's reply path) — so
+/// its report is the one `all` gives, with fewer hops held.
 #[test]
 fn capture_edges_keeps_internal_hops_only_for_the_report_paths() {
     use netsim::capture::CaptureMode;
     use netsim::sim::network::PointKind;
     for name in ["quickstart", "antrea-services", "calico-bgp-tor"] {
         let topology = netsim::topology::load(&topology_path(name)).unwrap();
-        let run = |mode| netsim::sim::runner::run_with_progress(&topology, mode, &mut |_, _| {});
+        let run = |mode| netsim::sim::runner::run_with_progress(&topology, mode, 1, &mut |_, _| {});
         let (all, edges) = (run(CaptureMode::All), run(CaptureMode::Edges));
         let path_packets: Vec<u64> = edges
             .flows
@@ -344,8 +345,14 @@ fn capture_edges_keeps_internal_hops_only_for_the_report_paths() {
                 .hops
                 .iter()
                 .filter(internal)
-                .all(|hop| path_packets.contains(&hop.packet_id)),
-            "{name}: an internal hop of a packet no path shows"
+                .all(|hop| hop.packet_id & netsim::datapath::FIRST_PACKET != 0),
+            "{name}: an internal hop of a packet that is no flow's first"
+        );
+        assert!(
+            path_packets
+                .iter()
+                .all(|packet| packet & netsim::datapath::FIRST_PACKET != 0),
+            "{name}: a path's packet is not marked as a flow's first"
         );
         assert!(edges.journal.hops.len() < all.journal.hops.len(), "{name}");
         let json = |result| {

@@ -101,6 +101,7 @@ fn sixteen_thousand_pods_and_two_thousand_flows_fit_in_two_gibibytes() {
     let result = netsim::sim::runner::run_with_progress(
         &topology,
         netsim::capture::CaptureMode::None,
+        1,
         &mut |_, _| {},
     );
     let report = netsim::report::build(&topology, &result);

@@ -180,15 +180,13 @@ impl Network {
         packet: Packet,
         out: &mut Outputs,
     ) {
-        ctx.journal.path.device = device;
         self.generation = self.generation.wrapping_add(1);
-        match &mut self.devices[device] {
-            Device::Node(node) => node.process(ctx, port, packet, out),
-            Device::CalicoNode(node) => node.process(ctx, port, packet, out),
-            Device::Router(router) => router.process(ctx, port, packet, out),
-            Device::Switch(switch) => switch.process(ctx, port, packet, out),
-            Device::Endpoint(_) => unreachable!("endpoints are handled by the runner"),
-        }
+        process_device(&mut self.devices[device], ctx, device, port, packet, out);
+    }
+
+    /// The devices, for the runner to hand to its shards and take back.
+    pub(super) fn devices_mut(&mut self) -> &mut Vec<Device> {
+        &mut self.devices
     }
 
     /// Sum of flow-cache hits and misses over all nodes.
@@ -222,6 +220,27 @@ impl Network {
             Device::Router(router) if router.name == name => Some(router.as_ref()),
             _ => None,
         })
+    }
+}
+
+/// Device `id` processes one frame that arrived on `port` (what
+/// [`Network::process`] does, for a device the caller holds apart from the network:
+/// a shard of `run`).
+pub fn process_device(
+    device: &mut Device,
+    ctx: &mut Ctx,
+    id: DeviceId,
+    port: PortId,
+    packet: Packet,
+    out: &mut Outputs,
+) {
+    ctx.journal.path.device = id;
+    match device {
+        Device::Node(node) => node.process(ctx, port, packet, out),
+        Device::CalicoNode(node) => node.process(ctx, port, packet, out),
+        Device::Router(router) => router.process(ctx, port, packet, out),
+        Device::Switch(switch) => switch.process(ctx, port, packet, out),
+        Device::Endpoint(_) => unreachable!("endpoints are handled by the runner"),
     }
 }
 
@@ -315,8 +334,18 @@ pub fn build(topology: &Topology) -> Network {
                 return;
             };
             let switch_port = switch.add_port(mac);
+            // The segment's latency, half to the switch and half from it: every link
+            // between devices that are not one machine takes time, which is what lets
+            // `run` simulate separate parts of the fabric on separate threads
+            // (`sim::runner::partition`).
             let latency = topology.segments[segment].latency_ns;
-            network.connect((device, port), (switch_id, switch_port), latency, 0);
+            let to_switch = latency - latency / 2;
+            network.connect(
+                (device, port),
+                (switch_id, switch_port),
+                to_switch,
+                latency / 2,
+            );
         };
 
     // Hosts: endpoints on their segment.

@@ -88,22 +88,44 @@ fn every_bundled_topology_gives_the_same_outputs_on_one_two_and_three_threads() 
     }
 }
 
-/// Many flows at once across a cluster: the case threads exist for. 24 nodes, 240
-/// pods, 600 flows all starting at 0 (pod to pod across nodes, through Services,
-/// out to hosts), with 100 NetworkPolicies.
-#[test]
-fn six_hundred_simultaneous_flows_give_the_same_outputs_on_one_two_and_four_threads() {
-    let text = netsim::generate::scale_topology(&netsim::generate::ScaleOptions {
+fn generated(flows: usize) -> String {
+    netsim::generate::scale_topology(&netsim::generate::ScaleOptions {
         nodes: 24,
         pods_per_node: 10,
         namespaces: 6,
         apps: 4,
         policies: 100,
         services: 20,
-        flows: 600,
+        flows,
     })
-    .unwrap();
-    let simultaneous: String = text
+    .unwrap()
+}
+
+/// Flows one after another (the generator starts flow i at i ms): windows hold an
+/// event or two, so after the first 256 the first shard takes in the others and
+/// runs alone — with the same outputs.
+#[test]
+fn flows_one_after_another_join_the_shards_and_keep_the_outputs() {
+    let topology = netsim::topology::parse("staggered.toml", &generated(400)).unwrap();
+    assert_eq!(topology.flows[399].start_ns, 399_000_000);
+    let one = run(&topology, CaptureMode::All, 1);
+    assert_eq!(one.joined_at_ns, None);
+    let two = run(&topology, CaptureMode::All, 2);
+    assert_eq!(two.shards, 2);
+    let joined = two.joined_at_ns.expect("sparse windows join the shards");
+    assert!(joined < 399_000_000, "joined at {joined} ns");
+    let (expected, got) = (outputs(&topology, &one), outputs(&topology, &two));
+    assert!(got.0 == expected.0, "reports differ");
+    assert!(got.1 == expected.1, "hops differ");
+    assert!(got.2 == expected.2, "drops differ");
+}
+
+/// Many flows at once across a cluster: the case threads exist for. 24 nodes, 240
+/// pods, 600 flows all starting at 0 (pod to pod across nodes, through Services,
+/// out to hosts), with 100 NetworkPolicies.
+#[test]
+fn six_hundred_simultaneous_flows_give_the_same_outputs_on_one_two_and_four_threads() {
+    let simultaneous: String = generated(600)
         .lines()
         .map(|line| {
             if line.starts_with("start = ") {
@@ -135,6 +157,12 @@ fn six_hundred_simultaneous_flows_give_the_same_outputs_on_one_two_and_four_thre
     for threads in [2, 4] {
         let many = run(&topology, CaptureMode::All, threads);
         assert_eq!(many.shards, threads);
+        // Dense windows keep the shards apart at least through the flows' exchanges.
+        assert!(
+            many.joined_at_ns.is_none_or(|at| at > 1_000_000),
+            "{:?}",
+            many.joined_at_ns
+        );
         let got = outputs(&topology, &many);
         assert!(got.0 == expected.0, "{threads} threads: reports differ");
         assert!(got.1 == expected.1, "{threads} threads: hops differ");

@@ -22,7 +22,7 @@ use shard::{Message, Shard, Shared};
 use smoltcp::time::Instant;
 use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// How long after the last flow starts the endpoints keep running (enough for every
@@ -114,6 +114,9 @@ pub struct RunResult {
     pub stacks_built: usize,
     /// How many shards (threads) ran the simulation.
     pub shards: usize,
+    /// When the shards' windows grew too sparse and the first shard took in the
+    /// others (simulated ns), if it came to that.
+    pub joined_at_ns: Option<u64>,
 }
 
 fn instant(ns: u64) -> Instant {
@@ -210,22 +213,30 @@ pub fn run_with_progress(
         });
         parts[shard].schedule_start(flow.start_ns, index);
     }
+    let mut joined_at_ns = None;
     if parts.len() == 1 {
         parts[0].run_until(u64::MAX, progress);
     } else {
-        parts = run_in_windows(parts, partition.lookahead_ns, progress);
+        (parts, joined_at_ns) = run_in_windows(parts, partition.lookahead_ns, progress);
     }
     let horizon_ns = shared.horizon_ns;
     progress(horizon_ns, horizon_ns);
     let pieces = take_apart(parts, &network);
-    finish(topology, pieces, network)
+    let mut result = finish(topology, pieces, network);
+    result.joined_at_ns = joined_at_ns;
+    result
 }
 
 /// What the shards share while they run in windows: each one's next event time, an
 /// inbox each, and the barrier that ends a phase.
 struct Exchange {
-    next: Vec<AtomicU64>,
+    /// Each shard's earliest pending time, by window parity.
+    next: [Vec<AtomicU64>; 2],
+    /// Events each shard has run so far, by window parity.
+    processed: [Vec<AtomicU64>; 2],
     inboxes: Vec<Mutex<Vec<Message>>>,
+    /// Whether a shard's inbox may hold mail (so an empty one is not locked).
+    mail: Vec<AtomicBool>,
     barrier: SpinBarrier,
 }
 
@@ -273,24 +284,28 @@ impl SpinBarrier {
 
 /// Runs the shards on threads of their own (the first on this one), window by
 /// window: each window starts at the earliest pending event anywhere and lasts the
-/// lookahead, so nothing a shard sends in it arrives before it ends.
+/// lookahead, so nothing a shard sends in it arrives before it ends. When windows
+/// hold too little work to pay for meeting at their ends (flows one after another,
+/// a long tail of timers), the first shard takes in the others and runs alone.
 fn run_in_windows<'t>(
     parts: Vec<Shard<'t>>,
     lookahead_ns: u64,
     progress: &mut dyn FnMut(u64, u64),
-) -> Vec<Shard<'t>> {
+) -> (Vec<Shard<'t>>, Option<u64>) {
     let count = parts.len();
     let exchange = Exchange {
-        next: (0..count).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        next: [0, 1].map(|_| (0..count).map(|_| AtomicU64::new(u64::MAX)).collect()),
+        processed: [0, 1].map(|_| (0..count).map(|_| AtomicU64::new(0)).collect()),
         inboxes: (0..count).map(|_| Mutex::new(Vec::new())).collect(),
+        mail: (0..count).map(|_| AtomicBool::new(false)).collect(),
         barrier: SpinBarrier::new(count),
     };
     let mut parts = parts.into_iter();
     let Some(mut first) = parts.next() else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
-    std::thread::scope(|scope| {
-        let others: Vec<_> = parts
+    let (end, mut others) = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
             .map(|mut part| {
                 let exchange = &exchange;
                 scope.spawn(move || {
@@ -299,50 +314,108 @@ fn run_in_windows<'t>(
                 })
             })
             .collect();
-        run_windows(&mut first, &exchange, lookahead_ns, progress);
-        let mut all = vec![first];
-        for handle in others {
-            match handle.join() {
-                Ok(part) => all.push(part),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
+        let end = run_windows(&mut first, &exchange, lookahead_ns, progress);
+        let others: Vec<Shard> = handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect();
+        (end, others)
+    });
+    let mut joined_at_ns = None;
+    if end == WindowsEnd::Sparse {
+        for other in &mut others {
+            first.absorb(other);
         }
-        all
-    })
+        joined_at_ns = first.next_time();
+        first.run_until(u64::MAX, progress);
+    }
+    let mut all = vec![first];
+    all.append(&mut others);
+    (all, joined_at_ns)
 }
 
-/// One shard's side of [`run_in_windows`].
+/// Why shards stopped running in windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowsEnd {
+    /// Nothing is left to run.
+    Finished,
+    /// The last windows held too few events to be worth running in parallel.
+    Sparse,
+}
+
+/// Windows between two looks at how much work they hold.
+const WINDOWS_PER_LOOK: usize = 256;
+
+/// Events per window and shard below which meeting at every window's end costs
+/// more than the shards gain (a meeting costs about what an event does).
+const MIN_EVENTS_PER_WINDOW_AND_SHARD: u64 = 4;
+
+/// One shard's side of [`run_in_windows`]: one barrier per window. Before it, each
+/// shard has mailed what it sent and published the earliest of its own next event
+/// and what it mailed (in the buffer of the window's parity, so a shard ahead never
+/// overwrites what a shard behind still reads) and how many events it has run;
+/// after it, every shard reads the same figures, so all decide alike whether to go
+/// on, takes its mail and runs its events up to the earliest time plus the
+/// lookahead. Mail that comes early belongs to a later window and waits in the
+/// queue.
 fn run_windows(
     part: &mut Shard,
     exchange: &Exchange,
     lookahead_ns: u64,
     progress: &mut dyn FnMut(u64, u64),
-) {
+) -> WindowsEnd {
     let me = part.index;
+    let shards = exchange.inboxes.len() as u64;
+    let mut round = 0;
+    let mut events_at_last_look = 0;
+    exchange.next[0][me].store(part.next_time().unwrap_or(u64::MAX), Ordering::Release);
     loop {
-        exchange.next[me].store(part.next_time().unwrap_or(u64::MAX), Ordering::SeqCst);
         exchange.barrier.wait();
-        let start = exchange
-            .next
+        let start = exchange.next[round % 2]
             .iter()
-            .map(|next| next.load(Ordering::SeqCst))
+            .map(|next| next.load(Ordering::Acquire))
             .min()
             .unwrap_or(u64::MAX);
-        // Every shard read the same times, so every shard stops together.
         if start == u64::MAX {
-            break;
+            return WindowsEnd::Finished;
         }
-        part.run_until(start.saturating_add(lookahead_ns), progress);
-        for (shard, outbox) in part.outbox.iter_mut().enumerate() {
-            if !outbox.is_empty() {
-                lock(&exchange.inboxes[shard]).append(outbox);
+        let take_mail = |part: &mut Shard| {
+            if exchange.mail[me].swap(false, Ordering::AcqRel) {
+                let arrived = std::mem::take(&mut *lock(&exchange.inboxes[me]));
+                for message in arrived {
+                    part.receive(message);
+                }
+            }
+        };
+        if round > 0 && round % WINDOWS_PER_LOOK == 0 {
+            let events: u64 = exchange.processed[round % 2]
+                .iter()
+                .map(|count| count.load(Ordering::Acquire))
+                .sum();
+            let recent = events - events_at_last_look;
+            events_at_last_look = events;
+            if recent < WINDOWS_PER_LOOK as u64 * MIN_EVENTS_PER_WINDOW_AND_SHARD * shards {
+                take_mail(part);
+                return WindowsEnd::Sparse;
             }
         }
-        exchange.barrier.wait();
-        let arrived = std::mem::take(&mut *lock(&exchange.inboxes[me]));
-        for message in arrived {
-            part.receive(message);
+        take_mail(part);
+        part.run_until(start.saturating_add(lookahead_ns), progress);
+        let mut earliest = part.next_time().unwrap_or(u64::MAX);
+        for (shard, outbox) in part.outbox.iter_mut().enumerate() {
+            if let Some(first) = outbox.iter().map(|message| message.time_ns).min() {
+                earliest = earliest.min(first);
+                lock(&exchange.inboxes[shard]).append(outbox);
+                exchange.mail[shard].store(true, Ordering::Release);
+            }
         }
+        round += 1;
+        exchange.processed[round % 2][me].store(part.events, Ordering::Release);
+        exchange.next[round % 2][me].store(earliest, Ordering::Release);
     }
 }
 
@@ -435,6 +508,7 @@ fn finish(topology: &Topology, pieces: Pieces, mut network: Network) -> RunResul
         untagged_delivered: untagged.delivered,
         stacks_built: stacks.iter().filter(|s| s.is_some()).count(),
         shards,
+        joined_at_ns: None,
     }
 }
 

@@ -124,6 +124,8 @@ pub struct Shard<'t> {
     client_sent: rustc_hash::FxHashSet<FlowTag>,
     /// Arrivals for other shards' devices, by shard, until the window ends.
     pub outbox: Vec<Vec<Message>>,
+    /// This shard has taken in every other one's devices and runs alone.
+    alone: bool,
     outputs: Outputs,
     pub events: u64,
 }
@@ -153,6 +155,7 @@ impl<'t> Shard<'t> {
             replied: rustc_hash::FxHashSet::default(),
             client_sent: rustc_hash::FxHashSet::default(),
             outbox: (0..shards).map(|_| Vec::new()).collect(),
+            alone: shards == 1,
             outputs: Outputs::default(),
             events: 0,
         }
@@ -200,7 +203,7 @@ impl<'t> Shard<'t> {
         } = event
         {
             let shard = self.shared.shard_of_device[device];
-            if shard != self.index {
+            if shard != self.index && !self.alone {
                 self.outbox[shard].push(Message {
                     time_ns,
                     ordinal,
@@ -222,6 +225,42 @@ impl<'t> Shard<'t> {
             return;
         }
         self.enqueue(time_ns, ordinal, event);
+    }
+
+    /// Takes in `other`'s devices, stacks, timers and queued events, to run alone
+    /// from here on; what `other` recorded stays with it, to be merged.
+    pub fn absorb(&mut self, other: &mut Shard) {
+        for (mine, theirs) in self.devices.iter_mut().zip(&mut other.devices) {
+            if theirs.is_some() {
+                *mine = theirs.take();
+            }
+        }
+        for (mine, theirs) in self.stacks.iter_mut().zip(&mut other.stacks) {
+            if theirs.is_some() {
+                *mine = theirs.take();
+            }
+        }
+        for (mine, theirs) in self.wake_at.iter_mut().zip(&mut other.wake_at) {
+            if theirs.is_some() {
+                *mine = theirs.take();
+            }
+        }
+        // Only a unit's own shard counted its events.
+        for (mine, theirs) in self
+            .scheduled_by_unit
+            .iter_mut()
+            .zip(&other.scheduled_by_unit)
+        {
+            *mine = (*mine).max(*theirs);
+        }
+        self.replied.extend(other.replied.drain());
+        self.client_sent.extend(other.client_sent.drain());
+        while let Some(Reverse((time_ns, ordinal, slot))) = other.queue.pop() {
+            if let Some(event) = other.pending_events.take(slot) {
+                self.enqueue(time_ns, ordinal, event);
+            }
+        }
+        self.alone = true;
     }
 
     /// The time of the earliest queued event.

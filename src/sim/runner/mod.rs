@@ -248,6 +248,20 @@ struct SpinBarrier {
     count: usize,
     waiting: AtomicUsize,
     generation: AtomicUsize,
+    /// A shard panicked: the others stop waiting for it and panic too, so the run
+    /// ends with the panic instead of hanging.
+    broken: AtomicBool,
+}
+
+/// Breaks the barrier if the shard holding it unwinds.
+struct BreakOnPanic<'a>(&'a SpinBarrier);
+
+impl Drop for BreakOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.broken.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl SpinBarrier {
@@ -260,6 +274,7 @@ impl SpinBarrier {
             count,
             waiting: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
         }
     }
 
@@ -272,6 +287,10 @@ impl SpinBarrier {
         }
         let mut spins = 0;
         while self.generation.load(Ordering::Acquire) == generation {
+            assert!(
+                !self.broken.load(Ordering::Acquire),
+                "another shard of the run panicked"
+            );
             if spins < Self::SPINS {
                 spins += 1;
                 std::hint::spin_loop();
@@ -309,12 +328,16 @@ fn run_in_windows<'t>(
             .map(|mut part| {
                 let exchange = &exchange;
                 scope.spawn(move || {
+                    let _guard = BreakOnPanic(&exchange.barrier);
                     run_windows(&mut part, exchange, lookahead_ns, &mut |_, _| {});
                     part
                 })
             })
             .collect();
-        let end = run_windows(&mut first, &exchange, lookahead_ns, progress);
+        let end = {
+            let _guard = BreakOnPanic(&exchange.barrier);
+            run_windows(&mut first, &exchange, lookahead_ns, progress)
+        };
         let others: Vec<Shard> = handles
             .into_iter()
             .map(|handle| {
@@ -640,5 +663,51 @@ pub fn describe_packet(packet: &Packet) -> String {
             "ip {} > {} proto {}",
             key.source, key.destination, key.protocol
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spin_barrier_lets_shards_meet_again_and_again() {
+        let barrier = SpinBarrier::new(3);
+        let meetings = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    for round in 0..1_000 {
+                        meetings.fetch_add(1, Ordering::AcqRel);
+                        barrier.wait();
+                        // Everyone has counted this round before anyone goes on.
+                        assert!(meetings.load(Ordering::Acquire) >= 3 * (round + 1));
+                        barrier.wait();
+                    }
+                });
+            }
+        });
+        assert_eq!(meetings.load(Ordering::Acquire), 3_000);
+    }
+
+    #[test]
+    fn a_shard_that_panics_breaks_the_barrier_instead_of_hanging_the_others() {
+        let barrier = SpinBarrier::new(2);
+        let waiter = std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| barrier.wait());
+            let panicked = scope
+                .spawn(|| {
+                    let _guard = BreakOnPanic(&barrier);
+                    panic!("a shard's bug");
+                })
+                .join();
+            assert!(panicked.is_err());
+            waiter.join()
+        });
+        let message = waiter.expect_err("the waiter panics too");
+        assert_eq!(
+            message.downcast_ref::<&str>().copied(),
+            Some("another shard of the run panicked")
+        );
     }
 }

@@ -117,6 +117,9 @@ enum Command {
         /// not at all).
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Threads that simulate the fabric's parts (the verdicts do not depend on it).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Send one exchange and print every hop: device, interface, lookup, match, rewrite.
     Trace {
@@ -258,14 +261,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let capture: CaptureMode = capture.into();
             // Only what the capture writes and the report's paths are recorded: without
             // captures memory stays flat.
-            // More shards than cores would only wait on one another at every window.
-            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-            let result = simulate(
-                &topology,
-                capture,
-                threads.min(cores),
-                format == Format::Text,
-            );
+            let result = simulate(&topology, capture, usable(threads), format == Format::Text);
             let report = netsim::report::build(&topology, &result);
             netsim::output::write_run(
                 &out,
@@ -295,9 +291,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             topology: path,
             quiet,
             junit,
+            threads,
         } => {
             let topology = load(&path, None)?;
-            let result = simulate(&topology, CaptureMode::None, 1, !quiet);
+            let result = simulate(&topology, CaptureMode::None, usable(threads), !quiet);
             let report = netsim::report::build(&topology, &result);
             if let Some(file) = &junit {
                 write_whole(file, &netsim::report::junit(&report))
@@ -443,6 +440,13 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Shards for the simulation: no more than the machine's cores, which would only
+/// wait on one another at every window.
+fn usable(threads: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    threads.clamp(1, cores)
 }
 
 /// Hands a run's state to the process's exit instead of dropping it: the command

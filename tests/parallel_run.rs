@@ -169,3 +169,18 @@ fn six_hundred_simultaneous_flows_give_the_same_outputs_on_one_two_and_four_thre
         assert!(got.2 == expected.2, "{threads} threads: drops differ");
     }
 }
+
+/// `check --threads 2` prints and exits as one thread does.
+#[test]
+fn check_on_two_threads_gives_the_same_verdicts() {
+    let path = topology_path("network-policy");
+    let path = path.to_str().unwrap();
+    let one = common::netsim(&["check", path, "--threads", "1"]);
+    let two = common::netsim(&["check", path, "--threads", "2"]);
+    assert_eq!(one.status.code(), two.status.code());
+    assert_eq!(
+        String::from_utf8_lossy(&one.stdout),
+        String::from_utf8_lossy(&two.stdout)
+    );
+    assert!(String::from_utf8_lossy(&one.stdout).contains("[ok]"));
+}

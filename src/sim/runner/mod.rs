@@ -12,7 +12,7 @@ mod shard;
 
 use super::application::Application;
 use super::endpoint::ConnectionStatus;
-use super::network::{build, Device, DeviceId, EndpointId, Network};
+use super::network::{build, CapturePoint, Device, DeviceId, EndpointId, Network};
 use crate::capture::CaptureMode;
 use crate::datapath::{Journal, PortId, Recording};
 use crate::packet::{tcp_flags, IcmpKind, Packet};
@@ -147,23 +147,8 @@ pub fn run_with_progress(
 ) -> RunResult {
     let mut network = build(topology);
     let partition = Partition::of(&network);
-    let units = {
-        let mut units = partition.unit_of_device.clone();
-        units.sort_unstable();
-        units.dedup();
-        units.len()
-    };
-    let shards = threads.clamp(1, units.max(1));
+    let shards = threads.clamp(1, partition.unit_count().max(1));
     let shard_of_device = partition.shard_of_devices(shards);
-    let uncaptured = match capture {
-        CaptureMode::Edges => capture.left_out(&network.points),
-        CaptureMode::All | CaptureMode::None => Vec::new(),
-    };
-    let recording = match capture {
-        CaptureMode::All => Recording::Everything,
-        CaptureMode::Edges => Recording::EdgesAndFirstPackets,
-        CaptureMode::None => Recording::FirstPackets,
-    };
     let flow_sources: Vec<Option<EndpointId>> = topology
         .flows
         .iter()
@@ -175,16 +160,7 @@ pub fn run_with_progress(
         .map(|flow| flow.start_ns)
         .max()
         .unwrap_or(0);
-    // Each shard gets its units' devices; the fabric it reads stays shared.
-    let mut devices_by_shard: Vec<Vec<Option<Device>>> = (0..shards)
-        .map(|_| (0..shard_of_device.len()).map(|_| None).collect())
-        .collect();
-    for (id, device) in std::mem::take(network.devices_mut())
-        .into_iter()
-        .enumerate()
-    {
-        devices_by_shard[shard_of_device[id]][id] = Some(device);
-    }
+    let devices_by_shard = deal_devices(&mut network, &shard_of_device, shards);
     let shared = Shared {
         topology,
         network: &network,
@@ -197,13 +173,7 @@ pub fn run_with_progress(
         .into_iter()
         .enumerate()
         .map(|(index, devices)| {
-            let journal = Journal {
-                recording,
-                uncaptured: uncaptured.clone(),
-                // Packet ids are unique run-wide: each shard counts in its own range.
-                last_packet_id: (index as u64) << 48,
-                ..Journal::default()
-            };
+            let journal = shard_journal(index, capture, &shared.network.points);
             Shard::new(index, shards, &shared, devices, journal)
         })
         .collect();
@@ -225,6 +195,43 @@ pub fn run_with_progress(
     let mut result = finish(topology, pieces, network);
     result.joined_at_ns = joined_at_ns;
     result
+}
+
+/// Takes the devices out of `network` and deals each to its shard (by device id;
+/// `None` where another shard holds it): the fabric the shards read stays shared.
+fn deal_devices(
+    network: &mut Network,
+    shard_of_device: &[usize],
+    shards: usize,
+) -> Vec<Vec<Option<Device>>> {
+    let mut dealt: Vec<Vec<Option<Device>>> = (0..shards)
+        .map(|_| (0..shard_of_device.len()).map(|_| None).collect())
+        .collect();
+    for (id, device) in std::mem::take(network.devices_mut())
+        .into_iter()
+        .enumerate()
+    {
+        dealt[shard_of_device[id]][id] = Some(device);
+    }
+    dealt
+}
+
+/// A shard's journal, recording what `capture` needs: every hop (`All`); every hop
+/// at the edge points plus every hop of each flow's first packet and first replies
+/// (`Edges`); or only those first packets (`None`).
+fn shard_journal(index: usize, capture: CaptureMode, points: &[CapturePoint]) -> Journal {
+    let (recording, uncaptured) = match capture {
+        CaptureMode::All => (Recording::Everything, Vec::new()),
+        CaptureMode::Edges => (Recording::EdgesAndFirstPackets, capture.left_out(points)),
+        CaptureMode::None => (Recording::FirstPackets, Vec::new()),
+    };
+    Journal {
+        recording,
+        uncaptured,
+        // Packet ids are unique run-wide: each shard counts in its own range.
+        last_packet_id: (index as u64) << 48,
+        ..Journal::default()
+    }
 }
 
 /// What the shards share while they run in windows: each one's next event time, an

@@ -65,6 +65,14 @@ impl Partition {
         }
     }
 
+    /// How many units the fabric has.
+    pub fn unit_count(&self) -> usize {
+        let mut units = self.unit_of_device.clone();
+        units.sort_unstable();
+        units.dedup();
+        units.len()
+    }
+
     pub fn unit(&self, device: DeviceId) -> u32 {
         self.unit_of_device[device]
     }

@@ -38,6 +38,7 @@ fn geneve(c: &mut Criterion) {
         destination_mac: Mac::local(1, 1),
         source_port: 49_152,
         identification: 1,
+        dont_fragment: true,
     };
     let mut packet = Packet::from_frame(&frame, 0).unwrap();
     let mut group = c.benchmark_group("geneve");

@@ -38,6 +38,7 @@ fn encapsulated(encapsulation: Encapsulation) -> Vec<u8> {
             destination_mac: Mac::vmware(1, 2),
             source_port: 50_001,
             identification: 1,
+            dont_fragment: true,
         },
     );
     packet.frame().to_vec()
@@ -155,4 +156,63 @@ fn vxlan_source_ports_come_from_the_local_port_range_and_geneve_from_the_whole_r
         "{checked} VXLAN packets out of worker-1:eth0"
     );
     assert_eq!(Encapsulation::Geneve.source_ports(), (1, u16::MAX));
+}
+
+/// The outer DF bit of every packet a node encapsulates toward `peer`, with the
+/// inner packet's DF, per flow name.
+fn outer_and_inner_df(text: &str, node_eth0: &str) -> Vec<(String, bool, bool)> {
+    let topology = netsim::topology::parse("df.toml", text).unwrap();
+    let result = netsim::sim::runner::run(&topology);
+    let eth0 = result
+        .network
+        .points
+        .iter()
+        .position(|point| point.name == node_eth0)
+        .unwrap();
+    result
+        .journal
+        .hops
+        .iter()
+        .filter(|hop| hop.point as usize == eth0 && hop.action == HopAction::Encapsulate)
+        .map(|hop| {
+            let outer = Packet::from_frame(&hop.frame, 0).unwrap();
+            let mut inner = outer.clone();
+            netsim::datapath::encap::decapsulate(&mut inner).unwrap();
+            let name = topology.flows[hop.flow as usize].name.clone();
+            (name, outer.meta.dont_fragment, inner.meta.dont_fragment)
+        })
+        .collect()
+}
+
+#[test]
+fn calico_vxlan_clears_the_outer_df_and_ipip_copies_the_inner_one_while_antrea_sets_it() {
+    let calico = std::fs::read_to_string("topologies/calico-bgp-tor.toml").unwrap()
+        + "\n[[flow]]\nname = \"cross-rack-udp-no-df\"\nfrom = \"pod:default/client\"\n\
+           to = \"pod:default/web-b:8080\"\nprotocol = \"udp\"\ndont_fragment = false\n";
+    // IPIP (CrossSubnet, worker-a1 -> worker-b1): tunl0 copies the inner DF.
+    let ipip = outer_and_inner_df(&calico, "worker-a1:eth0");
+    let flows: std::collections::BTreeSet<&str> = ipip.iter().map(|(f, _, _)| f.as_str()).collect();
+    assert_eq!(
+        flows,
+        ["cross-rack", "cross-rack-udp-no-df"].into_iter().collect()
+    );
+    for (flow, outer, inner) in &ipip {
+        assert_eq!(outer, inner, "{flow}");
+        assert_eq!(*inner, flow == "cross-rack", "{flow}");
+    }
+    // VXLAN Always: vxlan.calico leaves DF clear whatever the inner packet says.
+    let vxlan = calico.replace(
+        "ipip_mode = \"CrossSubnet\"",
+        "ipip_mode = \"Never\"\nvxlan_mode = \"Always\"",
+    );
+    let packets = outer_and_inner_df(&vxlan, "worker-a1:eth0");
+    assert!(packets.iter().any(|(_, _, inner)| *inner));
+    assert!(packets.iter().all(|(_, outer, _)| !outer), "{packets:?}");
+    // Antrea over VXLAN (OVS, df_default): DF set whatever the inner packet says.
+    let antrea = std::fs::read_to_string("topologies/quickstart.toml")
+        .unwrap()
+        .replace("tunnel_type = \"geneve\"", "tunnel_type = \"vxlan\"");
+    let packets = outer_and_inner_df(&antrea, "worker-1:eth0");
+    assert!(!packets.is_empty());
+    assert!(packets.iter().all(|(_, outer, _)| *outer), "{packets:?}");
 }

@@ -100,6 +100,7 @@ proptest! {
             destination_mac: Mac::local(1, 1),
             source_port: outer_port,
             identification: 9,
+            dont_fragment: true,
         };
         encapsulate(&mut packet, Encapsulation::Geneve, &header);
         prop_assert_eq!(packet.len(), frame.len() + 50);

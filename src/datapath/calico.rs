@@ -340,6 +340,11 @@ impl CalicoNode {
                 encapsulation.source_ports(),
             ),
             identification,
+            // vxlan.calico: the kernel device's `df` unset; tunl0: the inner DF.
+            dont_fragment: match encapsulation {
+                Encapsulation::Ipip => packet.meta.dont_fragment,
+                Encapsulation::Vxlan { .. } | Encapsulation::Geneve => false,
+            },
         };
         encapsulate(&mut packet, encapsulation, &header);
         let node_ip = self.settings.ip;

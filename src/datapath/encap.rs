@@ -2,9 +2,10 @@
 //! default), VXLAN (RFC 7348; Antrea's `vxlan` tunnel type, Calico's `vxlan.calico`)
 //! and IP-in-IP (RFC 2003; Calico's `tunl0`). Each prepends its outer headers in the
 //! packet's headroom (no copy of the payload) and removes them in place; the device
-//! decides when and toward whom. Outer IPv4 always has DF set and TTL 64, the outer
-//! UDP checksum is 0 (allowed over IPv4; Linux's default for both UDP tunnels), the
-//! UDP source port a hash of the inner flow (chosen by the caller).
+//! decides when and toward whom, and whether the outer IPv4 header has DF (see
+//! [`EncapHeader::dont_fragment`]). The outer TTL is 64, the outer UDP checksum 0
+//! (allowed over IPv4; Linux's default for both UDP tunnels), the UDP source port a
+//! hash of the inner flow (chosen by the caller).
 
 use super::icmp;
 use crate::packet::Packet;
@@ -62,6 +63,13 @@ pub struct EncapHeader {
     pub destination_mac: Mac,
     pub source_port: u16,
     pub identification: u16,
+    /// DF on the outer header. OVS's tunnels (Antrea): set, from the tunnel key's
+    /// `df_default` (reference §a). Calico's `vxlan.calico`: clear — Felix creates the
+    /// kernel VXLAN device without `df` (felix/dataplane/linux/vxlan_mgr.go `device`),
+    /// and `vxlan_xmit_one` sets DF only for `df set` or `df inherit`. Calico's
+    /// `tunl0`: the inner packet's — the fallback IPIP device's template has no
+    /// frag_off, and `ip_tunnel_xmit` ORs in the inner header's DF.
+    pub dont_fragment: bool,
 }
 
 /// Wraps `packet` in `encapsulation`, in its headroom, and re-parses the metadata.
@@ -102,7 +110,7 @@ pub fn emit_outer_headers(
     inner_len: usize,
 ) {
     match encapsulation {
-        // Geneve: outer Ethernet / IPv4 (DF, TTL 64) / UDP 6081 (checksum 0: Antrea's
+        // Geneve: outer Ethernet / IPv4 (TTL 64) / UDP 6081 (checksum 0: Antrea's
         // default `tunnelCsum: false`) / Geneve (VNI 0, no options) / the inner frame.
         Encapsulation::Geneve => {
             let tunnel_header = emit_udp_tunnel(outer, header, geneve::UDP_PORT, inner_len);
@@ -143,7 +151,8 @@ pub fn decapsulate(packet: &mut Packet) -> Result<(Encapsulation, u32), WireErro
     }
 }
 
-/// Outer Ethernet / IPv4 (DF, TTL 64) for `payload_len` bytes of `protocol`.
+/// Outer Ethernet / IPv4 (TTL 64, DF as the header says) for `payload_len` bytes of
+/// `protocol`.
 fn emit_outer(bytes: &mut [u8], header: &EncapHeader, protocol: u8, payload_len: usize) {
     emit_ethernet(
         bytes,
@@ -159,7 +168,7 @@ fn emit_outer(bytes: &mut [u8], header: &EncapHeader, protocol: u8, payload_len:
         payload_len,
         icmp::DEFAULT_TTL,
         header.identification,
-        true,
+        header.dont_fragment,
     );
 }
 
@@ -259,6 +268,7 @@ mod tests {
             destination_mac: Mac::local(1, 2),
             source_port: 51_234,
             identification: 9,
+            dont_fragment: true,
         }
     }
 

@@ -56,6 +56,8 @@ impl AntreaNode {
                 destination_mac: next_mac,
                 source_port,
                 identification,
+                // OVS's `df_default` (reference §a).
+                dont_fragment: true,
             },
         );
         let node_ip = self.settings.ip;

@@ -262,6 +262,7 @@ impl HopTemplate {
                     destination_mac: seen.meta.destination_mac,
                     source_port: key.source_port,
                     identification,
+                    dont_fragment: seen.meta.dont_fragment,
                 };
                 let (outer_len, _) = encapsulation.outer_len();
                 let mut emitted = [0; MAX_OUTER_LEN];

@@ -190,3 +190,133 @@ fn fragment_captures_are_clean() {
     );
     lint(&[], &[&out.join("capture.pcapng")]);
 }
+
+/// calico-bgp-tor with the pod MTU set to the underlay's 1500 (too big by the tunnel
+/// header) and web-b also serving UDP 7000, plus `extra` flows.
+fn calico_mtu_too_big(encapsulation: &str, extra: &str) -> String {
+    std::fs::read_to_string(topology_path("calico-bgp-tor"))
+        .unwrap()
+        .replace("nat_outgoing = true", "nat_outgoing = true\nmtu = 1500")
+        .replace("ipip_mode = \"CrossSubnet\"", encapsulation)
+        .replace(
+            "name = \"web-b\"\nnode = \"worker-b1\"\nports = [ { name = \"http\", port = 8080 } ]",
+            "name = \"web-b\"\nnode = \"worker-b1\"\nports = [ { name = \"http\", port = 8080 }, { port = 7000, protocol = \"UDP\" } ]",
+        )
+        + extra
+}
+
+/// The offsets (in bytes), MF and DF of the outer packets worker-a1 sends for `flow`.
+fn outer_fragments(
+    text: &str,
+    flow_name: &str,
+) -> (Vec<(usize, bool, bool)>, netsim::report::Report) {
+    let (topology, result, report) = run_text(text);
+    let outer = frames_at(
+        &topology,
+        &result,
+        flow_name,
+        "worker-a1:eth0",
+        HopAction::Encapsulate,
+    )
+    .iter()
+    .map(|packet| {
+        let frame = packet.frame();
+        let flags = u16::from_be_bytes([frame[20], frame[21]]);
+        (
+            usize::from(flags & 0x1fff) * 8,
+            flags & 0x2000 != 0,
+            flags & 0x4000 != 0,
+        )
+    })
+    .collect();
+    (outer, report)
+}
+
+const BIG_UDP: &str = "\n[[flow]]\nname = \"big-udp\"\nfrom = \"pod:default/client\"\n\
+                       to = \"pod:default/web-b:7000\"\nprotocol = \"udp\"\nbytes = 1460\n";
+
+/// vxlan.calico sends without DF: a datagram the pod MTU allows but the underlay does
+/// not is cut after encapsulation (1538 bytes: 1500 and 58), and worker-b1
+/// reassembles it before decapsulating.
+#[test]
+fn calico_vxlan_fragments_an_outer_packet_too_big_and_the_peer_reassembles_it() {
+    let text = calico_mtu_too_big("ipip_mode = \"Never\"\nvxlan_mode = \"Always\"", BIG_UDP);
+    let (outer, report) = outer_fragments(&text, "big-udp");
+    assert_eq!(outer.len() % 2, 0, "{outer:?}");
+    for pair in outer.chunks(2) {
+        assert_eq!(pair, [(0, true, false), (1480, false, false)]);
+    }
+    let udp = flow(&report, "big-udp");
+    assert_eq!(udp.verdict, "delivered", "{udp:?}");
+    assert_balanced(&report, "big-udp");
+    // Each datagram is decapsulated once, whole, at worker-b1, when its last
+    // fragment arrives (the hop shows that fragment; the first was held).
+    let (topology, result, _) = run_text(&text);
+    let decapsulated = frames_at(
+        &topology,
+        &result,
+        "big-udp",
+        "worker-b1:eth0",
+        HopAction::Decapsulate,
+    );
+    assert_eq!(decapsulated.len() * 2, outer.len());
+    assert!(decapsulated.iter().all(|packet| {
+        let frame = packet.frame();
+        u16::from_be_bytes([frame[20], frame[21]]) & 0x1fff == 1480 / 8
+    }));
+}
+
+/// tunl0 copies the inner DF: a DF packet too big for the uplink with the outer
+/// header is refused with fragmentation-needed (mtu 1480) and TCP sends smaller
+/// segments; without DF the outer packet is cut like VXLAN's.
+#[test]
+fn calico_ipip_refuses_a_df_packet_too_big_and_fragments_one_without_df() {
+    let extra = BIG_UDP.replace("bytes = 1460", "bytes = 1460\ndont_fragment = false")
+        + "\n[[flow]]\nname = \"big-tcp\"\nfrom = \"pod:default/client\"\n\
+           to = \"pod:default/web-b\"\nprotocol = \"tcp\"\nbytes = 8000\n";
+    let text = calico_mtu_too_big("ipip_mode = \"CrossSubnet\"", &extra);
+    let (outer, report) = outer_fragments(&text, "big-udp");
+    assert!(!outer.is_empty());
+    for pair in outer.chunks(2) {
+        assert_eq!(pair, [(0, true, false), (1480, false, false)]);
+    }
+    assert_eq!(flow(&report, "big-udp").verdict, "delivered");
+    let tcp = flow(&report, "big-tcp");
+    assert_eq!(tcp.verdict, "delivered", "{tcp:?}");
+    assert_balanced(&report, "big-tcp");
+    let learned = tcp
+        .path_mtu
+        .as_ref()
+        .expect("the client learns the path MTU");
+    assert_eq!((learned.mtu, learned.from.as_str()), (1480, "10.30.1.11"));
+    let (outer, _) = outer_fragments(&text, "big-tcp");
+    assert!(outer
+        .iter()
+        .all(|&(offset, more, df)| offset == 0 && !more && df));
+}
+
+#[test]
+fn calico_tunnel_fragment_captures_are_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, encapsulation) in [
+        ("vxlan", "ipip_mode = \"Never\"\nvxlan_mode = \"Always\""),
+        ("ipip", "ipip_mode = \"CrossSubnet\""),
+    ] {
+        let extra = BIG_UDP.replace("bytes = 1460", "bytes = 1460\ndont_fragment = false");
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, calico_mtu_too_big(encapsulation, &extra)).unwrap();
+        let out = dir.path().join(name);
+        let run = netsim(&[
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        lint(&[], &[&out.join("flows/big-udp.pcapng")]);
+    }
+}

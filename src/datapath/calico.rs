@@ -12,6 +12,7 @@
 //! address (its anti-spoofing rule on `cali-fw-*`).
 
 use super::encap::{decapsulate, encapsulate, EncapHeader, Encapsulation};
+use super::forwarding;
 use super::host::{
     HostEgress, HostIngress, HostRoute, HostStack, InteriorId, InteriorLink, LinuxHost, LocalPod,
 };
@@ -257,12 +258,25 @@ impl CalicoNode {
         if !self.stack.accepts_frame(ctx, slot, &packet) {
             return;
         }
-        let meta = &packet.meta;
-        let Some(tunnel) = &self.settings.tunnel else {
+        if self.settings.tunnel.is_none() {
             self.host_input(ctx, HostIngress::Uplink, slot, packet, out);
             return;
+        }
+        // A fragment for the node itself is reassembled first (nf_defrag_ipv4 in
+        // PREROUTING, ip_defrag before local delivery): an outer tunnel packet the
+        // sender had to cut is decapsulated whole.
+        if packet.meta.key.destination == self.settings.ip
+            && crate::engine::reassembly::is_fragment(packet.frame())
+        {
+            match self.defragment(ctx, slot, packet) {
+                Some((whole, _)) => packet = whole,
+                None => return,
+            }
+        }
+        let Some(tunnel) = &self.settings.tunnel else {
+            return;
         };
-        let key = meta.key;
+        let key = packet.meta.key;
         let tunnelled = key.destination == self.settings.ip
             && match tunnel.encapsulation {
                 Encapsulation::Ipip => key.protocol == PROTOCOL_IPIP,
@@ -295,6 +309,29 @@ impl CalicoNode {
         }
     }
 
+    /// tunl0's PMTU check (`ip_tunnel_xmit` → `tnl_update_pmtu`): the outer header
+    /// copies the inner DF, so a DF packet that would not fit the uplink with the
+    /// outer header is refused with fragmentation-needed carrying the uplink's MTU
+    /// less 20, sent from the node to the packet's source. (VXLAN's outer header has
+    /// no DF: an outer packet too long is fragmented instead.)
+    fn tunnel_refusal(&self, packet: &Packet) -> Option<forwarding::Refusal> {
+        let tunnel = self.settings.tunnel.as_ref()?;
+        if tunnel.encapsulation != Encapsulation::Ipip || !packet.meta.dont_fragment {
+            return None;
+        }
+        let overhead = u16::try_from(Encapsulation::Ipip.overhead()).unwrap_or(u16::MAX);
+        let mtu = self.settings.uplink_mtu.saturating_sub(overhead);
+        let size = packet.ip_len();
+        (size > usize::from(mtu)).then(|| forwarding::Refusal {
+            reason: DropReason::MtuExceeded,
+            icmp: Some(super::icmp::ErrorMessage::fragmentation_needed(mtu)),
+            detail: format!(
+                "tunl0: {size} bytes with DF exceed the path mtu {mtu} (uplink mtu {} less the outer header)",
+                self.settings.uplink_mtu
+            ),
+        })
+    }
+
     /// Encapsulates toward the peer behind `next_hop` and sends the outer packet the
     /// way the routing table sends it (the peer itself on the node subnet, else the
     /// default gateway).
@@ -305,6 +342,16 @@ impl CalicoNode {
         mut packet: Packet,
         out: &mut Outputs,
     ) {
+        if let Some(refusal) = self.tunnel_refusal(&packet) {
+            let point = self
+                .settings
+                .tunnel
+                .as_ref()
+                .map_or(self.settings.uplink_point, |t| t.point);
+            ctx.hop(point, &packet, HopAction::Drop, || refusal.detail.clone());
+            self.refuse(ctx, None, &packet, refusal, out);
+            return;
+        }
         let Some(tunnel) = &self.settings.tunnel else {
             return;
         };
@@ -348,20 +395,36 @@ impl CalicoNode {
         };
         encapsulate(&mut packet, encapsulation, &header);
         let node_ip = self.settings.ip;
-        ctx.hop(
-            self.settings.uplink_point,
-            &packet,
-            HopAction::Encapsulate,
-            || match encapsulation {
-                Encapsulation::Vxlan { vni } => format!(
-                    "{name} encap vni={vni} {node_ip} -> {peer} udp {}->{} (inner {inner_key})",
-                    header.source_port,
-                    vxlan::UDP_PORT
-                ),
-                _ => format!("{name} encap ipip {node_ip} -> {peer} (inner {inner_key})"),
-            },
-        );
-        out.send(UPLINK_PORT, packet);
+        // An outer packet over the uplink's MTU without DF (vxlan.calico, or tunl0
+        // carrying a DF-clear packet: a pod MTU set above what the underlay leaves)
+        // is cut by ip_fragment on output, as any datagram the host sends; the peer
+        // reassembles it before decapsulating.
+        let fragments =
+            forwarding::fragment_for_mtu(ctx, packet, usize::from(self.settings.uplink_mtu));
+        let count = fragments.len();
+        for (index, fragment) in fragments.enumerate() {
+            ctx.hop(
+                self.settings.uplink_point,
+                &fragment,
+                HopAction::Encapsulate,
+                || {
+                    let cut = if count > 1 {
+                        format!(", {}", forwarding::describe_fragment(index, count, &fragment))
+                    } else {
+                        String::new()
+                    };
+                    match encapsulation {
+                        Encapsulation::Vxlan { vni } => format!(
+                            "{name} encap vni={vni} {node_ip} -> {peer} udp {}->{} (inner {inner_key}){cut}",
+                            header.source_port,
+                            vxlan::UDP_PORT
+                        ),
+                        _ => format!("{name} encap ipip {node_ip} -> {peer} (inner {inner_key}){cut}"),
+                    }
+                },
+            );
+            out.send(UPLINK_PORT, fragment);
+        }
     }
 }
 

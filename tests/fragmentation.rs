@@ -320,3 +320,44 @@ fn calico_tunnel_fragment_captures_are_clean() {
         lint(&[], &[&out.join("flows/big-udp.pcapng")]);
     }
 }
+
+/// The first oversize packet through vxlan.calico lowers the path MTU to the
+/// destination to 1450 (what the uplink leaves): it goes out in fragments, and the
+/// segments after it are refused with fragmentation-needed, mtu 1450, from the node;
+/// TCP sends smaller segments and the exchange completes.
+#[test]
+fn calico_vxlan_learns_the_path_mtu_from_its_first_oversize_packet() {
+    let extra = "\n[[flow]]\nname = \"big-tcp\"\nfrom = \"pod:default/client\"\n\
+                 to = \"pod:default/web-b\"\nprotocol = \"tcp\"\nbytes = 8000\n";
+    let text = calico_mtu_too_big("ipip_mode = \"Never\"\nvxlan_mode = \"Always\"", extra);
+    let (outer, report) = outer_fragments(&text, "big-tcp");
+    assert_eq!(
+        outer.iter().filter(|&&(_, more, _)| more).count(),
+        1,
+        "only the first oversize segment is cut: {outer:?}"
+    );
+    let tcp = flow(&report, "big-tcp");
+    assert_eq!(tcp.verdict, "delivered", "{tcp:?}");
+    assert_balanced(&report, "big-tcp");
+    let learned = tcp
+        .path_mtu
+        .as_ref()
+        .expect("the client learns the path MTU");
+    assert_eq!((learned.mtu, learned.from.as_str()), (1450, "10.30.1.11"));
+    let (topology, result, _) = run_text(&text);
+    let tag = flow_index(&topology, "big-tcp");
+    let refusals: Vec<&str> = result
+        .journal
+        .drops
+        .iter()
+        .filter(|drop| drop.flow == tag)
+        .map(|drop| drop.detail.as_str())
+        .collect();
+    assert!(!refusals.is_empty());
+    assert!(
+        refusals
+            .iter()
+            .all(|detail| *detail == "1500 bytes exceed the mtu 1450 of vxlan.calico"),
+        "{refusals:?}"
+    );
+}

@@ -395,6 +395,17 @@ impl CalicoNode {
         };
         encapsulate(&mut packet, encapsulation, &header);
         let node_ip = self.settings.ip;
+        let uplink_mtu = usize::from(self.settings.uplink_mtu);
+        if let (Encapsulation::Vxlan { .. }, true) = (encapsulation, packet.ip_len() > uplink_mtu) {
+            // vxlan_xmit_one lowers the inner route's path MTU to what the uplink
+            // leaves (skb_dst_update_pmtu / skb_tunnel_check_pmtu): this packet is
+            // still sent, in fragments; later DF packets to the destination are
+            // refused with fragmentation-needed by ip_forward.
+            let overhead = u16::try_from(encapsulation.overhead()).unwrap_or(u16::MAX);
+            let mtu = self.settings.uplink_mtu.saturating_sub(overhead);
+            self.stack
+                .learn_path_mtu(inner_key.destination, mtu, ctx.now_ns);
+        }
         // An outer packet over the uplink's MTU without DF (vxlan.calico, or tunl0
         // carrying a DF-clear packet: a pod MTU set above what the underlay leaves)
         // is cut by ip_fragment on output, as any datagram the host sends; the peer

@@ -234,7 +234,13 @@ pub struct HostStack {
     reassembler: reassembly::Reassembler,
     /// The IPv4 identification of packets it originates or encapsulates.
     pub identification: IdentificationCounter,
+    /// Path MTUs learned per destination (the kernel's next-hop exceptions): the
+    /// MTU and when it expires.
+    path_mtus: rustc_hash::FxHashMap<Ipv4Addr, (u16, u64)>,
 }
+
+/// How long a learned path MTU holds (`net.ipv4.route.mtu_expires`: 600 s).
+pub const PATH_MTU_EXPIRES_NS: u64 = 600_000_000_000;
 
 impl HostStack {
     #[allow(clippy::too_many_arguments)]
@@ -265,6 +271,23 @@ impl HostStack {
             affinity: Affinity::default(),
             reassembler: Default::default(),
             identification: IdentificationCounter::default(),
+            path_mtus: rustc_hash::FxHashMap::default(),
+        }
+    }
+
+    /// Records a smaller MTU toward `destination` (`__ip_rt_update_pmtu`: a
+    /// next-hop exception that expires after [`PATH_MTU_EXPIRES_NS`]).
+    pub fn learn_path_mtu(&mut self, destination: Ipv4Addr, mtu: u16, now_ns: u64) {
+        self.path_mtus
+            .insert(destination, (mtu, now_ns + PATH_MTU_EXPIRES_NS));
+    }
+
+    /// The MTU toward `destination` through a link of `link_mtu`: the link's, or a
+    /// smaller path MTU learned and not expired (`dst_mtu`).
+    pub fn path_mtu(&self, destination: Ipv4Addr, link_mtu: u16, now_ns: u64) -> u16 {
+        match self.path_mtus.get(&destination) {
+            Some(&(learned, expires_ns)) if now_ns < expires_ns => learned.min(link_mtu),
+            _ => link_mtu,
         }
     }
 
@@ -507,6 +530,10 @@ pub trait LinuxHost {
                 (link.mtu, Some(link.destination_mac))
             }
         };
+        // A learned path MTU only ever lies at or above what a steady path (one that
+        // fits its tunnel without fragments) carries, so it needs no path-cache
+        // touch: it refuses only packets no compiled path admits.
+        let mtu = self.stack().path_mtu(destination, mtu, ctx.now_ns);
         let checks = forwarding::check_ttl(&packet)
             .and_then(|()| forwarding::check_mtu(&packet, mtu, self.egress_name(egress)));
         if let Err(refusal) = checks {

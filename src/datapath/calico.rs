@@ -394,24 +394,54 @@ impl CalicoNode {
             },
         };
         encapsulate(&mut packet, encapsulation, &header);
+        self.learn_path_mtu(ctx, encapsulation, inner_key.destination, &packet);
         let node_ip = self.settings.ip;
-        let uplink_mtu = usize::from(self.settings.uplink_mtu);
-        if let (Encapsulation::Vxlan { .. }, true) = (encapsulation, packet.ip_len() > uplink_mtu) {
-            // vxlan_xmit_one lowers the inner route's path MTU to what the uplink
-            // leaves (skb_dst_update_pmtu / skb_tunnel_check_pmtu): this packet is
-            // still sent, in fragments; later DF packets to the destination are
-            // refused with fragmentation-needed by ip_forward.
-            let overhead = u16::try_from(encapsulation.overhead()).unwrap_or(u16::MAX);
-            let mtu = self.settings.uplink_mtu.saturating_sub(overhead);
-            self.stack
-                .learn_path_mtu(inner_key.destination, mtu, ctx.now_ns);
+        self.send_outer(ctx, packet, out, |cut| match encapsulation {
+            Encapsulation::Vxlan { vni } => format!(
+                "{name} encap vni={vni} {node_ip} -> {peer} udp {}->{} (inner {inner_key}){cut}",
+                header.source_port,
+                vxlan::UDP_PORT
+            ),
+            _ => format!("{name} encap ipip {node_ip} -> {peer} (inner {inner_key}){cut}"),
+        });
+    }
+
+    /// vxlan_xmit_one lowers the inner route's path MTU to what the uplink leaves
+    /// when an outer packet does not fit (skb_dst_update_pmtu /
+    /// skb_tunnel_check_pmtu): that packet still goes, in fragments; later DF
+    /// packets to `destination` are refused with fragmentation-needed by ip_forward.
+    fn learn_path_mtu(
+        &mut self,
+        ctx: &Ctx,
+        encapsulation: Encapsulation,
+        destination: Ipv4Addr,
+        outer: &Packet,
+    ) {
+        let uplink_mtu = self.settings.uplink_mtu;
+        if !matches!(encapsulation, Encapsulation::Vxlan { .. })
+            || outer.ip_len() <= usize::from(uplink_mtu)
+        {
+            return;
         }
-        // An outer packet over the uplink's MTU without DF (vxlan.calico, or tunl0
-        // carrying a DF-clear packet: a pod MTU set above what the underlay leaves)
-        // is cut by ip_fragment on output, as any datagram the host sends; the peer
-        // reassembles it before decapsulating.
+        let overhead = u16::try_from(encapsulation.overhead()).unwrap_or(u16::MAX);
+        self.stack
+            .learn_path_mtu(destination, uplink_mtu.saturating_sub(overhead), ctx.now_ns);
+    }
+
+    /// Sends an outer packet out of eth0, each hop described by `describe` (given
+    /// `, fragment i/n offset o` when cut). An outer packet over the uplink's MTU
+    /// without DF (vxlan.calico, or tunl0 carrying a DF-clear packet: a pod MTU set
+    /// above what the underlay leaves) is cut by ip_fragment on output, as any
+    /// datagram the host sends; the peer reassembles it before decapsulating.
+    fn send_outer(
+        &self,
+        ctx: &mut Ctx,
+        outer: Packet,
+        out: &mut Outputs,
+        describe: impl Fn(&str) -> String,
+    ) {
         let fragments =
-            forwarding::fragment_for_mtu(ctx, packet, usize::from(self.settings.uplink_mtu));
+            forwarding::fragment_for_mtu(ctx, outer, usize::from(self.settings.uplink_mtu));
         let count = fragments.len();
         for (index, fragment) in fragments.enumerate() {
             ctx.hop(
@@ -420,18 +450,14 @@ impl CalicoNode {
                 HopAction::Encapsulate,
                 || {
                     let cut = if count > 1 {
-                        format!(", {}", forwarding::describe_fragment(index, count, &fragment))
+                        format!(
+                            ", {}",
+                            forwarding::describe_fragment(index, count, &fragment)
+                        )
                     } else {
                         String::new()
                     };
-                    match encapsulation {
-                        Encapsulation::Vxlan { vni } => format!(
-                            "{name} encap vni={vni} {node_ip} -> {peer} udp {}->{} (inner {inner_key}){cut}",
-                            header.source_port,
-                            vxlan::UDP_PORT
-                        ),
-                        _ => format!("{name} encap ipip {node_ip} -> {peer} (inner {inner_key}){cut}"),
-                    }
+                    describe(&cut)
                 },
             );
             out.send(UPLINK_PORT, fragment);

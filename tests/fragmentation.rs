@@ -174,20 +174,7 @@ fn with_df_the_router_answers_fragmentation_needed_instead() {
 #[test]
 fn fragment_captures_are_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fragments.toml");
-    std::fs::write(&file, TOPOLOGY).unwrap();
-    let out = dir.path().join("out");
-    let run = netsim(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let out = run_into_dir(dir.path(), "fragments", TOPOLOGY);
     lint(&[], &[&out.join("capture.pcapng")]);
 }
 
@@ -303,20 +290,7 @@ fn calico_tunnel_fragment_captures_are_clean() {
         ("ipip", "ipip_mode = \"CrossSubnet\""),
     ] {
         let extra = BIG_UDP.replace("bytes = 1460", "bytes = 1460\ndont_fragment = false");
-        let file = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&file, calico_mtu_too_big(encapsulation, &extra)).unwrap();
-        let out = dir.path().join(name);
-        let run = netsim(&[
-            "run",
-            file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let out = run_into_dir(dir.path(), name, &calico_mtu_too_big(encapsulation, &extra));
         lint(&[], &[&out.join("flows/big-udp.pcapng")]);
     }
 }

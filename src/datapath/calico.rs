@@ -449,14 +449,7 @@ impl CalicoNode {
                 &fragment,
                 HopAction::Encapsulate,
                 || {
-                    let cut = if count > 1 {
-                        format!(
-                            ", {}",
-                            forwarding::describe_fragment(index, count, &fragment)
-                        )
-                    } else {
-                        String::new()
-                    };
+                    let cut = forwarding::fragment_suffix(index, count, &fragment);
                     describe(&cut)
                 },
             );

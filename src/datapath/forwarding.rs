@@ -127,6 +127,16 @@ pub fn fragment_for_mtu(ctx: &mut Ctx, packet: Packet, mtu: usize) -> Fragments 
     Fragments::Cut(fragments.into_iter())
 }
 
+/// What a hop's comment adds for a packet that was cut: `, fragment 2/3 offset
+/// 1480`; nothing when `count` is 1.
+pub fn fragment_suffix(index: usize, count: usize, packet: &Packet) -> String {
+    if count > 1 {
+        format!(", {}", describe_fragment(index, count, packet))
+    } else {
+        String::new()
+    }
+}
+
 /// How a fragment reads in a capture comment: `fragment 2/3 offset 1480`.
 pub fn describe_fragment(index: usize, count: usize, packet: &Packet) -> String {
     let frame = packet.frame();

@@ -633,14 +633,7 @@ pub trait LinuxHost {
                 let count = fragments.len();
                 for (index, fragment) in fragments.enumerate() {
                     ctx.hop(uplink_point, &fragment, HopAction::Transmit, || {
-                        let cut = if count > 1 {
-                            format!(
-                                ", {}",
-                                forwarding::describe_fragment(index, count, &fragment)
-                            )
-                        } else {
-                            String::new()
-                        };
+                        let cut = forwarding::fragment_suffix(index, count, &fragment);
                         let route = self.describe_route(egress, destination);
                         describe_source_rewrite(&before, &after)
                             + &format!("{route} ({next_mac}){cut}")

@@ -63,6 +63,26 @@ pub fn netsim(args: &[&str]) -> Output {
         .expect("netsim runs")
 }
 
+/// Writes `text` as `NAME.toml` in `dir` and runs `netsim run` on it into
+/// `dir/NAME`, which it returns; the run must succeed.
+pub fn run_into_dir(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, text).unwrap();
+    let out = dir.join(name);
+    let run = netsim(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
 pub fn pcap_lint() -> PathBuf {
     root().join("../shared/tools/pcap-lint")
 }

@@ -222,6 +222,38 @@ fn outer_fragments(
 const BIG_UDP: &str = "\n[[flow]]\nname = \"big-udp\"\nfrom = \"pod:default/client\"\n\
                        to = \"pod:default/web-b:7000\"\nprotocol = \"udp\"\nbytes = 1460\n";
 
+const BIG_TCP: &str = "\n[[flow]]\nname = \"big-tcp\"\nfrom = \"pod:default/client\"\n\
+                       to = \"pod:default/web-b\"\nprotocol = \"tcp\"\nbytes = 8000\n";
+
+/// `big-tcp` is delivered after its client learned `mtu` from worker-a1
+/// (10.30.1.11), and every packet of it that was dropped was a full 1500-byte
+/// segment refused at `device` for that MTU.
+fn assert_tcp_learned_the_path_mtu(text: &str, mtu: u16, device: &str) {
+    let (topology, result, report) = run_text(text);
+    let tcp = flow(&report, "big-tcp");
+    assert_eq!(tcp.verdict, "delivered", "{tcp:?}");
+    assert_balanced(&report, "big-tcp");
+    let learned = tcp
+        .path_mtu
+        .as_ref()
+        .expect("the client learns the path MTU");
+    assert_eq!((learned.mtu, learned.from.as_str()), (mtu, "10.30.1.11"));
+    let tag = flow_index(&topology, "big-tcp");
+    let refusals: Vec<&str> = result
+        .journal
+        .drops
+        .iter()
+        .filter(|drop| drop.flow == tag)
+        .map(|drop| drop.detail.as_str())
+        .collect();
+    assert!(!refusals.is_empty());
+    let expected = format!("1500 bytes exceed the mtu {mtu} of {device}");
+    assert!(
+        refusals.iter().all(|detail| *detail == expected),
+        "{refusals:?}"
+    );
+}
+
 /// vxlan.calico sends without DF: a datagram the pod MTU allows but the underlay does
 /// not is cut after encapsulation (1538 bytes: 1500 and 58), and worker-b1
 /// reassembles it before decapsulating.
@@ -258,9 +290,7 @@ fn calico_vxlan_fragments_an_outer_packet_too_big_and_the_peer_reassembles_it() 
 /// segments; without DF the outer packet is cut like VXLAN's.
 #[test]
 fn calico_ipip_refuses_a_df_packet_too_big_and_fragments_one_without_df() {
-    let extra = BIG_UDP.replace("bytes = 1460", "bytes = 1460\ndont_fragment = false")
-        + "\n[[flow]]\nname = \"big-tcp\"\nfrom = \"pod:default/client\"\n\
-           to = \"pod:default/web-b\"\nprotocol = \"tcp\"\nbytes = 8000\n";
+    let extra = BIG_UDP.replace("bytes = 1460", "bytes = 1460\ndont_fragment = false") + BIG_TCP;
     let text = calico_mtu_too_big("ipip_mode = \"CrossSubnet\"", &extra);
     let (outer, report) = outer_fragments(&text, "big-udp");
     assert!(!outer.is_empty());
@@ -268,14 +298,7 @@ fn calico_ipip_refuses_a_df_packet_too_big_and_fragments_one_without_df() {
         assert_eq!(pair, [(0, true, false), (1480, false, false)]);
     }
     assert_eq!(flow(&report, "big-udp").verdict, "delivered");
-    let tcp = flow(&report, "big-tcp");
-    assert_eq!(tcp.verdict, "delivered", "{tcp:?}");
-    assert_balanced(&report, "big-tcp");
-    let learned = tcp
-        .path_mtu
-        .as_ref()
-        .expect("the client learns the path MTU");
-    assert_eq!((learned.mtu, learned.from.as_str()), (1480, "10.30.1.11"));
+    assert_tcp_learned_the_path_mtu(&text, 1480, "tunl0");
     let (outer, _) = outer_fragments(&text, "big-tcp");
     assert!(outer
         .iter()
@@ -301,37 +324,12 @@ fn calico_tunnel_fragment_captures_are_clean() {
 /// TCP sends smaller segments and the exchange completes.
 #[test]
 fn calico_vxlan_learns_the_path_mtu_from_its_first_oversize_packet() {
-    let extra = "\n[[flow]]\nname = \"big-tcp\"\nfrom = \"pod:default/client\"\n\
-                 to = \"pod:default/web-b\"\nprotocol = \"tcp\"\nbytes = 8000\n";
-    let text = calico_mtu_too_big("ipip_mode = \"Never\"\nvxlan_mode = \"Always\"", extra);
-    let (outer, report) = outer_fragments(&text, "big-tcp");
+    let text = calico_mtu_too_big("ipip_mode = \"Never\"\nvxlan_mode = \"Always\"", BIG_TCP);
+    let (outer, _) = outer_fragments(&text, "big-tcp");
     assert_eq!(
         outer.iter().filter(|&&(_, more, _)| more).count(),
         1,
         "only the first oversize segment is cut: {outer:?}"
     );
-    let tcp = flow(&report, "big-tcp");
-    assert_eq!(tcp.verdict, "delivered", "{tcp:?}");
-    assert_balanced(&report, "big-tcp");
-    let learned = tcp
-        .path_mtu
-        .as_ref()
-        .expect("the client learns the path MTU");
-    assert_eq!((learned.mtu, learned.from.as_str()), (1450, "10.30.1.11"));
-    let (topology, result, _) = run_text(&text);
-    let tag = flow_index(&topology, "big-tcp");
-    let refusals: Vec<&str> = result
-        .journal
-        .drops
-        .iter()
-        .filter(|drop| drop.flow == tag)
-        .map(|drop| drop.detail.as_str())
-        .collect();
-    assert!(!refusals.is_empty());
-    assert!(
-        refusals
-            .iter()
-            .all(|detail| *detail == "1500 bytes exceed the mtu 1450 of vxlan.calico"),
-        "{refusals:?}"
-    );
+    assert_tcp_learned_the_path_mtu(&text, 1450, "vxlan.calico");
 }

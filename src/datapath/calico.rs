@@ -316,20 +316,17 @@ impl CalicoNode {
     /// no DF: an outer packet too long is fragmented instead.)
     fn tunnel_refusal(&self, packet: &Packet) -> Option<forwarding::Refusal> {
         let tunnel = self.settings.tunnel.as_ref()?;
-        if tunnel.encapsulation != Encapsulation::Ipip || !packet.meta.dont_fragment {
+        if tunnel.encapsulation != Encapsulation::Ipip {
             return None;
         }
-        let overhead = u16::try_from(Encapsulation::Ipip.overhead()).unwrap_or(u16::MAX);
-        let mtu = self.settings.uplink_mtu.saturating_sub(overhead);
-        let size = packet.ip_len();
-        (size > usize::from(mtu)).then(|| forwarding::Refusal {
-            reason: DropReason::MtuExceeded,
-            icmp: Some(super::icmp::ErrorMessage::fragmentation_needed(mtu)),
-            detail: format!(
-                "tunl0: {size} bytes with DF exceed the path mtu {mtu} (uplink mtu {} less the outer header)",
-                self.settings.uplink_mtu
-            ),
-        })
+        let mtu = self.path_mtu_through(Encapsulation::Ipip);
+        forwarding::check_mtu(packet, mtu, tunnel.name()).err()
+    }
+
+    /// The largest inner packet `encapsulation` carries over the uplink unfragmented.
+    fn path_mtu_through(&self, encapsulation: Encapsulation) -> u16 {
+        let overhead = u16::try_from(encapsulation.overhead()).unwrap_or(u16::MAX);
+        self.settings.uplink_mtu.saturating_sub(overhead)
     }
 
     /// Encapsulates toward the peer behind `next_hop` and sends the outer packet the
@@ -417,15 +414,13 @@ impl CalicoNode {
         destination: Ipv4Addr,
         outer: &Packet,
     ) {
-        let uplink_mtu = self.settings.uplink_mtu;
         if !matches!(encapsulation, Encapsulation::Vxlan { .. })
-            || outer.ip_len() <= usize::from(uplink_mtu)
+            || outer.ip_len() <= usize::from(self.settings.uplink_mtu)
         {
             return;
         }
-        let overhead = u16::try_from(encapsulation.overhead()).unwrap_or(u16::MAX);
-        self.stack
-            .learn_path_mtu(destination, uplink_mtu.saturating_sub(overhead), ctx.now_ns);
+        let mtu = self.path_mtu_through(encapsulation);
+        self.stack.learn_path_mtu(destination, mtu, ctx.now_ns);
     }
 
     /// Sends an outer packet out of eth0, each hop described by `describe` (given

@@ -330,20 +330,7 @@ fn antrea_with_the_vxlan_tunnel_type_carries_pods_in_vxlan_vni_0() {
         .unwrap()
         .replace("tunnel_type = \"geneve\"", "tunnel_type = \"vxlan\"");
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("vxlan.toml");
-    std::fs::write(&file, &text).unwrap();
-    let out = dir.path().join("out");
-    let run = netsim(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let out = run_into_dir(dir.path(), "vxlan", &text);
     let (topology, result, report) = run_text(&text);
     assert!(
         report.expectations.iter().all(|e| e.ok),

@@ -30,20 +30,7 @@ fn fib_entry<'a>(device: &'a serde_json::Value, prefix: &str) -> &'a serde_json:
 /// `netsim run` of `text` into a fresh directory; returns it and the output dir.
 fn run_to_dir(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let file = dir.path().join("calico.toml");
-    std::fs::write(&file, text).unwrap();
-    let output = netsim(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    let out = run_into_dir(dir.path(), "calico", text);
     (dir, out)
 }
 

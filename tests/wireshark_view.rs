@@ -114,21 +114,7 @@ fn tshark(file: &std::path::Path, filter: &str, fields: &[&str], resolve: &str) 
 }
 
 fn run_into(dir: &std::path::Path) -> std::path::PathBuf {
-    let file = dir.join("view.toml");
-    std::fs::write(&file, TOPOLOGY).unwrap();
-    let out = dir.join("out");
-    let run = netsim(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
+    run_into_dir(dir, "view", TOPOLOGY)
 }
 
 #[test]

@@ -458,3 +458,55 @@ fn turning_capture_on_keeps_what_earlier_replays_left_pending() {
     assert_eq!(digest, walked.state_digest());
     let _ = std::fs::remove_file(file);
 }
+
+/// A path MTU a node learns (vxlan.calico, its pod MTU set to the underlay's 1500)
+/// is read outside the path cache's touches: small packets compile paths, the first
+/// 1500-byte packet goes out in fragments and lowers the path MTU to the pod to
+/// 1450, the later ones are refused with fragmentation-needed — with the cache on
+/// exactly as with it off.
+#[test]
+fn a_learned_path_mtu_changes_nothing_but_speed() {
+    let text = std::fs::read_to_string("topologies/calico-bgp-tor.toml")
+        .unwrap()
+        .replace("nat_outgoing = true", "nat_outgoing = true\nmtu = 1500")
+        .replace(
+            "ipip_mode = \"CrossSubnet\"",
+            "ipip_mode = \"Never\"\nvxlan_mode = \"Always\"",
+        );
+    let topology = netsim::topology::parse("calico-vxlan-1500.toml", &text).unwrap();
+    let mut cached = Forwarder::new(&topology, false).unwrap();
+    let mut walked = Forwarder::new(&topology, false).unwrap();
+    walked.set_path_cache(false);
+    let mut outcomes = Vec::new();
+    for forwarder in [&mut cached, &mut walked] {
+        let mut arrivals = Vec::new();
+        let mut now = SECOND;
+        for size in [100, 100, 1500, 100, 1500, 100] {
+            for flow in 0..8u16 {
+                now += 1_000;
+                let frame = forwarder.frame(30_000 + flow, size);
+                let arrived = forwarder.send(&frame, now);
+                arrivals.push(if arrived {
+                    forwarder.last_arrival().unwrap_or_default().to_vec()
+                } else {
+                    Vec::new()
+                });
+            }
+        }
+        outcomes.push((arrivals, forwarder.state_digest()));
+    }
+    assert!(outcomes[0] == outcomes[1], "the cache changed what arrived");
+    let arrivals = &outcomes[0].0;
+    // The path MTU is learned per destination, and every flow goes to the same
+    // pod: the first 1500-byte packet anywhere arrives (sent in fragments), every
+    // later one is refused for 1450; 100-byte packets always arrive.
+    let lengths: Vec<usize> = arrivals.iter().map(Vec::len).collect();
+    let mut expected = vec![14 + 100; 48];
+    expected[16] = 14 + 1500;
+    for refused in (17..24).chain(32..40) {
+        expected[refused] = 0;
+    }
+    assert_eq!(lengths, expected);
+    let (hits, _) = cached.path_cache_stats();
+    assert!(hits >= 16, "small packets replay their paths: {hits}");
+}
